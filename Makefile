@@ -1,0 +1,31 @@
+# InterCLR study toolkit. Every target sets up what it needs on a fresh clone.
+SHELL := /bin/bash
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+PRESET ?= cpu
+CLUSTER ?= local
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data test bench
+
+$(VENV)/.done: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+data:
+	@if [ ! -f $(FASHION_MNIST) ] && [ ! -f $(ROOT)/data/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist); \
+		else sudo apt-get install -y -q dataset-fashion-mnist; fi; \
+	fi
+
+setup: $(VENV)/.done data
+
+test: setup
+	cd $(ROOT) && $(PY) -m pytest -q
+
+bench: setup
+	cd $(ROOT) && $(PY) -m bench

@@ -1,0 +1,331 @@
+"""The resolved configuration of one training run, its presets and overrides.
+
+One flat, strict, typed schema (pydantic): unknown keys are errors with a
+"did you mean", values are checked for type and range at load, cross-field
+invariants (``pool >= neg_num``, ...) are checked at load, not at step 800.
+Flat on purpose: the study factors (``labels``, ``sampling``, ``margin_type``,
+``margin``) are plain keys, so a study file, ``--set`` and the MLflow params
+all use the same names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from study.errors import UserError
+
+Method = Literal["interclr", "mocov2"]
+LabelMode = Literal["online", "offline"]
+Sampling = Literal["random", "semi-easy", "semi-hard", "hard"]
+MarginType = Literal["none", "cosine", "arc"]
+
+
+class TrainConfig(BaseModel):
+    """Every setting of one run. Defaults are the paper's recipe where it applies."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # --- method: MoCo v2 is the same trainer with the inter branch off
+    method: Method = "interclr"
+
+    # --- data
+    dataset: Literal["fashion_mnist", "cifar10", "stl10", "imagefolder"] = "fashion_mnist"
+    data_root: Optional[str] = None
+    train_subset: Optional[int] = Field(default=None, ge=1)
+    test_subset: Optional[int] = Field(default=None, ge=1)
+    image_size: Optional[int] = Field(default=None, ge=8)
+    crop_scale_min: float = Field(default=0.2, gt=0.0, le=1.0)
+    blur_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
+    loader_workers: int = Field(default=4, ge=0)
+
+    # --- model (intra-image branch, MoCo v2)
+    backbone: Literal["convnet", "resnet18", "resnet50"] = "resnet50"
+    widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    feat_dim: int = Field(default=128, ge=1)
+    hidden_dim: Optional[int] = Field(default=None, ge=1)  # None: the backbone's width
+    queue_size: int = Field(default=65536, ge=1)
+    key_momentum: float = Field(default=0.999, ge=0.0, le=1.0)
+    temperature: float = Field(default=0.2, gt=0.0)
+    bn_splits: int = Field(default=1, ge=1)  # emulate per-process BN of bn_splits processes
+    intra_margin_type: MarginType = "none"
+    intra_margin: float = 0.0
+
+    # --- inter-image branch (the study's factors and their settings)
+    labels: LabelMode = "online"
+    sampling: Sampling = "semi-hard"
+    neg_num: int = Field(default=16384, ge=1)
+    pool: int = Field(default=128000, ge=1)
+    neg_search: Literal["exact", "candidates"] = "exact"
+    candidates: int = Field(default=65536, ge=1)
+    margin_type: MarginType = "cosine"
+    margin: float = -0.5
+    num_clusters: int = Field(default=10000, ge=2)
+    min_cluster: int = Field(default=20, ge=1)
+    centroid_every: int = Field(default=10, ge=1)  # iterations (online)
+    recluster_every: int = Field(default=10, ge=1)  # epochs (offline)
+    kmeans_iters: int = Field(default=20, ge=1)
+    bank_momentum: float = Field(default=1.0, gt=0.0, le=1.0)
+    intra_weight: float = Field(default=0.75, ge=0.0)
+    inter_weight: float = Field(default=0.25, ge=0.0)
+    warmup_epochs: int = Field(default=0, ge=0)  # intra-only epochs
+
+    # --- optimisation
+    epochs: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=256, ge=2)
+    lr: float = Field(default=0.03, gt=0.0)
+    sgd_momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    max_steps_per_epoch: Optional[int] = Field(default=None, ge=1)
+
+    # --- evaluation
+    eval_every: int = Field(default=1, ge=1)
+    knn_k: int = Field(default=200, ge=1)
+    knn_temperature: float = Field(default=0.07, gt=0.0)
+    knn_train_subset: Optional[int] = Field(default=None, ge=1)
+    linear_epochs: int = Field(default=100, ge=0)  # 0: no linear probe
+
+    # --- runtime
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = Field(default=None, ge=1)
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check_invariants(self) -> "TrainConfig":
+        if self.method == "interclr":
+            if self.sampling in ("semi-easy", "semi-hard") and self.pool < self.neg_num:
+                raise ValueError(
+                    f"key 'pool': must be >= neg_num ({self.neg_num}) for sampling "
+                    f"'{self.sampling}' (got {self.pool})"
+                )
+            if self.min_cluster * self.num_clusters > 10**9:
+                raise ValueError("key 'min_cluster': min_cluster * num_clusters is absurdly large")
+        if self.batch_size % self.bn_splits:
+            raise ValueError(f"key 'bn_splits': must divide batch_size {self.batch_size} (got {self.bn_splits})")
+        if self.intra_weight == 0 and (self.method == "mocov2" or self.inter_weight == 0):
+            raise ValueError("key 'intra_weight': the loss would be zero")
+        return self
+
+    # ---- derived values, computed once
+    @property
+    def inter_enabled(self) -> bool:
+        return self.method == "interclr"
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved config as a flat dict of JSON-able values (for params)."""
+        return json.loads(self.model_dump_json())
+
+
+# ---------------------------------------------------------------------------
+# Presets: the scale of a run. A preset only sets keys of TrainConfig.
+# ---------------------------------------------------------------------------
+
+_SMALL_DATA = dict(
+    dataset="fashion_mnist",
+    crop_scale_min=0.3,
+    blur_p=0.0,  # 16-28 px images: blur destroys what little detail there is
+    loader_workers=0,
+    queue_size=4096,
+    key_momentum=0.99,  # few iterations: a slower EMA never catches up
+    lr=0.06,
+    weight_decay=5e-4,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds; for tests
+    "smoke": dict(
+        _SMALL_DATA,
+        backbone="convnet",
+        widths=[8, 16, 32],
+        image_size=16,
+        train_subset=1024,
+        test_subset=256,
+        batch_size=64,
+        queue_size=256,
+        epochs=2,
+        num_clusters=10,
+        min_cluster=4,
+        neg_num=64,
+        pool=256,
+        candidates=512,
+        knn_k=20,
+        linear_epochs=5,
+        progress=False,
+    ),
+    # the default scale of the studies: one run in about 2 minutes on one core
+    "cpu": dict(
+        _SMALL_DATA,
+        backbone="convnet",
+        widths=[16, 32, 64],
+        image_size=28,
+        train_subset=20000,
+        test_subset=2000,
+        batch_size=256,
+        epochs=6,
+        num_clusters=100,
+        min_cluster=20,
+        neg_num=1024,
+        pool=2000,
+        neg_search="exact",
+        candidates=8192,
+        knn_train_subset=10000,
+        linear_epochs=30,
+    ),
+    # the same data at a larger scale, for one GPU
+    "gpu": dict(
+        _SMALL_DATA,
+        backbone="resnet18",
+        image_size=28,
+        train_subset=None,
+        batch_size=256,
+        epochs=100,
+        queue_size=16384,
+        num_clusters=600,
+        neg_num=4096,
+        pool=6000,
+        blur_p=0.0,
+        linear_epochs=100,
+    ),
+    # the paper's recipe, for a SLURM cluster (data: an ImageFolder root)
+    "imagenet": dict(
+        dataset="imagefolder",
+        backbone="resnet50",
+        image_size=224,
+        epochs=200,
+        batch_size=256,
+        lr=0.03,
+        weight_decay=1e-4,
+        queue_size=65536,
+        key_momentum=0.999,
+        num_clusters=10000,
+        neg_num=16384,
+        pool=128000,
+        blur_p=0.5,
+        crop_scale_min=0.2,
+        knn_train_subset=100000,
+        linear_epochs=100,
+    ),
+}
+
+CONFIG_KEYS: tuple[str, ...] = tuple(TrainConfig.model_fields)
+
+
+def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML scalars (``3``, ``0.5``, ``-0.5``, ``true``, ``[1,2]``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_sets(items: list[str] | None, *, source: str = "--set") -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: v}``; unknown keys and malformed items raise UserError."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"expected key=value, got '{item}'", source=source)
+        check_keys([key], source=source)
+        out[key] = parse_value(value)
+    return out
+
+
+def check_keys(keys, *, source: str) -> None:
+    for key in keys:
+        if key not in CONFIG_KEYS:
+            raise UserError(
+                f"unknown key{did_you_mean(key, CONFIG_KEYS)} "
+                f"(allowed: {', '.join(sorted(CONFIG_KEYS))})",
+                source=source,
+                key=key,
+            )
+
+
+def _pydantic_message(err: ValidationError) -> tuple[str, str | None]:
+    """The first error of a pydantic ValidationError as (message, key)."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if not isinstance(p, int)]
+    key = loc[0] if loc else None
+    msg = first.get("msg", str(err))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    ctx = first.get("ctx") or {}
+    if first.get("type") == "literal_error" and "expected" in ctx:
+        msg = f"must be one of {ctx['expected']}"
+    got = first.get("input")
+    if key is not None and not isinstance(got, dict):
+        msg = f"{msg} (got {got!r})"
+    return msg, key
+
+
+def build_config(
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    source: str = "config",
+) -> TrainConfig:
+    """Defaults <- preset <- overrides, validated. Raises UserError on bad input."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(
+                f"unknown preset '{preset}'{did_you_mean(preset, tuple(PRESETS))} "
+                f"(allowed: {', '.join(PRESETS)})",
+                source=source,
+                key="preset",
+            )
+        values.update(PRESETS[preset])
+    overrides = dict(overrides or {})
+    check_keys(overrides, source=source)
+    values.update(overrides)
+    # YAML gives ints for whole floats ("margin: 0"); accept them for float keys
+    for key, field in TrainConfig.model_fields.items():
+        if field.annotation is float and isinstance(values.get(key), int) and not isinstance(values.get(key), bool):
+            values[key] = float(values[key])
+    try:
+        return TrainConfig(**values)
+    except ValidationError as err:
+        msg, key = _pydantic_message(err)
+        if key and msg.startswith("key '"):
+            # invariant errors already name their key
+            raise UserError(msg, source=source) from None
+        raise UserError(msg, source=source, key=key) from None
+
+
+def validate_against_data(cfg: TrainConfig, num_train: int, *, source: str = "config") -> None:
+    """Invariants that need the dataset's size (checked before anything is written)."""
+    if cfg.batch_size > num_train:
+        raise UserError(f"batch_size {cfg.batch_size} exceeds the {num_train} training images",
+                        source=source, key="batch_size")
+    if not cfg.inter_enabled:
+        return
+    if cfg.num_clusters > num_train:
+        raise UserError(
+            f"num_clusters {cfg.num_clusters} exceeds the {num_train} training images "
+            f"(allowed: 2..{num_train})", source=source, key="num_clusters")
+    if cfg.min_cluster * cfg.num_clusters > num_train:
+        raise UserError(
+            f"min_cluster * num_clusters = {cfg.min_cluster * cfg.num_clusters} exceeds the "
+            f"{num_train} training images (allowed: min_cluster <= {num_train // cfg.num_clusters})",
+            source=source, key="min_cluster")
+    limit = num_train
+    if cfg.neg_num > limit:
+        raise UserError(f"neg_num {cfg.neg_num} exceeds the bank size {num_train} (allowed: 1..{limit})",
+                        source=source, key="neg_num")
+    if cfg.sampling in ("semi-easy", "semi-hard") and cfg.pool > num_train:
+        raise UserError(f"pool {cfg.pool} exceeds the bank size {num_train} "
+                        f"(allowed: neg_num..{num_train})", source=source, key="pool")

@@ -1,0 +1,281 @@
+"""Euclidean k-means (Lloyd) in torch, for pseudo-label initialisation.
+
+The inter-image branch starts from k-means on the features of the whole
+training set (reference: k = 10,000 on ImageNet, 20 iterations) and, in
+offline mode, re-runs it every few epochs. This module is that k-means: it
+runs on the device of its input, keeps the memory bounded by working on
+``chunk_size`` rows at a time, and is deterministic given a generator.
+
+Speed notes (why the code looks the way it does):
+
+* squared distance ``||x||^2 - 2 x.c + ||c||^2``: the ``||x||^2`` term does
+  not change the argmin, so the assignment only needs
+  ``||c||^2 - 2 x.c``, one fused ``addmm`` per chunk (no ``cdist``);
+  ``||x||^2`` is computed once and only added back for the inertia;
+* the distance block of a chunk is written into one reused buffer;
+* the centroid update is one ``index_add_`` and one ``bincount``: no
+  Python loop over points or clusters.
+
+Initialisation choices ("k-means++", "random", "auto") and empty-cluster
+handling are documented on :func:`kmeans`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from study.errors import UserError
+
+INIT_METHODS = ("auto", "k-means++", "random")
+
+# "auto" picks k-means++ up to this many clusters and random beyond: k-means++
+# is sequential in k (one pass over its sample per centroid), so at k = 10,000
+# it would cost more than the whole Lloyd run, while with many clusters a
+# random init loses little after 20 Lloyd iterations.
+AUTO_KMEANSPP_MAX_K = 1024
+
+# k-means++ runs on a random subsample of max(KMEANSPP_MIN_SAMPLE,
+# KMEANSPP_POINTS_PER_CLUSTER * k) points (or all of them if fewer): enough
+# points per cluster for D^2 sampling to find the modes, small enough that
+# the k sequential passes stay cheap next to Lloyd on all N points.
+KMEANSPP_MIN_SAMPLE = 10_000
+KMEANSPP_POINTS_PER_CLUSTER = 40
+
+
+@dataclass
+class KMeansResult:
+    """Output of :func:`kmeans`.
+
+    Attributes:
+        centroids: (k, d) float32, the final centroids.
+        labels: (N,) long, index of the nearest final centroid of each point.
+        inertia: sum over points of the squared distance to the assigned
+            centroid, for ``labels`` and ``centroids`` as returned.
+        n_iter: number of centroid updates performed (<= ``iters``; fewer
+            when the assignment stopped changing or ``tol`` was reached).
+        history: inertia after each assignment step, starting with the
+            assignment to the initial centroids (length ``n_iter + 1``);
+            Lloyd guarantees it is non-increasing, up to float rounding.
+    """
+
+    centroids: Tensor
+    labels: Tensor
+    inertia: float
+    n_iter: int
+    history: list[float] = field(default_factory=list)
+
+
+def kmeans(
+    x: Tensor,
+    k: int,
+    iters: int = 20,
+    init: str | Tensor = "auto",
+    generator: torch.Generator | None = None,
+    chunk_size: int = 16384,
+    tol: float = 0.0,
+) -> KMeansResult:
+    """Cluster ``x`` into ``k`` groups with Lloyd's algorithm (squared L2).
+
+    Args:
+        x: (N, d) points, any float dtype; computed in float32 on x.device.
+        k: number of clusters, 1 <= k <= N.
+        iters: maximum number of Lloyd iterations (assign + update), >= 1.
+        init: "k-means++" (D^2 sampling, one candidate per step, on a random
+            subsample of max(10,000, 40 k) points when N is larger),
+            "random" (k distinct points drawn uniformly, as faiss does),
+            "auto" (k-means++ for k <= 1024, random above), or a (k, d)
+            tensor of initial centroids (used as given, e.g. to warm-start
+            from the previous clustering).
+        generator: CPU ``torch.Generator`` for every random draw (sampling
+            is done on the CPU and the indices moved to x.device, so results
+            do not depend on the device RNG). None uses the global CPU RNG.
+        chunk_size: rows of ``x`` per distance block; the block holds
+            ``chunk_size * k`` floats, so lower it for very large k.
+        tol: stop early when an iteration lowers the inertia by less than
+            ``tol`` times its previous value. With 0.0 the run stops early
+            only when no label changes (exact convergence).
+
+    Returns:
+        :class:`KMeansResult`; ``labels`` and ``inertia`` refer to the
+        returned centroids (a final assignment follows the last update).
+
+    Empty clusters: after each assignment, every cluster that received no
+    point is re-seeded at one of the points farthest from their assigned
+    centroid (distinct points, largest squared distance first), and those
+    points are taken out of their old clusters' means. The re-seeded
+    centroid sits on a data point, so with N >= k distinct points it owns
+    at least that point at the next assignment and no cluster stays empty.
+    (With duplicated points ties can still leave a cluster empty; argmin
+    breaks ties towards the lower cluster index.)
+    """
+    _check_args(x, k, iters, init, chunk_size, tol)
+    with torch.no_grad():
+        x = x.detach().to(torch.float32).contiguous()  # (N, d)
+        x_sq = (x * x).sum(dim=1)  # (N,), fixed for the whole run
+        centroids = _initial_centroids(x, x_sq, k, init, generator)  # (k, d)
+        assigner = _Assigner(x, x_sq, k, chunk_size)
+
+        labels, dist = assigner(centroids)  # (N,), (N,)
+        history = [_inertia(dist)]
+        n_iter = 0
+        for _ in range(iters):
+            centroids = _update_centroids(x, labels, dist, centroids)
+            new_labels, dist = assigner(centroids)
+            history.append(_inertia(dist))
+            n_iter += 1
+            changed = bool((new_labels != labels).any())
+            labels = new_labels
+            if not changed:
+                break  # same labels -> same means: a fixed point
+            if tol > 0 and history[-2] - history[-1] <= tol * history[-2]:
+                break
+    return KMeansResult(
+        centroids=centroids, labels=labels, inertia=history[-1], n_iter=n_iter, history=history
+    )
+
+
+def _check_args(x: Tensor, k: int, iters: int, init: str | Tensor, chunk_size: int, tol: float) -> None:
+    """Raise UserError for a bad user-facing argument, ValueError for bad data."""
+    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"kmeans expects a non-empty (N, d) tensor, got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise UserError(f"got {k!r}; allowed: an integer from 1 to the number of points ({n})", key="num_clusters")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise UserError(f"got {iters!r}; allowed: an integer >= 1", key="kmeans_iters")
+    if isinstance(init, Tensor):
+        if tuple(init.shape) != (k, x.shape[1]):
+            raise UserError(
+                f"initial centroids have shape {tuple(init.shape)}; allowed: ({k}, {x.shape[1]})", key="kmeans_init"
+            )
+    elif init not in INIT_METHODS:
+        raise UserError(f"got {init!r}; allowed: {', '.join(INIT_METHODS)} or a (k, d) tensor", key="kmeans_init")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise UserError(f"got {chunk_size!r}; allowed: an integer >= 1", key="chunk_size")
+    if not tol >= 0:  # also rejects NaN
+        raise UserError(f"got {tol!r}; allowed: a number >= 0", key="kmeans_tol")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("kmeans input contains NaN or infinite values")
+
+
+class _Assigner:
+    """Nearest-centroid assignment of all points, ``chunk_size`` rows at a time.
+
+    Holds the buffers so that repeated calls (one per Lloyd iteration)
+    allocate nothing large.
+    """
+
+    def __init__(self, x: Tensor, x_sq: Tensor, k: int, chunk_size: int):
+        self.x = x  # (N, d)
+        self.x_sq = x_sq  # (N,)
+        self.chunk = min(chunk_size, x.shape[0])
+        self.block = torch.empty(self.chunk, k, dtype=x.dtype, device=x.device)  # (chunk, k)
+
+    def __call__(self, centroids: Tensor) -> tuple[Tensor, Tensor]:
+        """centroids (k, d) -> labels (N,) long, squared distances (N,) float32."""
+        x, n = self.x, self.x.shape[0]
+        c_sq = (centroids * centroids).sum(dim=1)  # (k,)
+        c_t = centroids.t().contiguous()  # (d, k): contiguous so addmm reads it directly
+        labels = torch.empty(n, dtype=torch.long, device=x.device)
+        partial = torch.empty(n, dtype=x.dtype, device=x.device)  # ||c||^2 - 2 x.c at the min
+        for start in range(0, n, self.chunk):
+            end = min(n, start + self.chunk)
+            block = self.block[: end - start]  # (rows, k)
+            torch.addmm(c_sq, x[start:end], c_t, beta=1, alpha=-2, out=block)
+            torch.min(block, dim=1, out=(partial[start:end], labels[start:end]))
+        # add ||x||^2 back; clamp the tiny negatives left by cancellation
+        dist = partial.add_(self.x_sq).clamp_(min=0)  # (N,)
+        return labels, dist
+
+
+def _inertia(dist: Tensor) -> float:
+    """Sum of squared distances (N,) in float64, so 1M terms lose no precision."""
+    return float(dist.sum(dtype=torch.float64))
+
+
+def _update_centroids(x: Tensor, labels: Tensor, dist: Tensor, old: Tensor) -> Tensor:
+    """Member means, with empty clusters re-seeded at far points.
+
+    Args:
+        x: (N, d) points; labels: (N,) current assignment; dist: (N,)
+            squared distance of each point to its assigned centroid;
+        old: (k, d) centroids the assignment was made with.
+
+    Returns:
+        (k, d) new centroids.
+    """
+    k = old.shape[0]
+    sums = torch.zeros_like(old).index_add_(0, labels, x)  # (k, d)
+    counts = torch.bincount(labels, minlength=k)  # (k,)
+    empty = torch.nonzero(counts == 0).flatten()  # (e,)
+    seeds = None
+    if empty.numel() > 0:
+        # the points worst served by the current centroids become the new
+        # centroids of the empty clusters; topk gives distinct indices
+        seeds = torch.topk(dist, empty.numel()).indices  # (e,)
+        donors = labels[seeds]  # (e,) clusters losing those points
+        sums.index_add_(0, donors, x[seeds], alpha=-1)
+        counts = counts.index_add(0, donors, torch.full_like(donors, -1))
+    new = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)  # (k, d)
+    # a donor that gave away all its points keeps its previous centroid
+    new = torch.where((counts > 0).unsqueeze(1), new, old)
+    if seeds is not None:
+        new[empty] = x[seeds]
+    return new
+
+
+def _initial_centroids(
+    x: Tensor, x_sq: Tensor, k: int, init: str | Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """(k, d) float32 initial centroids on x.device, following ``init``."""
+    if isinstance(init, Tensor):
+        return init.detach().to(device=x.device, dtype=x.dtype).clone()
+    method = init
+    if method == "auto":
+        method = "k-means++" if k <= AUTO_KMEANSPP_MAX_K else "random"
+    if method == "random":
+        idx = torch.randperm(x.shape[0], generator=generator)[:k].to(x.device)  # (k,) distinct
+        return x[idx].clone()
+    return _kmeanspp(x, x_sq, k, generator)
+
+
+def _kmeanspp(x: Tensor, x_sq: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on a random subsample.
+
+    The first centroid is uniform; each next one is drawn with probability
+    proportional to D^2, the squared distance to the nearest centroid so far
+    (one candidate per step, no greedy trials). The draws are inverse-CDF
+    lookups of uniforms taken up front from the CPU generator, so the loop
+    has no host-device synchronisation and does not touch the device RNG.
+
+    Args:
+        x: (N, d) float32 points; x_sq: (N,) their squared norms.
+
+    Returns:
+        (k, d) centroids, rows of x.
+    """
+    n = x.shape[0]
+    m = min(n, max(KMEANSPP_MIN_SAMPLE, KMEANSPP_POINTS_PER_CLUSTER * k))
+    if m < n:
+        sub = torch.randperm(n, generator=generator)[:m].to(x.device)  # (m,)
+        xs, xs_sq = x[sub], x_sq[sub]  # (m, d), (m,)
+    else:
+        xs, xs_sq = x, x_sq
+    u = torch.rand(k, generator=generator, dtype=torch.float64).to(x.device)  # (k,)
+    chosen = torch.empty(k, dtype=torch.long, device=x.device)
+    chosen[0] = (u[0] * m).long().clamp(max=m - 1)
+    # D^2 so far; float64 so the cumulative sum below is exact enough, and a
+    # tiny floor keeps the CDF strictly increasing even if every D^2 is 0
+    # (all remaining points duplicate a centroid)
+    min_d2 = torch.full((m,), float("inf"), dtype=torch.float64, device=x.device)  # (m,)
+    for j in range(1, k):
+        c = xs[chosen[j - 1]]  # (d,)
+        d2 = (xs_sq - 2 * (xs @ c) + xs_sq[chosen[j - 1]]).clamp(min=0)  # (m,)
+        min_d2 = torch.minimum(min_d2, d2.to(torch.float64))
+        cdf = torch.cumsum(min_d2 + 1e-300, dim=0)  # (m,)
+        target = (u[j] * cdf[-1]).reshape(1)
+        chosen[j] = torch.searchsorted(cdf, target, right=True).clamp(max=m - 1)[0]
+    return xs[chosen].clone()

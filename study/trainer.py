@@ -1,0 +1,528 @@
+"""The core trainer: MoCo v2 plus the inter-image branch of InterCLR.
+
+One class, :class:`Trainer`, runs one configuration end to end: data, model,
+the inter-image state (memory bank, pseudo-labels), the epoch loop with its
+per-epoch evaluation, atomic checkpoints and resume. It imports neither Ray
+nor MLflow: per-epoch metrics go to an optional callback, to which the
+scheduler and the tracking plug in.
+
+Randomness, so that a resumed run is bitwise equal to an uninterrupted one
+(on the CPU) and DDP matches one process:
+- ``gen_shared``: the same state on every rank. Augmentation parameters (for
+  the global batch), the shuffle-BN permutation, positive draws, candidate
+  sets and small-cluster re-seeding.
+- ``gen_local``: seeded per rank. The per-query negative draws.
+- the batch order comes from (seed, epoch) alone.
+Both generators are saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from study import checkpoint as ckpt
+from study import distributed as dist
+from study.augment import AugmentConfig, TwoViewAugment, eval_preprocess
+from study.bank import MemoryBank
+from study.config import TrainConfig, validate_against_data
+from study.data import ImageData, epoch_batches, load_dataset
+from study.evaluation import (
+    ari,
+    label_change_ratio,
+    linear_probe_top1,
+    nmi,
+    similarity_stats,
+    weighted_knn_top1,
+)
+from study.kmeans import kmeans
+from study.labels import PseudoLabels
+from study.losses import contrastive_loss
+from study.model import Encoder, KeyQueue, MoCo, build_backbone, split_batchnorm
+from study.sampling import inter_sample, sample_positives
+
+EpochCallback = Callable[[int, dict, Optional[Path]], None]
+
+# negatives' cosines kept per iteration for the epoch's similarity statistics
+_NEG_STATS_PER_STEP = 4096
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """Cosine schedule from base_lr to 0 over total_steps (per iteration)."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochAccumulator:
+    """Sums over one epoch's iterations, turned into metrics at its end."""
+
+    loss: float = 0.0
+    loss_intra: float = 0.0
+    loss_inter: float = 0.0
+    pos_sim: float = 0.0
+    steps: int = 0
+    inter_steps: int = 0
+    pairs: int = 0
+    neg_sims: list = field(default_factory=list)
+    change_ratio: float = 0.0
+
+    def metrics(self) -> dict:
+        out = {
+            "loss": self.loss / max(1, self.steps),
+            "loss_intra": self.loss_intra / max(1, self.steps),
+        }
+        if self.inter_steps:
+            out["loss_inter"] = self.loss_inter / self.inter_steps
+            out["pos_sim_mean"] = self.pos_sim / self.inter_steps
+            out["batch_change_ratio"] = self.change_ratio / self.inter_steps
+        if self.neg_sims:
+            out.update(similarity_stats(torch.cat(self.neg_sims), prefix="neg_sim"))
+        return out
+
+
+class Trainer:
+    """Train one run. ``run()`` returns the final metrics (also in final.json)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: str | Path | None = None,
+        *,
+        callback: EpochCallback | None = None,
+        data: ImageData | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir).resolve() if out_dir is not None else None
+        self.callback = callback
+        self.log = log or (lambda msg: print(msg, flush=True))
+        self.device = resolve_device(cfg.device)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        dist.init_from_env(self.device)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        if cfg.batch_size % self.world:
+            from study.errors import UserError
+
+            raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {self.world} processes",
+                            key="batch_size")
+        self.data = data if data is not None else load_dataset(
+            cfg.dataset, root=cfg.data_root, train_subset=cfg.train_subset,
+            test_subset=cfg.test_subset, image_size=cfg.image_size, seed=cfg.seed)
+        validate_against_data(cfg, self.num_train)
+        self._build()
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def num_train(self) -> int:
+        return int(self.data.train_images.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size or int(self.data.train_images.shape[-1])
+
+    @property
+    def use_amp(self) -> bool:
+        return self.device.type == "cuda" and self.cfg.amp in ("auto", "bf16")
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # model initialisation
+        in_ch = int(self.data.train_images.shape[1])
+        encoder = Encoder(build_backbone(cfg.backbone, in_ch, cfg.widths, self.image_size),
+                          cfg.feat_dim, cfg.hidden_dim)
+        split_batchnorm(encoder, cfg.bn_splits)
+        self.moco = MoCo(encoder, cfg.key_momentum).to(self.device)
+        if self.device.type == "cuda" and cfg.channels_last != "off":
+            self.moco.to(memory_format=torch.channels_last)
+        self.train_model = self.moco.encoder_q
+        if self.world > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.moco.encoder_q, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.SGD(self.moco.encoder_q.parameters(), lr=cfg.lr,
+                                         momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+        self.gen_shared = torch.Generator().manual_seed(cfg.seed)
+        self.gen_local = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 17 + self.rank)
+        self.queue = KeyQueue(cfg.queue_size, cfg.feat_dim, generator=self.gen_shared, device=self.device)
+        self.augment = TwoViewAugment(AugmentConfig(
+            out_size=self.image_size, crop_scale=(cfg.crop_scale_min, 1.0), jitter_p=cfg.jitter_p,
+            blur_p=cfg.blur_p, mean=tuple(self.data.mean), std=tuple(self.data.std)))
+        self.bank: MemoryBank | None = None
+        self.plabels: PseudoLabels | None = None
+        if cfg.inter_enabled:
+            self.bank = MemoryBank(self.num_train, cfg.feat_dim, momentum=cfg.bank_momentum, device=self.device)
+            self.plabels = PseudoLabels(self.num_train, cfg.num_clusters, cfg.feat_dim,
+                                        min_cluster=cfg.min_cluster, device=self.device)
+        self.steps_per_epoch = self.num_train // cfg.batch_size
+        if cfg.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.epoch = 0  # epochs completed
+        self.step = 0  # iterations completed
+        self.history: list[dict] = []
+        self.prev_labels: Tensor | None = None
+
+    def describe(self) -> str:
+        """Derived numbers printed at start-up (nanoGPT-style)."""
+        cfg = self.cfg
+        n_params = sum(p.numel() for p in self.moco.encoder_q.parameters())
+        parts = [
+            f"device {self.device} x{self.world}", f"threads {torch.get_num_threads()}",
+            f"{cfg.dataset}: {self.num_train} train / {int(self.data.test_images.shape[0])} test "
+            f"at {self.image_size}px", f"{cfg.backbone} {n_params / 1e6:.2f}M params",
+            f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size}",
+            f"intra negatives {cfg.queue_size}",
+        ]
+        if cfg.inter_enabled:
+            search = "exact" if cfg.neg_search == "exact" or cfg.sampling == "hard" else f"{cfg.candidates} candidates"
+            parts.append(f"inter: {cfg.labels} labels k={cfg.num_clusters}, {cfg.sampling} "
+                         f"{cfg.neg_num} negatives/query (pool {cfg.pool}, {search}), "
+                         f"{cfg.margin_type} margin {cfg.margin}")
+        else:
+            parts.append("inter branch off (MoCo v2)")
+        return "; ".join(parts)
+
+    # -------------------------------------------------------------- features
+    @torch.no_grad()
+    def _features(self, encoder: Encoder, images: Tensor, *, neck: bool) -> Tensor:
+        """Eval-mode features of uint8 images, in batches. (N, D)"""
+        was_training = encoder.training
+        encoder.eval()
+        out = []
+        bs = 1024 if self.device.type == "cpu" else 2048
+        for i in range(0, images.shape[0], bs):
+            x = eval_preprocess(images[i:i + bs].to(self.device), self.image_size,
+                                self.data.mean, self.data.std)
+            if self.device.type == "cuda" and self.cfg.channels_last != "off":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                f = encoder(x) if neck else encoder.backbone(x)
+            out.append(f.float())
+        encoder.train(was_training)
+        return torch.cat(out)
+
+    def _knn_subset(self) -> Tensor:
+        n = self.cfg.knn_train_subset
+        if n is None or n >= self.num_train:
+            return torch.arange(self.num_train)
+        g = torch.Generator().manual_seed(self.cfg.seed + 4242)
+        return torch.randperm(self.num_train, generator=g)[:n].sort().values
+
+    def evaluate_knn(self) -> float:
+        sub = self._knn_subset()
+        train_f = self._features(self.moco.encoder_q, self.data.train_images[sub], neck=False)
+        test_f = self._features(self.moco.encoder_q, self.data.test_images, neck=False)
+        return weighted_knn_top1(train_f, self.data.train_labels[sub].to(self.device), test_f,
+                                 self.data.test_labels.to(self.device), k=self.cfg.knn_k,
+                                 temperature=self.cfg.knn_temperature, num_classes=self.data.num_classes)
+
+    # ------------------------------------------------------- inter-image state
+    def cluster_bank(self) -> None:
+        """Extract key features of the whole training set, k-means, reset bank and labels.
+
+        Used at initialisation (both modes) and every ``recluster_every`` epochs
+        in offline mode, as the reference does. Every rank computes the same
+        thing from the same weights and the shared generator.
+        """
+        cfg = self.cfg
+        feats = F.normalize(self._features(self.moco.encoder_k, self.data.train_images, neck=True), dim=1)
+        self.bank.fill(feats)
+        res = kmeans(feats, cfg.num_clusters, iters=cfg.kmeans_iters, generator=self.gen_shared)
+        self.plabels.reset(res.labels, res.centroids)
+        if cfg.labels == "online":
+            # same invariant the online maintenance keeps from here on
+            self.plabels.fix_small_clusters(self.bank.feats, self.gen_shared)
+
+    def label_metrics(self) -> dict:
+        if self.plabels is None:
+            return {}
+        labels = self.plabels.labels.cpu()
+        truth = self.data.train_labels
+        out = {"nmi": nmi(labels, truth), "ari": ari(labels, truth),
+               "clusters_nonempty": int((torch.bincount(labels, minlength=self.cfg.num_clusters) > 0).sum())}
+        if self.prev_labels is not None:
+            # offline re-clustering renumbers clusters: match ids before counting changes
+            out["label_change_ratio"] = label_change_ratio(self.prev_labels, labels,
+                                                           match=self.cfg.labels == "offline")
+        self.prev_labels = labels.clone()
+        return out
+
+    # ------------------------------------------------------------- training
+    def _batch_views(self, batch_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """This rank's two views and indices for one global batch (indices on the CPU)."""
+        images = self.data.train_images[batch_idx].to(self.device, non_blocking=True)  # (B, C, H, W) uint8
+        v1, v2 = self.augment(images, self.gen_shared)  # (B, C, S, S) each
+        n = batch_idx.shape[0] // self.world
+        lo, hi = self.rank * n, (self.rank + 1) * n
+        v1, v2 = v1[lo:hi], v2[lo:hi]
+        if self.device.type == "cuda" and self.cfg.channels_last != "off":
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+            v2 = v2.contiguous(memory_format=torch.channels_last)
+        return v1, v2, batch_idx[lo:hi]
+
+    @torch.no_grad()
+    def _keys(self, v2: Tensor) -> Tensor:
+        """Key features (n, d), normalised, through shuffle-BN when BN sees >1 group."""
+        self.moco.momentum_update()
+        shuffle = self.world > 1 or self.cfg.bn_splits > 1
+        if shuffle:
+            v2, inverse = dist.shuffle_batch(v2, self.gen_shared)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            k = self.moco.encoder_k(v2)
+        k = F.normalize(k.float(), dim=1)
+        if shuffle:
+            k = dist.unshuffle_batch(k, inverse)
+        return k
+
+    def train_step(self, batch_idx: Tensor, acc: EpochAccumulator) -> None:
+        cfg = self.cfg
+        lr = cosine_lr(cfg.lr, self.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        v1, v2, idx = self._batch_views(batch_idx)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            q = self.train_model(v1)
+        q = F.normalize(q.float(), dim=1)  # (n, d)
+        k = self._keys(v2)  # (n, d)
+
+        # intra-image: positive = the other view's key, negatives = the queue
+        pos_intra = (q * k).sum(1)  # (n,)
+        neg_intra = q @ self.queue.keys.T  # (n, K)
+        loss_intra = contrastive_loss(pos_intra, neg_intra, cfg.temperature,
+                                      cfg.intra_margin_type, cfg.intra_margin)
+        loss = loss_intra
+        inter_on = cfg.inter_enabled and self.epoch >= cfg.warmup_epochs
+        idx_dev = idx.to(self.device)
+        if inter_on:
+            # positives for the global batch from the shared generator, this rank's slice kept,
+            # so that W processes draw exactly what one process would
+            all_idx = dist.all_gather_cat(idx_dev)
+            pos_all = sample_positives(all_idx, self.plabels.labels, *self.plabels.cluster_index(),
+                                       generator=self.gen_shared)
+            n = idx.shape[0]
+            pos_idx = pos_all[self.rank * n:(self.rank + 1) * n]
+            sample = inter_sample(
+                q, idx_dev, self.bank.feats, self.plabels.labels, self.plabels.cluster_index(),
+                cfg.sampling, cfg.neg_num, cfg.pool,
+                None if cfg.neg_search == "exact" else cfg.candidates,
+                self.gen_local, pos_idx=pos_idx, shared_generator=self.gen_shared)
+            loss_inter = contrastive_loss(sample.pos_cos, sample.neg_cos, cfg.temperature,
+                                          cfg.margin_type, cfg.margin)
+            loss = cfg.intra_weight * loss_intra + cfg.inter_weight * loss_inter
+
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+        # state updates with the keys of the whole global batch, identical on every rank
+        k_all = dist.all_gather_cat(k)  # (B, d)
+        self.queue.enqueue(k_all)
+        if cfg.inter_enabled:
+            idx_all = dist.all_gather_cat(idx_dev)
+            self.bank.update(idx_all, k_all)
+            if cfg.labels == "online":
+                acc.change_ratio += self.plabels.relabel(idx_all, k_all)
+                if (self.step + 1) % cfg.centroid_every == 0:
+                    self.plabels.fix_small_clusters(self.bank.feats, self.gen_shared)
+                    self.plabels.recompute_centroids(self.bank.feats)
+
+        self.step += 1
+        acc.steps += 1
+        acc.pairs += batch_idx.shape[0]
+        acc.loss += float(loss.detach())
+        acc.loss_intra += float(loss_intra.detach())
+        if inter_on:
+            acc.inter_steps += 1
+            acc.loss_inter += float(loss_inter.detach())
+            acc.pos_sim += float(sample.pos_cos.detach().mean())
+            neg = sample.neg_cos.detach().flatten()
+            if neg.numel() > _NEG_STATS_PER_STEP:
+                pick = torch.randint(neg.numel(), (_NEG_STATS_PER_STEP,), generator=self.gen_local,
+                                     device=neg.device)
+                neg = neg[pick]
+            acc.neg_sims.append(neg.float().cpu())
+
+    def train_epoch(self) -> dict:
+        cfg = self.cfg
+        if cfg.inter_enabled and cfg.labels == "offline" and self.epoch > 0 \
+                and self.epoch % cfg.recluster_every == 0:
+            self.cluster_bank()  # offline labels: fixed between re-clusterings
+        self.moco.train()
+        acc = EpochAccumulator()
+        batches = epoch_batches(self.num_train, cfg.batch_size, cfg.seed, self.epoch)[: self.steps_per_epoch]
+        bar = None
+        if cfg.progress and self.rank == 0 and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(batches), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False)
+        start = time.perf_counter()
+        for batch_idx in batches:
+            self.train_step(batch_idx, acc)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{acc.loss / acc.steps:.3f}")
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        metrics = acc.metrics()
+        metrics["lr"] = cosine_lr(cfg.lr, self.step, self.total_steps)
+        metrics["epoch_time"] = elapsed
+        metrics["pairs_per_s"] = acc.pairs / max(elapsed, 1e-9)
+        return metrics
+
+    def evaluate(self, epoch: int) -> dict:
+        out: dict = {}
+        if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
+            out["knn_top1"] = self.evaluate_knn()
+        out.update(self.label_metrics())
+        return out
+
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "config": self.cfg.flat(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.moco.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "queue": self.queue.state_dict(),
+            "bank": self.bank.state_dict() if self.bank is not None else None,
+            "labels": self.plabels.state_dict() if self.plabels is not None else None,
+            "prev_labels": self.prev_labels,
+            "gen_shared": self.gen_shared.get_state(),
+            "gen_local": self.gen_local.get_state(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.moco.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.queue.load_state_dict(state["queue"])
+        if self.bank is not None:
+            self.bank.load_state_dict(state["bank"])
+            self.plabels.load_state_dict(state["labels"])
+        self.prev_labels = state["prev_labels"]
+        self.gen_shared.set_state(state["gen_shared"])
+        self.gen_local.set_state(state["gen_local"])
+        self.history = list(state["history"])
+
+    def _check_resumable(self, state: dict) -> None:
+        from study.errors import UserError
+
+        saved, now = state["config"], self.cfg.flat()
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k != "progress")
+        if diff:
+            raise UserError(
+                f"holds a run with a different config (differs in: {', '.join(diff)}); "
+                "use another --out directory", source=str(self.out_dir))
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        ckpt.save(self.state_dict(), self.out_dir)
+        lines = "".join(json.dumps(m) + "\n" for m in self.history)
+        ckpt.atomic_write_text(self.out_dir / "metrics.jsonl", lines)
+
+    # ------------------------------------------------------------------ run
+    def _final(self) -> dict:
+        cfg = self.cfg
+        final = {k: v for k, v in self.history[-1].items() if k != "epoch"}
+        final["knn_top1_epoch0"] = self.history[0].get("knn_top1")
+        if cfg.linear_epochs > 0:
+            before = [p.detach().clone() for p in self.moco.encoder_q.backbone.parameters()]
+            sub = self._knn_subset()
+            train_f = self._features(self.moco.encoder_q, self.data.train_images[sub], neck=False)
+            test_f = self._features(self.moco.encoder_q, self.data.test_images, neck=False)
+            final["linear_top1"] = linear_probe_top1(
+                train_f, self.data.train_labels[sub].to(self.device), test_f,
+                self.data.test_labels.to(self.device), self.data.num_classes,
+                epochs=cfg.linear_epochs, generator=torch.Generator(device=self.device).manual_seed(cfg.seed))
+            # moco's sanity check: the probe must not have touched the frozen backbone
+            after = list(self.moco.encoder_q.backbone.parameters())
+            if not all(torch.equal(a, b) for a, b in zip(before, after)):
+                raise RuntimeError("linear probe changed the frozen backbone")
+        final["epochs"] = self.epoch
+        final["steps"] = self.step
+        return final
+
+    def run(self) -> dict:
+        """Train (or resume) to the end; return the final metrics."""
+        if self.out_dir is not None:
+            final_path = self.out_dir / "final.json"
+            state = ckpt.load_latest(self.out_dir, map_location=self.device)
+            if state is not None:
+                self._check_resumable(state)
+                if final_path.exists() and state["epoch"] >= self.cfg.epochs:
+                    self.log(f"{self.out_dir}: already finished")
+                    return json.loads(final_path.read_text())
+                self.load_state_dict(state)
+                self.log(f"resuming from epoch {self.epoch} ({self.out_dir})")
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.rank == 0:
+                ckpt.atomic_write_text(self.out_dir / "config.json", json.dumps(self.cfg.flat(), indent=2))
+        if self.rank == 0:
+            self.log(self.describe())
+        if self.epoch == 0 and not self.history:
+            if self.cfg.inter_enabled:
+                self.cluster_bank()
+            m = {"epoch": 0, **self.evaluate(0)}
+            self._record(m)
+        while self.epoch < self.cfg.epochs:
+            m = self.train_epoch()
+            self.epoch += 1
+            m = {"epoch": self.epoch, **m, **self.evaluate(self.epoch)}
+            self._record(m)
+        final = self._final()
+        if self.out_dir is not None and self.rank == 0:
+            ckpt.atomic_write_text(self.out_dir / "final.json", json.dumps(final, indent=2))
+        if self.rank == 0:
+            self.log("final: " + _fmt(final))
+        return final
+
+    def _record(self, m: dict) -> None:
+        self.history.append(m)
+        self.save_checkpoint()
+        if self.rank == 0:
+            self.log(_fmt(m))
+            if self.callback is not None:
+                self.callback(m["epoch"], m, self.out_dir)
+
+
+def _fmt(m: dict) -> str:
+    keys = ["epoch", "loss", "loss_intra", "loss_inter", "knn_top1", "linear_top1", "nmi",
+            "label_change_ratio", "neg_sim_mean", "epoch_time", "pairs_per_s"]
+    parts = []
+    for key in keys:
+        if key in m and m[key] is not None:
+            v = m[key]
+            parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
+    return " | ".join(parts)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path | None = None, callback: EpochCallback | None = None,
+          data: ImageData | None = None) -> dict:
+    """Convenience: build a Trainer and run it."""
+    return Trainer(cfg, out_dir, callback=callback, data=data).run()
