@@ -46,10 +46,69 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a study (all its cells) through Ray Tune",
+                       description="Run every unfinished cell of a study file; finished cells are skipped.")
+    p.add_argument("study_file", metavar="STUDY.yaml")
+    p.add_argument("--preset", default="cpu", help="smoke | cpu | gpu | imagenet (default: cpu)")
+    p.add_argument("--cluster", default="local", choices=("local", "slurm"))
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key in every cell (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and their resources, run nothing")
+    p.add_argument("--rerun-failed", action="store_true", help="also rerun the cells that failed")
+    g = p.add_argument_group("SLURM (with --cluster slurm)")
+    g.add_argument("--slurm-config", help="cluster config file (YAML; see cluster/slurm.example.yaml)")
+    for opt in ("nodes", "gpus-per-node", "cpus-per-task", "mem", "partition", "account", "qos", "time",
+                "constraint"):
+        g.add_argument(f"--{opt}", dest=f"slurm_{opt.replace('-', '_')}", default=None)
+    g.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, passed through (repeatable)")
+    g.add_argument("--wait", action="store_true", help="follow the job and exit with the study's outcome")
+    p.set_defaults(func=cmd_run)
+
+
+def _slurm_options(args) -> dict:
+    opts = {k[len("slurm_"):]: v for k, v in vars(args).items()
+            if k.startswith("slurm_") and k not in ("slurm_config", "slurm_opt") and v is not None}
+    extra = {}
+    for item in args.slurm_opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"expected KEY=VALUE, got '{item}'", source="--slurm-opt")
+        extra[key] = value
+    return {"config_file": args.slurm_config, "overrides": opts, "extra": extra}
+
+
+def cmd_run(args) -> int:
+    from study.config import parse_sets
+    from study.runner import run_study
+
+    return run_study(args.study_file, preset=args.preset, cluster=args.cluster,
+                     sets=parse_sets(args.sets, source="--set"), dry_run=args.dry_run,
+                     rerun_failed=args.rerun_failed, slurm_options=_slurm_options(args), wait=args.wait)
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="cells done / running / failed / missing of a study")
+    p.add_argument("study_file", metavar="STUDY.yaml")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args) -> int:
+    from study.config import parse_sets
+    from study.runner import study_status
+
+    return study_status(args.study_file, preset=args.preset, sets=parse_sets(args.sets, source="--set"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m study", description="InterCLR study toolkit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
+    _add_run(sub)
+    _add_status(sub)
     return parser
 
 

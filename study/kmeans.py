@@ -74,7 +74,7 @@ def kmeans(
     iters: int = 20,
     init: str | Tensor = "auto",
     generator: torch.Generator | None = None,
-    chunk_size: int = 16384,
+    chunk_size: int = 8192,
     tol: float = 0.0,
 ) -> KMeansResult:
     """Cluster ``x`` into ``k`` groups with Lloyd's algorithm (squared L2).
@@ -93,7 +93,9 @@ def kmeans(
             is done on the CPU and the indices moved to x.device, so results
             do not depend on the device RNG). None uses the global CPU RNG.
         chunk_size: rows of ``x`` per distance block; the block holds
-            ``chunk_size * k`` floats, so lower it for very large k.
+            ``chunk_size * k`` float32 (328 MB at k = 10,000 with the
+            default). Measured on 2 CPU cores, 1024..8192 rows run at the
+            same speed for k = 100..10,000, so there is no gain in more.
         tol: stop early when an iteration lowers the inertia by less than
             ``tol`` times its previous value. With 0.0 the run stops early
             only when no label changes (exact convergence).
@@ -250,6 +252,7 @@ def _kmeanspp(x: Tensor, x_sq: Tensor, k: int, generator: torch.Generator | None
     (one candidate per step, no greedy trials). The draws are inverse-CDF
     lookups of uniforms taken up front from the CPU generator, so the loop
     has no host-device synchronisation and does not touch the device RNG.
+    Cost: k sequential passes over the (m, d) sample, memory-bound.
 
     Args:
         x: (N, d) float32 points; x_sq: (N,) their squared norms.
@@ -267,15 +270,17 @@ def _kmeanspp(x: Tensor, x_sq: Tensor, k: int, generator: torch.Generator | None
     u = torch.rand(k, generator=generator, dtype=torch.float64).to(x.device)  # (k,)
     chosen = torch.empty(k, dtype=torch.long, device=x.device)
     chosen[0] = (u[0] * m).long().clamp(max=m - 1)
-    # D^2 so far; float64 so the cumulative sum below is exact enough, and a
-    # tiny floor keeps the CDF strictly increasing even if every D^2 is 0
-    # (all remaining points duplicate a centroid)
-    min_d2 = torch.full((m,), float("inf"), dtype=torch.float64, device=x.device)  # (m,)
+    min_d2 = torch.full((m,), float("inf"), dtype=x.dtype, device=x.device)  # (m,) D^2 so far
     for j in range(1, k):
-        c = xs[chosen[j - 1]]  # (d,)
-        d2 = (xs_sq - 2 * (xs @ c) + xs_sq[chosen[j - 1]]).clamp(min=0)  # (m,)
-        min_d2 = torch.minimum(min_d2, d2.to(torch.float64))
-        cdf = torch.cumsum(min_d2 + 1e-300, dim=0)  # (m,)
-        target = (u[j] * cdf[-1]).reshape(1)
+        last = chosen[j - 1]
+        # ||x||^2 + ||c||^2 - 2 x.c in one gemv (memory-bound: one read of xs)
+        d2 = torch.addmv(xs_sq + xs_sq[last], xs, xs[last], alpha=-2)  # (m,)
+        torch.minimum(min_d2, d2, out=min_d2)
+        # float64 CDF, exact enough for 400k terms; the clamp removes rounding
+        # negatives so it is non-decreasing. searchsorted(right=True) never
+        # lands on a zero-weight point; if every weight is 0 (all points
+        # duplicate a centroid) it returns m, clamped to the last point
+        cdf = torch.cumsum(min_d2.clamp(min=0), dim=0, dtype=torch.float64)  # (m,)
+        target = (u[j] * cdf[-1]).reshape(1)  # (1,)
         chosen[j] = torch.searchsorted(cdf, target, right=True).clamp(max=m - 1)[0]
     return xs[chosen].clone()

@@ -111,8 +111,12 @@ class Trainer:
         callback: EpochCallback | None = None,
         data: ImageData | None = None,
         log: Callable[[str], None] | None = None,
+        replay: bool = False,
     ):
         self.cfg = cfg
+        # on resume, hand the stored history to the callback again (it dedupes by epoch),
+        # so an epoch whose report was lost in a kill still reaches the tracker
+        self.replay = replay
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else None
         self.callback = callback
         self.log = log or (lambda msg: print(msg, flush=True))
@@ -475,10 +479,17 @@ class Trainer:
             state = ckpt.load_latest(self.out_dir, map_location=self.device)
             if state is not None:
                 self._check_resumable(state)
-                if final_path.exists() and state["epoch"] >= self.cfg.epochs:
+                finished = final_path.exists() and state["epoch"] >= self.cfg.epochs
+                if finished:
+                    self.history = list(state["history"])
+                else:
+                    self.load_state_dict(state)
+                if self.replay and self.callback is not None and self.rank == 0:
+                    for m in self.history:
+                        self.callback(m["epoch"], m, self.out_dir)
+                if finished:
                     self.log(f"{self.out_dir}: already finished")
                     return json.loads(final_path.read_text())
-                self.load_state_dict(state)
                 self.log(f"resuming from epoch {self.epoch} ({self.out_dir})")
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.rank == 0:

@@ -1,0 +1,386 @@
+"""MLflow store -> tidy pandas frames, with the data contract checked.
+
+The contract (what the training side writes, see DESIGN.md):
+
+- one experiment per study, named by the study;
+- one parent run (tags ``role=parent``, params ``factors`` and ``metric``);
+- one child run per cell (tags ``role=cell``, ``cell_id``, ``level``,
+  ``factors``, ``factor.<name>``, ``preset``; params ``seed`` and the
+  resolved config; metrics per epoch with ``step`` = epoch, and
+  ``linear_top1`` / ``final_knn_top1`` once at the end).
+
+Only FINISHED cell runs count; a cell_id that appears twice keeps its latest
+finished run. Cells with no finished run, and level x seed combinations
+that other levels have but this one lacks, are returned as ``missing``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_METRIC = "knn_top1"
+FINISHED = "FINISHED"
+
+# Columns of the cells frame: name -> kind ("str", "int", "float").
+CELL_COLUMNS: dict[str, str] = {
+    "study": "str",
+    "cell_id": "str",
+    "run_id": "str",
+    "level": "str",
+    "seed": "int",
+    "preset": "str",
+    "method": "str",
+    "labels": "str",
+    "sampling": "str",
+    "margin_type": "str",
+    "margin": "float",
+    "epochs": "int",
+    "end_time": "int",
+    "knn_top1": "float",  # final kNN top-1 (``final_knn_top1``, else the last ``knn_top1``)
+    "linear_top1": "float",
+    "nmi": "float",  # last logged NMI of the pseudo-labels (NaN for MoCo v2)
+    "ari": "float",
+    "knn_auc": "float",  # mean kNN top-1 over epochs 1..E (convergence speed)
+}
+CURVE_COLUMNS: dict[str, str] = {
+    "cell_id": "str",
+    "run_id": "str",
+    "level": "str",
+    "seed": "int",
+    "metric": "str",
+    "epoch": "int",
+    "value": "float",
+}
+MISSING_COLUMNS: dict[str, str] = {"cell_id": "str", "level": "str", "seed": "int", "status": "str", "run_id": "str"}
+FINAL_ONLY_METRICS = ("linear_top1", "final_knn_top1")
+
+# Natural order of known factor values (anything else sorts after, alphabetically).
+_PARAM_ORDER = {
+    "labels": ["offline", "online"],
+    "sampling": ["random", "semi-easy", "semi-hard", "hard"],
+    "method": ["interclr", "mocov2"],
+    "margin_type": ["none", "cosine", "arc"],
+}
+# Which params identify a factor's level.
+FACTOR_PARAMS = {
+    "labels": ("labels",),
+    "sampling": ("sampling",),
+    "method": ("method",),
+    "boundary": ("margin_type", "margin"),
+}
+
+
+class StoreError(RuntimeError):
+    """The store cannot be read (missing sqlite file, unreachable server)."""
+
+
+class ContractError(ValueError):
+    """What the store holds does not follow the data contract."""
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """Everything analysis needs about one study, read once from the store."""
+
+    study: str
+    found: bool  # an experiment of that name exists
+    factors: tuple[str, ...]
+    metric: str  # the study's primary metric (a column of ``cells``)
+    cells: pd.DataFrame  # one row per finished cell, CELL_COLUMNS + ``factor.<name>``
+    curves: pd.DataFrame  # long: CURVE_COLUMNS
+    missing: pd.DataFrame  # MISSING_COLUMNS
+    levels: tuple[str, ...] = field(default=())  # display order
+
+    @property
+    def empty(self) -> bool:
+        return self.cells.empty
+
+
+# --------------------------------------------------------------------------- store access
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``:memory:`` for an in-memory one); None otherwise."""
+    if not uri.startswith("sqlite:"):
+        return None
+    rest = uri[len("sqlite:///"):].split("?")[0] if uri.startswith("sqlite:///") else ""
+    return Path(rest) if rest else Path(":memory:")
+
+
+def client_for(tracking_uri: str | None = None):
+    """An MlflowClient on an existing store; StoreError if there is none."""
+    uri = tracking_uri or default_tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None and (str(db) == ":memory:" or not db.is_file()):
+        raise StoreError(f"no MLflow store at {uri} (file {db} does not exist); run a study first")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the store is unreadable
+        raise StoreError(f"cannot read the MLflow store at {uri}: {exc}") from exc
+    return client
+
+
+def _all_runs(client, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token,
+            order_by=["attributes.start_time ASC"],
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def list_studies(tracking_uri: str | None = None) -> list[str]:
+    """Names of the experiments that hold at least one cell or parent run, sorted."""
+    client = client_for(tracking_uri)
+    names = []
+    for exp in client.search_experiments():
+        hit = client.search_runs([exp.experiment_id], filter_string="tags.role = 'cell'", max_results=1)
+        if not hit:
+            hit = client.search_runs([exp.experiment_id], filter_string="tags.role = 'parent'", max_results=1)
+        if hit:
+            names.append(exp.name)
+    return sorted(names)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _num(value, kind: str, run_id: str, key: str):
+    if value is None or str(value).strip().lower() in ("", "none", "null", "nan"):
+        return None
+    try:
+        if kind == "int":
+            f = float(value)
+            if not f.is_integer():
+                raise ValueError(value)
+            return int(f)
+        return float(value)
+    except (TypeError, ValueError):
+        raise ContractError(f"run {run_id}: param {key!r} = {value!r} is not a{'n integer' if kind == 'int' else ' number'}")
+
+
+def _cell_row(run, study: str) -> dict:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    rid = run.info.run_id
+    for key in ("cell_id",):
+        if not tags.get(key):
+            raise ContractError(f"study {study!r}: cell run {rid} has no tag {key!r}")
+    if "seed" not in params:
+        raise ContractError(f"study {study!r}: cell run {rid} has no param 'seed'")
+    factors = [f for f in tags.get("factors", "").split(",") if f]
+    level = tags.get("level") or " / ".join(tags.get(f"factor.{f}", "") for f in factors)
+    if not level:
+        raise ContractError(f"study {study!r}: cell run {rid} has neither a 'level' tag nor factor.<name> tags")
+    knn = metrics.get("final_knn_top1", metrics.get("knn_top1"))
+    row = {
+        "study": study,
+        "cell_id": tags["cell_id"],
+        "run_id": rid,
+        "level": level,
+        "seed": _num(params["seed"], "int", rid, "seed"),
+        "preset": tags.get("preset", ""),
+        "method": params.get("method", ""),
+        "labels": params.get("labels", ""),
+        "sampling": params.get("sampling", ""),
+        "margin_type": params.get("margin_type", ""),
+        "margin": _num(params.get("margin"), "float", rid, "margin"),
+        "epochs": _num(params.get("epochs"), "int", rid, "epochs"),
+        "end_time": int(run.info.end_time or run.info.start_time or 0),
+        "knn_top1": knn,
+        "linear_top1": metrics.get("linear_top1"),
+        "nmi": metrics.get("nmi"),
+        "ari": metrics.get("ari"),
+        "knn_auc": None,
+        "status": run.info.status,
+        "_factors": tuple(factors),
+    }
+    for f in factors:
+        row[f"factor.{f}"] = tags.get(f"factor.{f}", "")
+    return row
+
+
+def _typed(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for col, kind in columns.items():
+        if col not in df.columns:
+            df[col] = pd.Series([None] * len(df), dtype=object)
+        if kind == "str":
+            df[col] = df[col].fillna("").astype(str)
+        elif kind == "int":
+            df[col] = df[col].fillna(-1).astype("int64")
+        else:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    extra = [c for c in df.columns if c not in columns]
+    return df[list(columns) + extra]
+
+
+def check_frame(df: pd.DataFrame, columns: dict[str, str], what: str) -> pd.DataFrame:
+    """Raise ContractError naming the first missing column or wrong dtype."""
+    checks = {
+        "str": pd.api.types.is_string_dtype,
+        "int": pd.api.types.is_integer_dtype,
+        "float": pd.api.types.is_float_dtype,
+    }
+    for col, kind in columns.items():
+        if col not in df.columns:
+            raise ContractError(f"{what}: column {col!r} is missing (required: {', '.join(columns)})")
+        if not checks[kind](df[col].dtype):
+            raise ContractError(f"{what}: column {col!r} has dtype {df[col].dtype}, expected {kind}")
+    return df
+
+
+def dedupe_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs only; per cell_id the latest finished (end_time, then run_id)."""
+    fin = runs[runs["status"] == FINISHED]
+    fin = fin.sort_values(["cell_id", "end_time", "run_id"], kind="mergesort")
+    return fin.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
+
+
+def level_sort_key(row: pd.Series, factors: tuple[str, ...]) -> tuple:
+    """Order of a level: known param values first in their natural order, then by label."""
+    key: list = []
+    for f in factors:
+        params = FACTOR_PARAMS.get(f, ())
+        for p in params:
+            v = row.get(p)
+            if p == "margin":
+                key.append((0, float(v) if v is not None and not math.isnan(v) else math.inf, ""))
+                continue
+            order = _PARAM_ORDER.get(p, [])
+            key.append((0, order.index(v), "") if v in order else (1, 0, str(v)))
+    key.append((1, 0, str(row["level"])))
+    return tuple(key)
+
+
+def order_levels(cells: pd.DataFrame, factors: tuple[str, ...]) -> tuple[str, ...]:
+    if cells.empty:
+        return ()
+    first = cells.sort_values(["level", "seed"], kind="mergesort").drop_duplicates("level")
+    keyed = sorted((level_sort_key(r, factors), r["level"]) for _, r in first.iterrows())
+    return tuple(level for _, level in keyed)
+
+
+def find_missing(runs: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells without a finished run, plus level x seed gaps among finished cells."""
+    rows = []
+    done = set(cells["cell_id"])
+    unfinished = runs[~runs["cell_id"].isin(done)].sort_values(["cell_id", "end_time", "run_id"], kind="mergesort")
+    for _, r in unfinished.drop_duplicates("cell_id", keep="last").iterrows():
+        rows.append({"cell_id": r["cell_id"], "level": r["level"], "seed": r["seed"], "status": r["status"],
+                     "run_id": r["run_id"]})
+    have = set(zip(cells["level"], cells["seed"]))
+    listed = {(r["level"], r["seed"]) for r in rows}
+    seeds = sorted(set(cells["seed"]) | {r["seed"] for r in rows})
+    levels = sorted(set(cells["level"]) | {r["level"] for r in rows})
+    for level in levels:
+        for seed in seeds:
+            if (level, seed) not in have and (level, seed) not in listed:
+                rows.append({"cell_id": "", "level": level, "seed": seed, "status": "NOT IN STORE", "run_id": ""})
+    df = _typed(rows, MISSING_COLUMNS)
+    return df.sort_values(["level", "seed", "cell_id"], kind="mergesort").reset_index(drop=True)
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(epoch, value) per step; a step logged twice (a resumed trial) keeps its latest value."""
+    latest: dict[int, tuple[int, float]] = {}
+    for m in client.get_metric_history(run_id, key):
+        prev = latest.get(m.step)
+        if prev is None or m.timestamp >= prev[0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return sorted((step, v) for step, (_, v) in latest.items())
+
+
+def load_curves(client, cells: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, c in cells.iterrows():
+        run = client.get_run(c["run_id"])
+        for key in sorted(run.data.metrics):
+            if key in FINAL_ONLY_METRICS:
+                continue
+            for epoch, value in _history(client, c["run_id"], key):
+                rows.append({"cell_id": c["cell_id"], "run_id": c["run_id"], "level": c["level"], "seed": c["seed"],
+                             "metric": key, "epoch": epoch, "value": value})
+    df = _typed(rows, CURVE_COLUMNS)
+    return df.sort_values(["level", "seed", "metric", "epoch"], kind="mergesort").reset_index(drop=True)
+
+
+def curve_auc(curves: pd.DataFrame, metric: str = "knn_top1") -> pd.Series:
+    """Per cell_id, the mean of ``metric`` over epochs >= 1 (area under the curve / epochs)."""
+    sel = curves[(curves["metric"] == metric) & (curves["epoch"] >= 1)]
+    return sel.groupby("cell_id")["value"].mean()
+
+
+def metric_column(metric: str) -> str:
+    """The cells column holding a study's primary metric (``final_knn_top1`` -> ``knn_top1``)."""
+    return metric[len("final_"):] if metric.startswith("final_") else metric
+
+
+def empty_study(study: str, found: bool) -> StudyData:
+    return StudyData(study=study, found=found, factors=(), metric=DEFAULT_METRIC,
+                     cells=_typed([], CELL_COLUMNS), curves=_typed([], CURVE_COLUMNS),
+                     missing=_typed([], MISSING_COLUMNS))
+
+
+def load_study(study: str, tracking_uri: str | None = None, client=None) -> StudyData:
+    """Read one study. A study with no experiment comes back with ``found=False`` and no cells."""
+    client = client or client_for(tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        return empty_study(study, found=False)
+    parents = _all_runs(client, exp.experiment_id, "tags.role = 'parent'")
+    runs = _all_runs(client, exp.experiment_id, "tags.role = 'cell'")
+    parent = parents[-1] if parents else None
+    factors: tuple[str, ...] = ()
+    metric = DEFAULT_METRIC
+    if parent is not None:
+        factors = tuple(f for f in parent.data.params.get("factors", "").split(",") if f)
+        metric = parent.data.params.get("metric", DEFAULT_METRIC) or DEFAULT_METRIC
+    raw_rows = [_cell_row(r, study) for r in runs]
+    if not factors and raw_rows:
+        factors = raw_rows[0]["_factors"]
+    for r in raw_rows:
+        r.pop("_factors")
+    if not raw_rows:
+        return StudyData(study=study, found=True, factors=factors, metric=metric_column(metric),
+                         cells=_typed([], CELL_COLUMNS), curves=_typed([], CURVE_COLUMNS),
+                         missing=_typed([], MISSING_COLUMNS))
+    all_runs = _typed(raw_rows, {**CELL_COLUMNS, "status": "str"})
+    cells = dedupe_cells(all_runs)
+    missing = find_missing(all_runs, cells)
+    curves = load_curves(client, cells)
+    auc = curve_auc(curves)
+    cells["knn_auc"] = cells["cell_id"].map(auc).astype("float64")
+    factor_cols = sorted(c for c in cells.columns if c.startswith("factor."))
+    cells = cells[list(CELL_COLUMNS) + factor_cols]
+    levels = order_levels(cells, factors)
+    rank = {lvl: i for i, lvl in enumerate(levels)}
+    cells = cells.assign(_r=cells["level"].map(rank)).sort_values(["_r", "seed", "cell_id"], kind="mergesort")
+    cells = cells.drop(columns="_r").reset_index(drop=True)
+    check_frame(cells, CELL_COLUMNS, f"study {study!r} cells")
+    check_frame(curves, CURVE_COLUMNS, f"study {study!r} curves")
+    mcol = metric_column(metric)
+    if mcol not in cells.columns:
+        raise ContractError(f"study {study!r}: primary metric {metric!r} is not a cell metric "
+                            f"(known: knn_top1, linear_top1, nmi, ari, knn_auc)")
+    return StudyData(study=study, found=True, factors=factors, metric=mcol, cells=cells, curves=curves,
+                     missing=missing, levels=levels)

@@ -1,0 +1,1 @@
+"""Scheduling backends: local Ray Tune, and Ray on SLURM through submitit."""

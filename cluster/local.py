@@ -1,0 +1,52 @@
+"""Local backend: Ray Tune on this machine.
+
+Maps resources only: Ray gets the machine's CPUs (and GPUs), no dashboard,
+and as many trials run at once as the per-trial resources allow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from study.studyfile import Cell, Study
+from study.tracking import StudyTracker
+
+
+def parallel_slots(study: Study, num_cpus: int, num_gpus: int) -> int:
+    """How many cells fit at once on ``num_cpus`` CPUs and ``num_gpus`` GPUs."""
+    slots = max(1, num_cpus // study.resources.cpus)
+    if study.resources.gpus > 0:
+        slots = min(slots, max(1, int(num_gpus / study.resources.gpus)))
+    return slots
+
+
+def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
+              run_root: Path, storage_path: Path, done_before: int) -> dict[str, str]:
+    import ray
+
+    from cluster.tune_run import run_cells
+
+    num_cpus = int(os.environ.get("STUDY_NUM_CPUS") or os.cpu_count() or 1)
+    num_gpus = _gpu_count()
+    slots = parallel_slots(study, num_cpus, num_gpus)
+    print(f"[{study.name}] local Ray: {num_cpus} CPUs, {num_gpus} GPUs, {slots} cells at a time, "
+          f"{len(cells)} to run", flush=True)
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return run_cells(study, cells, tracker, parent_id, run_root=run_root, storage_path=storage_path,
+                         slots=slots, experiment_name=name, done_before=done_before)
+    finally:
+        ray.shutdown()
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0

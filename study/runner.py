@@ -1,0 +1,132 @@
+"""``python -m study run`` and ``status``: from a study file to finished cells.
+
+The store is the source of truth: a cell whose MLflow run is FINISHED is
+never trained again; any other cell is (re)run in its own run directory,
+from which the trainer resumes. Everything about the study file and the
+arguments is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from study.errors import UserError
+from study.studyfile import Cell, Study, load_study
+from study.tracking import FAILED, FINISHED, REPO_ROOT, RUNNING, StudyTracker
+
+CLUSTERS = ("local", "slurm")
+
+
+def run_root(study: str) -> Path:
+    base = os.environ.get("STUDY_RUN_ROOT") or str(REPO_ROOT / "runs")
+    return (Path(base) / study).resolve()
+
+
+def ray_storage() -> Path:
+    return Path(os.environ.get("STUDY_RAY_RESULTS") or (REPO_ROOT / "ray_results")).resolve()
+
+
+def describe_cells(study: Study) -> str:
+    r = study.resources
+    lines = [f"study '{study.name}' ({study.path}), preset {study.preset}: {len(study.cells)} cells "
+             f"= {' x '.join(str(len(v)) for v in study.spec.factors.values())} levels x "
+             f"{len({c.seed for c in study.cells})} seeds; each asks {r.cpus} CPU"
+             + (f" and {r.gpus:g} GPU" if r.gpus else "") + f"; metric {study.spec.metric}"]
+    width = max(len(c.level) for c in study.cells)
+    lines.append(f"  {'cell_id':12}  {'level':{width}}  seed  epochs")
+    for c in study.cells:
+        lines.append(f"  {c.cell_id:12}  {c.level:{width}}  {c.seed:4}  {c.config.epochs:6}")
+    return "\n".join(lines)
+
+
+def cells_to_run(study: Study, status: dict[str, str], rerun_failed: bool) -> tuple[list[Cell], int]:
+    """(cells to run, number already finished). FAILED cells wait for --rerun-failed."""
+    todo, done = [], 0
+    for c in study.cells:
+        s = status.get(c.cell_id)
+        if s == FINISHED:
+            done += 1
+        elif s == FAILED and not rerun_failed:
+            continue
+        else:
+            todo.append(c)
+    return todo, done
+
+
+def run_study(path: str, *, preset: str = "cpu", cluster: str = "local", sets: dict | None = None,
+              dry_run: bool = False, rerun_failed: bool = False, slurm_options: dict | None = None,
+              wait: bool = False) -> int:
+    if cluster not in CLUSTERS:
+        raise UserError(f"unknown cluster '{cluster}' (allowed: {', '.join(CLUSTERS)})", source="--cluster")
+    study = load_study(path, preset, sets)
+    if cluster == "slurm":
+        from cluster.slurm import check_options
+
+        check_options(slurm_options or {})  # bad options fail here, before anything is written
+    if dry_run:
+        print(describe_cells(study))
+        return 0
+    if cluster == "slurm":
+        from cluster.slurm import submit_study
+
+        return submit_study(study, sets=sets or {}, options=slurm_options or {}, wait=wait,
+                            rerun_failed=rerun_failed)
+    return execute_study(study, rerun_failed=rerun_failed, backend="local")
+
+
+def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_name: str | None = None,
+                  restore: bool = False) -> int:
+    """Run the study's unfinished cells on the Ray cluster of ``backend``; the driver side."""
+    tracker = StudyTracker(study.name)
+    todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
+    parent_id = tracker.parent_run_id({"factors": ",".join(study.factors), "metric": study.spec.metric,
+                                       "preset": study.preset, "file": study.path.name}, study.path)
+    skipped_failed = len(study.cells) - len(todo) - done
+    print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
+          + (f", {skipped_failed} failed (rerun with --rerun-failed)" if skipped_failed else ""), flush=True)
+    if todo:
+        if backend == "local":
+            from cluster.local import run_local
+
+            run_local(study, todo, tracker, parent_id, run_root=run_root(study.name),
+                      storage_path=ray_storage(), done_before=done)
+        else:
+            from cluster.tune_run import run_cells
+
+            run_cells(study, todo, tracker, parent_id, run_root=run_root(study.name),
+                      storage_path=ray_storage(), slots=len(todo), experiment_name=experiment_name or study.name,
+                      done_before=done, restore=restore)
+    final = StudyTracker(study.name).cell_status()
+    counts = summarise(study, final)
+    all_done = counts[FINISHED] == len(study.cells)
+    tracker.finish_parent(parent_id, FINISHED if all_done else FAILED)
+    print(f"[{study.name}] finished {counts[FINISHED]}/{len(study.cells)}, failed {counts[FAILED]}, "
+          f"missing {counts['missing']}", flush=True)
+    return 0 if all_done else 1
+
+
+def summarise(study: Study, status: dict[str, str]) -> dict[str, int]:
+    counts = {FINISHED: 0, RUNNING: 0, FAILED: 0, "missing": 0}
+    for c in study.cells:
+        s = status.get(c.cell_id)
+        if s in (FINISHED, RUNNING, FAILED):
+            counts[s] += 1
+        else:
+            counts["missing"] += 1
+    return counts
+
+
+def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) -> int:
+    study = load_study(path, preset, sets)
+    tracker = StudyTracker(study.name, create=False)
+    status = tracker.cell_status()
+    names = {FINISHED: "done", RUNNING: "running", FAILED: "failed"}
+    width = max(len(c.level) for c in study.cells)
+    print(f"study '{study.name}', preset {study.preset}, store {tracker.uri}")
+    for c in study.cells:
+        print(f"  {c.cell_id}  {c.level:{width}}  seed {c.seed:<3} {names.get(status.get(c.cell_id), 'missing')}")
+    counts = summarise(study, status)
+    print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, failed {counts[FAILED]}, "
+          f"missing {counts['missing']} (of {len(study.cells)})")
+    return 0

@@ -1,0 +1,249 @@
+"""Study files: a strict schema, and their expansion into cells.
+
+A study file (YAML, in ``experiments/``) names a base recipe, fixed
+settings, factors with their levels, seeds, the metric and per-preset
+overrides and resources. A cell is one (levels, seed) combination with its
+fully resolved :class:`~study.config.TrainConfig` and a stable ``cell_id``.
+
+Resolution order, later wins: preset defaults <- study ``fixed`` <- the
+study's per-preset ``set`` <- the cell's levels <- ``seed`` <- command-line
+``--set``. Every key is checked against the run schema when the file loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean
+from study.errors import UserError
+
+# keys that change how a run is executed, not what it computes: not part of cell_id
+_EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
+
+
+class Level(BaseModel):
+    """One level of a factor: a label and the config keys it sets."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    label: str = Field(min_length=1)
+    set: dict[str, Any] = Field(min_length=1)
+
+
+class Resources(BaseModel):
+    """What one trial asks of the scheduler."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    cpus: int = Field(default=1, ge=1)
+    gpus: float = Field(default=0.0, ge=0.0)
+
+
+class PresetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    set: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    seeds: Optional[list[int]] = Field(default=None, min_length=1)
+    max_failures: Optional[int] = Field(default=None, ge=0)
+
+
+class StudySpec(BaseModel):
+    """The schema of a study file. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    finding: Optional[str] = None
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    factors: dict[str, list[Union[str, int, float, bool, Level]]] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    metric: str = "knn_top1"
+    presets: dict[str, PresetSpec] = Field(default_factory=dict)
+    max_failures: int = Field(default=1, ge=0)
+
+    @field_validator("factors")
+    @classmethod
+    def _levels(cls, factors: dict) -> dict:
+        for name, levels in factors.items():
+            if not levels:
+                raise ValueError(f"factor '{name}' has no levels")
+            labels = [_label(name, lv) for lv in levels]
+            dup = sorted({lb for lb in labels if labels.count(lb) > 1})
+            if dup:
+                raise ValueError(f"factor '{name}' has duplicate levels: {', '.join(dup)}")
+        return factors
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"duplicate seeds in {seeds}")
+        return seeds
+
+    @field_validator("presets")
+    @classmethod
+    def _presets_known(cls, presets: dict) -> dict:
+        for name in presets:
+            if name not in PRESETS:
+                raise ValueError(f"unknown preset '{name}'{did_you_mean(name, tuple(PRESETS))} "
+                                 f"(allowed: {', '.join(PRESETS)})")
+        return presets
+
+
+def _label(factor: str, level: Any) -> str:
+    if isinstance(level, Level):
+        return level.label
+    return str(level).lower() if isinstance(level, bool) else str(level)
+
+
+def _level_sets(factor: str, level: Any) -> dict[str, Any]:
+    """A scalar level sets the config key named like its factor."""
+    return dict(level.set) if isinstance(level, Level) else {factor: level}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a study: its levels, seed, resolved config and stable id."""
+
+    study: str
+    levels: dict[str, str]  # factor -> level label
+    seed: int
+    config: TrainConfig
+    cell_id: str
+    preset: str
+
+    @property
+    def level(self) -> str:
+        """A human label of the cell's level(s), e.g. 'semi-hard' or 'online / hard'."""
+        return " / ".join(self.levels.values())
+
+    @property
+    def name(self) -> str:
+        return f"{self.level} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class Study:
+    spec: StudySpec
+    path: Path
+    preset: str
+    cells: tuple[Cell, ...]
+    resources: Resources
+    max_failures: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def factors(self) -> list[str]:
+        return list(self.spec.factors)
+
+
+def cell_hash(config: TrainConfig) -> str:
+    """A stable hash of the resolved config (which includes the seed)."""
+    flat = {k: v for k, v in config.flat().items() if k not in _EXECUTION_KEYS}
+    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _format_validation(err: ValidationError) -> tuple[str, str]:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    msg = first.get("msg", str(err))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if first.get("type") == "extra_forbidden":
+        field = str(first["loc"][-1])
+        parent = StudySpec
+        options: tuple[str, ...] = tuple(parent.model_fields)
+        if len(first["loc"]) > 1 and first["loc"][0] == "presets":
+            options = tuple(PresetSpec.model_fields) + tuple(Resources.model_fields)
+        msg = f"unknown key{did_you_mean(field, options)} (allowed: {', '.join(options)})"
+    elif "input" in first and not isinstance(first["input"], (dict, list)):
+        msg = f"{msg} (got {first['input']!r})"
+    return msg, loc
+
+
+def read_study_file(path: str | Path) -> StudySpec:
+    """Parse and validate a study file; every problem is one UserError naming file and key."""
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise UserError("no such study file" if not path.exists() else "not a file", source=src)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"broken YAML{where}: {getattr(err, 'problem', err)}", source=src) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read: {err}", source=src) from None
+    if raw is None:
+        raise UserError("the file is empty (expected keys: name, factors, ...)", source=src)
+    if not isinstance(raw, dict):
+        raise UserError(f"expected a mapping of keys, got {type(raw).__name__}", source=src)
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as err:
+        msg, loc = _format_validation(err)
+        raise UserError(msg, source=src, key=loc or None) from None
+    # every config key named anywhere must exist in the run schema
+    _check_config_keys(spec.fixed, src, "fixed")
+    for fname, levels in spec.factors.items():
+        for i, lv in enumerate(levels):
+            keys = lv.set if isinstance(lv, Level) else {fname: lv}
+            _check_config_keys(keys, src, f"factors.{fname}" + (f"[{i}].set" if isinstance(lv, Level) else ""))
+    for pname, p in spec.presets.items():
+        _check_config_keys(p.set, src, f"presets.{pname}.set")
+    return spec
+
+
+def _check_config_keys(values: dict, src: str, where: str) -> None:
+    for key in values:
+        if key not in CONFIG_KEYS:
+            raise UserError(f"unknown config key '{key}'{did_you_mean(key, CONFIG_KEYS)}",
+                            source=src, key=where)
+        if key == "seed":
+            raise UserError("set seeds with the top-level 'seeds' list", source=src, key=f"{where}.seed")
+
+
+def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | None = None,
+               out_root: Path | None = None) -> Study:
+    """Read, validate and expand a study file into its cells (nothing is written)."""
+    path = Path(path).resolve()
+    spec = read_study_file(path)
+    src = str(path)
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset '{preset}'{did_you_mean(preset, tuple(PRESETS))} "
+                        f"(allowed: {', '.join(PRESETS)})", source="--preset")
+    pspec = spec.presets.get(preset, PresetSpec())
+    seeds = pspec.seeds or spec.seeds
+    factor_names = list(spec.factors)
+    cells = []
+    seen: dict[str, str] = {}
+    for combo in itertools.product(*(spec.factors[f] for f in factor_names)):
+        levels = {f: _label(f, lv) for f, lv in zip(factor_names, combo)}
+        values: dict[str, Any] = dict(spec.fixed)
+        values.update(pspec.set)
+        for f, lv in zip(factor_names, combo):
+            values.update(_level_sets(f, lv))
+        for seed in seeds:
+            cell_values = dict(values, seed=seed)
+            cell_values.update(sets or {})
+            where = f"{src} (level {' / '.join(levels.values())}, seed {seed})"
+            cfg = build_config(preset, cell_values, source=where)
+            cid = cell_hash(cfg)
+            if cid in seen:
+                raise UserError(f"levels '{seen[cid]}' and '{' / '.join(levels.values())}' resolve to the "
+                                "same config", source=src, key="factors")
+            seen[cid] = " / ".join(levels.values())
+            cells.append(Cell(spec.name, levels, seed, cfg, cid, preset))
+    return Study(spec, path, preset, tuple(cells), pspec.resources,
+                 pspec.max_failures if pspec.max_failures is not None else spec.max_failures)

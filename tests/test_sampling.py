@@ -1,0 +1,288 @@
+"""Positive and negative sampling: pools recomputed by full sorts, labels, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from study.errors import UserError
+from study.sampling import (
+    STRATEGIES,
+    cluster_index,
+    inter_sample,
+    sample_positives,
+    scaled_pool,
+    validate_sampling,
+)
+
+B, D, K_CLUSTERS, N = 600, 16, 12, 24
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """A clustered bank, its labels, and queries close to some bank entries.
+
+    Queries are noisy copies of bank entries, so their most similar entries
+    include many of their own label: the same-label rejection is exercised.
+    """
+    g = _gen(1)
+    centers = F.normalize(torch.randn(K_CLUSTERS, D, generator=g), dim=1)
+    bank = F.normalize(centers[torch.randint(K_CLUSTERS, (B,), generator=g)]
+                       + 0.6 * torch.randn(B, D, generator=g), dim=1)  # (B, D)
+    labels = (bank @ centers.T).argmax(1)  # (B,)
+    q_idx = torch.randperm(B, generator=g)[:N]  # (N,)
+    q = F.normalize(bank[q_idx] + 0.3 * torch.randn(N, D, generator=g), dim=1)  # (N, D)
+    index = cluster_index(labels, K_CLUSTERS)
+    return bank, labels, q_idx, q, index
+
+
+def _run(world, strategy, neg_num=30, pool=120, candidates=None, seed=0, q=None):
+    bank, labels, q_idx, q0, index = world
+    q = (q0 if q is None else q).clone().requires_grad_(True)
+    s = inter_sample(q, q_idx, bank, labels, index, strategy, neg_num, pool, candidates, _gen(seed))
+    return q, s
+
+
+def _neg_labels_ok(world, s):
+    _, labels, q_idx, _, _ = world
+    assert bool((labels[s.neg_idx] != labels[q_idx].unsqueeze(1)).all())
+
+
+# ---------------------------------------------------------------- positives
+
+
+def test_cluster_index_consistent_with_labels(world):
+    _, labels, _, _, (order, starts, counts) = world
+    assert int(counts.sum()) == B
+    for c in range(K_CLUSTERS):
+        members = order[starts[c]:starts[c] + counts[c]]
+        assert set(members.tolist()) == set((labels == c).nonzero().squeeze(1).tolist())
+
+
+def test_positives_share_label_and_are_uniform(world):
+    _, labels, q_idx, _, index = world
+    # one query repeated many times: its positives must cover its cluster uniformly
+    i = int(q_idx[0])
+    members = (labels == labels[i]).nonzero().squeeze(1)
+    draws = 200 * members.numel()
+    pos = sample_positives(torch.full((draws,), i), labels, *index, _gen(3))
+    assert bool((labels[pos] == labels[i]).all())
+    freq = torch.bincount(pos, minlength=B)[members].float()  # (n,)
+    assert bool((freq > 0).all())  # every member, the query's own entry included
+    assert float((freq / 200 - 1).abs().max()) < 0.45  # ~200 each; 0.45 is > 6 sigma
+
+
+def test_positives_of_batch(world):
+    _, labels, q_idx, _, index = world
+    pos = sample_positives(q_idx, labels, *index, _gen(4))
+    assert pos.shape == q_idx.shape
+    assert torch.equal(labels[pos], labels[q_idx])
+
+
+# ---------------------------------------------------------------- negatives
+
+
+def _full_sort_pools(world, pool, largest, cols=None):
+    """Per query, the set of bank indices in the pool, by a full sort."""
+    bank, _, _, q, _ = world
+    feats = bank if cols is None else bank[cols]
+    sim = q @ feats.T
+    order = sim.argsort(dim=1, descending=largest)[:, :pool]
+    if cols is not None:
+        order = cols[order]
+    return [set(row.tolist()) for row in order]
+
+
+@pytest.mark.parametrize("strategy,largest", [("semi-hard", True), ("semi-easy", False)])
+def test_semi_negatives_lie_in_pool_and_differ_in_label(world, strategy, largest):
+    _, s = _run(world, strategy, neg_num=30, pool=120)
+    assert s.neg_idx.shape == (N, 30)
+    _neg_labels_ok(world, s)
+    pools = _full_sort_pools(world, 120, largest)
+    for row, pool in zip(s.neg_idx.tolist(), pools):
+        assert set(row) <= pool
+
+
+def test_random_negatives_differ_in_label_and_spread(world):
+    _, s = _run(world, "random", neg_num=200)
+    _neg_labels_ok(world, s)
+    assert s.neg_idx.unique().numel() > B // 2  # spread over the bank, not a pool
+
+
+def test_random_small_k_gather_path(world):
+    # K * 100 < S takes the row-gather path instead of the full matmul
+    q, s = _run(world, "random", neg_num=3)
+    _neg_labels_ok(world, s)
+    bank = world[0]
+    assert torch.allclose(s.neg_cos, (bank[s.neg_idx] * q.detach().unsqueeze(1)).sum(2), atol=1e-6)
+
+
+def test_hard_is_exact_top_different_label(world):
+    bank, labels, q_idx, q, _ = world
+    _, s = _run(world, "hard", neg_num=25)
+    _neg_labels_ok(world, s)
+    sim = q @ bank.T
+    for n in range(N):
+        other = (labels != labels[q_idx[n]]).nonzero().squeeze(1)
+        best = other[sim[n, other].argsort(descending=True)[:25]]
+        assert set(s.neg_idx[n].tolist()) == set(best.tolist())
+
+
+def test_hard_ignores_candidates(world):
+    _, exact = _run(world, "hard", neg_num=25)
+    _, cand = _run(world, "hard", neg_num=25, candidates=50)
+    assert cand.candidates is None
+    assert torch.equal(exact.neg_idx.sort(1).values, cand.neg_idx.sort(1).values)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_candidates_at_least_bank_equals_exact(world, strategy):
+    _, exact = _run(world, strategy, seed=7)
+    _, cand = _run(world, strategy, candidates=B, seed=7)
+    _, more = _run(world, strategy, candidates=10 * B, seed=7)
+    assert cand.candidates is None and more.candidates is None
+    for other in (cand, more):
+        assert torch.equal(exact.pos_idx, other.pos_idx)
+        assert torch.equal(exact.neg_idx.sort(1).values, other.neg_idx.sort(1).values)
+
+
+@pytest.mark.parametrize("strategy,largest", [("semi-hard", True), ("semi-easy", False)])
+def test_candidates_semi_negatives_in_candidate_top_pool(world, strategy, largest):
+    c, pool = 200, 120
+    _, s = _run(world, strategy, neg_num=10, pool=pool, candidates=c)
+    assert s.candidates is not None and s.candidates.numel() == c
+    assert s.candidates.unique().numel() == c  # a subset: no repeats
+    pool_c = scaled_pool(pool, c, B)
+    assert pool_c == 40
+    _neg_labels_ok(world, s)
+    pools = _full_sort_pools(world, pool_c, largest, cols=s.candidates)
+    for row, p in zip(s.neg_idx.tolist(), pools):
+        assert set(row) <= p
+
+
+def test_candidates_random_draws_from_candidates(world):
+    _, s = _run(world, "random", neg_num=40, candidates=100)
+    _neg_labels_ok(world, s)
+    assert set(s.neg_idx.flatten().tolist()) <= set(s.candidates.tolist())
+
+
+@pytest.mark.parametrize("strategy,kw", [
+    ("semi-hard", {}), ("semi-easy", {}), ("hard", {}), ("random", {"neg_num": 3}), ("random", {}),
+    ("semi-hard", {"candidates": 200}),
+])
+def test_cosines_and_gradients_reach_query(world, strategy, kw):
+    bank = world[0]
+    q, s = _run(world, strategy, **kw)
+    qd = q.detach()
+    assert torch.allclose(s.pos_cos, (qd * bank[s.pos_idx]).sum(1), atol=1e-6)
+    assert torch.allclose(s.neg_cos, (bank[s.neg_idx] * qd.unsqueeze(1)).sum(2), atol=1e-6)
+    (s.pos_cos.sum() + s.neg_cos.sum()).backward()
+    # d/dq of sum of dot products: the positive row plus all negative rows
+    expect = bank[s.pos_idx] + bank[s.neg_idx].sum(1)
+    assert torch.allclose(q.grad, expect, atol=1e-5)
+
+
+def test_same_seed_same_sample(world):
+    _, a = _run(world, "semi-hard", seed=11, candidates=300)
+    _, b = _run(world, "semi-hard", seed=11, candidates=300)
+    assert torch.equal(a.neg_idx, b.neg_idx) and torch.equal(a.pos_idx, b.pos_idx)
+
+
+def test_given_positives_are_used(world):
+    bank, labels, q_idx, q, index = world
+    pos = sample_positives(q_idx, labels, *index, _gen(5))
+    s = inter_sample(q, q_idx, bank, labels, index, "semi-hard", 10, 100, None, _gen(0), pos_idx=pos)
+    assert torch.equal(s.pos_idx, pos)
+
+
+# ------------------------------------------------- rejection and its fallback
+
+
+def _tiny_world(pool_labels):
+    """One query whose P most similar entries carry ``pool_labels`` (query label 0)."""
+    p = len(pool_labels)
+    b = p + 50
+    sims = torch.cat([torch.linspace(0.99, 0.9, p), torch.linspace(0.5, -0.5, 50)])  # (b,)
+    # bank rows with a chosen cosine to e0: [s, sqrt(1-s^2), 0...]
+    bank = torch.zeros(b, 3)
+    bank[:, 0] = sims
+    bank[:, 1] = (1 - sims ** 2).sqrt()
+    labels = torch.cat([torch.tensor(pool_labels), torch.zeros(50, dtype=torch.long)])
+    q = torch.tensor([[1.0, 0.0, 0.0]], requires_grad=True)
+    q_idx = torch.tensor([0])
+    return q, q_idx, bank, labels, cluster_index(labels, 3)
+
+
+def test_semi_hard_uniform_over_valid_pool_entries_with_fallback():
+    # 6 of the 10 pool entries share the query's label 0: many draws need more
+    # than the rejection rounds, so the exact fallback runs too.
+    pool_labels = [0, 1, 0, 0, 2, 0, 1, 0, 0, 2]
+    q, q_idx, bank, labels, index = _tiny_world(pool_labels)
+    reps = 800  # the same query 800 times, 10 negatives each: 8000 draws
+    qs = q.detach().expand(reps, 3).clone().requires_grad_(True)
+    s = inter_sample(qs, q_idx.expand(reps), bank, labels, index, "semi-hard", 10, 10, None, _gen(2))
+    assert bool((labels[s.neg_idx] != 0).all())
+    valid = [i for i, lab in enumerate(pool_labels) if lab != 0]
+    freq = torch.bincount(s.neg_idx.flatten(), minlength=bank.shape[0]).float()
+    assert set(s.neg_idx.flatten().tolist()) == set(valid)
+    assert float((freq[valid] / 2000 - 1).abs().max()) < 0.1  # 2000 each expected
+
+
+def test_pool_without_other_label_raises_clear_error():
+    q, q_idx, bank, labels, index = _tiny_world([0] * 10)
+    with pytest.raises(RuntimeError, match="pool"):
+        inter_sample(q, q_idx, bank, labels, index, "semi-hard", 5, 10, None, _gen(0))
+
+
+def test_hard_with_too_few_other_labels_raises():
+    g = _gen(0)
+    bank = F.normalize(torch.randn(30, 4, generator=g), dim=1)
+    labels = torch.zeros(30, dtype=torch.long)
+    labels[:3] = 1
+    q = bank[5:6].clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="neg_num"):
+        inter_sample(q, torch.tensor([5]), bank, labels, cluster_index(labels, 2), "hard", 5, 5, None, g)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_validate_unknown_strategy_names_key_and_allowed():
+    with pytest.raises(UserError) as err:
+        validate_sampling("semihard", 10, 100, 1000)
+    msg = str(err.value)
+    assert "sampling" in msg and "allowed" in msg and all(name in msg for name in STRATEGIES)
+
+
+@pytest.mark.parametrize("args,key", [
+    (("semi-hard", 0, 100, 1000), "neg_num"),
+    (("random", 2000, 100, 1000), "neg_num"),
+    (("semi-hard", 100, 50, 1000), "pool"),
+    (("semi-easy", 100, 2000, 1000), "pool"),
+])
+def test_validate_bad_numbers_name_key(args, key):
+    with pytest.raises(UserError, match=f"'{key}'"):
+        validate_sampling(*args)
+
+
+def test_validate_pool_ignored_where_unused_and_candidates_checked():
+    validate_sampling("hard", 10, 1, 1000)
+    validate_sampling("random", 10, 1, 1000)
+    with pytest.raises(UserError, match="'candidates'"):
+        validate_sampling("semi-hard", 10, 100, 1000, candidates=0)
+
+
+def test_inter_sample_rejects_unknown_strategy(world):
+    with pytest.raises(UserError, match="sampling"):
+        _run(world, "hardest")
+
+
+def test_scaled_pool():
+    assert scaled_pool(6000, 8192, 60000) == 819
+    assert scaled_pool(1, 10, 60000) == 1  # never empty
+    assert scaled_pool(500, 100, 600) == 83

@@ -1,0 +1,147 @@
+"""Study files: schema, expansion into cells, stable cell ids, and bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from study.errors import UserError
+from study.studyfile import cell_hash, load_study, read_study_file
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+
+GOOD = """
+name: toy
+fixed: {method: interclr, margin_type: cosine}
+factors:
+  sampling: [random, hard]
+  boundary:
+    - {label: "cos -0.5", set: {margin: -0.5}}
+    - {label: "cos 0", set: {margin: 0.0}}
+seeds: [0, 1, 2]
+presets:
+  smoke: {seeds: [0], resources: {cpus: 1}}
+"""
+
+
+def write(tmp_path, text, name="study.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("name", ["labels", "sampling", "boundary", "final"])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "imagenet"])
+def test_shipped_study_files_expand(name, preset):
+    study = load_study(EXPERIMENTS / f"{name}.yaml", preset)
+    assert study.name == name
+    n_levels = 1
+    for levels in study.spec.factors.values():
+        n_levels *= len(levels)
+    seeds = {c.seed for c in study.cells}
+    assert len(study.cells) == n_levels * len(seeds)
+    assert len({c.cell_id for c in study.cells}) == len(study.cells)
+    if preset == "cpu":
+        assert len(seeds) >= 3
+
+
+def test_expansion_and_resolution(tmp_path):
+    study = load_study(write(tmp_path, GOOD), "cpu")
+    assert len(study.cells) == 2 * 2 * 3
+    cell = next(c for c in study.cells if c.levels == {"sampling": "hard", "boundary": "cos 0"} and c.seed == 2)
+    assert cell.config.sampling == "hard" and cell.config.margin == 0.0 and cell.config.seed == 2
+    assert cell.config.margin_type == "cosine" and cell.config.epochs == 6  # the cpu preset's
+    assert cell.level == "hard / cos 0"
+    smoke = load_study(write(tmp_path, GOOD), "smoke", {"epochs": 1})
+    assert len(smoke.cells) == 4 and all(c.config.epochs == 1 for c in smoke.cells)
+
+
+def test_cell_id_is_stable_and_sensitive(tmp_path):
+    a = load_study(write(tmp_path, GOOD), "cpu")
+    b = load_study(write(tmp_path, GOOD, "other.yaml"), "cpu")
+    assert [c.cell_id for c in a.cells] == [c.cell_id for c in b.cells]
+    # execution-only keys do not change the id; results-changing keys do
+    c0 = a.cells[0].config
+    assert cell_hash(c0.model_copy(update={"threads": 7, "progress": False})) == a.cells[0].cell_id
+    assert cell_hash(c0.model_copy(update={"lr": 0.1})) != a.cells[0].cell_id
+    assert load_study(write(tmp_path, GOOD), "cpu", {"lr": 0.1}).cells[0].cell_id != a.cells[0].cell_id
+
+
+BAD = [
+    ("name: x\nfactors: {sampling: [random]}\nseedz: [0]\n", ["seedz", "did you mean 'seeds'"]),
+    ("name: x\nfactors: {sampling: [random, hardest]}\n", ["sampling", "hardest", "semi-hard"]),
+    ("name: x\nfactors: {sampling: []}\n", ["factors", "sampling", "no levels"]),
+    ("name: x\nfactors: {sampling: [hard, hard]}\n", ["factors", "duplicate levels: hard"]),
+    ("name: x\nfactors: {sampling: [hard]}\nseeds: [0, zero]\n", ["seeds", "integer"]),
+    ("name: x\nfactors: {sampling: [hard]}\nseeds: 3\n", ["seeds", "list"]),
+    ("name: x\nfactors: {neg_num: [0]}\n", ["neg_num", "greater than or equal to 1"]),
+    ("name: x\nfixed: {negnum: 3}\nfactors: {sampling: [hard]}\n", ["fixed", "negnum", "did you mean 'neg_num'"]),
+    ("name: x\nfactors: {sampling: [hard]}\npresets: {huge: {}}\n", ["presets", "unknown preset 'huge'"]),
+    ("name: x\nfactors: {sampling: [hard]\n", ["broken YAML", "line"]),
+    ("", ["empty"]),
+    ("- just\n- a list\n", ["mapping"]),
+    ("factors: {sampling: [hard]}\n", ["name", "Field required"]),
+]
+
+
+@pytest.mark.parametrize("text, words", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_study_files(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as err:
+        load_study(path, "cpu")
+    msg = str(err.value)
+    assert str(path) in msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="no such study file"):
+        read_study_file(tmp_path / "nope.yaml")
+
+
+def _cli(tmp_path, *args):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+               STUDY_RUN_ROOT=str(tmp_path / "runs"), STUDY_RAY_RESULTS=str(tmp_path / "ray"))
+    return subprocess.run([sys.executable, "-m", "study", *args], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["run", "{bad}"], ["seedz", "did you mean"]),
+        (["run", "{missing}"], ["no such study file"]),
+        (["run", "{good}", "--preset", "huge"], ["--preset", "unknown preset 'huge'"]),
+        (["run", "{good}", "--cluster", "moon"], ["--cluster", "invalid choice", "local", "slurm"]),
+        (["run", "{good}", "--set", "negnum=1"], ["negnum", "did you mean 'neg_num'"]),
+        (["run", "{good}", "--set", "sampling=hardest"], ["sampling", "semi-hard"]),
+        (["status", "{bad}"], ["seedz"]),
+    ],
+)
+def test_cli_bad_input_writes_nothing(tmp_path, args, words):
+    (tmp_path / "store").mkdir()
+    paths = {"bad": str(write(tmp_path, "name: x\nfactors: {sampling: [random]}\nseedz: [0]\n", "bad.yaml")),
+             "good": str(write(tmp_path, GOOD, "good.yaml")), "missing": str(tmp_path / "missing.yaml")}
+    res = _cli(tmp_path, *[a.format(**paths) for a in args])
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    err = res.stderr.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "store" / "mlflow.db").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "ray").exists()
+
+
+def test_dry_run_prints_cells_and_writes_nothing(tmp_path):
+    (tmp_path / "store").mkdir()
+    res = _cli(tmp_path, "run", str(EXPERIMENTS / "sampling.yaml"), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "12 cells = 4 levels x 3 seeds" in res.stdout and "1 CPU" in res.stdout
+    assert res.stdout.count("semi-hard") == 3
+    assert not (tmp_path / "store" / "mlflow.db").exists()

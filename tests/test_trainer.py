@@ -1,0 +1,160 @@
+"""The trainer end to end at the smoke scale: every level of every factor,
+resume equals uninterrupted, atomic checkpoints, the metrics files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from study import checkpoint as ckpt
+from study.config import build_config
+from study.data import load_dataset
+from study.trainer import Trainer, TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    cfg = build_config("smoke")
+    return load_dataset(cfg.dataset, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
+                        image_size=cfg.image_size, seed=0)
+
+
+def _cfg(**kw):
+    return build_config("smoke", {"threads": 1, **kw})
+
+
+LEVELS = [
+    {"labels": "online"},
+    {"labels": "offline", "recluster_every": 1},
+    {"sampling": "random"},
+    {"sampling": "semi-easy"},
+    {"sampling": "semi-hard"},
+    {"sampling": "hard"},
+    {"sampling": "semi-hard", "neg_search": "candidates", "candidates": 300},
+    {"margin_type": "none"},
+    {"margin_type": "cosine", "margin": 0.5},
+    {"margin_type": "arc", "margin": -0.3},
+    {"margin_type": "arc", "margin": 0.3, "intra_margin_type": "cosine", "intra_margin": -0.1},
+    {"method": "mocov2"},
+    {"warmup_epochs": 1},
+]
+
+
+@pytest.mark.parametrize("overrides", LEVELS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_every_level_trains(overrides, smoke_data):
+    cfg = _cfg(**overrides)
+    seen = []
+    final = Trainer(cfg, None, data=smoke_data, callback=lambda e, m, d: seen.append(e), log=lambda s: None).run()
+    assert seen == [0, 1, 2]
+    assert 0.0 <= final["knn_top1"] <= 1.0 and 0.0 <= final["linear_top1"] <= 1.0
+    assert final["loss"] == final["loss"]  # not NaN
+    if cfg.method == "interclr":
+        assert "nmi" in final and "label_change_ratio" in final and "neg_sim_mean" in final
+        assert final["loss_inter"] > 0
+    else:
+        assert "loss_inter" not in final and "nmi" not in final
+
+
+def test_offline_labels_change_only_at_reclustering(smoke_data):
+    cfg = _cfg(labels="offline", recluster_every=2, epochs=3)
+    trainer = Trainer(cfg, None, data=smoke_data, log=lambda s: None)
+    snapshots = []
+    orig = trainer.train_epoch
+
+    def spy():
+        before = trainer.plabels.labels.clone() if trainer.plabels.labels.numel() else None
+        out = orig()
+        snapshots.append((trainer.epoch, before, trainer.plabels.labels.clone()))
+        return out
+
+    trainer.train_epoch = spy
+    trainer.run()
+    # epoch index 0 and 1 run on the initial clustering, epoch 2 re-clusters first
+    e0_before, e0_after = snapshots[0][1], snapshots[0][2]
+    assert torch.equal(e0_before, e0_after)
+    assert torch.equal(snapshots[1][1], snapshots[1][2])
+    assert not torch.equal(snapshots[1][2], snapshots[2][2])
+
+
+def test_online_labels_follow_argmax(smoke_data):
+    cfg = _cfg(labels="online", epochs=1, centroid_every=1000)  # no recompute inside the epoch
+    trainer = Trainer(cfg, None, data=smoke_data, log=lambda s: None)
+    trainer.run()
+    bank, lab = trainer.bank.feats, trainer.plabels
+    # every image was seen once this epoch (drop_last aside): its label is its argmax
+    seen = torch.cat(
+        __import__("study.data", fromlist=["epoch_batches"]).epoch_batches(
+            trainer.num_train, cfg.batch_size, cfg.seed, 0)[: trainer.steps_per_epoch])
+    expect = (bank[seen] @ lab.centroids.T).argmax(1)
+    assert torch.equal(lab.labels[seen], expect)
+
+
+def _state(trainer):
+    return {k: v.clone() for k, v in trainer.moco.state_dict().items()}
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_is_bitwise_equal(tmp_path, smoke_data):
+    cfg = _cfg(epochs=3, sampling="semi-hard")
+    straight = Trainer(cfg, tmp_path / "a", data=smoke_data, log=lambda s: None)
+    final_a = straight.run()
+
+    def stop_after_1(epoch, metrics, out):
+        if epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        Trainer(cfg, tmp_path / "b", data=smoke_data, callback=stop_after_1, log=lambda s: None).run()
+    assert ckpt.load_latest(tmp_path / "b")["epoch"] == 1
+    resumed = Trainer(cfg, tmp_path / "b", data=smoke_data, log=lambda s: None)
+    final_b = resumed.run()
+    sa, sb = _state(straight), _state(resumed)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert torch.equal(straight.bank.feats, resumed.bank.feats)
+    assert torch.equal(straight.plabels.labels, resumed.plabels.labels)
+    assert torch.equal(straight.queue.keys, resumed.queue.keys)
+    assert final_a == final_b
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
+    # a finished run is not trained again
+    again = Trainer(cfg, tmp_path / "b", data=smoke_data, log=lambda s: None)
+    assert again.run() == final_b and again.step == 0
+
+
+def test_truncated_checkpoint_falls_back(tmp_path, smoke_data):
+    cfg = _cfg(epochs=2)
+    Trainer(cfg, tmp_path, data=smoke_data, log=lambda s: None).run()
+    latest = tmp_path / ckpt.LATEST
+    prev = torch.load(tmp_path / ckpt.PREVIOUS, weights_only=False)
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])
+    state = ckpt.load_latest(tmp_path)
+    assert state is not None and state["epoch"] == prev["epoch"]
+
+
+def test_outputs_and_config_mismatch(tmp_path, smoke_data):
+    from study.errors import UserError
+
+    cfg = _cfg(epochs=1)
+    Trainer(cfg, tmp_path, data=smoke_data, log=lambda s: None).run()
+    final = json.loads((tmp_path / "final.json").read_text())
+    for key in ("knn_top1", "linear_top1", "knn_top1_epoch0", "nmi", "loss", "loss_intra", "loss_inter"):
+        assert key in final
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["epoch"] == 0 and "knn_top1" in first and "loss" not in first
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 1
+    with pytest.raises(UserError, match="different config.*epochs"):
+        Trainer(_cfg(epochs=2), tmp_path, data=smoke_data, log=lambda s: None).run()
+
+
+def test_divergence_is_reported(smoke_data):
+    cfg = _cfg(lr=1e12, epochs=1)
+    with pytest.raises(TrainingDiverged, match="loss is"):
+        Trainer(cfg, None, data=smoke_data, log=lambda s: None).run()
