@@ -29,3 +29,22 @@ test: setup
 
 bench: setup
 	cd $(ROOT) && $(PY) -m bench
+
+STUDIES := labels sampling boundary final
+.PHONY: $(addprefix study-,$(STUDIES)) study-all figures ui slurm-up
+
+# run one study (PRESET, CLUSTER), then rebuild its tables and figures from the store
+$(addprefix study-,$(STUDIES)): study-%: setup
+	@cd $(ROOT) && status=0; \
+	$(PY) -m study run experiments/$*.yaml --preset $(PRESET) --cluster $(CLUSTER) $(if $(filter slurm,$(CLUSTER)),--wait,) || status=$$?; \
+	$(PY) -m analysis --study $* || status=$$?; \
+	exit $$status
+
+study-all: $(addprefix study-,$(STUDIES))
+
+figures: setup
+	cd $(ROOT) && $(PY) -m analysis
+
+ui: setup
+	cd $(ROOT) && $(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(ROOT)/mlflow.db}" \
+		--host 127.0.0.1 --port $${PORT:-5000}

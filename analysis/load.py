@@ -149,9 +149,9 @@ def _all_runs(client, experiment_id: str, filter_string: str) -> list:
             return runs
 
 
-def list_studies(tracking_uri: str | None = None) -> list[str]:
+def list_studies(tracking_uri: str | None = None, client=None) -> list[str]:
     """Names of the experiments that hold at least one cell or parent run, sorted."""
-    client = client_for(tracking_uri)
+    client = client or client_for(tracking_uri)
     names = []
     for exp in client.search_experiments():
         hit = client.search_runs([exp.experiment_id], filter_string="tags.role = 'cell'", max_results=1)

@@ -15,7 +15,8 @@ all N samples drawn as tensors (no per-sample Python loop):
 2. colour jitter with probability ``jitter_p``: brightness, contrast,
    saturation and hue fused into one affine colour map per sample;
 3. random grayscale with probability ``grayscale_p`` (RGB only);
-4. Gaussian blur with probability ``blur_p`` (separable, depthwise conv);
+4. Gaussian blur with probability ``blur_p`` (separable, per-sample sigma,
+   shifted multiply-adds);
 5. normalisation by ``mean``/``std``.
 
 This is the MoCo v2 recipe (RandomResizedCrop scale 0.2-1, ColorJitter
@@ -71,6 +72,8 @@ _RGB_TO_YIQ = (
     (0.595716, -0.274453, -0.321263),
     (0.211456, -0.522591, 0.311135),
 )
+# Its inverse, computed once (in float64) rather than per call on the device.
+_YIQ_TO_RGB = tuple(tuple(row) for row in torch.linalg.inv(torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)).tolist())
 # Attempts per sample to draw a crop box that fits, as in torchvision.
 _CROP_TRIES = 10
 # Uniform numbers per sample for everything except the crop: flip, jitter
@@ -503,7 +506,7 @@ def _hue_matrix(h: torch.Tensor) -> torch.Tensor:
     """
     n = h.shape[0]
     to_yiq = torch.tensor(_RGB_TO_YIQ, dtype=h.dtype, device=h.device)  # (3, 3)
-    from_yiq = torch.linalg.inv(to_yiq)
+    from_yiq = torch.tensor(_YIQ_TO_RGB, dtype=h.dtype, device=h.device)  # (3, 3)
     angle = 2.0 * math.pi * h
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.zeros(n, 3, 3, dtype=h.dtype, device=h.device)

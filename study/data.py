@@ -232,7 +232,7 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int, key: str = "su
     n = labels.numel()
     if not 1 <= size <= n:
         raise UserError(f"must lie in [1, {n}] (the split's size), got {size}", key=key)
-    classes, counts = torch.unique(labels, return_counts=True)  # (K,), (K,)
+    _, counts = torch.unique(labels, return_counts=True)  # (K,) per class, in label order
     exact = counts.double() * size / n  # (K,) ideal share
     quota = exact.floor().long()
     leftover = size - int(quota.sum())
@@ -241,9 +241,10 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int, key: str = "su
     quota[order[:leftover]] += 1
 
     g = torch.Generator().manual_seed(mix_seed(seed))
+    # Group indices by class with one stable sort (classes come out in label order).
+    by_class = torch.split(torch.argsort(labels, stable=True), counts.tolist())
     picked = []
-    for cls, q in zip(classes.tolist(), quota.tolist()):
-        members = torch.nonzero(labels == cls, as_tuple=False).squeeze(1)  # (n_c,)
+    for members, q in zip(by_class, quota.tolist()):  # members: (n_c,) indices of one class
         perm = torch.randperm(members.numel(), generator=g)[:q]
         picked.append(members[perm])
     return torch.sort(torch.cat(picked)).values
@@ -683,7 +684,8 @@ def _decode_resized(path: Path, size: int) -> np.ndarray:
     # box= crops in source coordinates while resizing: one resampling pass.
     box = (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
     img = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    # np.array copies: np.asarray of a PIL image is read-only, which torch warns about.
+    return np.ascontiguousarray(np.array(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def _load_folder_split(paths: list[Path], size: int) -> torch.Tensor:
@@ -802,7 +804,7 @@ class FolderTwoViewDataset(torch.utils.data.Dataset):
         for cy, cx, fh, fw in boxes.tolist():
             box = ((cx - fw / 2) * w, (cy - fh / 2) * h, (cx + fw / 2) * w, (cy + fh / 2) * h)
             crop = img.resize((self.out_size, self.out_size), Image.Resampling.BILINEAR, box=box)
-            views.append(torch.from_numpy(np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1).copy()))
+            views.append(torch.from_numpy(np.ascontiguousarray(np.array(crop, dtype=np.uint8).transpose(2, 0, 1))))
         return (views[0], views[1]), i, int(self.labels[i])
 
 

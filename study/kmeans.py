@@ -22,6 +22,7 @@ handling are documented on :func:`kmeans`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -83,8 +84,9 @@ def kmeans(
         x: (N, d) points, any float dtype; computed in float32 on x.device.
         k: number of clusters, 1 <= k <= N.
         iters: maximum number of Lloyd iterations (assign + update), >= 1.
-        init: "k-means++" (D^2 sampling, one candidate per step, on a random
-            subsample of max(10,000, 40 k) points when N is larger),
+        init: "k-means++" (greedy D^2 sampling, 2 + ln k candidates per
+            step as in scikit-learn, on a random subsample of
+            max(10,000, 40 k) points when N is larger),
             "random" (k distinct points drawn uniformly, as faiss does),
             "auto" (k-means++ for k <= 1024, random above), or a (k, d)
             tensor of initial centroids (used as given, e.g. to warm-start
@@ -245,14 +247,20 @@ def _initial_centroids(
 
 
 def _kmeanspp(x: Tensor, x_sq: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) on a random subsample.
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on a random subsample.
 
-    The first centroid is uniform; each next one is drawn with probability
-    proportional to D^2, the squared distance to the nearest centroid so far
-    (one candidate per step, no greedy trials). The draws are inverse-CDF
-    lookups of uniforms taken up front from the CPU generator, so the loop
-    has no host-device synchronisation and does not touch the device RNG.
-    Cost: k sequential passes over the (m, d) sample, memory-bound.
+    The first centroid is uniform. At each next step ``trials`` candidates
+    are drawn with probability proportional to D^2 (squared distance to the
+    nearest centroid so far) and the one that most lowers the total D^2 is
+    kept; ``trials = 2 + floor(ln k)`` as in scikit-learn. The greedy trials
+    cost almost nothing here: a step is memory-bound (one read of the
+    sample), and scoring several candidates is one thin matmul instead of a
+    matrix-vector product. Plain D^2 sampling (one candidate) ended 20 Lloyd
+    iterations 20-50 % above scikit-learn's inertia on separated blobs.
+
+    The draws are inverse-CDF lookups of uniforms taken up front from the
+    CPU generator, so the loop has no host-device synchronisation and does
+    not touch the device RNG.
 
     Args:
         x: (N, d) float32 points; x_sq: (N,) their squared norms.
@@ -267,20 +275,28 @@ def _kmeanspp(x: Tensor, x_sq: Tensor, k: int, generator: torch.Generator | None
         xs, xs_sq = x[sub], x_sq[sub]  # (m, d), (m,)
     else:
         xs, xs_sq = x, x_sq
-    u = torch.rand(k, generator=generator, dtype=torch.float64).to(x.device)  # (k,)
-    chosen = torch.empty(k, dtype=torch.long, device=x.device)
-    chosen[0] = (u[0] * m).long().clamp(max=m - 1)
-    min_d2 = torch.full((m,), float("inf"), dtype=x.dtype, device=x.device)  # (m,) D^2 so far
+    trials = 2 + int(math.log(k))
+    u = torch.rand(k, trials, generator=generator, dtype=torch.float64).to(x.device)  # (k, trials)
+    # [x, ||x||^2, 1] . [-2c, 1, ||c||^2] = ||x - c||^2: one matmul gives D^2
+    # to the candidates with no elementwise passes for the norms
+    xs_aug = torch.cat([xs, xs_sq.unsqueeze(1), torch.ones_like(xs_sq).unsqueeze(1)], dim=1)  # (m, d + 2)
+
+    def as_centroids(idx: Tensor) -> Tensor:
+        """Sample rows idx (t,) -> (t, d + 2) rows [-2c, 1, ||c||^2]."""
+        return torch.cat([-2 * xs[idx], torch.ones_like(xs_sq[idx]).unsqueeze(1), xs_sq[idx].unsqueeze(1)], dim=1)
+
+    first = (u[0, :1] * m).long().clamp(max=m - 1)  # (1,)
+    chosen = [first]
+    min_d2 = (xs_aug @ as_centroids(first).t()).squeeze(1).clamp_(min=0)  # (m,) D^2 so far
     for j in range(1, k):
-        last = chosen[j - 1]
-        # ||x||^2 + ||c||^2 - 2 x.c in one gemv (memory-bound: one read of xs)
-        d2 = torch.addmv(xs_sq + xs_sq[last], xs, xs[last], alpha=-2)  # (m,)
-        torch.minimum(min_d2, d2, out=min_d2)
-        # float64 CDF, exact enough for 400k terms; the clamp removes rounding
-        # negatives so it is non-decreasing. searchsorted(right=True) never
-        # lands on a zero-weight point; if every weight is 0 (all points
-        # duplicate a centroid) it returns m, clamped to the last point
-        cdf = torch.cumsum(min_d2.clamp(min=0), dim=0, dtype=torch.float64)  # (m,)
-        target = (u[j] * cdf[-1]).reshape(1)  # (1,)
-        chosen[j] = torch.searchsorted(cdf, target, right=True).clamp(max=m - 1)[0]
-    return xs[chosen].clone()
+        # float64 CDF, exact enough for 400k terms. searchsorted(right=True)
+        # never lands on a zero-weight point; if every weight is 0 (all
+        # points duplicate a centroid) it returns m, clamped to the last point
+        cdf = torch.cumsum(min_d2, dim=0, dtype=torch.float64)  # (m,)
+        cand = torch.searchsorted(cdf, u[j] * cdf[-1], right=True).clamp_(max=m - 1)  # (trials,)
+        d2 = xs_aug @ as_centroids(cand).t()  # (m, trials), one pass over the sample
+        d2 = torch.minimum(d2, min_d2.unsqueeze(1), out=d2).clamp_(min=0)  # D^2 if the candidate is kept
+        best = d2.sum(dim=0).argmin()  # candidate with the lowest total D^2
+        min_d2 = d2[:, best]  # (m,)
+        chosen.append(cand[best].reshape(1))
+    return xs[torch.cat(chosen)].clone()  # (k, d)

@@ -39,7 +39,12 @@ _REASSIGN_CHUNK = 4096
 
 
 def _two_means(x: Tensor, generator: torch.Generator, iters: int = TWO_MEANS_ITERS) -> Tensor:
-    """Euclidean 2-means of ``x`` (M >= 2 rows) from two distinct random members.
+    """Euclidean 2-means of ``x`` (M >= 2 rows), k-means++ seeded.
+
+    The first seed is a uniform member, the second is drawn with probability
+    proportional to the squared distance from the first (k-means++, as
+    sklearn's KMeans in the reference): two seeds in the same mode would
+    often leave Lloyd splitting along noise.
 
     Args:
         x: ``(M, d)`` features.
@@ -48,9 +53,12 @@ def _two_means(x: Tensor, generator: torch.Generator, iters: int = TWO_MEANS_ITE
         (e.g. all rows identical); the caller handles that.
     """
     m = x.shape[0]
-    first = torch.randint(m, (1,), generator=generator, device=generator.device).to(x.device)
-    other = (first + 1 + torch.randint(m - 1, (1,), generator=generator, device=generator.device).to(x.device)) % m
-    centers = x[torch.cat([first, other])]  # (2, d)
+    first = int(torch.randint(m, (1,), generator=generator, device=generator.device))
+    d2 = ((x - x[first]) ** 2).sum(1)  # (M,)
+    if not bool((d2 > 0).any()):
+        return torch.zeros(m, dtype=torch.bool, device=x.device)  # all rows identical
+    second = torch.multinomial(d2.to(generator.device), 1, generator=generator).to(x.device)  # (1,)
+    centers = torch.cat([x[first:first + 1], x[second]])  # (2, d)
     side = torch.zeros(m, dtype=torch.bool, device=x.device)
     for _ in range(iters):
         # argmin ||x - c||^2 = argmin ||c||^2 - 2 x.c (||x||^2 is common to both)

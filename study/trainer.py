@@ -347,7 +347,8 @@ class Trainer:
             idx_all = dist.all_gather_cat(idx_dev)
             self.bank.update(idx_all, k_all)
             if cfg.labels == "online":
-                acc.change_ratio += self.plabels.relabel(idx_all, k_all)
+                # relabel with the bank's new rows (equal to the keys at bank_momentum 1.0)
+                acc.change_ratio += self.plabels.relabel(idx_all, self.bank.feats[idx_all])
                 if (self.step + 1) % cfg.centroid_every == 0:
                     self.plabels.fix_small_clusters(self.bank.feats, self.gen_shared)
                     self.plabels.recompute_centroids(self.bank.feats)

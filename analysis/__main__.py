@@ -1,0 +1,31 @@
+"""python -m analysis [--study NAME ...] [--tracking-uri URI] [--out DIR]"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .build import build_all, default_out_dir
+from .load import ContractError, StoreError, default_tracking_uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis",
+                                description="Rebuild tables, figures and REPORT.md from the MLflow store (no training).")
+    p.add_argument("--study", action="append", default=None, metavar="NAME",
+                   help="study (experiment) to rebuild; repeatable; default: every study in the store")
+    p.add_argument("--tracking-uri", default=None, help=f"MLflow store (default: {default_tracking_uri()})")
+    p.add_argument("--out", type=Path, default=None, help=f"output folder (default: {default_out_dir()})")
+    args = p.parse_args(argv)
+    try:
+        paths = build_all(args.study, args.tracking_uri, args.out)
+    except (StoreError, ContractError) as exc:
+        print(f"analysis: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or default_out_dir()
+    print(f"analysis: wrote {len(paths)} files under {out}; report: {Path(out) / 'REPORT.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

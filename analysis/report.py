@@ -1,0 +1,159 @@
+"""results/REPORT.md: the verdicts, tables and figures of every study on one page.
+
+`render_report` is pure (study data and findings in, Markdown out); which
+figure files exist is passed in, so the page never links a file that was
+not built.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from .findings import FINDINGS, ComparisonResult, FindingResult, describe, findings_for
+from .load import StudyData
+from .stats import CONFIDENCE
+from .tables import METRICS, TABLE_METRICS, spec, summary_table, to_markdown
+
+CANONICAL = ("labels", "sampling", "boundary", "final")
+FIGURE_TITLES = {
+    "knn_convergence": "kNN top-1 against epoch",
+    "label_dynamics": "pseudo-label NMI and label change ratio against epoch",
+    "negatives_similarity": "similarity of the sampled negatives",
+    "margin_sweep": "final accuracy against the margin",
+}
+PAPER_REFERENCE = ("Paper's reference (ResNet-50, 200 epochs, ImageNet-1k, mmselfsup 0.x model zoo): linear top-1 "
+                   "InterCLR 68.04 vs MoCo v2 66.24; VOC07 SVM 85.24 vs 84.04.")
+VERDICT_RULE = (
+    "**Verdict rule.** Each comparison pairs the seeds two levels share and takes d = (the level the paper "
+    "says is better) - (the other) on the study's metric. The finding *holds* if the {c:.0%} t-interval of "
+    "the mean of d lies above 0, is *contradicted* if it lies below 0, and is *inconclusive at n=k seeds* "
+    "otherwise (also with fewer than 2 pairs). A finding tested by several comparisons holds only if all "
+    "hold; it is *mixed* if some hold and others are contradicted. The p-value is the two-sided paired t-test "
+    "(Wilcoxon signed-rank added from 6 pairs on); it is shown, the interval decides."
+).format(c=CONFIDENCE)
+
+
+def safe_name(study: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in study) or "_"
+
+
+def metric_label(metric: str) -> str:
+    if metric == "knn_top1":
+        return "final kNN top-1 (%)"
+    return spec(metric).label if metric in METRICS else metric
+
+
+def _num(x: float, scale: float, signed: bool = True) -> str:
+    if not math.isfinite(x):
+        return "-"
+    v = x * scale
+    v = 0.0 if round(v, 2) == 0 else v
+    return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+
+def finding_name(f: FindingResult) -> str:
+    keys = [spec.key for spec in FINDINGS]
+    i = keys.index(f.spec.key) if f.spec.key in keys else -1
+    return f"{i + 1}. {f.spec.title}" if f.spec.key != "method" and i >= 0 else f.spec.title
+
+
+def verdict_rows(results: Sequence[FindingResult]) -> list[str]:
+    """Rows of the verdict table: one per comparison; the finding's own verdict on its first row."""
+    rows = []
+    for f in results:
+        head = f"{finding_name(f)} | {f.study} | **{f.verdict}**"
+        if not f.comparisons:
+            rows.append(f"| {head} | - | - | - | - | - | 0 | - |")
+            continue
+        for j, r in enumerate(f.comparisons):
+            c = r.comparison
+            scale = spec(r.metric).scale
+            p = f"{c.p_value:.3g}" if math.isfinite(c.p_value) else "-"
+            ci = f"[{_num(c.ci_low, scale)}, {_num(c.ci_high, scale)}]" if math.isfinite(c.ci_low) else "-"
+            what = f" ({r.what})" if r.what else ""
+            lead = head if j == 0 else " |  | "
+            rows.append(f"| {lead} | {r.better} - {r.worse}{what} | {metric_label(r.metric)} | "
+                        f"{_num(c.mean_diff, scale)} | {ci} | {p} | {c.n} | {r.verdict} |")
+    return rows
+
+
+def _missing_text(data: StudyData) -> str:
+    if data.missing.empty:
+        return "Missing or failed cells: none."
+    items = []
+    for _, m in data.missing.iterrows():
+        status = "not in the store" if m["status"] == "NOT IN STORE" else f"{m['status']}, run {m['run_id'][:8]}"
+        items.append(f"{m['level']} seed {m['seed']} ({status})")
+    return f"Missing or failed cells ({len(items)}), left out of every number: " + "; ".join(items) + "."
+
+
+def _cells_text(data: StudyData) -> str:
+    presets = sorted(set(data.cells["preset"]) - {""})
+    seeds = sorted(set(data.cells["seed"]))
+    text = (f"Cells: {len(data.cells)} finished, {len(data.levels)} levels, seeds {', '.join(map(str, seeds))}"
+            f"; preset {', '.join(presets) or 'unknown'}; primary metric {metric_label(data.metric)}.")
+    if len(presets) > 1:
+        text += " **Warning: cells from different presets are mixed in this study.**"
+    return text
+
+
+def _comparison_line(r: ComparisonResult) -> str:
+    what = f" ({r.what}: {metric_label(r.metric)})" if r.what else f" ({metric_label(r.metric)})"
+    return f"- {describe(r)}{what}: **{r.verdict}**"
+
+
+def study_section(data: StudyData, results: Sequence[FindingResult], figures: Sequence[str]) -> list[str]:
+    d = safe_name(data.study)
+    out = [f"## Study `{data.study}`" + (f": {finding_name(results[0])}" if results else ""), ""]
+    if not data.found:
+        return out + [f"No experiment named `{data.study}` in the store: not run yet.", ""]
+    if data.empty:
+        out += ["No finished cells: nothing to tabulate.", _missing_text(data), ""]
+        return out
+    out += [_cells_text(data), "", _missing_text(data), ""]
+    for f in results:
+        out += [f"Paper's claim: {f.spec.claim}.", "", f"**Verdict: {f.verdict}.**", ""]
+        out += [_comparison_line(r) for r in f.comparisons] + [""]
+    table = summary_table(data.cells, data.levels, TABLE_METRICS)
+    out += [to_markdown(table).rstrip("\n"), ""]
+    out.append(f"Mean ± std over seeds, 95% t-interval, best mean in bold. Tables: [md]({d}/summary.md) · "
+               f"[tex]({d}/summary.tex) · [csv]({d}/summary.csv)")
+    if "method" in data.factors:
+        out += ["", PAPER_REFERENCE]
+    out.append("")
+    for stem in figures:
+        title = FIGURE_TITLES.get(stem, stem)
+        out += [f"![{title}]({d}/{stem}.png)", f"*{title}* ([pdf]({d}/{stem}.pdf))", ""]
+    return out
+
+
+def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]],
+                  ablation_md: str | None = None) -> str:
+    """The whole page. ``figures`` maps a study name to the stems of its figures that exist."""
+    results = {s.study: findings_for(s) for s in studies}
+    lines = ["# InterCLR study report", "",
+             "Rebuilt from the MLflow store by `python -m analysis` (no training). Every number comes from "
+             "finished cell runs; a cell logged twice counts once (its latest finished run). Accuracies are in %, "
+             "± is the standard deviation over seeds, intervals are 95% t-intervals.", "",
+             VERDICT_RULE, "", "## Verdicts", "",
+             "| Finding | Study | Finding's verdict | Comparison | Metric | mean d | 95% CI of d | p (paired t) | n "
+             "| Comparison's verdict |",
+             "|---|---|---|---|---|---:|---|---:|---:|---|"]
+    all_results = [f for s in studies for f in results[s.study]]
+    tested = {f.spec.key for f in all_results}
+    all_results += [FindingResult(spec, "-", (), f"not run: no study in the store varies `{spec.factor}`")
+                    for spec in FINDINGS if spec.key not in tested]
+    lines += verdict_rows(all_results) if all_results else ["| - | - | no study run | - | - | - | - | - | 0 | - |"]
+    lines.append("")
+    if ablation_md:
+        lines += ["## Ablation across the three factors", "", ablation_md.rstrip("\n"), "",
+                  "Tables: [md](ablation.md) · [tex](ablation.tex) · [csv](ablation.csv)", ""]
+    for s in studies:
+        lines += study_section(s, results[s.study], figures.get(s.study, ()))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def existing_figures(out_dir: Path, study: str, stems: Sequence[str] = tuple(FIGURE_TITLES)) -> list[str]:
+    d = out_dir / safe_name(study)
+    return [s for s in stems if (d / f"{s}.png").is_file()]

@@ -1,0 +1,183 @@
+"""Studies end to end through Ray Tune into a temporary MLflow store.
+
+Slow (Ray starts for real): a smoke study checked with the MLflow client; a
+study killed with SIGKILL mid-way and run again; failing cells and
+``--rerun-failed``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+STUDY = """
+name: {name}
+fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: {epochs},
+        linear_epochs: 2}}
+factors:
+  sampling: [semi-hard, hard]
+seeds: [0, 1]
+presets:
+  smoke: {{resources: {{cpus: 1}}, max_failures: {max_failures}}}
+"""
+
+FAILING = """
+name: failing
+fixed: {method: interclr, epochs: 1, linear_epochs: 2}
+factors:
+  case:
+    - {label: ok, set: {lr: 0.06}}
+    - {label: nan, set: {lr: 1.0e+12}}
+    - {label: raises, set: {data_root: /nonexistent/fashion}}
+seeds: [0]
+presets:
+  smoke: {resources: {cpus: 1}, max_failures: 1}
+"""
+
+
+@pytest.fixture
+def store(tmp_path):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+               STUDY_RUN_ROOT=str(tmp_path / "runs"), STUDY_RAY_RESULTS=str(tmp_path / "ray"),
+               STUDY_ARTIFACT_ROOT=str(tmp_path / "artifacts"), STUDY_NUM_CPUS="2", PYTHONUNBUFFERED="1")
+    return tmp_path, env
+
+
+def _client(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _runs(client, name, role="cell"):
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.role = '{role}'", max_results=1000)
+
+
+def _study(*args, env, timeout=600, **kw):
+    return subprocess.run([sys.executable, "-m", "study", "run", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _check_complete(client, name, n_cells, epochs):
+    runs = _runs(client, name)
+    assert len(runs) == n_cells, [r.data.tags.get("cell_id") for r in runs]
+    assert len({r.data.tags["cell_id"] for r in runs}) == n_cells
+    for r in runs:
+        assert r.info.status == "FINISHED", (r.data.tags, r.info.status)
+        for key in ("knn_top1", "loss"):
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+            expect = list(range(epochs + 1)) if key == "knn_top1" else list(range(1, epochs + 1))
+            assert sorted(steps) == expect, (key, steps)
+    return runs
+
+
+def test_smoke_study_through_tune(store):
+    tmp_path, env = store
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY.format(name="e2e", epochs=2, max_failures=1))
+    res = _study(str(path), "--preset", "smoke", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "done 4/4" in res.stdout
+    client = _client(tmp_path)
+    parents = _runs(client, "e2e", role="parent")
+    assert len(parents) == 1 and parents[0].data.params["factors"] == "sampling"
+    runs = _check_complete(client, "e2e", 4, 2)
+    for r in runs:
+        tags, params = r.data.tags, r.data.params
+        assert tags["study"] == "e2e" and tags["preset"] == "smoke" and len(tags["cell_id"]) == 12
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert params["sampling"] == tags["factor.sampling"] == tags["level"]
+        assert params["seed"] in ("0", "1") and params["margin"] == "-0.5" and params["epochs"] == "2"
+        for key in ("nmi", "label_change_ratio", "neg_sim_mean", "loss_inter", "loss_intra"):
+            assert key in r.data.metrics, key
+        assert "linear_top1" in r.data.metrics
+        arts = [a.path for a in client.list_artifacts(r.info.run_id)]
+        assert "config.json" in arts
+    # a second run finds everything finished and trains nothing
+    again = _study(str(path), "--preset", "smoke", env=env)
+    assert again.returncode == 0 and "4 finished, 0 to run" in again.stdout
+    status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "done 4, running 0, failed 0, missing 0" in status.stdout
+    _check_complete(client, "e2e", 4, 2)
+
+
+def test_sigkill_then_rerun_finishes_each_cell_once(store):
+    tmp_path, env = store
+    path = tmp_path / "k.yaml"
+    path.write_text(STUDY.format(name="killed", epochs=4, max_failures=1))
+    proc = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    client = None
+    deadline = time.time() + 300
+    killed_with = None
+    try:
+        while time.time() < deadline:
+            time.sleep(1.0)
+            if (tmp_path / "mlflow.db").exists():
+                client = client or _client(tmp_path)
+                runs = _runs(client, "killed")
+                finished = [r for r in runs if r.info.status == "FINISHED"]
+                running = [r for r in runs if r.info.status == "RUNNING"]
+                # kill once a cell has finished and others are mid-way
+                if finished and running:
+                    killed_with = (len(finished), len(running))
+                    break
+            if proc.poll() is not None:
+                break
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert killed_with is not None, "the study ended before it could be killed mid-way"
+    finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _runs(client, "killed")
+                       if r.info.status == "FINISHED"}
+    logs_before = {cid: (tmp_path / "runs" / "killed" / cid / "train.log").read_text()
+                   for cid in finished_before}
+    res = _study(str(path), "--preset", "smoke", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = _check_complete(client, "killed", 4, 4)
+    for r in runs:
+        cid = r.data.tags["cell_id"]
+        if cid in finished_before:
+            # same run, and not trained again (its log did not grow)
+            assert r.info.run_id == finished_before[cid]
+            assert (tmp_path / "runs" / "killed" / cid / "train.log").read_text() == logs_before[cid]
+
+
+def test_failures_are_reported_and_rerun(store):
+    tmp_path, env = store
+    path = tmp_path / "f.yaml"
+    path.write_text(FAILING)
+    res = _study(str(path), "--preset", "smoke", env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    client = _client(tmp_path)
+    by_level = {r.data.tags["level"]: r for r in _runs(client, "failing")}
+    assert by_level["ok"].info.status == "FINISHED"
+    assert by_level["nan"].info.status == "FAILED" and "loss is" in by_level["nan"].data.tags["error"]
+    assert by_level["raises"].info.status == "FAILED"
+    assert "/nonexistent/fashion" in by_level["raises"].data.tags["error"]
+    # without --rerun-failed nothing runs; with it only the two failed cells run (and fail again)
+    again = _study(str(path), "--preset", "smoke", env=env)
+    assert "1 finished, 0 to run, 2 failed" in again.stdout
+    rerun = _study(str(path), "--preset", "smoke", "--rerun-failed", env=env)
+    assert "1 finished, 2 to run" in rerun.stdout
+    runs = _runs(client, "failing")
+    assert len(runs) == 3
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED"]
