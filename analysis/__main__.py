@@ -5,13 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .build import build_all, default_out_dir
+from .pipeline import build_all, default_out_dir
 from .load import ContractError, StoreError, default_tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis",
-                                description="Rebuild tables, figures and REPORT.md from the MLflow store (no training).")
+    p = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Rebuild tables, figures and REPORT.md from the MLflow store (no training).")
     p.add_argument("--study", action="append", default=None, metavar="NAME",
                    help="study (experiment) to rebuild; repeatable; default: every study in the store")
     p.add_argument("--tracking-uri", default=None, help=f"MLflow store (default: {default_tracking_uri()})")

@@ -135,7 +135,7 @@ def convergence_figure(curves: pd.DataFrame, levels: Sequence[str], metric: str 
     fig, (ax,) = _new_figure()
     with matplotlib.rc_context(STYLE):
         _band_axes(ax, curves, levels, metric, colors(levels))
-        ax.set_title(title or f"{AXIS.get(metric, (metric,))[0]} during training (band: ±1 std over seeds)")
+        ax.set_title(title or f"{AXIS.get(metric, (metric,))[0].split(' (')[0]} vs epoch (band: ±1 std)")
     return fig
 
 
@@ -228,7 +228,7 @@ def study_figures(data: StudyData) -> dict[str, Figure]:
         return {}
     figs = {"knn_convergence": convergence_figure(
         data.curves, data.levels, "knn_top1",
-        title="InterCLR vs MoCo v2: kNN top-1" if "method" in data.factors else "")}
+        title="InterCLR vs MoCo v2 (band: ±1 std)" if "method" in data.factors else "")}
     if "labels" in data.factors:
         figs["label_dynamics"] = label_dynamics_figure(data.curves, data.levels)
     if "sampling" in data.factors:

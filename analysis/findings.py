@@ -176,7 +176,7 @@ def describe(r: ComparisonResult, scale: float = 100.0, unit: str = " pts") -> s
     p = f"paired t p={c.p_value:.3g}" if math.isfinite(c.p_value) else "paired t p undefined"
     if c.wilcoxon_p is not None:
         p += f", Wilcoxon p={c.wilcoxon_p:.3g}"
-    return f"{r.better} - {r.worse}: {d}, {ci}, {p}, n={c.n} seeds"
+    return f"{r.better} - {r.worse}: {d}, {ci}, {p}, n={c.n} seed{'s' if c.n != 1 else ''}"
 
 
 def finding_keys() -> Sequence[str]:

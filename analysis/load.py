@@ -10,18 +10,20 @@ The contract (what the training side writes, see DESIGN.md):
   ``linear_top1`` / ``final_knn_top1`` once at the end).
 
 Only FINISHED cell runs count; a cell_id that appears twice keeps its latest
-finished run. Cells with no finished run, and level x seed combinations
-that other levels have but this one lacks, are returned as ``missing``.
+finished run. Only one preset counts (default: the preset of the latest
+finished cell), and one cell per level and seed (the latest); finished cells
+left out for either reason are returned as ``excluded``. Cells with no
+finished run, and level x seed combinations that other levels have but this
+one lacks, are returned as ``missing``.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +61,9 @@ CURVE_COLUMNS: dict[str, str] = {
     "value": "float",
 }
 MISSING_COLUMNS: dict[str, str] = {"cell_id": "str", "level": "str", "seed": "int", "status": "str", "run_id": "str"}
-FINAL_ONLY_METRICS = ("linear_top1", "final_knn_top1")
+EXCLUDED_COLUMNS: dict[str, str] = {"cell_id": "str", "level": "str", "seed": "int", "preset": "str",
+                                    "run_id": "str", "reason": "str"}
+FINAL_ONLY_METRICS = ("linear_top1", "final_knn_top1", "final_nmi")
 
 # Natural order of known factor values (anything else sorts after, alphabetically).
 _PARAM_ORDER = {
@@ -93,10 +97,12 @@ class StudyData:
     found: bool  # an experiment of that name exists
     factors: tuple[str, ...]
     metric: str  # the study's primary metric (a column of ``cells``)
-    cells: pd.DataFrame  # one row per finished cell, CELL_COLUMNS + ``factor.<name>``
+    cells: pd.DataFrame  # one row per counted finished cell, CELL_COLUMNS + ``factor.<name>``
     curves: pd.DataFrame  # long: CURVE_COLUMNS
     missing: pd.DataFrame  # MISSING_COLUMNS
     levels: tuple[str, ...] = field(default=())  # display order
+    preset: str = ""  # the preset the numbers come from
+    excluded: pd.DataFrame | None = None  # finished cells left out (EXCLUDED_COLUMNS)
 
     @property
     def empty(self) -> bool:
@@ -176,7 +182,8 @@ def _num(value, kind: str, run_id: str, key: str):
             return int(f)
         return float(value)
     except (TypeError, ValueError):
-        raise ContractError(f"run {run_id}: param {key!r} = {value!r} is not a{'n integer' if kind == 'int' else ' number'}")
+        what = "an integer" if kind == "int" else "a number"
+        raise ContractError(f"run {run_id}: param {key!r} = {value!r} is not {what}") from None
 
 
 def _cell_row(run, study: str) -> dict:
@@ -208,7 +215,7 @@ def _cell_row(run, study: str) -> dict:
         "end_time": int(run.info.end_time or run.info.start_time or 0),
         "knn_top1": knn,
         "linear_top1": metrics.get("linear_top1"),
-        "nmi": metrics.get("nmi"),
+        "nmi": metrics.get("final_nmi", metrics.get("nmi")),
         "ari": metrics.get("ari"),
         "knn_auc": None,
         "status": run.info.status,
@@ -280,11 +287,39 @@ def order_levels(cells: pd.DataFrame, factors: tuple[str, ...]) -> tuple[str, ..
     return tuple(level for _, level in keyed)
 
 
-def find_missing(runs: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """Cells without a finished run, plus level x seed gaps among finished cells."""
+def choose_preset(cells: pd.DataFrame) -> str:
+    """The preset of the most recently finished cell (what the user ran last); "" if none."""
+    if cells.empty:
+        return ""
+    last = cells.sort_values(["end_time", "preset"], kind="mergesort").iloc[-1]
+    return str(last["preset"])
+
+
+def select_cells(cells: pd.DataFrame, preset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep one preset and one cell per (level, seed); return (kept, excluded with a reason).
+
+    A store can hold a study run under two presets (smoke, then cpu), or a level re-run
+    with another config (a new cell_id) under the same seed; mixing them would pair
+    unrelated runs, so only the latest run of each level and seed of the chosen preset counts.
+    """
+    other = cells[cells["preset"] != preset]
+    same = cells[cells["preset"] == preset].sort_values(["level", "seed", "end_time", "run_id"], kind="mergesort")
+    superseded = same[same.duplicated(["level", "seed"], keep="last")]
+    kept = same.drop_duplicates(["level", "seed"], keep="last")
+    rows = [dict(r, reason=f"preset {r['preset'] or '(none)'}, not {preset or '(none)'}") for r in
+            other.to_dict("records")]
+    rows += [dict(r, reason="superseded by a later run of the same level and seed") for r in
+             superseded.to_dict("records")]
+    excluded = _typed(rows, EXCLUDED_COLUMNS)[list(EXCLUDED_COLUMNS)]
+    excluded = excluded.sort_values(["level", "seed", "cell_id"], kind="mergesort").reset_index(drop=True)
+    return kept.reset_index(drop=True), excluded
+
+
+def find_missing(runs: pd.DataFrame, cells: pd.DataFrame, finished_ids: set[str]) -> pd.DataFrame:
+    """Cells with no finished run (their latest status), plus level x seed gaps among ``cells``."""
     rows = []
-    done = set(cells["cell_id"])
-    unfinished = runs[~runs["cell_id"].isin(done)].sort_values(["cell_id", "end_time", "run_id"], kind="mergesort")
+    unfinished = runs[~runs["cell_id"].isin(finished_ids)]
+    unfinished = unfinished.sort_values(["cell_id", "end_time", "run_id"], kind="mergesort")
     for _, r in unfinished.drop_duplicates("cell_id", keep="last").iterrows():
         rows.append({"cell_id": r["cell_id"], "level": r["level"], "seed": r["seed"], "status": r["status"],
                      "run_id": r["run_id"]})
@@ -338,11 +373,15 @@ def metric_column(metric: str) -> str:
 def empty_study(study: str, found: bool) -> StudyData:
     return StudyData(study=study, found=found, factors=(), metric=DEFAULT_METRIC,
                      cells=_typed([], CELL_COLUMNS), curves=_typed([], CURVE_COLUMNS),
-                     missing=_typed([], MISSING_COLUMNS))
+                     missing=_typed([], MISSING_COLUMNS), excluded=_typed([], EXCLUDED_COLUMNS))
 
 
-def load_study(study: str, tracking_uri: str | None = None, client=None) -> StudyData:
-    """Read one study. A study with no experiment comes back with ``found=False`` and no cells."""
+def load_study(study: str, tracking_uri: str | None = None, client=None, preset: str | None = None) -> StudyData:
+    """Read one study. A study with no experiment comes back with ``found=False`` and no cells.
+
+    ``preset``: whose cells to use; default the preset of the latest finished cell
+    (cells of other presets are listed in ``excluded``).
+    """
     client = client or client_for(tracking_uri)
     exp = client.get_experiment_by_name(study)
     if exp is None:
@@ -361,18 +400,22 @@ def load_study(study: str, tracking_uri: str | None = None, client=None) -> Stud
     for r in raw_rows:
         r.pop("_factors")
     if not raw_rows:
-        return StudyData(study=study, found=True, factors=factors, metric=metric_column(metric),
-                         cells=_typed([], CELL_COLUMNS), curves=_typed([], CURVE_COLUMNS),
-                         missing=_typed([], MISSING_COLUMNS))
+        return replace(empty_study(study, found=True), factors=factors, metric=metric_column(metric))
     all_runs = _typed(raw_rows, {**CELL_COLUMNS, "status": "str"})
-    cells = dedupe_cells(all_runs)
-    missing = find_missing(all_runs, cells)
+    finished = dedupe_cells(all_runs)
+    if preset is None:  # the preset of the latest finished cell, else of the latest run
+        preset = choose_preset(finished if not finished.empty else all_runs)
+    cells, excluded = select_cells(finished, preset)
+    missing = find_missing(all_runs[all_runs["preset"] == preset], cells, set(finished["cell_id"]))
     curves = load_curves(client, cells)
     auc = curve_auc(curves)
     cells["knn_auc"] = cells["cell_id"].map(auc).astype("float64")
     factor_cols = sorted(c for c in cells.columns if c.startswith("factor."))
     cells = cells[list(CELL_COLUMNS) + factor_cols]
-    levels = order_levels(cells, factors)
+    # levels with no finished cell (all failed) still get a row, in their natural place
+    runs_of_preset = all_runs[all_runs["preset"] == preset]
+    listed = set(cells["level"]) | set(missing["level"])
+    levels = order_levels(pd.concat([cells, runs_of_preset[runs_of_preset["level"].isin(listed)]]), factors)
     rank = {lvl: i for i, lvl in enumerate(levels)}
     cells = cells.assign(_r=cells["level"].map(rank)).sort_values(["_r", "seed", "cell_id"], kind="mergesort")
     cells = cells.drop(columns="_r").reset_index(drop=True)
@@ -383,4 +426,4 @@ def load_study(study: str, tracking_uri: str | None = None, client=None) -> Stud
         raise ContractError(f"study {study!r}: primary metric {metric!r} is not a cell metric "
                             f"(known: knn_top1, linear_top1, nmi, ari, knn_auc)")
     return StudyData(study=study, found=True, factors=factors, metric=mcol, cells=cells, curves=curves,
-                     missing=missing, levels=levels)
+                     missing=missing, levels=levels, preset=preset, excluded=excluded)

@@ -88,14 +88,18 @@ def _missing_text(data: StudyData) -> str:
     return f"Missing or failed cells ({len(items)}), left out of every number: " + "; ".join(items) + "."
 
 
+def _excluded_text(data: StudyData) -> str | None:
+    if data.excluded is None or data.excluded.empty:
+        return None
+    items = [f"{e['level']} seed {e['seed']} (run {e['run_id'][:8]}: {e['reason']})"
+             for _, e in data.excluded.iterrows()]
+    return f"Finished cells left out ({len(items)}): " + "; ".join(items) + "."
+
+
 def _cells_text(data: StudyData) -> str:
-    presets = sorted(set(data.cells["preset"]) - {""})
     seeds = sorted(set(data.cells["seed"]))
-    text = (f"Cells: {len(data.cells)} finished, {len(data.levels)} levels, seeds {', '.join(map(str, seeds))}"
-            f"; preset {', '.join(presets) or 'unknown'}; primary metric {metric_label(data.metric)}.")
-    if len(presets) > 1:
-        text += " **Warning: cells from different presets are mixed in this study.**"
-    return text
+    return (f"Cells: {len(data.cells)} finished, {len(data.levels)} levels, seeds {', '.join(map(str, seeds))}; "
+            f"preset {data.preset or 'unknown'}; primary metric {metric_label(data.metric)}.")
 
 
 def _comparison_line(r: ComparisonResult) -> str:
@@ -112,6 +116,8 @@ def study_section(data: StudyData, results: Sequence[FindingResult], figures: Se
         out += ["No finished cells: nothing to tabulate.", _missing_text(data), ""]
         return out
     out += [_cells_text(data), "", _missing_text(data), ""]
+    if (ex := _excluded_text(data)) is not None:
+        out += [ex, ""]
     for f in results:
         out += [f"Paper's claim: {f.spec.claim}.", "", f"**Verdict: {f.verdict}.**", ""]
         out += [_comparison_line(r) for r in f.comparisons] + [""]

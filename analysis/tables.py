@@ -71,9 +71,10 @@ def mark_best(means: np.ndarray) -> np.ndarray:
     if finite.sum() < 2:
         return np.zeros(means.shape, dtype=bool)
     top = np.max(means[finite])
-    if np.all(means[finite] == top):
+    at_top = finite & np.isclose(np.nan_to_num(means, nan=-np.inf), top, rtol=1e-9, atol=1e-12)  # float-noise ties
+    if at_top.sum() == finite.sum():
         return np.zeros(means.shape, dtype=bool)
-    return finite & (means == top)
+    return at_top
 
 
 def difference_row(cells: pd.DataFrame, better: str, worse: str, metrics: Sequence[str] = TABLE_METRICS) -> dict:

@@ -183,12 +183,22 @@ def _draw_exact_rows(
     cols, labs = _pool_labels(pool_cols, col_labels, rows)  # (R, P), (R, P)
     valid = labs != q_labels[rows].unsqueeze(1)  # (R, P)
     n_valid = valid.sum(1)  # (R,)
-    if bool((n_valid == 0).any()):
-        bad = rows[n_valid == 0][:5].tolist()
-        raise RuntimeError(
-            f"every entry of the negative pool shares the query's pseudo-label (batch rows {bad}); "
-            "the pool is too small for the cluster sizes: raise 'pool' or 'candidates', or use more clusters"
-        )
+    empty = n_valid == 0  # (R,)
+    if bool(empty.any()):
+        if pool_cols is None:
+            bad = rows[empty][:5].tolist()
+            raise RuntimeError(
+                f"every bank entry shares the query's pseudo-label (batch rows {bad}): "
+                "the pseudo-labels collapsed to one cluster"
+            )
+        # A pool made only of the query's own (giant) cluster: such a row falls back
+        # to uniform draws over every different-label column rather than stopping a
+        # long run (the reference would loop forever here). Rare with pool >> cluster size.
+        out = torch.empty(rows.shape[0], num, dtype=torch.long, device=col_labels.device)  # (R, num)
+        out[empty] = _draw_exact_rows(None, col_labels, q_labels, rows[empty], num, generator)
+        if bool((~empty).any()):
+            out[~empty] = _draw_exact_rows(pool_cols, col_labels, q_labels, rows[~empty], num, generator)
+        return out
     rank = _uniform_below(n_valid, num, generator) + 1  # (R, num) 1-based rank among valid entries
     cum = valid.cumsum(1)  # (R, P) valid entries up to each position
     pos = torch.searchsorted(cum, rank)  # (R, num) first position with cum == rank

@@ -356,11 +356,15 @@ class Trainer:
         self.step += 1
         acc.steps += 1
         acc.pairs += batch_idx.shape[0]
-        acc.loss += float(loss.detach())
-        acc.loss_intra += float(loss_intra.detach())
+        # logged losses are global-batch means (one all-reduce; a no-op in one process)
+        logged = torch.stack([loss.detach(), loss_intra.detach(),
+                              loss_inter.detach() if inter_on else torch.zeros((), device=loss.device)])
+        logged = dist.all_reduce_mean(logged).tolist()
+        acc.loss += logged[0]
+        acc.loss_intra += logged[1]
         if inter_on:
             acc.inter_steps += 1
-            acc.loss_inter += float(loss_inter.detach())
+            acc.loss_inter += logged[2]
             acc.pos_sim += float(sample.pos_cos.detach().mean())
             neg = sample.neg_cos.detach().flatten()
             if neg.numel() > _NEG_STATS_PER_STEP:

@@ -7,8 +7,11 @@
             semi-hard seed 0 also has an older finished duplicate (knn 0.10, must be dropped);
             hard seed 2 failed once, then finished under the same cell_id (counted);
             random seed 2 only FAILED and semi-easy seed 2 never ran (both missing).
-- boundary: cosine +0.5, 0, -0.5, -1 and arc +0.3; cosine -0.5 wins clearly.
-- final:    InterCLR vs MoCo v2; MoCo v2 wins by 0.05 +- 0.01 (a clear loss for the paper).
+- boundary: cosine +0.5, 0, -0.5, -1 and arc +0.3; cosine -0.5 wins clearly;
+            every cell of cosine -0.25 failed.
+            labels also holds an older finished cell of preset "cpu" (knn 0.99, left out).
+- final:    InterCLR vs MoCo v2; MoCo v2 wins by 0.05 +- 0.01 (a clear loss for the paper);
+            InterCLR seed 1 also has an older finished run under another cell_id (knn 0.20, superseded).
 - ghost:    one FAILED cell, nothing finished.
 
 Every cell's linear_top1 is its kNN top-1 + 0.05; its final NMI is 0.5 + 0.01 * seed
@@ -19,7 +22,7 @@ from __future__ import annotations
 import hashlib
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
 EPOCHS = 3
 T0 = 1_700_000_000_000  # fixed timestamps (ms) keep the store itself reproducible
@@ -38,7 +41,9 @@ LEVEL_PARAMS = {
     "random": {"sampling": "random"}, "semi-easy": {"sampling": "semi-easy"},
     "semi-hard": {"sampling": "semi-hard"}, "hard": {"sampling": "hard"},
     "cosine +0.5": {"margin_type": "cosine", "margin": "0.5"}, "cosine 0": {"margin_type": "cosine", "margin": "0.0"},
-    "cosine -0.5": {"margin_type": "cosine", "margin": "-0.5"}, "cosine -1": {"margin_type": "cosine", "margin": "-1.0"},
+    "cosine -0.5": {"margin_type": "cosine", "margin": "-0.5"},
+    "cosine -1": {"margin_type": "cosine", "margin": "-1.0"},
+    "cosine -0.25": {"margin_type": "cosine", "margin": "-0.25"},
     "arc +0.3": {"margin_type": "arc", "margin": "0.3"},
     "InterCLR": {"method": "interclr"}, "MoCo v2": {"method": "mocov2"},
 }
@@ -81,10 +86,10 @@ def _metrics(study: str, level: str, knn: float, seed: int, t: int) -> list[Metr
 
 
 def add_cell(client: MlflowClient, exp_id: str, parent_id: str, study: str, level: str, seed: int, knn: float,
-             status: str = "FINISHED", t: int = T0, cid: str | None = None) -> str:
+             status: str = "FINISHED", t: int = T0, cid: str | None = None, preset: str = "smoke") -> str:
     factor = FACTOR.get(study.split("-")[-1], "sampling")
     params = {**BASE, **LEVEL_PARAMS[level], "seed": str(seed)}
-    tags = {"study": study, "role": "cell", "cell_id": cid or cell_id(study, level, seed), "preset": "smoke",
+    tags = {"study": study, "role": "cell", "cell_id": cid or cell_id(study, level, seed), "preset": preset,
             "mlflow.parentRunId": parent_id, "level": level, "factors": factor, f"factor.{factor}": level}
     run = client.create_run(exp_id, start_time=t, tags=tags, run_name=f"{level} s{seed}")
     rid = run.info.run_id
@@ -98,7 +103,8 @@ def add_cell(client: MlflowClient, exp_id: str, parent_id: str, study: str, leve
     return rid
 
 
-def add_study(client: MlflowClient, study: str, knn: dict[str, list[float]], metric: str = "knn_top1") -> tuple[str, str]:
+def add_study(client: MlflowClient, study: str, knn: dict[str, list[float]],
+              metric: str = "knn_top1") -> tuple[str, str]:
     exp_id = client.create_experiment(study)
     factor = FACTOR.get(study.split("-")[-1], "sampling")
     parent = client.create_run(exp_id, start_time=T0, tags={"study": study, "role": "parent"}, run_name=study)
@@ -123,6 +129,17 @@ def build_store(uri: str) -> MlflowClient:
             add_cell(client, exp_id, parent, study, "hard", 2, 0.0, status="FAILED", t=T0 - 5_000)
             # random seed 2 only failed: missing
             add_cell(client, exp_id, parent, study, "random", 2, 0.0, status="FAILED", t=T0 + 500_000)
+        if study == "boundary":
+            # a level whose every cell failed: a row with n=0, listed as missing
+            for seed in range(3):
+                add_cell(client, exp_id, parent, study, "cosine -0.25", seed, 0.0, status="FAILED", t=T0 + 600_000)
+        if study == "labels":
+            # an older run of the study under another preset (another cell_id): left out
+            add_cell(client, exp_id, parent, study, "online", 0, 0.99, t=T0 - 20_000, cid="cpu-online-0",
+                     preset="cpu")
+        if study == "final":
+            # InterCLR seed 1 re-run under a new config (new cell_id): the older run is superseded
+            add_cell(client, exp_id, parent, study, "InterCLR", 1, 0.20, t=T0 - 30_000, cid="old-interclr-1")
     exp_id = client.create_experiment("ghost")
     parent = client.create_run(exp_id, start_time=T0, tags={"study": "ghost", "role": "parent"})
     client.log_batch(parent.info.run_id, params=[Param("factors", "sampling"), Param("metric", "knn_top1")])

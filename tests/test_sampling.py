@@ -233,9 +233,20 @@ def test_semi_hard_uniform_over_valid_pool_entries_with_fallback():
     assert float((freq[valid] / 2000 - 1).abs().max()) < 0.1  # 2000 each expected
 
 
-def test_pool_without_other_label_raises_clear_error():
+def test_pool_without_other_label_falls_back_to_the_whole_bank():
+    # the 10 most similar entries all share the query's label 0; the only other
+    # labels lie outside the pool: the row draws from every different-label entry
     q, q_idx, bank, labels, index = _tiny_world([0] * 10)
-    with pytest.raises(RuntimeError, match="pool"):
+    labels[-5:] = 1
+    index = cluster_index(labels, 3)
+    s = inter_sample(q, q_idx, bank, labels, index, "semi-hard", 8, 10, None, _gen(0))
+    assert bool((labels[s.neg_idx] == 1).all())
+    assert set(s.neg_idx.flatten().tolist()) <= set(range(bank.shape[0] - 5, bank.shape[0]))
+
+
+def test_collapsed_labels_raise_clear_error():
+    q, q_idx, bank, labels, index = _tiny_world([0] * 10)
+    with pytest.raises(RuntimeError, match="collapsed"):
         inter_sample(q, q_idx, bank, labels, index, "semi-hard", 5, 10, None, _gen(0))
 
 

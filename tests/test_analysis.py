@@ -1,0 +1,262 @@
+"""analysis/ on a store built with known values (tests/analysis_store.py)."""
+import math
+from pathlib import Path
+
+import pytest
+
+from analysis import build, build_all, load_study
+from analysis import figures as F
+from analysis.__main__ import main
+from analysis.findings import findings_for
+from analysis.load import ContractError, StoreError, client_for, default_tracking_uri, list_studies
+from analysis_store import EPOCHS, KNN, cell_id, shared_store
+
+T2 = 4.302652729749464  # t_{0.975, df=2}
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    return shared_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def data(uri):
+    client = client_for(uri)
+    return {s: load_study(s, client=client) for s in ("labels", "sampling", "boundary", "final", "ghost", "nope")}
+
+
+@pytest.fixture(scope="module")
+def outputs(uri, tmp_path_factory):
+    """Two full builds into two folders, plus a rebuild of the first in place."""
+    a, b = tmp_path_factory.mktemp("out_a"), tmp_path_factory.mktemp("out_b")
+    build_all(tracking_uri=uri, out_dir=a)
+    first = {p.relative_to(a): p.read_bytes() for p in sorted(a.rglob("*")) if p.is_file()}
+    build_all(tracking_uri=uri, out_dir=b)
+    build_all(tracking_uri=uri, out_dir=a)
+    return a, b, first
+
+
+# --------------------------------------------------------------------------- load
+
+
+def test_studies_found(uri):
+    assert list_studies(uri) == ["boundary", "final", "ghost", "labels", "sampling"]
+
+
+def test_load_excludes_duplicates_and_failed(data):
+    s = data["sampling"]
+    assert s.found and s.factors == ("sampling",) and s.metric == "knn_top1"
+    assert s.levels == ("random", "semi-easy", "semi-hard", "hard")
+    assert s.cells["cell_id"].is_unique
+    counts = s.cells.groupby("level").size().to_dict()
+    assert counts == {"random": 2, "semi-easy": 2, "semi-hard": 3, "hard": 3}
+    semi_hard = s.cells[s.cells["level"] == "semi-hard"].sort_values("seed")
+    assert list(semi_hard["knn_top1"]) == pytest.approx([0.70, 0.72, 0.74])  # the 0.10 duplicate is dropped
+    hard2 = s.cells[(s.cells["level"] == "hard") & (s.cells["seed"] == 2)]
+    assert list(hard2["cell_id"]) == [cell_id("sampling", "hard", 2)]  # failed first, then finished: counted
+
+
+def test_missing_cells_reported(data):
+    m = data["sampling"].missing
+    got = {(r.level, r.seed, r.status) for r in m.itertuples()}
+    assert got == {("random", 2, "FAILED"), ("semi-easy", 2, "NOT IN STORE")}
+    assert data["labels"].missing.empty
+    ghost = data["ghost"]
+    assert ghost.found and ghost.empty and list(ghost.missing["status"]) == ["FAILED"]
+    assert not data["nope"].found and data["nope"].empty
+
+
+def test_level_with_only_failed_cells_keeps_its_place(data, outputs):
+    b = data["boundary"]
+    assert b.levels == ("cosine -1", "cosine -0.5", "cosine -0.25", "cosine 0", "cosine +0.5", "arc +0.3")
+    assert set(b.missing["level"]) == {"cosine -0.25"} and len(b.missing) == 3
+    assert "| cosine -0.25 | 0 | - | - | - | - | - | - |" in (outputs[0] / "boundary" / "summary.md").read_text()
+
+
+def test_other_presets_and_superseded_runs_left_out(data):
+    lab = data["labels"]
+    assert lab.preset == "smoke" and set(lab.cells["preset"]) == {"smoke"}
+    assert list(lab.excluded["cell_id"]) == ["cpu-online-0"] and "preset cpu" in lab.excluded["reason"].iloc[0]
+    fin = data["final"]
+    assert list(fin.excluded["cell_id"]) == ["old-interclr-1"]
+    assert "superseded" in fin.excluded["reason"].iloc[0]
+    assert fin.cells.groupby("level").size().to_dict() == {"InterCLR": 3, "MoCo v2": 3}
+    assert fin.missing.empty and lab.missing.empty
+
+
+def test_cells_contract_and_values(data):
+    c = data["labels"].cells
+    assert str(c["seed"].dtype) == "int64" and str(c["knn_top1"].dtype) == "float64"
+    online = c[c["level"] == "online"].sort_values("seed")
+    assert list(online["linear_top1"]) == pytest.approx([0.78, 0.80, 0.79])
+    assert list(online["nmi"]) == pytest.approx([0.50, 0.51, 0.52])
+    assert (online["epochs"] == EPOCHS).all() and (online["labels"] == "online").all()
+    assert (online["factor.labels"] == "online").all()
+    # knn_auc = mean of the linear curve over epochs 1..3: 0.6 + (knn - 0.6) * (1/3 + 2/3 + 1) / 3
+    assert online["knn_auc"].iloc[0] == pytest.approx(0.6 + 0.13 * 2 / 3)
+    b = data["boundary"].cells
+    assert set(zip(b["margin_type"], b["margin"])) >= {("cosine", -0.5), ("arc", 0.3)}
+    f = data["final"].cells
+    assert f[f["method"] == "mocov2"]["nmi"].isna().all()
+
+
+def test_curves_long_frame(data):
+    cur = data["labels"].curves
+    assert set(cur.columns) == {"cell_id", "run_id", "level", "seed", "metric", "epoch", "value"}
+    knn = cur[(cur["metric"] == "knn_top1") & (cur["level"] == "online") & (cur["seed"] == 0)]
+    assert list(knn["epoch"]) == list(range(EPOCHS + 1))
+    assert knn["value"].iloc[-1] == pytest.approx(KNN["labels"]["online"][0])
+    lcr = cur[cur["metric"] == "label_change_ratio"]
+    assert lcr["epoch"].min() == 1
+    assert "linear_top1" not in set(cur["metric"])
+    assert "neg_sim_q05" not in set(data["final"].curves.query("level == 'MoCo v2'")["metric"])
+
+
+def test_missing_store_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(StoreError, match="no MLflow store"):
+        client_for(f"sqlite:///{tmp_path / 'absent.db'}")
+    assert main(["--tracking-uri", f"sqlite:///{tmp_path / 'absent.db'}", "--out", str(tmp_path)]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_default_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri().startswith("sqlite:////") and default_tracking_uri().endswith("/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////x/y.db")
+    assert default_tracking_uri() == "sqlite:////x/y.db"
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def _verdicts(d):
+    (f,) = findings_for(d)
+    return f.verdict, [r.verdict for r in f.comparisons], f
+
+
+def test_findings_on_the_known_store(data):
+    v, parts, f = _verdicts(data["labels"])
+    assert v == "holds" and parts == ["holds", "holds"]  # final metric and convergence
+    c = f.comparisons[0].comparison
+    assert (c.mean_diff, c.std_diff, c.n) == pytest.approx((0.03, 0.01, 3))
+    assert c.ci_low == pytest.approx(0.03 - T2 * 0.01 / math.sqrt(3))
+    v, parts, f = _verdicts(data["sampling"])
+    assert v == "inconclusive at n=3 seeds" and f.comparisons[0].better == "semi-hard"
+    v, parts, f = _verdicts(data["boundary"])
+    assert v == "holds" and [(r.better, r.worse) for r in f.comparisons] == [
+        ("cosine -0.5", "cosine 0"), ("cosine -0.5", "cosine +0.5")]
+    v, parts, f = _verdicts(data["final"])
+    assert v == "contradicted" and f.comparisons[0].comparison.mean_diff == pytest.approx(-0.05)
+    assert _verdicts(data["ghost"])[0] == "not run: no finished cells"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _labelled(ax):
+    return [t for t in ax.get_legend_handles_labels()[1]]
+
+
+def test_figures_series(data):
+    s = data["sampling"]
+    figs = F.study_figures(s)
+    assert set(figs) == {"knn_convergence", "negatives_similarity"}
+    (ax,) = figs["knn_convergence"].axes
+    assert _labelled(ax) == ["random (n=2)", "semi-easy (n=2)", "semi-hard (n=3)", "hard (n=3)"]
+    assert len(ax.collections) == 4  # one std band per level
+    assert ax.get_xlabel() == "epoch" and "kNN" in ax.get_ylabel()
+    ax0, ax1 = figs["negatives_similarity"].axes
+    assert len(ax0.patches) == 4 and [t.get_text().split("\n")[0] for t in ax0.get_xticklabels()] == list(s.levels)
+    assert _labelled(ax1) == list(s.levels) and len(ax1.collections) == 4
+    lab = F.study_figures(data["labels"])["label_dynamics"]
+    assert [len(_labelled(a)) for a in lab.axes] == [2, 2]
+    assert [a.get_ylabel() for a in lab.axes] == ["NMI", "label change ratio"]
+    margin = F.study_figures(data["boundary"])["margin_sweep"]
+    cos, arc = margin.axes
+    assert "cosine" in cos.get_xlabel() and "arc" in arc.get_xlabel()
+    assert len(cos.lines[0].get_xdata()) == 4 and len(arc.lines[0].get_xdata()) == 1  # margins per panel
+    (fin,) = F.study_figures(data["final"])["knn_convergence"].axes
+    assert _labelled(fin) == ["InterCLR (n=3)", "MoCo v2 (n=3)"]
+    assert F.study_figures(data["ghost"]) == {}
+
+
+def test_figures_written(outputs):
+    a, _, _ = outputs
+    for study, stems in {"labels": ["knn_convergence", "label_dynamics"],
+                         "sampling": ["knn_convergence", "negatives_similarity"],
+                         "boundary": ["knn_convergence", "margin_sweep"], "final": ["knn_convergence"]}.items():
+        for stem in stems:
+            png, pdf = a / study / f"{stem}.png", a / study / f"{stem}.pdf"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+            assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5000
+    assert not (a / "ghost").exists()
+
+
+# --------------------------------------------------------------------------- tables and report
+
+
+def test_tables_hold_hand_computed_numbers(outputs):
+    a, _, _ = outputs
+    half = T2 * 0.02 / math.sqrt(3)  # semi-hard: 0.70, 0.72, 0.74
+    csv = (a / "sampling" / "summary.csv").read_text().splitlines()
+    assert csv[0].startswith("kind,level,n,knn_top1_mean,knn_top1_std,knn_top1_ci_low,knn_top1_ci_high,knn_top1_n")
+    row = next(r for r in csv if r.startswith("level,semi-hard,"))
+    assert row.startswith(f"level,semi-hard,3,0.720000,0.020000,{0.72 - half:.6f},{0.72 + half:.6f},3,"
+                          f"0.770000,0.020000,")
+    md = (a / "sampling" / "summary.md").read_text()
+    assert "| semi-hard | 3 | **72.00 ± 2.00** | [67.03, 76.97] | **77.00 ± 2.00** |" in md
+    assert "| random | 2 | 67.00 ± 1.41 |" in md  # the failed seed is not counted
+    tex = (a / "sampling" / "summary.tex").read_text()
+    assert r"\textbf{72.00 $\pm$ 2.00} & [67.03, 76.97]" in tex and r"\toprule" in tex
+    final = (a / "final" / "summary.md").read_text()
+    assert "| InterCLR - MoCo v2 (paired) | 3 | -5.00 ± 1.00 | [-7.48, -2.52] |" in final
+    abl = (a / "ablation.md").read_text()
+    assert "Pseudo-labels (labels)" in abl and "Negative sampling (sampling)" in abl
+    assert "Decision boundary (boundary)" in abl and "MoCo" not in abl
+
+
+def test_report(outputs):
+    a, _, _ = outputs
+    rep = (a / "REPORT.md").read_text()
+    assert ("| 2. Negative sampling | sampling | **inconclusive at n=3 seeds** | semi-hard - hard | "
+            "final kNN top-1 (%) | +1.00 | [-3.97, +5.97] |") in rep
+    assert "| 1. Pseudo-label maintenance | labels | **holds** | online - offline |" in rep
+    assert "| InterCLR vs MoCo v2 | final | **contradicted** |" in rep
+    assert "random seed 2 (FAILED" in rep and "semi-easy seed 2 (not in the store)" in rep
+    assert "](sampling/negatives_similarity.png)" in rep and "](boundary/margin_sweep.pdf)" in rep
+    assert "## Study `ghost`" in rep and "No finished cells" in rep
+    assert "Finished cells left out (1): online seed 0 (run " in rep and "preset cpu, not smoke" in rep
+
+
+def test_builds_are_byte_identical(outputs):
+    a, b, first = outputs
+    again = {p.relative_to(a): p.read_bytes() for p in sorted(a.rglob("*")) if p.is_file()}
+    other = {p.relative_to(b): p.read_bytes() for p in sorted(b.rglob("*")) if p.is_file()}
+    assert {p.suffix for p in first} == {".md", ".tex", ".csv", ".png", ".pdf"}
+    assert again.keys() == first.keys() == other.keys()
+    for rel in first:
+        assert again[rel] == first[rel], f"{rel} changed on rebuild"
+        assert other[rel] == first[rel], f"{rel} differs between folders"
+
+
+def test_one_study_and_an_absent_one(uri, tmp_path):
+    paths = build("nope", tracking_uri=uri, out_dir=tmp_path)
+    assert paths == [tmp_path / "ablation.md", tmp_path / "ablation.tex", tmp_path / "ablation.csv",
+                     tmp_path / "REPORT.md"]
+    rep = (tmp_path / "REPORT.md").read_text()
+    assert "No experiment named `nope` in the store" in rep
+    assert "![" not in rep  # no figure was built here, so none is linked
+    assert main(["--study", "nope", "--tracking-uri", uri, "--out", str(tmp_path), "--study", "ghost"]) == 0
+
+
+def test_contract_error_exits_2(uri, tmp_path, monkeypatch, capsys):
+    def broken(*_a, **_k):
+        raise ContractError("study 'x': cell run r has no param 'seed'")
+    monkeypatch.setattr("analysis.pipeline.load_study", broken)
+    assert main(["--study", "x", "--tracking-uri", uri, "--out", str(tmp_path)]) == 2
+    assert "no param 'seed'" in capsys.readouterr().err
+
+
+def test_uri_never_defaults_to_repo_store(uri):
+    assert Path(uri[len("sqlite:///"):]).parent != Path(__file__).resolve().parents[1]
