@@ -6,6 +6,7 @@ same permutation, so the two must train the same weights."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,15 +22,21 @@ COMMON = ["--preset", "smoke", "--set", "sampling=hard", "--set", "threads=1", "
           "--set", "max_steps_per_epoch=5", "--set", "linear_epochs=1", "--set", "centroid_every=3"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _train(out: Path, *extra: str, nproc: int = 1) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if nproc == 1:
         cmd = [sys.executable, "-m", "study", "train"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
-               "-m", "study", "train"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={_free_port()}", "-m", "study", "train"]
     return subprocess.run(cmd + COMMON + list(extra) + ["--out", str(out)], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=180)
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):

@@ -120,7 +120,8 @@ def test_resume_is_bitwise_equal(tmp_path, smoke_data):
     assert torch.equal(straight.bank.feats, resumed.bank.feats)
     assert torch.equal(straight.plabels.labels, resumed.plabels.labels)
     assert torch.equal(straight.queue.keys, resumed.queue.keys)
-    assert final_a == final_b
+    timing = ("epoch_time", "pairs_per_s")
+    assert {k: v for k, v in final_a.items() if k not in timing} == {k: v for k, v in final_b.items() if k not in timing}
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
     # a finished run is not trained again
