@@ -23,22 +23,28 @@ def parallel_slots(study: Study, num_cpus: int, num_gpus: int) -> int:
 
 
 def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-              run_root: Path, storage_path: Path, done_before: int) -> dict[str, str]:
+              run_root: Path, storage_path: Path, done_before: int) -> int:
+    """Run ``cells`` on a local Ray; returns the number of parallel slots used."""
     import ray
 
     from cluster.tune_run import run_cells
 
-    num_cpus = int(os.environ.get("STUDY_NUM_CPUS") or os.cpu_count() or 1)
+    from study.runner import local_cpus
+
+    num_cpus = local_cpus()
     num_gpus = _gpu_count()
     slots = parallel_slots(study, num_cpus, num_gpus)
     print(f"[{study.name}] local Ray: {num_cpus} CPUs, {num_gpus} GPUs, {slots} cells at a time, "
           f"{len(cells)} to run", flush=True)
+    # per-epoch reports of many short trials trip this warning, which says nothing useful here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     try:
         name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return run_cells(study, cells, tracker, parent_id, run_root=run_root, storage_path=storage_path,
-                         slots=slots, experiment_name=name, done_before=done_before)
+        run_cells(study, cells, tracker, parent_id, run_root=run_root, storage_path=storage_path,
+                  slots=slots, experiment_name=name, done_before=done_before)
+        return slots
     finally:
         ray.shutdown()
 

@@ -9,6 +9,7 @@ arguments is checked before anything is written.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from study.errors import UserError
@@ -16,6 +17,10 @@ from study.studyfile import Cell, Study, load_study
 from study.tracking import FAILED, FINISHED, REPO_ROOT, RUNNING, StudyTracker
 
 CLUSTERS = ("local", "slurm")
+
+
+def local_cpus() -> int:
+    return int(os.environ.get("STUDY_NUM_CPUS") or os.cpu_count() or 1)
 
 
 def run_root(study: str) -> Path:
@@ -66,6 +71,10 @@ def run_study(path: str, *, preset: str = "cpu", cluster: str = "local", sets: d
         check_options(slurm_options or {})  # bad options fail here, before anything is written
     if dry_run:
         print(describe_cells(study))
+        if cluster == "slurm":
+            from cluster.slurm import describe_submission
+
+            print(describe_submission(study, slurm_options or {}))
         return 0
     if cluster == "slurm":
         from cluster.slurm import submit_study
@@ -85,12 +94,20 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
           + (f", {skipped_failed} failed (rerun with --rerun-failed)" if skipped_failed else ""), flush=True)
+    start = time.time()
     if todo:
         if backend == "local":
             from cluster.local import run_local
 
-            run_local(study, todo, tracker, parent_id, run_root=run_root(study.name),
+            slots = run_local(study, todo, tracker, parent_id, run_root=run_root(study.name),
                       storage_path=ray_storage(), done_before=done)
+            wall = time.time() - start
+            slots = min(len(todo), slots)
+            busy = tracker.cell_seconds(c.cell_id for c in todo)
+            if busy > 0:
+                # how well the slots were kept busy: 1.0 = no scheduling overhead at all
+                print(f"[{study.name}] wall {wall:.0f}s; cells {busy:.0f}s in {slots} slots = ideal "
+                      f"{busy / slots:.0f}s; wall/ideal {wall / (busy / slots):.3f}", flush=True)
         else:
             from cluster.tune_run import run_cells
 

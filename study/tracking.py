@@ -98,6 +98,17 @@ class StudyTracker:
             status[cid] = FINISHED if FINISHED in states else sorted(states)[0]
         return status
 
+    def cell_seconds(self, cell_ids) -> float:
+        """Sum of the wall times of these cells' runs (start to end), in seconds."""
+        total = 0.0
+        wanted = set(cell_ids)
+        for cid, runs in self.cell_runs().items():
+            if cid in wanted:
+                for r in runs:
+                    if r.info.end_time and r.info.start_time:
+                        total += (r.info.end_time - r.info.start_time) / 1000.0
+        return total
+
     # ------------------------------------------------------------- writing
     def parent_run_id(self, spec_params: dict, study_file: Path | None = None) -> str:
         """The study's parent run, created once and reused on resume."""

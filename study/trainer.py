@@ -132,7 +132,9 @@ class Trainer:
                             key="batch_size")
         self.data = data if data is not None else load_dataset(
             cfg.dataset, root=cfg.data_root, train_subset=cfg.train_subset,
-            test_subset=cfg.test_subset, image_size=cfg.image_size, seed=cfg.seed)
+            # the subsets are fixed (seed 0): every run of a study sees the same images, and
+            # the run's seed is the training randomness alone
+            test_subset=cfg.test_subset, image_size=cfg.image_size, seed=0)
         validate_against_data(cfg, self.num_train)
         self._build()
 

@@ -106,6 +106,15 @@ def test_smoke_study_through_tune(store):
         assert "linear_top1" in r.data.metrics
         arts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "config.json" in arts
+    # the analysis rebuilds this real study's table and figures from the store alone
+    out = tmp_path / "results"
+    res = subprocess.run([sys.executable, "-m", "analysis", "--study", "e2e", "--out", str(out)], env=env,
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    table = (out / "e2e" / "summary.csv").read_text()
+    assert "semi-hard" in table and "hard" in table
+    assert (out / "e2e" / "knn_convergence.png").stat().st_size > 0
+    assert "e2e" in (out / "REPORT.md").read_text()
     # a second run finds everything finished and trains nothing
     again = _study(str(path), "--preset", "smoke", env=env)
     assert again.returncode == 0 and "4 finished, 0 to run" in again.stdout

@@ -1,0 +1,131 @@
+"""Benchmark 6: the training step on a GPU (runs only where CUDA is available).
+
+ResNet-50 at 224 px, batch 256, bf16 autocast and channels_last (the
+trainer's ``amp="bf16"``, ``channels_last="on"``), synthetic uint8 images
+(the step's cost does not depend on their content): image pairs per second
+of MoCo v2 and of InterCLR (semi-hard, online) with the paper's inter-image
+sizes (bank 1.28M rows, k = 10,000, 16,384 negatives, pool 128,000; exact
+search and 65,536 candidates), the bank synthetic as in the CPU step
+benchmark. Interleaved medians after warm-up, stopped early by a time limit.
+
+As a script for a lent GPU machine (one command, bounded time)::
+
+    python -m bench.gpu --time-limit 240 --out "$OUT/RESULTS-gpu.md"
+
+Without CUDA, :func:`run` records "not run: no GPU".
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from bench.common import Section, interleaved_times, machine_info, markdown_table, median
+from bench.states import Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
+from study.data import epoch_batches
+
+
+@dataclass(frozen=True)
+class GpuScale:
+    backbone: str = "resnet50"
+    image_size: int = 224
+    batch_size: int = 256
+    images: int = 512
+    bank: int = 1_280_000
+    k: int = 10_000
+    neg_num: int = 16_384
+    pool: int = 128_000
+    candidates: int = 65_536
+    queue_size: int = 65_536
+    warmup: int = 3
+    repeats: int = 10
+
+
+FULL = GpuScale()
+# exercises the same code on a CPU in the tests (no autocast / channels_last there)
+TINY = GpuScale(backbone="convnet", image_size=16, batch_size=8, images=64, bank=4096, k=32, neg_num=64,
+                pool=512, candidates=256, queue_size=64, warmup=1, repeats=1)
+
+
+def step_throughput(device: str, scale: GpuScale = FULL, time_limit: float = 300.0) -> dict:
+    """Pairs/s of MoCo v2 and InterCLR cells on ``device``; cells not started within ``time_limit`` are skipped."""
+    start = time.perf_counter()
+    data = synthetic_data(scale.images, scale.image_size, channels=3)
+    base = {"backbone": scale.backbone, "image_size": scale.image_size, "batch_size": scale.batch_size,
+            "queue_size": scale.queue_size, "device": device, "amp": "bf16", "channels_last": "on",
+            "threads": None, "min_cluster": 1, "num_clusters": 8, "neg_num": 64, "pool": 64}
+    moco = build_trainer("gpu", {**base, "method": "mocov2"}, data)
+    batches = epoch_batches(scale.images, scale.batch_size, 0, 0)
+    moco_step = Stepper(moco, batches)
+    state = synthetic_state("gpu", scale.bank, scale.k, seed=1)
+    out = {"device": str(moco.device), "name": torch.cuda.get_device_name(moco.device)
+           if moco.device.type == "cuda" else "cpu", "cells": {}, "skipped": []}
+    for search in ("exact", "candidates"):
+        if time.perf_counter() - start > time_limit:
+            out["skipped"].append(search)
+            continue
+        inter = build_trainer("gpu", {**base, "method": "interclr", "sampling": "semi-hard", "labels": "online",
+                                      "neg_search": search, "candidates": scale.candidates}, data)
+        inject_state(inter, state, pool=scale.pool, neg_num=scale.neg_num)
+        times = interleaved_times({"moco": moco_step, "inter": Stepper(inter, batches)}, repeats=scale.repeats,
+                                  warmup=scale.warmup)
+        m, i = median(times["moco"]), median(times["inter"])
+        out["cells"][search] = {"moco_pairs_s": scale.batch_size / m, "inter_pairs_s": scale.batch_size / i,
+                                "ratio": i / m}
+        del inter
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def run(quick: bool = False, shared: Optional[dict] = None, time_limit: float = 300.0) -> Section:
+    sec = Section("gpu", "6. GPU step: ResNet-50, 224 px, batch 256, bf16 autocast + channels_last")
+    start = time.perf_counter()
+    if not torch.cuda.is_available():
+        sec.notes.append("not run: no GPU (torch.cuda.is_available() is False on this machine). "
+                         "On a GPU machine: `python -m bench.gpu --time-limit 240 --out RESULTS-gpu.md`.")
+        sec.seconds = time.perf_counter() - start
+        return sec
+    res = step_throughput("cuda", TINY if quick else FULL, time_limit=time_limit)
+    _fill(sec, res, TINY if quick else FULL)
+    sec.seconds = time.perf_counter() - start
+    return sec
+
+
+def _fill(sec: Section, res: dict, scale: GpuScale) -> None:
+    rows = [[res["name"], search, c["moco_pairs_s"], c["inter_pairs_s"], c["ratio"]]
+            for search, c in res["cells"].items()]
+    sec.table(f"{scale.backbone} at {scale.image_size} px, batch {scale.batch_size}; InterCLR semi-hard online, bank "
+              f"{scale.bank:,} (k={scale.k:,}), {scale.neg_num:,} negatives, pool {scale.pool:,}, candidates "
+              f"{scale.candidates:,}; image pairs per second (medians of {scale.repeats}).",
+              ["device", "search", "MoCo v2 pairs/s", "InterCLR pairs/s", "InterCLR / MoCo v2 time"], rows)
+    for s in res["skipped"]:
+        sec.notes.append(f"{s} search skipped: time limit reached")
+    sec.data.update(res)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--time-limit", type=float, default=240.0, help="seconds; cells not started by then are skipped")
+    parser.add_argument("--out", default=None, help="write the section (markdown) here")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (also runs on a CPU)")
+    args = parser.parse_args(argv)
+    sec = Section("gpu", "6. GPU step")
+    if args.tiny:
+        res = step_throughput("cuda" if torch.cuda.is_available() else "cpu", TINY, args.time_limit)
+        _fill(sec, res, TINY)
+    else:
+        sec = run(time_limit=args.time_limit)
+    text = "\n".join([markdown_table(["", ""], [[k, v] for k, v in machine_info().items()]), "", sec.markdown()])
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

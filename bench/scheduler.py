@@ -1,0 +1,154 @@
+"""Benchmark 5: what Ray Tune's scheduling costs a study.
+
+A study of N trivial trials, each a fixed amount of work (sleeping, so the
+trials do not compete with Ray's own processes for the two cores) reported
+R times with a small checkpoint, like ``cluster.tune_run.cell_trial``:
+
+- through Ray Tune as the local backend runs a study: ``ray.init(num_cpus=2,
+  include_dashboard=False)``, a function trainable with 1 CPU per trial (2
+  parallel slots), ``reuse_actors=False``, FIFO, ``tune.report`` with a
+  checkpoint every report;
+- the same trial function in a plain loop (no Ray; a pool of as many
+  threads as slots).
+
+Reported: the study's wall time (``Tuner.fit``) against the sum of its
+trials' own times (measured inside each trial) divided by the parallel
+slots, the per-trial overhead this implies, and ``ray.init`` separately.
+The per-trial overhead extrapolates to longer trials: a ``cpu`` preset cell
+trains for about 2 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from bench.common import Check, Goal, Section
+
+GOAL_OVERHEAD = 1.15
+CPU_PRESET_TRIAL_S = 120.0  # about how long one `cpu` preset cell trains
+
+
+@dataclass(frozen=True)
+class SchedScale:
+    trials: int
+    reports: int
+    seconds: float  # work per trial
+    slots: int = 2
+
+
+FULL = SchedScale(trials=6, reports=4, seconds=6.0)
+QUICK = SchedScale(trials=2, reports=2, seconds=0.2)
+
+
+def trial_body(config: dict, report: Callable[[dict, Optional[Path]], None]) -> float:
+    """The work of one trial: ``reports`` equal sleeps, each followed by a report with a checkpoint."""
+    start = time.perf_counter()
+    per = config["seconds"] / config["reports"]
+    for i in range(config["reports"]):
+        time.sleep(per)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "pointer.json").write_text(json.dumps({"trial": config["trial"], "epoch": i + 1}))
+            report({"epoch": i + 1, "trial_seconds": time.perf_counter() - start}, Path(tmp))
+    return time.perf_counter() - start
+
+
+def tune_trial(config: dict) -> None:
+    """Function trainable: trial_body with tune.report."""
+    from ray import tune
+
+    def report(metrics: dict, ckpt_dir: Optional[Path]) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
+
+    trial_body(config, report)
+
+
+def plain_loop(scale: SchedScale) -> tuple[float, list[float]]:
+    """The same trials without Ray: a pool of ``slots`` threads, reports going nowhere.
+
+    Returns (wall s, trial times).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    configs = [{"trial": t, "reports": scale.reports, "seconds": scale.seconds} for t in range(scale.trials)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=scale.slots) as pool:
+        times = list(pool.map(lambda c: trial_body(c, lambda m, d: None), configs))
+    return time.perf_counter() - start, times
+
+
+def tune_study(scale: SchedScale) -> dict:
+    """The trials through Ray Tune (a fresh local Ray instance in a temporary directory)."""
+    import ray
+    from ray import tune
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_tune_"))
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=scale.slots, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, _temp_dir=str(tmp / "ray"))
+    init_s = time.perf_counter() - t0
+    try:
+        trainable = tune.with_resources(tune_trial, {"cpu": 1})
+        space = {"trial": tune.grid_search(list(range(scale.trials))), "reports": scale.reports,
+                 "seconds": scale.seconds}
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=scale.slots, reuse_actors=False),
+            run_config=tune.RunConfig(name="bench", storage_path=str(tmp / "results"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        t1 = time.perf_counter()
+        grid = tuner.fit()
+        fit_s = time.perf_counter() - t1
+        trial_times = [float(r.metrics["trial_seconds"]) for r in grid if r.metrics]
+        reports = [int(r.metrics["epoch"]) for r in grid if r.metrics]
+        errors = sum(1 for r in grid if r.error)
+    finally:
+        t2 = time.perf_counter()
+        ray.shutdown()
+        shutdown_s = time.perf_counter() - t2
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"init_s": init_s, "fit_s": fit_s, "shutdown_s": shutdown_s, "trial_times": trial_times,
+            "reports": reports, "errors": errors}
+
+
+def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
+    scale = QUICK if quick else FULL
+    sec = Section("scheduler", "5. Scheduler overhead: Ray Tune vs a plain loop")
+    start = time.perf_counter()
+    plain_s, plain_times = plain_loop(scale)
+    res = tune_study(scale)
+    trial_sum = sum(res["trial_times"])
+    ideal = trial_sum / scale.slots
+    ratio = res["fit_s"] / ideal
+    waves = -(-scale.trials // scale.slots)
+    per_trial = (res["fit_s"] - ideal) / waves
+    extrapolated = (CPU_PRESET_TRIAL_S + per_trial) / CPU_PRESET_TRIAL_S
+    sec.table(f"{scale.trials} trials x {scale.seconds:g} s of work ({scale.reports} reports with a checkpoint), "
+              f"{scale.slots} parallel slots (num_cpus={scale.slots}, 1 CPU per trial); seconds.",
+              ["plain loop wall", "Tune: sum of trial times / slots", "Tune: Tuner.fit wall",
+               "wall / (sum / slots)", "overhead per trial (s)", "ray.init", "ray.shutdown",
+               f"wall / ideal for {CPU_PRESET_TRIAL_S:.0f} s trials (extrapolated)"],
+              [[plain_s, ideal, res["fit_s"], ratio, per_trial, res["init_s"],
+                res["shutdown_s"], extrapolated]])
+    sec.goals.append(Goal(f"study wall / (sum of trial times / slots), {scale.seconds:g} s trials", ratio,
+                          GOAL_OVERHEAD, note=f"{per_trial:.2f} s per trial; with {CPU_PRESET_TRIAL_S:.0f} s "
+                          f"trials (a cpu preset cell) {extrapolated:.3f}"))
+    sec.data.update(res, plain_s=plain_s, ratio=ratio, per_trial=per_trial)
+    sec.checks.append(check_study(res, plain_times, scale))
+    sec.seconds = time.perf_counter() - start
+    return sec
+
+
+def check_study(res: dict, plain_times: list[float], scale: SchedScale) -> Check:
+    """Every trial ran once, reported every time, without error, and did the same work as in the plain loop."""
+    ok = (res["errors"] == 0 and len(res["trial_times"]) == scale.trials
+          and all(r == scale.reports for r in res["reports"])
+          and all(t >= scale.seconds * 0.99 for t in res["trial_times"] + plain_times))
+    return Check("Tune ran every trial to its last report without error; trial work matches the plain loop", ok,
+                 f"{len(res['trial_times'])} trials, reports {sorted(set(res['reports']))}, errors {res['errors']}")

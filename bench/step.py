@@ -1,0 +1,352 @@
+"""Benchmark 1: step time of InterCLR against MoCo v2 at the same backbone and batch.
+
+For each bank size, sampling strategy, label mode and search mode, one
+InterCLR trainer and the MoCo v2 trainer (same preset, backbone, batch,
+seed, one thread) take turns on the same fixed batches (the order alternates
+every round, to cancel drift); the ratio is median(InterCLR step) /
+median(MoCo v2 step). The every-``centroid_every`` label maintenance is kept
+out of the timed steps and amortised by the label benchmark
+(:mod:`bench.maintenance`), which adds it to the ratio in its own table.
+
+Settings per bank (stated in RESULTS.md): negatives per query ``neg_num``
+from the ``cpu`` preset; the semi-hard/semi-easy pool is 10 % of the bank,
+the paper's fraction (128,000 of 1.28M); ``candidates`` from the ``cpu``
+preset (the pool is scaled to the same 10 % of the candidates). ``hard`` is a
+global top-k and ignores the candidates setting: its candidates row is its
+exact row.
+
+Also here: a torch.profiler breakdown of the steps (what dominates), and the
+correctness checks of the search modes (:func:`check_search_modes`,
+:func:`check_intra_branch_unchanged`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import Check, Goal, Section, interleaved_times, median, set_threads
+from bench.states import (
+    BankState,
+    Stepper,
+    build_trainer,
+    fashion_or_synthetic,
+    inject_state,
+    state_from_trainer,
+    synthetic_data,
+    synthetic_state,
+)
+from study.data import epoch_batches
+from study.sampling import STRATEGIES, cluster_index, inter_sample, scaled_pool
+
+GOAL_RATIO_60K = 1.10
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    """One bank size of the benchmark and the sampling sizes used with it."""
+
+    name: str
+    size: Optional[int]  # None: the dataset's size (state from Trainer.cluster_bank)
+    k: int
+    neg_num: int
+    pool: int
+    candidates: int
+    goal: Optional[float] = None  # ratio goal at this size
+    repeats: int = 5
+    slow_repeats: int = 3  # exact search of the strategies that rank the whole bank
+
+
+@dataclass(frozen=True)
+class StepScale:
+    preset: str
+    overrides: dict = field(default_factory=dict)
+    synthetic_n: Optional[int] = None  # None: the Fashion-MNIST train set
+    banks: tuple[BankSpec, ...] = ()
+    warmup: int = 1
+    batches: int = 4
+    profile_steps: int = 3
+
+
+FULL = StepScale(
+    preset="cpu",
+    banks=(
+        BankSpec("60k", None, k=100, neg_num=1024, pool=6000, candidates=8192, goal=GOAL_RATIO_60K),
+        BankSpec("1.28M", 1_280_000, k=10_000, neg_num=1024, pool=128_000, candidates=8192,
+                 repeats=3, slow_repeats=2),
+    ),
+)
+QUICK = StepScale(
+    preset="cpu",
+    overrides={"widths": [8, 16, 32], "image_size": 16, "batch_size": 32, "queue_size": 256, "min_cluster": 4},
+    synthetic_n=512,
+    banks=(
+        BankSpec("512", None, k=8, neg_num=32, pool=64, candidates=128, goal=GOAL_RATIO_60K, repeats=2,
+                 slow_repeats=2),
+        BankSpec("4096", 4096, k=64, neg_num=32, pool=512, candidates=128, repeats=2, slow_repeats=2),
+    ),
+    warmup=1,
+    batches=2,
+    profile_steps=1,
+)
+
+LABEL_MODES = ("online", "offline")
+SEARCHES = ("exact", "candidates")
+
+
+def _inter_overrides(spec: BankSpec, num_train: int, strategy: str, labels: str, search: str) -> dict:
+    """Config overrides of one InterCLR cell, valid for the dataset.
+
+    A bank larger than the dataset is swapped in afterwards (:func:`inject_state`,
+    which also sets its k and pool); until then the trainer gets 2 clusters.
+    """
+    return {"method": "interclr", "sampling": strategy, "labels": labels, "neg_search": search,
+            "neg_num": spec.neg_num, "pool": min(spec.pool, num_train), "candidates": spec.candidates,
+            "num_clusters": spec.k if spec.size is None else 2}
+
+
+def _state_for(spec: BankSpec, scale: StepScale, data, cache: dict) -> BankState:
+    if spec.name in cache:
+        return cache[spec.name]
+    if spec.size is None:
+        t = build_trainer(scale.preset, {**scale.overrides, **_inter_overrides(
+            spec, data.train_images.shape[0], "semi-hard", "online", "exact")}, data)
+        state = state_from_trainer(t, spec.name)
+        del t
+    else:
+        state = synthetic_state(spec.name, spec.size, spec.k, seed=1)
+    cache[spec.name] = state
+    return state
+
+
+def bank_states(scale: StepScale, cache: dict) -> dict[str, BankState]:
+    """Every bank state of ``scale`` (built once per process; shared with the label benchmark)."""
+    data, _ = fashion_or_synthetic(_image_size(scale), scale.synthetic_n)
+    with set_threads(1):
+        return {spec.name: _state_for(spec, scale, data, cache) for spec in scale.banks}
+
+
+def _image_size(scale: StepScale) -> int:
+    return int(scale.overrides.get("image_size", 28))
+
+
+def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
+    scale = QUICK if quick else FULL
+    shared = shared if shared is not None else {}
+    states_cache = shared.setdefault("states", {})
+    sec = Section("step", "1. Step time: InterCLR / MoCo v2 (same backbone, batch, one thread)")
+    start = time.perf_counter()
+    data, data_desc = fashion_or_synthetic(_image_size(scale), scale.synthetic_n)
+    num_train = int(data.train_images.shape[0])
+    with set_threads(1):
+        moco = build_trainer(scale.preset, {**scale.overrides, "method": "mocov2"}, data)
+        cfg = moco.cfg
+        batches = epoch_batches(num_train, cfg.batch_size, cfg.seed, 0)[: scale.batches]
+        moco_step = Stepper(moco, batches)
+        rows, moco_all = [], []
+        results: dict[tuple, dict] = {}
+        for spec in scale.banks:
+            state = _state_for(spec, scale, data, states_cache)
+            for strategy in STRATEGIES:
+                for labels in LABEL_MODES:
+                    for search in SEARCHES:
+                        key = (spec.name, strategy, labels, search)
+                        if strategy == "hard" and search == "candidates":
+                            results[key] = dict(results[(spec.name, strategy, labels, "exact")], same_as_exact=True)
+                            continue
+                        slow = search == "exact" and strategy != "random"
+                        repeats = spec.slow_repeats if slow else spec.repeats
+                        inter = build_trainer(scale.preset, {**scale.overrides, **_inter_overrides(
+                            spec, num_train, strategy, labels, search)}, data)
+                        inject_state(inter, state, pool=spec.pool)
+                        times = interleaved_times({"moco": moco_step, "inter": Stepper(inter, batches)},
+                                                  repeats=repeats, warmup=scale.warmup)
+                        moco_all += times["moco"]
+                        m, i = median(times["moco"]), median(times["inter"])
+                        results[key] = {"moco": m, "inter": i, "ratio": i / m, "repeats": repeats}
+                        del inter
+            for strategy in STRATEGIES:
+                for labels in LABEL_MODES:
+                    r_ex = results[(spec.name, strategy, labels, "exact")]
+                    r_ca = results[(spec.name, strategy, labels, "candidates")]
+                    rows.append([spec.name, strategy, labels, r_ex["moco"] * 1e3, r_ex["inter"] * 1e3,
+                                 r_ex["ratio"], r_ca["inter"] * 1e3,
+                                 "= exact" if r_ca.get("same_as_exact") else r_ca["ratio"]])
+    sec.table(
+        f"Data: {data_desc}; preset `{scale.preset}` ({cfg.backbone} {cfg.widths} at "
+        f"{cfg.image_size or data.image_size} px, batch {cfg.batch_size}, queue {cfg.queue_size}); one thread; "
+        f"median of the interleaved repeats (warm-up {scale.warmup}); times in ms per step.",
+        ["bank", "sampling", "labels", "MoCo v2 ms", "InterCLR exact ms", "ratio exact",
+         "InterCLR cand. ms", "ratio cand."], rows)
+    spec_rows = []
+    for spec in scale.banks:
+        st = states_cache[spec.name]
+        spec_rows.append([spec.name, st.size, st.k, spec.neg_num, spec.pool, spec.candidates,
+                          scaled_pool(spec.pool, spec.candidates, st.size), spec.repeats, spec.slow_repeats,
+                          st.source])
+    sec.table("Settings per bank (pool = 10 % of the bank, the paper's 128,000 / 1.28M).",
+              ["bank", "rows", "k", "neg_num", "pool (exact)", "candidates C", "pool in C", "repeats",
+               "repeats (exact ranking)", "state"], spec_rows)
+    sec.data["results"] = results
+    sec.data["moco_median"] = median(moco_all)
+    shared["step_results"], shared["moco_median"] = results, sec.data["moco_median"]
+    for spec in scale.banks:
+        if spec.goal is None:
+            continue
+        for search in SEARCHES:
+            worst = max((results[(spec.name, s, lm, search)]["ratio"], s, lm)
+                        for s in STRATEGIES for lm in LABEL_MODES)
+            sec.goals.append(Goal(f"InterCLR / MoCo v2 at bank {spec.name}, {search} search, worst cell",
+                                  worst[0], spec.goal, note=f"worst: {worst[1]}, {worst[2]}"))
+        best = min((results[(spec.name, "semi-hard", "online", s)]["ratio"], s) for s in SEARCHES)
+        sec.notes.append(f"bank {spec.name}: the paper's recipe (semi-hard, online) costs {best[0]:.3f}x MoCo v2 "
+                         f"with {best[1]} search.")
+    first = scale.banks[0]
+    if first.size is None:
+        st = states_cache[first.name]
+        steps = num_train // cfg.batch_size
+        every = 10
+        sec.notes.append(
+            f"offline labels also re-cluster every `recluster_every` epochs (paper: {every}): at bank {first.name} one "
+            f"re-clustering (features of the whole set + k-means, Trainer.cluster_bank) took {st.build_seconds:.1f} s, "
+            f"{st.build_seconds / (steps * every) * 1e3:.1f} ms per step amortised over {every} epochs of {steps} steps "
+            f"({st.build_seconds / (steps * every) / sec.data['moco_median'] * 100:.1f} % of a MoCo v2 step; "
+            "the `cpu` studies re-cluster every 2 epochs: 5x that).")
+    with set_threads(1):
+        prof = profile_steps(scale, data, states_cache[first.name], first, moco, batches)
+    sec.table(f"torch.profiler, bank {first.name}, semi-hard online: self CPU time per step (ms), top ops.",
+              prof["header"], prof["rows"])
+    sec.data["profile"] = prof
+    sec.checks += [check_search_modes(), check_intra_branch_unchanged()]
+    sec.seconds = time.perf_counter() - start
+    return sec
+
+
+# ---------------------------------------------------------------------------
+# Profile
+# ---------------------------------------------------------------------------
+
+
+def _profile(step: Stepper, n: int) -> tuple[dict[str, float], float]:
+    """Self CPU ms per step of each op over ``n`` steps, and the wall ms per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()  # warm
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        wall = (time.perf_counter() - t0) / n * 1e3
+    out: dict[str, float] = {}
+    for evt in prof.key_averages():
+        out[evt.key] = out.get(evt.key, 0.0) + evt.self_cpu_time_total / 1e3 / n
+    return out, wall
+
+
+def profile_steps(scale: StepScale, data, state: BankState, spec: BankSpec, moco, batches, top: int = 8) -> dict:
+    """Op-level profile of MoCo v2 and InterCLR (semi-hard, online) in both search modes."""
+    num_train = int(data.train_images.shape[0])
+    cols = {"MoCo v2": _profile(Stepper(moco, batches), scale.profile_steps)}
+    for search in SEARCHES:
+        t = build_trainer(scale.preset, {**scale.overrides, **_inter_overrides(
+            spec, num_train, "semi-hard", "online", search)}, data)
+        inject_state(t, state, pool=spec.pool)
+        cols[f"InterCLR {search}"] = _profile(Stepper(t, batches), scale.profile_steps)
+        del t
+    names = list(cols)
+    keys: list[str] = []
+    for name in names:
+        ranked = sorted(cols[name][0].items(), key=lambda kv: -kv[1])[:top]
+        keys += [k for k, _ in ranked if k not in keys]
+    keys.sort(key=lambda k: -cols[names[-1]][0].get(k, 0.0))
+    rows = [[k] + [cols[n][0].get(k, 0.0) for n in names] for k in keys]
+    rows.append(["(wall ms per step, profiled)"] + [cols[n][1] for n in names])
+    return {"header": ["op"] + names, "rows": rows, "raw": {n: cols[n][0] for n in names}}
+
+
+# ---------------------------------------------------------------------------
+# Correctness checks
+# ---------------------------------------------------------------------------
+
+
+def _world(bank_size: int = 600, dim: int = 16, k: int = 12, n: int = 24, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(k, dim, generator=g), dim=1)
+    bank = F.normalize(centres[torch.randint(k, (bank_size,), generator=g)]
+                       + 0.6 * torch.randn(bank_size, dim, generator=g), dim=1)
+    labels = (bank @ centres.T).argmax(1)
+    q_idx = torch.randperm(bank_size, generator=g)[:n]
+    q = F.normalize(bank[q_idx] + 0.3 * torch.randn(n, dim, generator=g), dim=1)
+    return bank, labels, q_idx, q, cluster_index(labels, k)
+
+
+def _full_sort_pool(sim_row: torch.Tensor, pool: int, largest: bool) -> set[int]:
+    """The reference pool of one query: a full sort, no topk."""
+    order = torch.argsort(sim_row, descending=largest, stable=True)
+    return set(order[:pool].tolist())
+
+
+def check_search_modes(bank_size: int = 600, neg_num: int = 30, pool: int = 120) -> Check:
+    """Candidates mode against exact mode.
+
+    1. C = bank size: candidates mode is exact mode (same draws, bit for bit,
+       every strategy, same generator seeds);
+    2. C < bank size, semi-hard and semi-easy: every negative lies in its
+       query's pool recomputed by a full sort of the candidate set's
+       similarities (pool scaled to C), and never shares the query's label;
+    3. C = bank size - 1: that recomputed pool is the exact pool (full sort
+       of the whole bank) but for at most one entry.
+    """
+    bank, labels, q_idx, q, index = _world(bank_size)
+    problems = []
+    for strategy in STRATEGIES:
+        a = inter_sample(q, q_idx, bank, labels, index, strategy, neg_num, pool, None, torch.Generator().manual_seed(3))
+        b = inter_sample(q, q_idx, bank, labels, index, strategy, neg_num, pool, bank_size,
+                         torch.Generator().manual_seed(3))
+        if not (torch.equal(a.neg_idx, b.neg_idx) and torch.equal(a.pos_idx, b.pos_idx)
+                and torch.equal(a.neg_cos, b.neg_cos)):
+            problems.append(f"{strategy}: C = bank size differs from exact")
+    for strategy, largest in (("semi-hard", True), ("semi-easy", False)):
+        for cands in (200, bank_size - 1):
+            s = inter_sample(q, q_idx, bank, labels, index, strategy, neg_num, pool, cands,
+                             torch.Generator().manual_seed(5))
+            cand = s.candidates
+            p_c = scaled_pool(pool, cands, bank_size)
+            sim_c = q @ bank[cand].T  # (N, C)
+            for r in range(q.shape[0]):
+                ref = {int(cand[j]) for j in _full_sort_pool(sim_c[r], p_c, largest)}
+                drawn = set(s.neg_idx[r].tolist())
+                if not drawn <= ref:
+                    problems.append(f"{strategy} C={cands}: row {r} drew outside its pool")
+                    break
+                if bool((labels[s.neg_idx[r]] == labels[q_idx[r]]).any()):
+                    problems.append(f"{strategy} C={cands}: row {r} drew a same-label negative")
+                    break
+                if cands == bank_size - 1:
+                    exact = _full_sort_pool(q[r] @ bank.T, pool, largest)
+                    if len(ref ^ exact) > 2:
+                        problems.append(f"{strategy} C=B-1: row {r} pool differs from exact by {len(ref ^ exact)}")
+                        break
+    return Check("search modes: candidates (C = B) equals exact; C < B draws only from the full-sort pool of C",
+                 not problems, "; ".join(problems[:3]))
+
+
+def check_intra_branch_unchanged(n: int = 256) -> Check:
+    """The inter branch leaves the MoCo v2 part alone: same first-step intra loss as MoCo v2, bit for bit."""
+    data = synthetic_data(n, 16)
+    base = {"widths": [8, 16, 32], "image_size": 16, "batch_size": 32, "queue_size": 64, "min_cluster": 2}
+    with set_threads(1):
+        moco = build_trainer("cpu", {**base, "method": "mocov2"}, data)
+        inter = build_trainer("cpu", {**base, "method": "interclr", "num_clusters": 8, "neg_num": 16,
+                                      "pool": 64, "sampling": "semi-hard"}, data)
+        inject_state(inter, synthetic_state("tiny", n, 8, seed=2))
+        batch = epoch_batches(n, 32, 0, 0)[:1]
+        a, b = Stepper(moco, batch), Stepper(inter, batch)
+        a(), b()
+    same = a.acc.loss_intra == b.acc.loss_intra
+    return Check("inter branch on: first-step intra loss equals MoCo v2's", same,
+                 f"{a.acc.loss_intra:.6f} vs {b.acc.loss_intra:.6f}")

@@ -1,0 +1,89 @@
+"""The benchmarks' correctness checks and a quick run of every benchmark at tiny sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import gpu, kmeans_bench, maintenance, pipeline, scheduler, step
+from bench.__main__ import main
+from bench.common import Goal, interleaved_times
+from bench.states import Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
+from study.data import epoch_batches
+
+CHECKS = [
+    step.check_search_modes,
+    step.check_intra_branch_unchanged,
+    maintenance.check_relabel,
+    maintenance.check_recompute_centroids,
+    maintenance.check_fix_small_clusters,
+    maintenance.check_cluster_index,
+    kmeans_bench.check_against_faiss,
+    kmeans_bench.check_labels_are_nearest,
+    pipeline.check_pipeline,
+]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda f: f.__name__)
+def test_correctness_check_passes(check):
+    result = check()
+    assert result.passed, result.line()
+
+
+def test_quick_run_writes_every_section(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    # Ray Tune has its own test below; the rest runs exactly as `python -m bench --quick`
+    assert main(["--quick", "--skip", "scheduler", "--out", str(out)]) == 0
+    text = out.read_text()
+    for title in ("## Machine", "1. Step time", "2. Online label maintenance", "3. Offline k-means",
+                  "4. Data pipeline", "6. GPU step", "ratio exact", "ratio cand.", "torch.profiler",
+                  "Correctness checks:"):
+        assert title in text, title
+    assert "FAIL" not in text
+    if not torch.cuda.is_available():
+        assert "not run: no GPU" in text
+
+
+def test_scheduler_quick_through_ray_tune():
+    sec = scheduler.run(quick=True)
+    assert all(c.passed for c in sec.checks), [c.line() for c in sec.checks]
+    assert sec.data["fit_s"] > 0 and len(sec.data["trial_times"]) == scheduler.QUICK.trials
+
+
+def test_gpu_step_code_runs_tiny_on_cpu():
+    res = gpu.step_throughput("cpu", gpu.TINY, time_limit=60)
+    assert set(res["cells"]) == {"exact", "candidates"}
+    assert all(c["ratio"] > 0 and c["moco_pairs_s"] > 0 for c in res["cells"].values())
+
+
+def test_inject_state_swaps_in_a_larger_bank():
+    data = synthetic_data(128, 16)
+    t = build_trainer("cpu", {"widths": [8, 16, 32], "image_size": 16, "batch_size": 32, "queue_size": 64,
+                              "min_cluster": 2, "num_clusters": 4, "neg_num": 16, "pool": 64}, data)
+    state = synthetic_state("big", 1000, 20, seed=0)
+    inject_state(t, state, pool=300)
+    assert t.bank.feats.shape == (1000, 128) and t.plabels.num_clusters == 20
+    assert t.cfg.pool == 300 and t.cfg.num_clusters == 20
+    assert torch.equal(t.bank.feats, state.feats) and torch.equal(t.plabels.labels, state.labels)
+    stepper = Stepper(t, epoch_batches(128, 32, 0, 0)[:1])
+    stepper()
+    assert t.step == 1 and stepper.acc.inter_steps == 1  # pinned at 0, then incremented by the step
+
+
+def test_interleaved_times_alternates_order():
+    calls = []
+    interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a"]
+
+
+def test_goal_direction():
+    assert Goal("x", 1.05, 1.10).met is True
+    assert Goal("x", 1.2, 1.10).met is False
+    assert Goal("x", 2.0, 1.0, higher_is_better=True).met is True
+    assert Goal("x", None, 1.0).met is None
+
+
+def test_kmeans_inertia_recomputed_identically():
+    x = synthetic_state("k", 500, 5, dim=8, seed=0).feats.numpy()
+    res = kmeans_bench.compare(x, 5, 3, kmeans_bench.random_init(x, 5, 0), ("ours",))
+    assert res["ours"]["inertia"] == pytest.approx(res["ours"]["reported"], rel=1e-5)

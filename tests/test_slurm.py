@@ -1,0 +1,374 @@
+"""Studies on SLURM: options, the job's own code path, and a real one-node SLURM.
+
+- Options: the cluster config file and flags are checked before anything is
+  written (exit 2, one message), without importing submitit or ray.
+- The job itself (Ray head + a joining Ray node + the Tune driver) through
+  submitit's LocalExecutor: no SLURM needed.
+- Against a real SLURM (``cluster/slurm_setup.sh`` starts one here; skipped
+  with the reason when ``sinfo`` does not answer): submit and wait; requeue
+  the running job mid-study; cancel a job and resume it by running the same
+  command again. Each ends with every cell FINISHED exactly once and no
+  metric step logged twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from study.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+STUDY = """
+name: {name}
+fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: {epochs},
+        linear_epochs: 2}}
+factors:
+  sampling: [semi-hard, hard]
+seeds: {seeds}
+presets:
+  smoke: {{resources: {{cpus: 1}}, max_failures: 1}}
+"""
+
+
+def _slurm_unavailable() -> str | None:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "no SLURM here (sinfo/sbatch not found); `bash cluster/slurm_setup.sh` as root starts a one-node one"
+    try:
+        res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"sinfo does not answer ({err}); start SLURM with `bash cluster/slurm_setup.sh`"
+    if res.returncode != 0:
+        return f"sinfo does not answer ({res.stderr.strip()}); start SLURM with `bash cluster/slurm_setup.sh`"
+    states = res.stdout.split()
+    if not any(s.startswith(("idle", "mix", "alloc")) for s in states):
+        return f"no usable SLURM node (states: {', '.join(states) or 'none'})"
+    return None
+
+
+SLURM_MISSING = _slurm_unavailable()
+needs_slurm = pytest.mark.skipif(SLURM_MISSING is not None, reason=str(SLURM_MISSING))
+
+
+@pytest.fixture
+def store(tmp_path):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+               STUDY_RUN_ROOT=str(tmp_path / "runs"), STUDY_RAY_RESULTS=str(tmp_path / "ray"),
+               STUDY_ARTIFACT_ROOT=str(tmp_path / "artifacts"), STUDY_SLURM_LOGS=str(tmp_path / "slurm_logs"),
+               STUDY_SLURM_POLL="1", PYTHONUNBUFFERED="1")
+    env.pop("STUDY_SLURM_CONFIG", None)
+    return tmp_path, env
+
+
+def _write_study(tmp_path, name, epochs=2, seeds="[0]"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(STUDY.format(name=name, epochs=epochs, seeds=seeds))
+    return path
+
+
+def _client(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _cell_runs(client, name):
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], filter_string="tags.role = 'cell'", max_results=1000)
+
+
+def _check_complete(client, name, n_cells, epochs):
+    """Every cell once, FINISHED, each epoch's metrics exactly once."""
+    runs = _cell_runs(client, name)
+    assert len(runs) == n_cells, [(r.data.tags.get("cell_id"), r.info.status) for r in runs]
+    assert len({r.data.tags["cell_id"] for r in runs}) == n_cells
+    for r in runs:
+        assert r.info.status == "FINISHED", (r.data.tags, r.info.status)
+        for key, first in (("knn_top1", 0), ("loss", 1)):
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+            assert sorted(steps) == list(range(first, epochs + 1)), (key, steps)
+        assert len(client.get_metric_history(r.info.run_id, "linear_top1")) == 1
+    return runs
+
+
+def _run(args, env, timeout=300):
+    return subprocess.run([sys.executable, "-m", "study", *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------- options (fast)
+def _options(config_file=None, overrides=None, extra=None):
+    return {"config_file": config_file, "overrides": overrides or {}, "extra": extra or {}}
+
+
+def test_example_config_and_overrides_map_to_sbatch(tmp_path):
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from cluster.slurm import check_options, executor_parameters
+
+    values = check_options(_options(str(REPO / "cluster" / "slurm.example.yaml"),
+                                    {"nodes": "3", "time": "1:30:00", "partition": "debug"},
+                                    {"mail-user": "me@example.org", "exclusive": "false"}))
+    assert values["nodes"] == 3 and values["time"] == 90 and values["gpus_per_node"] == 8
+    script = _make_sbatch_string(command="python job.py", folder=tmp_path, **executor_parameters(values, "s"))
+    for line in ("#SBATCH --nodes=3", "#SBATCH --partition=debug", "#SBATCH --time=90", "#SBATCH --mem=480G",
+                 "#SBATCH --gpus-per-node=8", "#SBATCH --cpus-per-task=64", "#SBATCH --account=my-project",
+                 "#SBATCH --qos=normal", "#SBATCH --constraint=volta32gb", "#SBATCH --mail-type=END,FAIL",
+                 "#SBATCH --mail-user=me@example.org", "#SBATCH --signal=USR2@120", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --job-name=study-s", "module load cuda/12.4"):
+        assert line in script.splitlines(), line
+    assert "--exclusive" not in script  # switched off on the command line
+
+
+@pytest.mark.parametrize("value, minutes", [(45, 45), ("45", 45), ("5:30", 6), ("2:00:00", 120), ("1-0", 1440),
+                                            ("1-02:30", 1590), ("0-00:00:30", 1)])
+def test_time_limits(value, minutes):
+    from cluster.slurm import parse_time_minutes
+
+    assert parse_time_minutes(value) == minutes
+
+
+@pytest.mark.parametrize("body, overrides, extra, words", [
+    (None, {}, {}, ["no such cluster config file"]),
+    ("nodess: 2\n", {}, {}, ["nodess", "did you mean 'nodes'"]),
+    ("nodes: two\n", {}, {}, ["'nodes'", "whole number"]),
+    ("setup: module load cuda\n", {}, {}, ["'setup'", "list of shell lines"]),
+    ("time: 1:99:00\n", {}, {}, ["'time'", "[D-]HH:MM[:SS]"]),
+    ("nodes: [\n", {}, {}, ["broken YAML"]),
+    ("", {"gpus_per_node": "-1"}, {}, ["--gpus-per-node", "whole number"]),
+    ("", {"mem": "lots"}, {}, ["--mem", "16G"]),
+    ("", {}, {"time": "10"}, ["--slurm-opt", "'time'", "--time"]),
+    ("extra: {output: x.log}\n", {}, {}, ["'extra'", "set by submitit"]),
+])
+def test_bad_options_are_one_user_error(tmp_path, body, overrides, extra, words):
+    from cluster.slurm import check_options
+
+    path = tmp_path / "cluster.yaml"
+    if body is not None:
+        path.write_text(body)
+    with pytest.raises(UserError) as err:
+        check_options(_options(str(path), overrides, extra))
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_cli_rejects_bad_options_before_writing_anything(store):
+    """Exit 2, one line, no store and no log folder; and nothing of SLURM imported while checking."""
+    tmp_path, env = store
+    study = _write_study(tmp_path, "bad")
+    (tmp_path / "c.yaml").write_text("nodes: 1\ncpu_per_task: 2\n")
+    res = _run(["run", str(study), "--preset", "smoke", "--cluster", "slurm", "--slurm-config",
+                str(tmp_path / "c.yaml")], env)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cpu_per_task" in lines[0] and "did you mean 'cpus_per_task'" in lines[0], lines
+    res = _run(["run", str(study), "--preset", "smoke", "--cluster", "slurm", "--time", "soon"], env)
+    assert res.returncode == 2 and "--time" in res.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "slurm_logs").exists()
+    assert not (tmp_path / "runs").exists()
+    probe = ("import sys\nfrom study.studyfile import load_study\nfrom cluster.slurm import check_options\n"
+             f"load_study({str(study)!r}, 'smoke')\ncheck_options({{'config_file': None}})\n"
+             "bad = [m for m in ('submitit', 'ray', 'mlflow') if m in sys.modules]\n"
+             "assert not bad, bad\n")
+    res = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_dry_run_shows_the_job_and_submits_nothing(store):
+    tmp_path, env = store
+    study = _write_study(tmp_path, "dry")
+    res = _run(["run", str(study), "--preset", "smoke", "--cluster", "slurm", "--dry-run", "--nodes", "2",
+                "--slurm-opt", "mail-type=END"], env)
+    assert res.returncode == 0, res.stderr
+    assert "SLURM job" in res.stdout and "nodes: 2" in res.stdout and "'mail-type': 'END'" in res.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "slurm_logs").exists()
+
+
+def test_a_cell_bigger_than_a_node_is_refused(tmp_path):
+    from cluster.slurm import check_options, resolve_for_study
+    from study.studyfile import load_study
+
+    study = load_study(_write_study(tmp_path, "big"), "smoke")
+    assert resolve_for_study(check_options(_options()), study)["cpus_per_task"] == 2
+    with pytest.raises(UserError, match="asks 1 GPU"):
+        big = study.__class__(study.spec, study.path, study.preset, study.cells,
+                              study.resources.model_copy(update={"gpus": 1.0}), study.max_failures)
+        resolve_for_study(check_options(_options()), big)
+
+
+def test_job_follows_submitits_checkpoint_protocol():
+    import cloudpickle
+    from submitit.helpers import DelayedSubmission
+
+    from cluster.slurm import StudyJob
+
+    job = StudyJob("/x/s.yaml", "smoke", {"epochs": 1}, rerun_failed=False, env={"A": "1"}, options={"nodes": 1})
+    delayed = job.checkpoint()
+    assert isinstance(delayed, DelayedSubmission) and delayed.function is job and job.checkpoints == 1
+    again = cloudpickle.loads(cloudpickle.dumps(delayed))
+    assert again.function.study_path == "/x/s.yaml" and again.function.checkpoints == 1
+
+
+# ---------------------------------------------------------------- the job, without SLURM (slow)
+@pytest.mark.slow
+def test_job_code_path_through_submitit_local_executor(store, monkeypatch):
+    """The job as SLURM would run it: task 0 starts the Ray head and drives Tune, task 1 joins as a
+    second Ray node (two SLURM tasks on one machine), and the cells land in the store."""
+    import submitit
+
+    from cluster.slurm import StudyJob, check_options, job_environment, resolve_for_study
+    from study.studyfile import load_study
+
+    tmp_path, env = store
+    for key in ("MLFLOW_TRACKING_URI", "STUDY_RUN_ROOT", "STUDY_RAY_RESULTS", "STUDY_ARTIFACT_ROOT"):
+        monkeypatch.setenv(key, env[key])
+    path = _write_study(tmp_path, "local-job", epochs=1)
+    study = load_study(path, "smoke")
+    values = resolve_for_study(check_options(_options(overrides={"cpus_per_task": "1"})), study)
+    values["tasks_per_node"] = 2
+    executor = submitit.LocalExecutor(folder=tmp_path / "local_logs" / "%j")
+    executor.update_parameters(tasks_per_node=2, timeout_min=10)
+    job = executor.submit(StudyJob(str(path), "smoke", {}, rerun_failed=False, env=job_environment(),
+                                   options=values))
+    assert job.result() == 0, job.stdout()
+    out = job.stdout() or ""
+    assert "2 Ray node(s) expected" in out and "2 node(s), 2 CPUs" in out, out[-3000:]
+    assert "joining Ray at" in (job.task(1).stdout() or "")
+    _check_complete(_client(tmp_path), "local-job", 2, 1)
+
+
+# ---------------------------------------------------------------- a real SLURM (slow)
+def _submit(path, env, *extra):
+    res = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--cpus-per-task", "2",
+                "--time", "15", *extra], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = re.search(r"submitted SLURM job (\d+)", res.stdout)
+    assert m, res.stdout
+    return m.group(1), res
+
+
+def _state(job_id):
+    from cluster.slurm import job_state
+
+    return job_state(job_id)
+
+
+def _wait_until(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _mid_study(client, name, min_finished):
+    """True once min_finished cells are done and another has logged an epoch."""
+    runs = _cell_runs(client, name)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    running = [r for r in runs if r.info.status == "RUNNING" and "loss" in r.data.metrics]
+    return len(finished) >= min_finished and running
+
+
+def _trained_state(tmp_path, name, cell_ids):
+    """What training writes in a cell's run directory: unchanged means not trained again."""
+    out = {}
+    for cid in cell_ids:
+        run_dir = tmp_path / "runs" / name / cid
+        out[cid] = [(p.read_text(), p.stat().st_mtime_ns) for p in (run_dir / "metrics.jsonl", run_dir / "final.json")]
+    return out
+
+
+@pytest.fixture
+def jobs():
+    """Job ids to cancel when a test ends, however it ends."""
+    ids: list[str] = []
+    yield ids
+    for jid in ids:
+        subprocess.run(["scancel", jid], capture_output=True, timeout=30)
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_submit_and_wait(store, jobs):
+    tmp_path, env = store
+    path = _write_study(tmp_path, "slurm-wait", epochs=2)
+    res = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--wait", "--cpus-per-task", "2",
+                "--time", "10"], env)
+    jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert jobs and "log:" in res.stdout and "python -m study status" in res.stdout
+    assert "finished 2/2" in res.stdout
+    log = Path(re.search(r"log:\s+(\S+)", res.stdout).group(1))
+    assert log.is_file() and str(log).startswith(str(tmp_path / "slurm_logs" / "slurm-wait"))
+    assert "Ray head with 2 CPUs" in log.read_text()
+    _check_complete(_client(tmp_path), "slurm-wait", 2, 2)
+    again = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--wait"], env)
+    assert again.returncode == 0 and "2 finished, nothing to submit" in again.stdout, again.stdout
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_requeue_mid_study_finishes_each_cell_once(store, jobs):
+    tmp_path, env = store
+    name = "slurm-requeue"
+    path = _write_study(tmp_path, name, epochs=3, seeds="[0, 1]")
+    job_id, _ = _submit(path, env)
+    jobs.append(job_id)
+    client = _client(tmp_path)
+    _wait_until(lambda: (tmp_path / "mlflow.db").exists() and _mid_study(client, name, 1), 240,
+                "a finished cell and a running one")
+    finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _cell_runs(client, name)
+                       if r.info.status == "FINISHED"}
+    trained_before = _trained_state(tmp_path, name, finished_before)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+    _wait_until(lambda: _state(job_id) == "PENDING", 60, "the requeued job to be pending")
+    # SLURM holds a requeued job back for about two minutes (its BeginTime); release it now
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    result = tmp_path / "slurm_logs" / name / job_id / f"{job_id}_0_result.pkl"
+    _wait_until(result.exists, 240, "the requeued job to finish")
+    from submitit.core.utils import pickle_load
+
+    assert pickle_load(result) == ("success", 0)
+    log = (tmp_path / "slurm_logs" / name / job_id / f"{job_id}_0_log.out").read_text()
+    assert f"job {job_id} attempt 0" in log and f"job {job_id} attempt 1" in log, log[-3000:]
+    runs = _check_complete(client, name, 4, 3)
+    for r in runs:
+        cid = r.data.tags["cell_id"]
+        if cid in finished_before:  # the same run, not trained again
+            assert r.info.run_id == finished_before[cid]
+    assert _trained_state(tmp_path, name, finished_before) == trained_before
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_cancel_then_run_again_resumes(store, jobs):
+    tmp_path, env = store
+    name = "slurm-cancel"
+    path = _write_study(tmp_path, name, epochs=3, seeds="[0, 1]")
+    job_id, _ = _submit(path, env)
+    jobs.append(job_id)
+    client = _client(tmp_path)
+    _wait_until(lambda: (tmp_path / "mlflow.db").exists() and _mid_study(client, name, 0), 240,
+                "a cell with a logged epoch")
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    _wait_until(lambda: _state(job_id) in ("CANCELLED", ""), 60, "the job to be cancelled")
+    assert any(r.info.status != "FINISHED" for r in _cell_runs(client, name))
+    res = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--wait", "--cpus-per-task", "2",
+                "--time", "15"], env)
+    jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "finished 4/4" in res.stdout
+    _check_complete(client, name, 4, 3)
