@@ -113,8 +113,9 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
             self.last = ""
             self.start = time.time()
 
-        def _line(self, trials, note=""):
-            states = [t.status for t in trials]
+        def _line(self, trials, note="", now: tuple | None = None):
+            # Tune updates a trial's status after the callbacks: ``now`` = (trial, its new status)
+            states = [now[1] if now is not None and t is now[0] else t.status for t in trials]
             done = done_before + states.count("TERMINATED")
             failed = states.count("ERROR")
             running = states.count("RUNNING")
@@ -133,13 +134,14 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
                     self.best = (value, trial.config["cell"]["level"] + f" seed={trial.config['cell']['seed']}")
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self._line(trials)
+            self._line(trials, now=(trial, "RUNNING"))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._line(trials)
+            self._line(trials, now=(trial, "TERMINATED"))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trials, f"  ({trial.config['cell']['level']} seed={trial.config['cell']['seed']} failed)")
+            self._line(trials, f"  ({trial.config['cell']['level']} seed={trial.config['cell']['seed']} failed)",
+                       now=(trial, "ERROR"))
 
     return [MLflowCellCallback(), ProgressCallback()]
 

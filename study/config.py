@@ -43,6 +43,7 @@ class TrainConfig(BaseModel):
     blur_p: float = Field(default=0.5, ge=0.0, le=1.0)
     jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
     loader_workers: int = Field(default=4, ge=0)
+    stream: bool = False  # imagefolder only: decode from disk in workers instead of loading into memory
 
     # --- model (intra-image branch, MoCo v2)
     backbone: Literal["convnet", "resnet18", "resnet50"] = "resnet50"
@@ -108,6 +109,8 @@ class TrainConfig(BaseModel):
                 )
             if self.min_cluster * self.num_clusters > 10**9:
                 raise ValueError("key 'min_cluster': min_cluster * num_clusters is absurdly large")
+        if self.stream and (self.dataset != "imagefolder" or self.image_size is None):
+            raise ValueError("key 'stream': needs dataset 'imagefolder' and an image_size")
         if self.batch_size % self.bn_splits:
             raise ValueError(f"key 'bn_splits': must divide batch_size {self.batch_size} (got {self.bn_splits})")
         if self.intra_weight == 0 and (self.method == "mocov2" or self.inter_weight == 0):
@@ -214,6 +217,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         crop_scale_min=0.2,
         knn_train_subset=100000,
         linear_epochs=100,
+        stream=True,
+        loader_workers=8,
     ),
 }
 

@@ -33,10 +33,13 @@ from torch import Tensor
 
 from study import checkpoint as ckpt
 from study import distributed as dist
+from dataclasses import replace
+
 from study.augment import AugmentConfig, TwoViewAugment, eval_preprocess
 from study.bank import MemoryBank
 from study.config import TrainConfig, validate_against_data
 from study.data import ImageData, epoch_batches, load_dataset
+from study.sources import FolderSource, MemorySource
 from study.evaluation import (
     ari,
     label_change_ratio,
@@ -130,22 +133,28 @@ class Trainer:
 
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {self.world} processes",
                             key="batch_size")
-        self.data = data if data is not None else load_dataset(
-            cfg.dataset, root=cfg.data_root, train_subset=cfg.train_subset,
-            # the subsets are fixed (seed 0): every run of a study sees the same images, and
-            # the run's seed is the training randomness alone
-            test_subset=cfg.test_subset, image_size=cfg.image_size, seed=0)
+        if data is not None:
+            self.source = MemorySource(data)
+        elif cfg.stream:
+            self.source = FolderSource(cfg.data_root, cfg.image_size, (cfg.crop_scale_min, 1.0), cfg.seed,
+                                       cfg.loader_workers)
+        else:
+            self.source = MemorySource(load_dataset(
+                cfg.dataset, root=cfg.data_root, train_subset=cfg.train_subset,
+                # the subsets are fixed (seed 0): every run of a study sees the same images, and
+                # the run's seed is the training randomness alone
+                test_subset=cfg.test_subset, image_size=cfg.image_size, seed=0))
         validate_against_data(cfg, self.num_train)
         self._build()
 
     # ------------------------------------------------------------------ setup
     @property
     def num_train(self) -> int:
-        return int(self.data.train_images.shape[0])
+        return self.source.num_train
 
     @property
     def image_size(self) -> int:
-        return self.cfg.image_size or int(self.data.train_images.shape[-1])
+        return self.cfg.image_size or self.source.native_size
 
     @property
     def use_amp(self) -> bool:
@@ -154,7 +163,7 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # model initialisation
-        in_ch = int(self.data.train_images.shape[1])
+        in_ch = self.source.channels
         encoder = Encoder(build_backbone(cfg.backbone, in_ch, cfg.widths, self.image_size),
                           cfg.feat_dim, cfg.hidden_dim)
         split_batchnorm(encoder, cfg.bn_splits)
@@ -170,9 +179,12 @@ class Trainer:
         self.gen_shared = torch.Generator().manual_seed(cfg.seed)
         self.gen_local = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 17 + self.rank)
         self.queue = KeyQueue(cfg.queue_size, cfg.feat_dim, generator=self.gen_shared, device=self.device)
-        self.augment = TwoViewAugment(AugmentConfig(
+        aug_cfg = AugmentConfig(
             out_size=self.image_size, crop_scale=(cfg.crop_scale_min, 1.0), jitter_p=cfg.jitter_p,
-            blur_p=cfg.blur_p, mean=tuple(self.data.mean), std=tuple(self.data.std)))
+            blur_p=cfg.blur_p, mean=self.source.mean, std=self.source.std)
+        self.augment = TwoViewAugment(aug_cfg)
+        # streamed views arrive cropped from the workers: only the photometric ops are left
+        self.photometric = TwoViewAugment(replace(aug_cfg, crop_scale=(1.0, 1.0)))
         self.bank: MemoryBank | None = None
         self.plabels: PseudoLabels | None = None
         if cfg.inter_enabled:
@@ -194,7 +206,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.moco.encoder_q.parameters())
         parts = [
             f"device {self.device} x{self.world}", f"threads {torch.get_num_threads()}",
-            f"{cfg.dataset}: {self.num_train} train / {int(self.data.test_images.shape[0])} test "
+            f"{cfg.dataset}: {self.num_train} train / {self.source.num_test} test "
             f"at {self.image_size}px", f"{cfg.backbone} {n_params / 1e6:.2f}M params",
             f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size}",
             f"intra negatives {cfg.queue_size}",
@@ -210,15 +222,14 @@ class Trainer:
 
     # -------------------------------------------------------------- features
     @torch.no_grad()
-    def _features(self, encoder: Encoder, images: Tensor, *, neck: bool) -> Tensor:
-        """Eval-mode features of uint8 images, in batches. (N, D)"""
+    def _features(self, encoder: Encoder, split: str, indices: Tensor | None, *, neck: bool) -> Tensor:
+        """Eval-mode features of a split's images (``indices`` of it, or all), in batches. (N, D)"""
         was_training = encoder.training
         encoder.eval()
         out = []
         bs = 1024 if self.device.type == "cpu" else 2048
-        for i in range(0, images.shape[0], bs):
-            x = eval_preprocess(images[i:i + bs].to(self.device), self.image_size,
-                                self.data.mean, self.data.std)
+        for images in self.source.eval_batches(split, indices, bs):
+            x = eval_preprocess(images.to(self.device), self.image_size, self.source.mean, self.source.std)
             if self.device.type == "cuda" and self.cfg.channels_last != "off":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
@@ -236,11 +247,11 @@ class Trainer:
 
     def evaluate_knn(self) -> float:
         sub = self._knn_subset()
-        train_f = self._features(self.moco.encoder_q, self.data.train_images[sub], neck=False)
-        test_f = self._features(self.moco.encoder_q, self.data.test_images, neck=False)
-        return weighted_knn_top1(train_f, self.data.train_labels[sub].to(self.device), test_f,
-                                 self.data.test_labels.to(self.device), k=self.cfg.knn_k,
-                                 temperature=self.cfg.knn_temperature, num_classes=self.data.num_classes)
+        train_f = self._features(self.moco.encoder_q, "train", sub, neck=False)
+        test_f = self._features(self.moco.encoder_q, "test", None, neck=False)
+        return weighted_knn_top1(train_f, self.source.train_labels[sub].to(self.device), test_f,
+                                 self.source.test_labels.to(self.device), k=self.cfg.knn_k,
+                                 temperature=self.cfg.knn_temperature, num_classes=self.source.num_classes)
 
     # ------------------------------------------------------- inter-image state
     def cluster_bank(self) -> None:
@@ -251,7 +262,7 @@ class Trainer:
         thing from the same weights and the shared generator.
         """
         cfg = self.cfg
-        feats = F.normalize(self._features(self.moco.encoder_k, self.data.train_images, neck=True), dim=1)
+        feats = F.normalize(self._features(self.moco.encoder_k, "train", None, neck=True), dim=1)
         self.bank.fill(feats)
         res = kmeans(feats, cfg.num_clusters, iters=cfg.kmeans_iters, generator=self.gen_shared)
         self.plabels.reset(res.labels, res.centroids)
@@ -263,7 +274,7 @@ class Trainer:
         if self.plabels is None:
             return {}
         labels = self.plabels.labels.cpu()
-        truth = self.data.train_labels
+        truth = self.source.train_labels
         out = {"nmi": nmi(labels, truth), "ari": ari(labels, truth),
                "clusters_nonempty": int((torch.bincount(labels, minlength=self.cfg.num_clusters) > 0).sum())}
         if self.prev_labels is not None:
@@ -274,13 +285,24 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------- training
-    def _batch_views(self, batch_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """This rank's two views and indices for one global batch (indices on the CPU)."""
-        images = self.data.train_images[batch_idx].to(self.device, non_blocking=True)  # (B, C, H, W) uint8
-        v1, v2 = self.augment(images, self.gen_shared)  # (B, C, S, S) each
+    def _batch_views(self, batch_idx: Tensor, data) -> tuple[Tensor, Tensor, Tensor]:
+        """This rank's two views and indices for one global batch (indices on the CPU).
+
+        In memory, ``data`` is the global batch's images: every rank augments all of
+        them with the shared generator and keeps its slice, so W processes see exactly
+        the views one process would. Streamed, ``data`` is this rank's two views,
+        cropped by the workers; the photometric ops are applied here.
+        """
         n = batch_idx.shape[0] // self.world
         lo, hi = self.rank * n, (self.rank + 1) * n
-        v1, v2 = v1[lo:hi], v2[lo:hi]
+        if self.source.streaming:
+            u1, u2 = data  # (n, C, S, S) uint8 each
+            v1 = self.photometric.one_view(u1.to(self.device, non_blocking=True), self.gen_shared)
+            v2 = self.photometric.one_view(u2.to(self.device, non_blocking=True), self.gen_shared)
+        else:
+            images = data.to(self.device, non_blocking=True)  # (B, C, H, W) uint8
+            v1, v2 = self.augment(images, self.gen_shared)  # (B, C, S, S) each
+            v1, v2 = v1[lo:hi], v2[lo:hi]
         if self.device.type == "cuda" and self.cfg.channels_last != "off":
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
@@ -300,12 +322,12 @@ class Trainer:
             k = dist.unshuffle_batch(k, inverse)
         return k
 
-    def train_step(self, batch_idx: Tensor, acc: EpochAccumulator) -> None:
+    def train_step(self, batch_idx: Tensor, data, acc: EpochAccumulator) -> None:
         cfg = self.cfg
         lr = cosine_lr(cfg.lr, self.step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        v1, v2, idx = self._batch_views(batch_idx)
+        v1, v2, idx = self._batch_views(batch_idx, data)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             q = self.train_model(v1)
         q = F.normalize(q.float(), dim=1)  # (n, d)
@@ -389,8 +411,14 @@ class Trainer:
 
             bar = tqdm(total=len(batches), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False)
         start = time.perf_counter()
-        for batch_idx in batches:
-            self.train_step(batch_idx, acc)
+        if self.source.streaming:  # each rank reads only its slice of every global batch
+            n = cfg.batch_size // self.world
+            batch_data = self.source.train_batches([b[self.rank * n:(self.rank + 1) * n] for b in batches],
+                                                   self.epoch)
+        else:
+            batch_data = self.source.train_batches(batches, self.epoch)
+        for batch_idx, data in zip(batches, batch_data):
+            self.train_step(batch_idx, data, acc)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{acc.loss / acc.steps:.3f}")
@@ -465,11 +493,11 @@ class Trainer:
         if cfg.linear_epochs > 0:
             before = [p.detach().clone() for p in self.moco.encoder_q.backbone.parameters()]
             sub = self._knn_subset()
-            train_f = self._features(self.moco.encoder_q, self.data.train_images[sub], neck=False)
-            test_f = self._features(self.moco.encoder_q, self.data.test_images, neck=False)
+            train_f = self._features(self.moco.encoder_q, "train", sub, neck=False)
+            test_f = self._features(self.moco.encoder_q, "test", None, neck=False)
             final["linear_top1"] = linear_probe_top1(
-                train_f, self.data.train_labels[sub].to(self.device), test_f,
-                self.data.test_labels.to(self.device), self.data.num_classes,
+                train_f, self.source.train_labels[sub].to(self.device), test_f,
+                self.source.test_labels.to(self.device), self.source.num_classes,
                 epochs=cfg.linear_epochs, generator=torch.Generator(device=self.device).manual_seed(cfg.seed))
             # moco's sanity check: the probe must not have touched the frozen backbone
             after = list(self.moco.encoder_q.backbone.parameters())

@@ -131,21 +131,21 @@ def test_sigkill_then_rerun_finishes_each_cell_once(store):
     proc = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    client = None
     deadline = time.time() + 300
     killed_with = None
+    run_dirs = tmp_path / "runs" / "killed"
     try:
+        # watch the run directories, not the store (a second client could race the
+        # store's creation); kill once a cell has finished and another is mid-way
         while time.time() < deadline:
-            time.sleep(1.0)
-            if (tmp_path / "mlflow.db").exists():
-                client = client or _client(tmp_path)
-                runs = _runs(client, "killed")
-                finished = [r for r in runs if r.info.status == "FINISHED"]
-                running = [r for r in runs if r.info.status == "RUNNING"]
-                # kill once a cell has finished and others are mid-way
-                if finished and running:
-                    killed_with = (len(finished), len(running))
-                    break
+            time.sleep(0.5)
+            dirs = list(run_dirs.iterdir()) if run_dirs.exists() else []
+            finished = [d for d in dirs if (d / "final.json").exists()]
+            midway = [d for d in dirs if (d / "checkpoint.pt").exists() and not (d / "final.json").exists()]
+            if finished and midway:
+                time.sleep(1.0)  # let the driver log the finished cell
+                killed_with = (len(finished), len(midway))
+                break
             if proc.poll() is not None:
                 break
     finally:
@@ -155,6 +155,7 @@ def test_sigkill_then_rerun_finishes_each_cell_once(store):
             pass
         proc.wait()
     assert killed_with is not None, "the study ended before it could be killed mid-way"
+    client = _client(tmp_path)
     finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _runs(client, "killed")
                        if r.info.status == "FINISHED"}
     logs_before = {cid: (tmp_path / "runs" / "killed" / cid / "train.log").read_text()
