@@ -2,8 +2,8 @@
 
 Delivered: image pairs per second of the batched pipeline alone, as the
 trainer runs it at the ``cpu`` preset: ``epoch_batches`` (once per epoch,
-amortised), uint8 indexing of the in-memory train set, ``TwoViewAugment``
-(the trainer's own instance) on one thread.
+amortised), the memory source's uint8 batches (``source.train_batches``),
+``TwoViewAugment`` (the trainer's own instance) on one thread.
 
 Consumed: pairs per second of the MoCo v2 training step (the fastest
 consumer, so the strictest comparison) without its data part, i.e.
@@ -29,25 +29,33 @@ from bench.common import Check, Goal, Section, interleaved_times, median, set_th
 from bench.states import Stepper, build_trainer, fashion_or_synthetic, synthetic_data
 from study.augment import AugmentConfig, TwoViewAugment
 from study.data import epoch_batches
+from study.sources import MemorySource
 
 GOAL_RATIO = 1.0
 
 
 class Pipeline:
-    """One batch of the trainer's data path per call: indices -> uint8 images -> two views."""
+    """One batch of the trainer's data path per call: batch order -> the source's uint8 images -> two views.
 
-    def __init__(self, images: torch.Tensor, augment: TwoViewAugment, batch_size: int, seed: int = 0):
-        self.images, self.augment, self.batch_size, self.seed = images, augment, batch_size, seed
+    Mirrors ``Trainer.train_epoch`` (``epoch_batches``, ``source.train_batches``)
+    and ``Trainer._batch_views`` (``augment`` with a CPU generator).
+    """
+
+    def __init__(self, source, augment: TwoViewAugment, batch_size: int, seed: int = 0):
+        self.source, self.augment, self.batch_size, self.seed = source, augment, batch_size, seed
         self.gen = torch.Generator().manual_seed(seed)
-        self.epoch, self.batches = 0, []
+        self.epoch = 0
+        self.images = iter(())
         self.out: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.batches:
-            self.batches = epoch_batches(self.images.shape[0], self.batch_size, self.seed, self.epoch)
+        images = next(self.images, None)
+        if images is None:
+            batches = epoch_batches(self.source.num_train, self.batch_size, self.seed, self.epoch)
+            self.images = iter(self.source.train_batches(batches, self.epoch))
             self.epoch += 1
-        idx = self.batches.pop()
-        self.out = self.augment(self.images[idx], self.gen)
+            images = next(self.images)
+        self.out = self.augment(images, self.gen)
         return self.out
 
 
@@ -61,10 +69,10 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
         moco = build_trainer(scale.preset, {**scale.overrides, "method": "mocov2"}, data)
         b = moco.cfg.batch_size
         batches = epoch_batches(int(data.train_images.shape[0]), b, moco.cfg.seed, 0)[: scale.batches]
-        pipe = Pipeline(data.train_images, moco.augment, b)
+        pipe = Pipeline(moco.source, moco.augment, b)
         pipe()  # warm-up and a first epoch order
         times = interleaved_times({"pipeline": pipe, "step": Stepper(moco, batches)}, repeats=repeats, warmup=1)
-        # the per-epoch batch order, amortised
+        # the per-epoch batch order (drawn inside a timed call once per epoch), amortised
         t0 = time.perf_counter()
         epoch_batches(int(data.train_images.shape[0]), b, 0, 99)
         order_s = (time.perf_counter() - t0) / max(1, data.train_images.shape[0] // b)
@@ -94,9 +102,9 @@ def check_pipeline() -> Check:
                                        mean=(0.5,), std=(0.29,)))
     problems = []
     with set_threads(1):
-        a = Pipeline(data.train_images, aug, 64, seed=3)()
-        b = Pipeline(data.train_images, aug, 64, seed=3)()
-        p = Pipeline(data.train_images, aug, 64, seed=4)
+        a = Pipeline(MemorySource(data), aug, 64, seed=3)()
+        b = Pipeline(MemorySource(data), aug, 64, seed=3)()
+        p = Pipeline(MemorySource(data), aug, 64, seed=4)
         c = p()
     if a[0].shape != (64, 1, 28, 28) or a[0].dtype != torch.float32 or not bool(torch.isfinite(a[0]).all()):
         problems.append(f"view shape/dtype {tuple(a[0].shape)} {a[0].dtype}")

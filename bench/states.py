@@ -175,7 +175,9 @@ class Stepper:
         self.i += 1
         if self.pin_step is not None:
             self.trainer.step = self.pin_step
-        self.trainer.train_step(batch, self.acc)
+        # the body of Trainer.train_epoch's loop: the source's images of the batch, then the step
+        images = next(iter(self.trainer.source.train_batches([batch], self.trainer.epoch)))
+        self.trainer.train_step(batch, images, self.acc)
         if self.trainer.device.type == "cuda":
             torch.cuda.synchronize(self.trainer.device)
         if len(self.acc.neg_sims) > 64:

@@ -9,11 +9,12 @@ out of the timed steps and amortised by the label benchmark
 (:mod:`bench.maintenance`), which adds it to the ratio in its own table.
 
 Settings per bank (stated in RESULTS.md): negatives per query ``neg_num``
-from the ``cpu`` preset; the semi-hard/semi-easy pool is 10 % of the bank,
-the paper's fraction (128,000 of 1.28M); ``candidates`` from the ``cpu``
-preset (the pool is scaled to the same 10 % of the candidates). ``hard`` is a
-global top-k and ignores the candidates setting: its candidates row is its
-exact row.
+and ``candidates`` from the ``cpu`` preset; the semi-hard/semi-easy pool is
+10 % of the bank, the paper's fraction (128,000 of 1.28M), and 10 % of the
+candidates in candidates mode (``scaled_pool``). ``hard`` is a global top-k
+and ignores the candidates setting: its candidates row is its exact row. A
+sweep over the number of candidates (semi-hard, online, first bank) shows
+what the setting trades.
 
 Also here: a torch.profiler breakdown of the steps (what dominates), and the
 correctness checks of the search modes (:func:`check_search_modes`,
@@ -40,6 +41,7 @@ from bench.states import (
     synthetic_data,
     synthetic_state,
 )
+from study.config import PRESETS
 from study.data import epoch_batches
 from study.sampling import STRATEGIES, cluster_index, inter_sample, scaled_pool
 
@@ -70,15 +72,19 @@ class StepScale:
     warmup: int = 1
     batches: int = 4
     profile_steps: int = 3
+    sweep: tuple[int, ...] = ()  # candidate counts tried with semi-hard online on the first bank
 
 
+_CPU = PRESETS["cpu"]
 FULL = StepScale(
     preset="cpu",
     banks=(
-        BankSpec("60k", None, k=100, neg_num=1024, pool=6000, candidates=8192, goal=GOAL_RATIO_60K),
-        BankSpec("1.28M", 1_280_000, k=10_000, neg_num=1024, pool=128_000, candidates=8192,
-                 repeats=3, slow_repeats=2),
+        BankSpec("60k", None, k=100, neg_num=_CPU["neg_num"], pool=6000, candidates=_CPU["candidates"],
+                 goal=GOAL_RATIO_60K),
+        BankSpec("1.28M", 1_280_000, k=10_000, neg_num=_CPU["neg_num"], pool=128_000,
+                 candidates=_CPU["candidates"], repeats=3, slow_repeats=2),
     ),
+    sweep=(1024, 2048, 4096, 8192, 16384),
 )
 QUICK = StepScale(
     preset="cpu",
@@ -92,6 +98,7 @@ QUICK = StepScale(
     warmup=1,
     batches=2,
     profile_steps=1,
+    sweep=(64, 256),
 )
 
 LABEL_MODES = ("online", "offline")
@@ -206,6 +213,16 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
         sec.notes.append(f"bank {spec.name}: the paper's recipe (semi-hard, online) costs {best[0]:.3f}x MoCo v2 "
                          f"with {best[1]} search.")
     first = scale.banks[0]
+    if scale.sweep:
+        with set_threads(1):
+            sweep = sweep_candidates(scale, data, states_cache[first.name], first, moco_step, batches)
+        sec.table(f"Candidates sweep, bank {first.name}, semi-hard online (pool = 10 % of C): InterCLR / MoCo v2.",
+                  ["candidates C", "pool in C", "MoCo v2 ms", "InterCLR ms", "ratio"], sweep)
+        sec.data["sweep"] = sweep
+        fits = [row[0] for row in sweep if first.goal is not None and row[4] <= first.goal]
+        if first.goal is not None:
+            sec.notes.append(f"bank {first.name}, semi-hard online, candidates search: the ratio is <= {first.goal} "
+                             + (f"with C <= {max(fits):,} in this sweep." if fits else "with none of the C tried."))
     if first.size is None:
         st = states_cache[first.name]
         steps = num_train // cfg.batch_size
@@ -224,6 +241,25 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
     sec.checks += [check_search_modes(), check_intra_branch_unchanged()]
     sec.seconds = time.perf_counter() - start
     return sec
+
+
+def sweep_candidates(scale: StepScale, data, state: BankState, spec: BankSpec, moco_step: Stepper,
+                     batches) -> list[list]:
+    """Semi-hard online in candidates mode at each C of ``scale.sweep``: [C, pool in C, MoCo ms, InterCLR ms, ratio]."""
+    num_train = int(data.train_images.shape[0])
+    rows = []
+    for c in scale.sweep:
+        if c >= state.size:
+            continue
+        t = build_trainer(scale.preset, {**scale.overrides, **_inter_overrides(
+            spec, num_train, "semi-hard", "online", "candidates"), "candidates": c}, data)
+        inject_state(t, state, pool=spec.pool)
+        times = interleaved_times({"moco": moco_step, "inter": Stepper(t, batches)}, repeats=spec.repeats,
+                                  warmup=scale.warmup)
+        m, i = median(times["moco"]), median(times["inter"])
+        rows.append([c, scaled_pool(spec.pool, c, state.size), m * 1e3, i * 1e3, i / m])
+        del t
+    return rows
 
 
 # ---------------------------------------------------------------------------

@@ -385,6 +385,7 @@ class StudyJob:
         return cpus, gpus_node // max(1, int(self.options.get("tasks_per_node") or 1))
 
     def _run_head(self, ctx: "_JobContext", cpus: int, gpus: int) -> int:
+        _use_job_token(ctx, create=True)  # before Ray reads its configuration
         import ray
 
         from study.runner import execute_study
@@ -394,15 +395,15 @@ class StudyJob:
         temp_dir = _ray_temp_dir(ctx)
         print(f"[slurm] job {ctx.job_id} attempt {ctx.attempt} on {ctx.hostname}: Ray head with {cpus} CPUs, "
               f"{gpus} GPUs, temp dir {temp_dir}; {ctx.ntasks} Ray node(s) expected", flush=True)
-        if ray.is_initialized():
-            ray.shutdown()
-        ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, _temp_dir=temp_dir)
         try:
+            if ray.is_initialized():
+                ray.shutdown()
+            ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, _temp_dir=temp_dir)
             address = ray.get_runtime_context().gcs_address
             _atomic_write(ctx.head_file, json.dumps({"address": address, "host": ctx.hostname}))
             if ctx.ntasks > 1:
-                _wait_for_nodes(ctx.ntasks, timeout=float(os.environ.get("STUDY_RAY_JOIN_TIMEOUT", "300")))
+                _wait_for_nodes(ctx, timeout=float(os.environ.get("STUDY_RAY_JOIN_TIMEOUT", "300")))
             print(f"[slurm] Ray cluster at {address}: {_cluster_line()}", flush=True)
             study = load_study(self.study_path, self.preset, self.sets)
             name, restore = _tune_experiment(ctx, study.name)
@@ -422,16 +423,24 @@ class StudyJob:
                 return
             time.sleep(1.0)
         address = json.loads(ctx.head_file.read_text())["address"]
+        _use_job_token(ctx, create=False)
         temp_dir = _ray_temp_dir(ctx)
         ray_bin = Path(sys.executable).with_name("ray")
         cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--address", address, "--num-cpus", str(cpus),
                "--num-gpus", str(gpus), "--temp-dir", temp_dir, "--block", "--disable-usage-stats"]
         print(f"[slurm] task {ctx.rank} on {ctx.hostname}: joining Ray at {address} ({cpus} CPUs, {gpus} GPUs)",
               flush=True)
-        proc = subprocess.Popen(cmd, start_new_session=True)
+        # the study is over when this node is stopped: nothing to drain (Ray would wait 30 s)
+        env = dict(os.environ, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+        proc = subprocess.Popen(cmd, start_new_session=True, env=env)
         try:
             while proc.poll() is None and not ctx.done_file.exists():
                 time.sleep(1.0)
+            if proc.returncode and not ctx.done_file.exists():
+                # tell the head not to wait for this node any longer
+                _atomic_write(ctx.folder / f"ray_join_failed.{ctx.attempt}.{ctx.rank}", str(proc.returncode))
+                print(f"[slurm] task {ctx.rank}: `ray start` exited with {proc.returncode}; see this task's "
+                      "log", flush=True)
         finally:
             _stop_group(proc)
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -480,17 +489,41 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _wait_for_nodes(expected: int, timeout: float) -> None:
+def _use_job_token(ctx: _JobContext, create: bool) -> None:
+    """Token authentication for the job's Ray cluster, with a token of its own in the job folder.
+
+    Ray 2.60 turns token auth on for a cluster that ``ray.init`` starts; a node that joins
+    with ``ray start`` must present the same token. A per-job token (mode 0600, on the shared
+    filesystem) keeps other users' and other jobs' Ray clusters apart from this one.
+    """
+    path = ctx.folder / "ray_auth_token"
+    if create and not path.exists():
+        import secrets
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    if "ray._raylet" in sys.modules:  # Ray caches its configuration when imported: refresh it
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def _wait_for_nodes(ctx: _JobContext, timeout: float) -> None:
+    """Wait until every task's Ray node joined (or failed to, or the timeout passed)."""
     import ray
 
     deadline = time.time() + timeout
     while True:
-        alive = [n for n in ray.nodes() if n.get("Alive")]
-        if len(alive) >= expected:
+        alive = len([n for n in ray.nodes() if n.get("Alive")])
+        failed = len(list(ctx.folder.glob(f"ray_join_failed.{ctx.attempt}.*")))
+        if alive >= ctx.ntasks:
             return
-        if time.time() > deadline:
-            print(f"[slurm] only {len(alive)} of {expected} Ray nodes joined in {timeout:.0f}s; going on with them",
-                  flush=True)
+        if alive + failed >= ctx.ntasks or time.time() > deadline:
+            why = f"{failed} failed to join" if failed else f"timed out after {timeout:.0f}s"
+            print(f"[slurm] only {alive} of {ctx.ntasks} Ray nodes joined ({why}); going on with them", flush=True)
             return
         time.sleep(1.0)
 
@@ -580,6 +613,12 @@ def job_state(job_id: str) -> str:
     return out.stdout.strip().split("\n")[0].strip()
 
 
+def _wait_for_end(job_id: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and job_state(job_id) not in _ENDED + ("",):
+        time.sleep(1.0)
+
+
 def _store_counts(study) -> dict | None:
     from study.runner import summarise
     from study.tracking import StudyTracker
@@ -608,6 +647,7 @@ def follow_job(job_id: str, result_path: Path, log: Path, study, poll: float | N
                 print(f"{line}  ({time.time() - start:.0f}s)", flush=True)
                 last = line
             if result_path.exists():
+                _wait_for_end(job_id, timeout=60.0)  # the job still shuts Ray down and exits
                 break
             if state in _ENDED or state == "":
                 ended_at = ended_at or time.time()

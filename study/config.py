@@ -171,8 +171,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         image_size=28,
         train_subset=20000,
         test_subset=2000,
-        batch_size=256,
-        epochs=6,
+        # batch 128 for 5 epochs beat batch 256 for 6 in the same time (kNN 0.733 vs 0.72)
+        batch_size=128,
+        epochs=5,
         num_clusters=100,
         min_cluster=20,
         neg_num=1024,

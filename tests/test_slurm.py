@@ -63,7 +63,7 @@ def store(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
                STUDY_RUN_ROOT=str(tmp_path / "runs"), STUDY_RAY_RESULTS=str(tmp_path / "ray"),
                STUDY_ARTIFACT_ROOT=str(tmp_path / "artifacts"), STUDY_SLURM_LOGS=str(tmp_path / "slurm_logs"),
-               STUDY_SLURM_POLL="1", PYTHONUNBUFFERED="1")
+               STUDY_SLURM_POLL="1", STUDY_RAY_JOIN_TIMEOUT="60", PYTHONUNBUFFERED="1")
     env.pop("STUDY_SLURM_CONFIG", None)
     return tmp_path, env
 
@@ -231,7 +231,8 @@ def test_job_code_path_through_submitit_local_executor(store, monkeypatch):
     from study.studyfile import load_study
 
     tmp_path, env = store
-    for key in ("MLFLOW_TRACKING_URI", "STUDY_RUN_ROOT", "STUDY_RAY_RESULTS", "STUDY_ARTIFACT_ROOT"):
+    for key in ("MLFLOW_TRACKING_URI", "STUDY_RUN_ROOT", "STUDY_RAY_RESULTS", "STUDY_ARTIFACT_ROOT",
+                "STUDY_RAY_JOIN_TIMEOUT"):
         monkeypatch.setenv(key, env[key])
     path = _write_study(tmp_path, "local-job", epochs=1)
     study = load_study(path, "smoke")
@@ -241,10 +242,11 @@ def test_job_code_path_through_submitit_local_executor(store, monkeypatch):
     executor.update_parameters(tasks_per_node=2, timeout_min=10)
     job = executor.submit(StudyJob(str(path), "smoke", {}, rerun_failed=False, env=job_environment(),
                                    options=values))
-    assert job.result() == 0, job.stdout()
+    assert job.results() == [0, None], job.stdout()
     out = job.stdout() or ""
     assert "2 Ray node(s) expected" in out and "2 node(s), 2 CPUs" in out, out[-3000:]
     assert "joining Ray at" in (job.task(1).stdout() or "")
+    assert oct((Path(job.paths.folder) / "ray_auth_token").stat().st_mode & 0o777) == "0o600"
     _check_complete(_client(tmp_path), "local-job", 2, 1)
 
 
@@ -339,6 +341,7 @@ def test_requeue_mid_study_finishes_each_cell_once(store, jobs):
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
     result = tmp_path / "slurm_logs" / name / job_id / f"{job_id}_0_result.pkl"
     _wait_until(result.exists, 240, "the requeued job to finish")
+    _wait_until(lambda: _state(job_id) in ("COMPLETED", ""), 60, "the job to end")
     from submitit.core.utils import pickle_load
 
     assert pickle_load(result) == ("success", 0)

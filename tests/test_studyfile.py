@@ -55,7 +55,7 @@ def test_expansion_and_resolution(tmp_path):
     assert len(study.cells) == 2 * 2 * 3
     cell = next(c for c in study.cells if c.levels == {"sampling": "hard", "boundary": "cos 0"} and c.seed == 2)
     assert cell.config.sampling == "hard" and cell.config.margin == 0.0 and cell.config.seed == 2
-    assert cell.config.margin_type == "cosine" and cell.config.epochs == 6  # the cpu preset's
+    assert cell.config.margin_type == "cosine" and cell.config.epochs == 5  # the cpu preset's
     assert cell.level == "hard / cos 0"
     smoke = load_study(write(tmp_path, GOOD), "smoke", {"epochs": 1})
     assert len(smoke.cells) == 4 and all(c.config.epochs == 1 for c in smoke.cells)
