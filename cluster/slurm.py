@@ -398,8 +398,13 @@ class StudyJob:
         try:
             if ray.is_initialized():
                 ray.shutdown()
+            term_handler = signal.getsignal(signal.SIGTERM)  # submitit's: log and go on
             ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, _temp_dir=temp_dir)
+            # ray.init makes SIGTERM exit the driver; on preemption SLURM sends SIGTERM and then
+            # submitit's USR2, whose handler requeues the job, so keep submitit's SIGTERM handler
+            if callable(term_handler):
+                signal.signal(signal.SIGTERM, term_handler)
             address = ray.get_runtime_context().gcs_address
             _atomic_write(ctx.head_file, json.dumps({"address": address, "host": ctx.hostname}))
             if ctx.ntasks > 1:

@@ -300,6 +300,10 @@ def jobs():
     yield ids
     for jid in ids:
         subprocess.run(["scancel", jid], capture_output=True, timeout=30)
+    for jid in ids:  # the Ray temp dir of a cancelled job (killed before it could clean up)
+        _wait_until(lambda: _state(jid) not in ("RUNNING", "COMPLETING", "PENDING"), 60, f"job {jid} to end")
+        for path in Path("/tmp").glob(f"ray{jid}.*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @needs_slurm
@@ -353,6 +357,36 @@ def test_requeue_mid_study_finishes_each_cell_once(store, jobs):
         if cid in finished_before:  # the same run, not trained again
             assert r.info.run_id == finished_before[cid]
     assert _trained_state(tmp_path, name, finished_before) == trained_before
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_preemption_signal_requeues_through_submitit(store, jobs):
+    """Preemption as submitit simulates it (SIGTERM, then USR2): the job checkpoints itself (resubmits
+    the same job object), requeues itself, and the next attempt restores the Tune experiment."""
+    tmp_path, env = store
+    name = "slurm-preempt"
+    path = _write_study(tmp_path, name, epochs=3, seeds="[0, 1]")
+    job_id, _ = _submit(path, env)
+    jobs.append(job_id)
+    client = _client(tmp_path)
+    _wait_until(lambda: (tmp_path / "mlflow.db").exists() and _mid_study(client, name, 1), 240,
+                "a finished cell and a running one")
+    for sig in ("SIGTERM", "USR2"):
+        subprocess.run(["scancel", "--signal", sig, job_id], check=True, timeout=30)
+    folder = tmp_path / "slurm_logs" / name / job_id
+    _wait_until(lambda: _state(job_id) == "PENDING", 60, "the job to requeue itself")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    result = folder / f"{job_id}_0_result.pkl"
+    _wait_until(result.exists, 240, "the requeued job to finish")
+    _wait_until(lambda: _state(job_id) in ("COMPLETED", ""), 60, "the job to end")
+    from submitit.core.utils import pickle_load
+
+    assert pickle_load(result) == ("success", 0)
+    log = (folder / f"{job_id}_0_log.out").read_text()
+    assert "requeueing (checkpoint 1)" in log and "Bypassing signal SIGTERM" in log, log[-3000:]
+    assert "attempt 1" in log and "restoring it" in log, log[-3000:]
+    _check_complete(client, name, 4, 3)
 
 
 @needs_slurm
