@@ -9,8 +9,11 @@ run: they are findings).
 
 from __future__ import annotations
 
-import argparse
 import os
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # torch.profiler: no CUDA-probe error lines on a CPU machine
+
+import argparse
 import sys
 import time
 from pathlib import Path

@@ -13,6 +13,7 @@ from study.data import epoch_batches
 
 CHECKS = [
     step.check_search_modes,
+    step.check_negative_gradients,
     step.check_intra_branch_unchanged,
     maintenance.check_relabel,
     maintenance.check_recompute_centroids,
