@@ -112,19 +112,10 @@ def check_options(options: dict) -> dict:
 
 
 def _read_config(path: Path) -> dict:
-    import yaml
+    from study.files import read_yaml
 
     src = str(path)
-    if not path.is_file():
-        raise UserError("no such cluster config file" if not path.exists() else "not a file", source=src)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"broken YAML{where}: {getattr(err, 'problem', err)}", source=src) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read: {err}", source=src) from None
+    raw = read_yaml(path, "cluster config file")
     if raw is None:
         return {}
     if not isinstance(raw, dict):

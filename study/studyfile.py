@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean
 from study.errors import UserError
+from study.files import read_yaml
 
 # keys that change how a run is executed, not what it computes: not part of cell_id
 _EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
@@ -175,16 +175,7 @@ def read_study_file(path: str | Path) -> StudySpec:
     """Parse and validate a study file; every problem is one UserError naming file and key."""
     path = Path(path)
     src = str(path)
-    if not path.is_file():
-        raise UserError("no such study file" if not path.exists() else "not a file", source=src)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"broken YAML{where}: {getattr(err, 'problem', err)}", source=src) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read: {err}", source=src) from None
+    raw = read_yaml(path, "study file")
     if raw is None:
         raise UserError("the file is empty (expected keys: name, factors, ...)", source=src)
     if not isinstance(raw, dict):
