@@ -109,7 +109,8 @@ def _fill(sec: Section, res: dict, scale: GpuScale) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--time-limit", type=float, default=240.0, help="seconds; cells not started by then are skipped")
+    parser.add_argument("--time-limit", type=float, default=240.0,
+                        help="seconds; cells not started by then are skipped")
     parser.add_argument("--out", default=None, help="write the section (markdown) here")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (also runs on a CPU)")
     args = parser.parse_args(argv)

@@ -61,7 +61,9 @@ def time_maintenance(state: BankState, batch: int, min_cluster: int, steps: int,
         idx = torch.randperm(state.size, generator=g)[:batch]
         feats[idx] = _noisy(feats[idx], 0.9, g)
         relabel.append(time_call(lambda: changed.append(pl.relabel(idx, feats[idx]))))
-        rebuild.append(time_call(pl.cluster_index))
+        # the rebuild the next step's positive sampling does once any label changed
+        # (timed whether or not one did here: in training some label changes nearly every step)
+        rebuild.append(time_call(lambda: cluster_index(pl.labels, state.k)))
     fix = repeat_times(lambda: pl.fix_small_clusters(feats, g), periodic)
     recompute = repeat_times(lambda: pl.recompute_centroids(feats), periodic)
     # the same fix once 1 % of the clusters fell below min_cluster: each keeps min_cluster // 2

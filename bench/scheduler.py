@@ -44,7 +44,7 @@ class SchedScale:
     slots: int = 2
 
 
-FULL = SchedScale(trials=6, reports=4, seconds=6.0)
+FULL = SchedScale(trials=6, reports=4, seconds=5.0)
 QUICK = SchedScale(trials=2, reports=2, seconds=0.2)
 
 
@@ -97,6 +97,7 @@ def plain_loop(scale: SchedScale) -> tuple[float, list[float]]:
 
 def tune_study(scale: SchedScale) -> dict:
     """The trials through Ray Tune (a fresh local Ray instance in a temporary directory)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner on the console
     import ray
     from ray import tune
 

@@ -41,7 +41,7 @@ from bench.states import (
     synthetic_data,
     synthetic_state,
 )
-from study.config import PRESETS
+from study.config import PRESETS, build_config
 from study.data import epoch_batches
 from study.sampling import STRATEGIES, cluster_index, inter_sample, scaled_pool
 
@@ -79,6 +79,7 @@ class StepScale:
 _CPU = PRESETS["cpu"]
 FULL = StepScale(
     preset="cpu",
+    overrides={"batch_size": 256},  # the issue's batch (the preset itself may use another)
     banks=(
         BankSpec("60k", None, k=100, neg_num=_CPU["neg_num"], pool=6000, candidates=_CPU["candidates"],
                  goal=GOAL_RATIO_60K),
@@ -220,6 +221,14 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
         sec.notes.append(f"bank {spec.name}: the paper's recipe (semi-hard, online) costs {best[0]:.3f}x MoCo v2 "
                          f"with {best[1]} search.")
     first = scale.banks[0]
+    preset_cfg = build_config(scale.preset)
+    if scale.overrides.get("batch_size", preset_cfg.batch_size) != preset_cfg.batch_size:
+        with set_threads(1):
+            row = preset_as_configured(scale, data, states_cache[first.name], first)
+        sec.table(f"The `{scale.preset}` preset as configured (its batch {preset_cfg.batch_size}, "
+                  f"{preset_cfg.neg_search} search, C={preset_cfg.candidates:,}), bank {first.name}, semi-hard online.",
+                  ["batch", "MoCo v2 ms", "InterCLR ms", "ratio"], [row])
+        sec.data["preset_as_configured"] = row
     if scale.sweep:
         with set_threads(1):
             sweep = sweep_candidates(scale, data, states_cache[first.name], first, moco_step, batches)
@@ -237,7 +246,8 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
         sec.notes.append(
             f"offline labels also re-cluster every `recluster_every` epochs (paper: {every}): at bank {first.name} one "
             f"re-clustering (features of the whole set + k-means, Trainer.cluster_bank) took {st.build_seconds:.1f} s, "
-            f"{st.build_seconds / (steps * every) * 1e3:.1f} ms per step amortised over {every} epochs of {steps} steps "
+            f"{st.build_seconds / (steps * every) * 1e3:.1f} ms per step amortised over {every} epochs of "
+            f"{steps} steps "
             f"({st.build_seconds / (steps * every) / sec.data['moco_median'] * 100:.1f} % of a MoCo v2 step; "
             "the `cpu` studies re-cluster every 2 epochs: 5x that).")
     with set_threads(1):
@@ -245,6 +255,7 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
     sec.table(f"torch.profiler, bank {first.name}, semi-hard online: self CPU time per step (ms), top ops.",
               prof["header"], prof["rows"])
     sec.data["profile"] = prof
+    sec.notes += profile_notes(prof, first.name)
     if len(scale.banks) > 1:
         big = scale.banks[1]
         with set_threads(1):
@@ -254,6 +265,23 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
     sec.checks += [check_search_modes(), check_negative_gradients(), check_intra_branch_unchanged()]
     sec.seconds = time.perf_counter() - start
     return sec
+
+
+def preset_as_configured(scale: StepScale, data, state: BankState, spec: BankSpec) -> list:
+    """MoCo v2 and InterCLR (semi-hard, online) with the preset's own batch and search settings."""
+    num_train = int(data.train_images.shape[0])
+    base = {k: v for k, v in scale.overrides.items() if k != "batch_size"}
+    cfg = build_config(scale.preset)
+    moco = build_trainer(scale.preset, {**base, "method": "mocov2"}, data)
+    inter_ov = {**_inter_overrides(spec, num_train, "semi-hard", "online", cfg.neg_search),
+                "candidates": cfg.candidates}
+    inter = build_trainer(scale.preset, {**base, **inter_ov}, data)
+    inject_state(inter, state, pool=spec.pool)
+    batches = epoch_batches(num_train, cfg.batch_size, cfg.seed, 0)[: scale.batches]
+    times = interleaved_times({"moco": Stepper(moco, batches), "inter": Stepper(inter, batches)},
+                              repeats=spec.repeats, warmup=scale.warmup)
+    m, i = median(times["moco"]), median(times["inter"])
+    return [cfg.batch_size, m * 1e3, i * 1e3, i / m]
 
 
 def sweep_candidates(scale: StepScale, data, state: BankState, spec: BankSpec, moco_step: Stepper,
@@ -307,6 +335,23 @@ def profile_one(scale: StepScale, data, state: BankState, spec: BankSpec, search
     total = sum(ops.values())
     ranked = sorted(ops.items(), key=lambda kv: -kv[1])[:top]
     return [[k, v, v / total * 100] for k, v in ranked], wall
+
+
+def profile_notes(prof: dict, bank: str, top: int = 3) -> list[str]:
+    """One sentence per InterCLR column: the extra ms per step over MoCo v2 and the ops that make it."""
+    raw = prof["raw"]
+    base = raw["MoCo v2"]
+    notes = []
+    for name, ops in raw.items():
+        if name == "MoCo v2":
+            continue
+        extra = {k: v - base.get(k, 0.0) for k, v in ops.items()}
+        total = sum(ops.values()) - sum(base.values())
+        lead = sorted(extra.items(), key=lambda kv: -kv[1])[:top]
+        parts = ", ".join(f"{k} {v:.1f} ms" for k, v in lead)
+        notes.append(f"profile, bank {bank}, {name}: {total:.1f} ms of op time per step over MoCo v2; "
+                     f"the largest increases: {parts}.")
+    return notes
 
 
 def profile_steps(scale: StepScale, data, state: BankState, spec: BankSpec, moco, batches, top: int = 8) -> dict:
