@@ -165,7 +165,9 @@ def _check_args(x: Tensor, k: int, iters: int, init: str | Tensor, chunk_size: i
         raise UserError(f"got {chunk_size!r}; allowed: an integer >= 1", key="chunk_size")
     if not tol >= 0:  # also rejects NaN
         raise UserError(f"got {tol!r}; allowed: a number >= 0", key="kmeans_tol")
-    if not bool(torch.isfinite(x).all()):
+    # one reduction instead of isfinite's full-size temporaries (0.43 s -> 0.01 s at 1.28M x 128);
+    # NaN and inf always reach the sum, and a finite input whose sum overflows is re-checked exactly
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError("kmeans input contains NaN or infinite values")
 
 

@@ -27,9 +27,11 @@ Two search modes (performance; see :func:`inter_sample`):
   because its definition is a global top-k. With ``C >= B`` candidates mode
   is exact mode.
 
-Similarity is computed once as ``sim = q @ feats.T`` WITH gradient; indices
-are chosen on ``sim.detach()`` and the negative cosines are gathered from
-``sim``, so gradient reaches the query without an ``N x K x d`` gather.
+Similarity is computed once as ``sim = q @ feats.T`` without gradient; indices
+are chosen on it and the chosen cosines gathered from it, and their gradient
+reaches the query through ``_GatheredCosine`` (an ``embedding_bag`` backward):
+no dense ``(N, S)`` gradient, no second ``N x S x d`` matmul, no forward
+``N x K x d`` gather.
 ``random`` needs no similarity: it gathers its K rows per query (``N x K x d``)
 when ``K * 100 < S`` and uses the ``N x S`` matmul otherwise (the measured
 CPU crossover; at K = 4096 the matmul is several times cheaper).
@@ -112,7 +114,8 @@ def cluster_index(labels: Tensor, num_clusters: int) -> ClusterIndex:
         ``counts (k,)``: members per cluster.
         Members of cluster ``c`` are ``order[starts[c] : starts[c] + counts[c]]``.
     """
-    order = torch.argsort(labels, stable=True)  # (B,)
+    # int32 keys: the same stable order, ~40 % faster to sort on a CPU than int64
+    order = torch.argsort(labels.to(torch.int32), stable=True)  # (B,)
     counts = torch.bincount(labels, minlength=num_clusters)  # (k,)
     starts = torch.cumsum(counts, 0) - counts  # (k,) exclusive prefix sum
     return order, starts, counts
@@ -363,9 +366,46 @@ class InterSample:
 
 def _draw_candidates(bank_size: int, candidates: int, generator: torch.Generator,
                      device: torch.device) -> Tensor:
-    """``(C,)`` distinct bank indices, uniformly random (O(B) randperm: ~10 ms at 1.28M)."""
-    perm = torch.randperm(bank_size, generator=generator, device=generator.device)
-    return perm[:candidates].to(device)
+    """``(C,)`` distinct bank indices, a uniformly random C-subset in random order.
+
+    For ``C`` much smaller than ``B``: draw a few more than ``C`` indices with
+    replacement and drop duplicates (the distinct values of i.i.d. uniform
+    draws are, given their number, a uniform subset), then keep a uniformly
+    random ``C`` of them: O(C log C) instead of an O(B) randperm (~8 ms at 1.28M).
+    """
+    if 4 * candidates > bank_size:
+        perm = torch.randperm(bank_size, generator=generator, device=generator.device)
+        return perm[:candidates].to(device)
+    extra = max(16, int(3 * candidates * candidates / bank_size) + 16)  # >> expected duplicates C^2 / 2B
+    while True:
+        draws = torch.randint(bank_size, (candidates + extra,), generator=generator, device=generator.device)
+        distinct = torch.unique(draws)  # sorted
+        if distinct.shape[0] >= candidates:
+            pick = torch.randperm(distinct.shape[0], generator=generator, device=generator.device)[:candidates]
+            return distinct[pick].to(device)
+        extra *= 2
+
+
+class _GatheredCosine(torch.autograd.Function):
+    """``cos[n, k] = q[n] . feats[cols[n, k]]`` from precomputed values, with a sparse backward.
+
+    Forward returns the given values (gathered from a no-grad ``q @ feats.T``);
+    backward is ``grad_q[n] = sum_k grad[n, k] feats[cols[n, k]]``, one
+    ``embedding_bag``: O(N K d) reads instead of the dense ``(N, S)``
+    gradient and a second ``N x S x d`` matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, values: Tensor, feats: Tensor, cols: Tensor) -> Tensor:
+        ctx.save_for_backward(feats, cols)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        feats, cols = ctx.saved_tensors
+        grad_q = torch.nn.functional.embedding_bag(cols, feats, per_sample_weights=grad.to(feats.dtype),
+                                                   mode="sum")
+        return grad_q.to(grad.dtype), None, None, None
 
 
 def _negatives(q: Tensor, feats: Tensor, col_labels: Tensor, q_labels: Tensor, sampler: NegativeSampler,
@@ -373,9 +413,12 @@ def _negatives(q: Tensor, feats: Tensor, col_labels: Tensor, q_labels: Tensor, s
     """Choose negatives among ``feats`` and return ``(cols (N,K), cos (N,K) with grad)``."""
     size = feats.shape[0]
     if sampler.needs_similarity or neg_num * _GATHER_COST_RATIO >= size:
-        sim = q @ feats.T  # (N, S) with grad: one matmul serves selection and logits
-        cols = sampler.fn(sim.detach(), col_labels, q_labels, neg_num, pool, generator)  # (N, K)
-        return cols, sim.gather(1, cols)  # (N, K)
+        with torch.no_grad():
+            sim = q @ feats.T  # (N, S): selection and forward values, no (N, S) gradient
+        cols = sampler.fn(sim, col_labels, q_labels, neg_num, pool, generator)  # (N, K)
+        values = sim.gather(1, cols)  # (N, K)
+        del sim
+        return cols, _GatheredCosine.apply(q, values, feats, cols)  # (N, K)
     # Few random negatives: cheaper to gather their rows than to score all S.
     cols = sampler.fn(None, col_labels, q_labels, neg_num, pool, generator)  # (N, K)
     cos = torch.bmm(feats[cols], q.unsqueeze(2)).squeeze(2)  # (N,K,d) @ (N,d,1) -> (N, K)
