@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import store_client, store_env
 from study.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,10 +60,8 @@ needs_slurm = pytest.mark.skipif(SLURM_MISSING is not None, reason=str(SLURM_MIS
 
 @pytest.fixture
 def store(tmp_path):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-               STUDY_RUN_ROOT=str(tmp_path / "runs"), STUDY_RAY_RESULTS=str(tmp_path / "ray"),
-               STUDY_ARTIFACT_ROOT=str(tmp_path / "artifacts"), STUDY_SLURM_LOGS=str(tmp_path / "slurm_logs"),
-               STUDY_SLURM_POLL="1", STUDY_RAY_JOIN_TIMEOUT="60", PYTHONUNBUFFERED="1")
+    env = store_env(tmp_path, STUDY_SLURM_LOGS=str(tmp_path / "slurm_logs"), STUDY_SLURM_POLL="1",
+                    STUDY_RAY_JOIN_TIMEOUT="60")
     env.pop("STUDY_SLURM_CONFIG", None)
     return tmp_path, env
 
@@ -74,10 +72,7 @@ def _write_study(tmp_path, name, epochs=2, seeds="[0]"):
     return path
 
 
-def _client(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+_client = store_client
 
 
 def _cell_runs(client, name):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import store_client, store_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
@@ -47,16 +49,11 @@ presets:
 
 @pytest.fixture
 def store(tmp_path):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-               STUDY_RUN_ROOT=str(tmp_path / "runs"), STUDY_RAY_RESULTS=str(tmp_path / "ray"),
-               STUDY_ARTIFACT_ROOT=str(tmp_path / "artifacts"), STUDY_NUM_CPUS="2", PYTHONUNBUFFERED="1")
+    env = store_env(tmp_path, STUDY_NUM_CPUS="2")
     return tmp_path, env
 
 
-def _client(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+_client = store_client
 
 
 def _runs(client, name, role="cell"):
