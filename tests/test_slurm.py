@@ -66,9 +66,25 @@ def store(tmp_path):
     return tmp_path, env
 
 
-def _write_study(tmp_path, name, epochs=2, seeds="[0]"):
+# For the mid-study tests: short cells finish while long ones are still training, so the moment
+# "one cell finished, another mid-training" lasts several epochs instead of a poll-sized race.
+UNEVEN_STUDY = """
+name: {name}
+fixed: {{method: interclr, labels: online, sampling: semi-hard, margin_type: cosine, margin: -0.5,
+        linear_epochs: 2}}
+factors:
+  length:
+    - {{label: short, set: {{epochs: 1}}}}
+    - {{label: long, set: {{epochs: 6}}}}
+seeds: [0, 1]
+presets:
+  smoke: {{resources: {{cpus: 1}}, max_failures: 1}}
+"""
+
+
+def _write_study(tmp_path, name, epochs=2, seeds="[0]", template=STUDY):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, epochs=epochs, seeds=seeds))
+    path.write_text(template.format(name=name, epochs=epochs, seeds=seeds))
     return path
 
 
@@ -82,16 +98,17 @@ def _cell_runs(client, name):
     return client.search_runs([exp.experiment_id], filter_string="tags.role = 'cell'", max_results=1000)
 
 
-def _check_complete(client, name, n_cells, epochs):
-    """Every cell once, FINISHED, each epoch's metrics exactly once."""
+def _check_complete(client, name, n_cells, epochs=None):
+    """Every cell once, FINISHED, each epoch's metrics exactly once (epochs=None: each cell's own)."""
     runs = _cell_runs(client, name)
     assert len(runs) == n_cells, [(r.data.tags.get("cell_id"), r.info.status) for r in runs]
     assert len({r.data.tags["cell_id"] for r in runs}) == n_cells
     for r in runs:
         assert r.info.status == "FINISHED", (r.data.tags, r.info.status)
+        n_epochs = int(r.data.params["epochs"]) if epochs is None else epochs
         for key, first in (("knn_top1", 0), ("loss", 1)):
             steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
-            assert sorted(steps) == list(range(first, epochs + 1)), (key, steps)
+            assert sorted(steps) == list(range(first, n_epochs + 1)), (key, steps)
         assert len(client.get_metric_history(r.info.run_id, "linear_top1")) == 1
     return runs
 
@@ -261,14 +278,21 @@ def _state(job_id):
     return job_state(job_id)
 
 
-def _wait_until(predicate, timeout, what):
+def _wait_until(predicate, timeout, what, explain=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"; {explain()}" if explain else ""))
+
+
+def _where(client, name, job_id):
+    """What a timed-out wait saw: the job's state and each cell's status and last logged epoch."""
+    cells = [(r.data.tags.get("cell_id"), r.info.status, len(client.get_metric_history(r.info.run_id, "knn_top1")) - 1)
+             for r in _cell_runs(client, name)]
+    return f"job {job_id} state {_state(job_id)!r}, cells (id, status, epoch): {cells}"
 
 
 def _mid_study(client, name, min_finished):
@@ -325,12 +349,12 @@ def test_submit_and_wait(store, jobs):
 def test_requeue_mid_study_finishes_each_cell_once(store, jobs):
     tmp_path, env = store
     name = "slurm-requeue"
-    path = _write_study(tmp_path, name, epochs=3, seeds="[0, 1]")
+    path = _write_study(tmp_path, name, template=UNEVEN_STUDY)
     job_id, _ = _submit(path, env)
     jobs.append(job_id)
     client = _client(tmp_path)
     _wait_until(lambda: (tmp_path / "mlflow.db").exists() and _mid_study(client, name, 1), 240,
-                "a finished cell and a running one")
+                "a finished cell and a running one", lambda: _where(client, name, job_id))
     finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _cell_runs(client, name)
                        if r.info.status == "FINISHED"}
     trained_before = _trained_state(tmp_path, name, finished_before)
@@ -346,7 +370,7 @@ def test_requeue_mid_study_finishes_each_cell_once(store, jobs):
     assert pickle_load(result) == ("success", 0)
     log = (tmp_path / "slurm_logs" / name / job_id / f"{job_id}_0_log.out").read_text()
     assert f"job {job_id} attempt 0" in log and f"job {job_id} attempt 1" in log, log[-3000:]
-    runs = _check_complete(client, name, 4, 3)
+    runs = _check_complete(client, name, 4)
     for r in runs:
         cid = r.data.tags["cell_id"]
         if cid in finished_before:  # the same run, not trained again
@@ -361,12 +385,12 @@ def test_preemption_signal_requeues_through_submitit(store, jobs):
     the same job object), requeues itself, and the next attempt restores the Tune experiment."""
     tmp_path, env = store
     name = "slurm-preempt"
-    path = _write_study(tmp_path, name, epochs=3, seeds="[0, 1]")
+    path = _write_study(tmp_path, name, template=UNEVEN_STUDY)
     job_id, _ = _submit(path, env)
     jobs.append(job_id)
     client = _client(tmp_path)
     _wait_until(lambda: (tmp_path / "mlflow.db").exists() and _mid_study(client, name, 1), 240,
-                "a finished cell and a running one")
+                "a finished cell and a running one", lambda: _where(client, name, job_id))
     for sig in ("SIGTERM", "USR2"):
         subprocess.run(["scancel", "--signal", sig, job_id], check=True, timeout=30)
     folder = tmp_path / "slurm_logs" / name / job_id
@@ -381,7 +405,7 @@ def test_preemption_signal_requeues_through_submitit(store, jobs):
     log = (folder / f"{job_id}_0_log.out").read_text()
     assert "requeueing (checkpoint 1)" in log and "Bypassing signal SIGTERM" in log, log[-3000:]
     assert "attempt 1" in log and "restoring it" in log, log[-3000:]
-    _check_complete(client, name, 4, 3)
+    _check_complete(client, name, 4)
 
 
 @needs_slurm
