@@ -12,7 +12,14 @@ Speed notes (why the code looks the way it does):
   not change the argmin, so the assignment only needs
   ``||c||^2 - 2 x.c``, one fused ``addmm`` per chunk (no ``cdist``);
   ``||x||^2`` is computed once and only added back for the inertia;
-* the distance block of a chunk is written into one reused buffer;
+* the distance block of a chunk is written into one reused buffer; on a
+  CPU, with many clusters, the block is kept cache-sized (a few hundred
+  rows) and its row-wise argmin is taken in two levels: the vectorised
+  ``amin`` of groups of ~512 columns, then ``argmin`` inside each row's
+  best group. ``torch.min(dim=1)`` with indices is a scalar loop, 16 % of
+  an assignment at k = 10,000 (bench/RESULTS.md, section 3); the two-level
+  form gives the same labels (first index of the minimum) in about a
+  quarter of that;
 * the centroid update is one ``index_add_`` and one ``bincount``: no
   Python loop over points or clusters.
 
@@ -38,6 +45,13 @@ INIT_METHODS = ("auto", "k-means++", "random")
 # k = 10,000 it would cost more than the whole Lloyd run. Random init is free
 # and ended 2 % above k-means++ in inertia (200k points, k = 1000, 20 iters).
 AUTO_KMEANSPP_MAX_K = 1024
+
+# Two-level argmin (CPU): columns per group, used when k > 2 groups' worth.
+ARGMIN_GROUP = 512
+# ... with distance blocks of about this many floats (8 MB: in the last-level
+# cache), and never fewer rows than this (fewer rows make the GEMM slower).
+CPU_BLOCK_FLOATS = 1 << 21
+CPU_MIN_ROWS = 256
 
 # k-means++ runs on a random subsample of max(KMEANSPP_MIN_SAMPLE,
 # KMEANSPP_POINTS_PER_CLUSTER * k) points (or all of them if fewer): enough
@@ -98,10 +112,11 @@ def kmeans(
         generator: CPU ``torch.Generator`` for every random draw (sampling
             is done on the CPU and the indices moved to x.device, so results
             do not depend on the device RNG). None uses the global CPU RNG.
-        chunk_size: rows of ``x`` per distance block; the block holds
-            ``chunk_size * k`` float32 (328 MB at k = 10,000 with the
-            default). Measured on 2 CPU cores, 1024..8192 rows run at the
-            same speed for k = 100..10,000, so there is no gain in more.
+        chunk_size: at most this many rows of ``x`` per distance block
+            (``rows * k`` float32). On a GPU the block has ``chunk_size``
+            rows (328 MB at k = 10,000 with the default); on a CPU with
+            k > 1024 it has max(256, 2^21 / k) rows, so that it stays in
+            the cache.
         tol: stop early when an iteration lowers the inertia by less than
             ``tol`` times its previous value. With 0.0 the run stops early
             only when no label changes (exact convergence).
@@ -172,33 +187,62 @@ def _check_args(x: Tensor, k: int, iters: int, init: str | Tensor, chunk_size: i
 
 
 class _Assigner:
-    """Nearest-centroid assignment of all points, ``chunk_size`` rows at a time.
+    """Nearest-centroid assignment of all points, one block of rows at a time.
 
     Holds the buffers so that repeated calls (one per Lloyd iteration)
-    allocate nothing large.
+    allocate nothing large. On a CPU with more than ``2 * ARGMIN_GROUP``
+    clusters the centroids are padded to ``groups * group`` columns (the
+    padding scores +inf, so it is never the minimum) and the argmin is
+    two-level (module docstring).
     """
 
     def __init__(self, x: Tensor, x_sq: Tensor, k: int, chunk_size: int):
         self.x = x  # (N, d)
         self.x_sq = x_sq  # (N,)
-        self.chunk = min(chunk_size, x.shape[0])
-        self.block = torch.empty(self.chunk, k, dtype=x.dtype, device=x.device)  # (chunk, k)
+        self.k = k
+        two_level = x.device.type == "cpu" and k > 2 * ARGMIN_GROUP
+        self.groups = math.ceil(k / ARGMIN_GROUP) if two_level else 1
+        self.group = math.ceil(k / self.groups)  # columns per group
+        self.k_pad = self.groups * self.group  # k <= k_pad < k + groups
+        rows = max(CPU_MIN_ROWS, CPU_BLOCK_FLOATS // self.k_pad) if two_level else chunk_size
+        self.chunk = max(1, min(chunk_size, rows, x.shape[0]))
+        self.block = torch.empty(self.chunk, self.k_pad, dtype=x.dtype, device=x.device)  # (chunk, k_pad)
 
     def __call__(self, centroids: Tensor) -> tuple[Tensor, Tensor]:
         """centroids (k, d) -> labels (N,) long, squared distances (N,) float32."""
         x, n = self.x, self.x.shape[0]
-        c_sq = (centroids * centroids).sum(dim=1)  # (k,)
-        c_t = centroids.t().contiguous()  # (d, k): contiguous so addmm reads it directly
+        c_sq = torch.full((self.k_pad,), math.inf, dtype=x.dtype, device=x.device)  # (k_pad,)
+        c_sq[: self.k] = (centroids * centroids).sum(dim=1)
+        c_t = torch.zeros(x.shape[1], self.k_pad, dtype=x.dtype, device=x.device)  # (d, k_pad), contiguous
+        c_t[:, : self.k] = centroids.t()
         labels = torch.empty(n, dtype=torch.long, device=x.device)
         partial = torch.empty(n, dtype=x.dtype, device=x.device)  # ||c||^2 - 2 x.c at the min
         for start in range(0, n, self.chunk):
             end = min(n, start + self.chunk)
-            block = self.block[: end - start]  # (rows, k)
+            block = self.block[: end - start]  # (rows, k_pad)
             torch.addmm(c_sq, x[start:end], c_t, beta=1, alpha=-2, out=block)
-            torch.min(block, dim=1, out=(partial[start:end], labels[start:end]))
+            if self.groups == 1:
+                torch.min(block, dim=1, out=(partial[start:end], labels[start:end]))
+            else:
+                partial[start:end], labels[start:end] = _two_level_argmin(block, self.groups)
         # add ||x||^2 back; clamp the tiny negatives left by cancellation
         dist = partial.add_(self.x_sq).clamp_(min=0)  # (N,)
         return labels, dist
+
+
+def _two_level_argmin(block: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+    """Row-wise ``(min, first index of the min)`` of ``block`` (R, G * S), as ``torch.min(dim=1)``.
+
+    Group minima come from the vectorised ``amin``; ``min`` over the (R, G)
+    group minima picks the first best group, then ``argmin`` over that
+    group's S columns the first best column in it: together the first
+    index of the row's minimum.
+    """
+    rows = block.shape[0]
+    grouped = block.view(rows, groups, -1)  # (R, G, S)
+    best, group = grouped.amin(dim=2).min(dim=1)  # (R,), (R,)
+    inside = grouped[torch.arange(rows, device=block.device), group]  # (R, S) the winning group's columns
+    return best, group * grouped.shape[2] + inside.argmin(dim=1)
 
 
 def _inertia(dist: Tensor) -> float:

@@ -176,3 +176,38 @@ def test_bad_data_raises_value_error():
     x[3, 1] = float("nan")
     with pytest.raises(ValueError):
         kmeans(x, 2)
+
+
+def test_two_level_argmin_matches_torch_min_first_index():
+    # hand-made (2, 6) block in 3 groups of 2: row 0's minimum -1 sits in groups 1 and 2 (first: column 2),
+    # row 1's minimum 0 twice inside group 0 (first: column 0)
+    block = torch.tensor([[3.0, 2.0, -1.0, 5.0, -1.0, 0.0],
+                          [0.0, 0.0, 4.0, 1.0, 2.0, 0.5]])
+    best, idx = kmeans_module._two_level_argmin(block, groups=3)
+    assert best.tolist() == [-1.0, 0.0] and idx.tolist() == [2, 0]
+    # random blocks with many exact ties: the same values and first indices as torch.min
+    g = _gen(11)
+    block = torch.randint(0, 5, (257, 40), generator=g).float()
+    ref = block.min(dim=1)
+    for groups in (1, 2, 4, 5, 8):
+        best, idx = kmeans_module._two_level_argmin(block, groups)
+        assert torch.equal(best, ref.values) and torch.equal(idx, ref.indices), groups
+
+
+def test_many_clusters_use_padded_two_level_blocks_and_match_brute_force():
+    # k = 1301 > 2 groups of 512: three groups of 434 columns, one padding column that must never win;
+    # duplicated centroids make exact ties, broken towards the lower index like torch.min
+    x = torch.randn(1500, 5, generator=_gen(12))
+    init = torch.randn(1301, 5, generator=_gen(13))
+    init[1000] = init[3]
+    assigner = kmeans_module._Assigner(x, (x * x).sum(1), 1301, chunk_size=8192)
+    assert (assigner.groups, assigner.group, assigner.k_pad) == (3, 434, 1302)
+    assert assigner.chunk == 1500  # max(256, 2^21 / 1302) = 1610 rows, capped at N
+    labels, dist = assigner(init)
+    ref_labels, _ = _brute_force(x, init)
+    assert torch.equal(labels, ref_labels)
+    assert bool((labels < 1301).all()) and bool((labels != 1000).all())
+    res = kmeans(x, 1301, iters=2, init=init, chunk_size=100)  # blocks of 100 rows, ragged last one
+    labels, inertia = _brute_force(x, res.centroids)
+    assert torch.equal(res.labels, labels)
+    assert res.inertia == pytest.approx(inertia, rel=1e-5)
