@@ -115,6 +115,32 @@ def test_cluster_index_cached_and_rebuilt_on_change():
     assert torch.equal(pl.counts(), counts)
 
 
+def test_relabel_merges_its_changes_into_the_cached_index(monkeypatch):
+    # few changes: merged (the same index as a rebuild, a new object, no full sort);
+    # more than MERGE_MAX_FRACTION of the bank: rebuilt on the next call
+    import study.labels as labels_module
+
+    pl, feats = _labels_state()
+    pl.cluster_index()
+    sorts = []
+    real = labels_module.cluster_index
+    monkeypatch.setattr(labels_module, "cluster_index", lambda *a: sorts.append(1) or real(*a))
+    monkeypatch.setattr(labels_module, "MERGE_MAX_FRACTION", 0.5)
+    g = _gen(4)
+    for step in range(6):
+        idx = torch.randint(60, (12,), generator=g)  # duplicates: the last occurrence wins
+        ratio = pl.relabel(idx, F.normalize(torch.randn(12, 5, generator=g), dim=1))
+        assert ratio > 0
+        order, starts, counts = pl.cluster_index()
+        ref = cluster_index(pl.labels, pl.num_clusters)
+        assert torch.equal(order, ref[0]) and torch.equal(starts, ref[1]) and torch.equal(counts, ref[2])
+    assert sorts == []
+    monkeypatch.setattr(labels_module, "MERGE_MAX_FRACTION", 1 / 60)  # at most one change merges
+    pl.relabel(torch.arange(60), feats.flip(0))
+    assert pl._index is None
+    assert torch.equal(pl.cluster_index()[0], cluster_index(pl.labels, pl.num_clusters)[0]) and sorts == [1]
+
+
 def test_recompute_centroids_member_means_and_empty_keeps_old():
     pl, feats = _labels_state()
     labels = torch.arange(60) % 3  # cluster 3 is empty

@@ -10,9 +10,11 @@ from study.errors import UserError
 from study.sampling import (
     STRATEGIES,
     cluster_index,
+    index_keys,
     inter_sample,
     sample_positives,
     scaled_pool,
+    update_cluster_index,
     validate_sampling,
 )
 
@@ -62,6 +64,41 @@ def test_cluster_index_consistent_with_labels(world):
     for c in range(K_CLUSTERS):
         members = order[starts[c]:starts[c] + counts[c]]
         assert set(members.tolist()) == set((labels == c).nonzero().squeeze(1).tolist())
+
+
+def test_update_cluster_index_hand_computed():
+    # labels [1, 0, 1, 2, 0]: order [1, 4, 0, 2, 3]; then 0: 1 -> 2 and 4: 0 -> 1
+    # give labels [2, 0, 1, 2, 1]: order [1, 2, 4, 0, 3], counts [1, 2, 2], starts [0, 1, 3]
+    labels = torch.tensor([1, 0, 1, 2, 0])
+    order, starts, counts = cluster_index(labels, 3)
+    assert order.tolist() == [1, 4, 0, 2, 3]
+    keys = index_keys(labels, order)
+    assert keys.tolist() == [(0 << 32) | 1, (0 << 32) | 4, (1 << 32) | 0, (1 << 32) | 2, (2 << 32) | 3]
+    keys, (order, starts, counts) = update_cluster_index(keys, counts, torch.tensor([0, 4]), torch.tensor([1, 0]),
+                                                         torch.tensor([2, 1]))
+    assert order.tolist() == [1, 2, 4, 0, 3]
+    assert counts.tolist() == [1, 2, 2] and starts.tolist() == [0, 1, 3]
+    assert keys.tolist() == index_keys(torch.tensor([2, 0, 1, 2, 1]), order).tolist()
+
+
+@pytest.mark.parametrize("changes", [1, 7, 64, 300])
+def test_update_cluster_index_equals_a_full_rebuild(changes):
+    # merges at the ends, into empty clusters, out of clusters it empties, several into one position
+    g = _gen(changes)
+    k, b = 9, 400
+    labels = torch.randint(k - 2, (b,), generator=g)  # clusters 7 and 8 start empty
+    order, _, counts = cluster_index(labels, k)
+    keys = index_keys(labels, order)
+    for _ in range(3):
+        idx = torch.randperm(b, generator=g)[:changes]
+        new = torch.randint(k, (changes,), generator=g)
+        moved = new != labels[idx]
+        idx, new = idx[moved], new[moved]
+        keys, (order, starts, counts) = update_cluster_index(keys, counts, idx, labels[idx], new)
+        labels[idx] = new
+        ref = cluster_index(labels, k)
+        assert torch.equal(order, ref[0]) and torch.equal(starts, ref[1]) and torch.equal(counts, ref[2])
+        assert torch.equal(keys, index_keys(labels, ref[0]))
 
 
 def test_positives_share_label_and_are_uniform(world):
