@@ -223,7 +223,30 @@ class Trainer:
     # -------------------------------------------------------------- features
     @torch.no_grad()
     def _features(self, encoder: Encoder, split: str, indices: Tensor | None, *, neck: bool) -> Tensor:
-        """Eval-mode features of a split's images (``indices`` of it, or all), in batches. (N, D)"""
+        """Eval-mode features of a split's images (``indices`` of it, or all), in batches. (N, D)
+
+        Under DDP each rank extracts one contiguous share of the images and the
+        shares are all-gathered: every rank ends with all N features in order, as
+        one process would, at 1/W of the forward passes (the k-means at the start,
+        each offline re-clustering and each kNN evaluation need the whole set).
+        """
+        if self.world == 1:
+            return self._extract(encoder, split, indices, neck=neck)
+        n = (self.num_train if split == "train" else len(self.source.test_labels)) if indices is None \
+            else indices.shape[0]
+        if n < self.world:  # too few to share
+            return self._extract(encoder, split, indices, neck=neck)
+        every = torch.arange(n) if indices is None else indices
+        shares = torch.tensor_split(every, self.world)  # sizes differ by at most one, none empty
+        mine = self._extract(encoder, split, shares[self.rank], neck=neck)  # (n_r, D)
+        rows = shares[0].shape[0]  # the largest share: all_gather needs equal shapes
+        padded = torch.cat([mine, mine.new_zeros(rows - mine.shape[0], mine.shape[1])])  # (rows, D)
+        gathered = dist.all_gather_cat(padded).view(self.world, rows, -1)  # (W, rows, D)
+        return torch.cat([gathered[r, :share.shape[0]] for r, share in enumerate(shares)])  # (N, D)
+
+    @torch.no_grad()
+    def _extract(self, encoder: Encoder, split: str, indices: Tensor | None, *, neck: bool) -> Tensor:
+        """Eval-mode features of a split's images (``indices`` of it, or all) in this process. (N, D)"""
         was_training = encoder.training
         encoder.eval()
         out = []
@@ -258,8 +281,9 @@ class Trainer:
         """Extract key features of the whole training set, k-means, reset bank and labels.
 
         Used at initialisation (both modes) and every ``recluster_every`` epochs
-        in offline mode, as the reference does. Every rank computes the same
-        thing from the same weights and the shared generator.
+        in offline mode, as the reference does. The ranks share the feature
+        extraction (:meth:`_features`); then every rank runs the same k-means
+        on all of them with the shared generator, so all hold the same state.
         """
         cfg = self.cfg
         feats = F.normalize(self._features(self.moco.encoder_k, "train", None, neck=True), dim=1)

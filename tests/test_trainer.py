@@ -159,3 +159,37 @@ def test_divergence_is_reported(smoke_data):
     cfg = _cfg(lr=1e12, epochs=1)
     with pytest.raises(TrainingDiverged, match="loss is"):
         Trainer(cfg, None, data=smoke_data, log=lambda s: None).run()
+
+
+@pytest.mark.parametrize(("world", "subset"), [(3, None), (4, torch.tensor([5, 1, 9, 30, 7, 2, 8]))])
+def test_ddp_ranks_share_feature_extraction(smoke_data, monkeypatch, world, subset):
+    """Each rank extracts only its contiguous share; the gathered result is every feature in order."""
+    from study import trainer as trainer_module
+
+    trainer = Trainer(_cfg(), None, data=smoke_data, log=lambda s: None)
+    enc = trainer.moco.encoder_q
+    full = trainer._extract(enc, "train", subset, neck=False)  # (N, D), one process
+    n = full.shape[0]
+    every = torch.arange(n) if subset is None else subset
+    for rank in range(world):
+        asked = []
+
+        def extract(encoder, split, indices, *, neck, _asked=asked):
+            _asked.append(indices.clone())
+            pos = indices if subset is None else torch.tensor([subset.tolist().index(i) for i in indices.tolist()])
+            return full[pos]
+
+        def gather(padded, _rank=rank):
+            # what all_gather returns: every rank's share, padded to the largest one
+            shares = torch.tensor_split(torch.arange(n), world)
+            rows = shares[0].shape[0]
+            assert padded.shape[0] == rows
+            return torch.cat([torch.cat([full[s], full.new_zeros(rows - s.shape[0], full.shape[1])]) for s in shares])
+
+        monkeypatch.setattr(trainer, "world", world)
+        monkeypatch.setattr(trainer, "rank", rank)
+        monkeypatch.setattr(trainer, "_extract", extract)
+        monkeypatch.setattr(trainer_module.dist, "all_gather_cat", gather)
+        got = trainer._features(enc, "train", subset, neck=False)
+        assert torch.equal(got, full)
+        assert len(asked) == 1 and torch.equal(asked[0], torch.tensor_split(every, world)[rank])
