@@ -193,3 +193,28 @@ def test_ddp_ranks_share_feature_extraction(smoke_data, monkeypatch, world, subs
         got = trainer._features(enc, "train", subset, neck=False)
         assert torch.equal(got, full)
         assert len(asked) == 1 and torch.equal(asked[0], torch.tensor_split(every, world)[rank])
+
+
+def test_training_with_merged_index_equals_rebuilt_index(smoke_data, monkeypatch):
+    """The online runs' cluster index kept by merging each relabel (as at 1.28M on a CPU) trains
+    bitwise the same as rebuilding it (as at small banks): the merge gives the same index."""
+    import study.labels as labels_module
+
+    runs = {}
+    real = labels_module.update_cluster_index
+    for name, fraction in (("rebuild", 0.0), ("merge", 1.0)):
+        monkeypatch.setattr(labels_module, "MERGE_MAX_FRACTION", fraction)
+        merges = []
+        monkeypatch.setattr(labels_module, "update_cluster_index", lambda *a: merges.append(1) or real(*a))
+        t = Trainer(_cfg(epochs=2, sampling="semi-hard"), None, data=smoke_data, log=lambda s: None)
+        final = t.run()
+        runs[name] = (t, final, len(merges))
+    (ta, fa, na), (tb, fb, nb) = runs["rebuild"], runs["merge"]
+    assert na == 0 and nb > 0
+    sa, sb = _state(ta), _state(tb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert torch.equal(ta.plabels.labels, tb.plabels.labels)
+    assert torch.equal(ta.bank.feats, tb.bank.feats)
+    timing = ("epoch_time", "pairs_per_s")
+    assert {k: v for k, v in fa.items() if k not in timing} == {k: v for k, v in fb.items() if k not in timing}
