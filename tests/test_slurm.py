@@ -344,31 +344,43 @@ def test_submit_and_wait(store, jobs):
     assert again.returncode == 0 and "2 finished, nothing to submit" in again.stdout, again.stdout
 
 
-@needs_slurm
-@pytest.mark.slow
-def test_requeue_mid_study_finishes_each_cell_once(store, jobs):
+def _submit_until_mid_study(store, jobs, name):
+    """Submit the uneven study and wait until one cell finished and another is mid-training."""
     tmp_path, env = store
-    name = "slurm-requeue"
     path = _write_study(tmp_path, name, template=UNEVEN_STUDY)
     job_id, _ = _submit(path, env)
     jobs.append(job_id)
     client = _client(tmp_path)
     _wait_until(lambda: (tmp_path / "mlflow.db").exists() and _mid_study(client, name, 1), 240,
                 "a finished cell and a running one", lambda: _where(client, name, job_id))
-    finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _cell_runs(client, name)
-                       if r.info.status == "FINISHED"}
-    trained_before = _trained_state(tmp_path, name, finished_before)
-    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
-    _wait_until(lambda: _state(job_id) == "PENDING", 60, "the requeued job to be pending")
+    return client, job_id, tmp_path / "slurm_logs" / name / job_id
+
+
+def _release_and_finish(job_id, folder) -> str:
+    """Start the requeued (pending) job now, wait for its success; its log."""
     # SLURM holds a requeued job back for about two minutes (its BeginTime); release it now
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
-    result = tmp_path / "slurm_logs" / name / job_id / f"{job_id}_0_result.pkl"
+    result = folder / f"{job_id}_0_result.pkl"
     _wait_until(result.exists, 240, "the requeued job to finish")
     _wait_until(lambda: _state(job_id) in ("COMPLETED", ""), 60, "the job to end")
     from submitit.core.utils import pickle_load
 
     assert pickle_load(result) == ("success", 0)
-    log = (tmp_path / "slurm_logs" / name / job_id / f"{job_id}_0_log.out").read_text()
+    return (folder / f"{job_id}_0_log.out").read_text()
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_requeue_mid_study_finishes_each_cell_once(store, jobs):
+    name = "slurm-requeue"
+    tmp_path = store[0]
+    client, job_id, folder = _submit_until_mid_study(store, jobs, name)
+    finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _cell_runs(client, name)
+                       if r.info.status == "FINISHED"}
+    trained_before = _trained_state(tmp_path, name, finished_before)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+    _wait_until(lambda: _state(job_id) == "PENDING", 60, "the requeued job to be pending")
+    log = _release_and_finish(job_id, folder)
     assert f"job {job_id} attempt 0" in log and f"job {job_id} attempt 1" in log, log[-3000:]
     runs = _check_complete(client, name, 4)
     for r in runs:
@@ -391,27 +403,13 @@ def test_usr2_signal_requeues_through_submitit(store, jobs):
     the job requeues itself is a race. Preemption with ``PreemptMode=REQUEUE`` is SLURM's own
     requeue, which :func:`test_requeue_mid_study_finishes_each_cell_once` covers.
     """
-    tmp_path, env = store
     name = "slurm-usr2"
-    path = _write_study(tmp_path, name, template=UNEVEN_STUDY)
-    job_id, _ = _submit(path, env)
-    jobs.append(job_id)
-    client = _client(tmp_path)
-    _wait_until(lambda: (tmp_path / "mlflow.db").exists() and _mid_study(client, name, 1), 240,
-                "a finished cell and a running one", lambda: _where(client, name, job_id))
+    client, job_id, folder = _submit_until_mid_study(store, jobs, name)
     subprocess.run(["scancel", "--signal", "USR2", job_id], check=True, timeout=30)
-    folder = tmp_path / "slurm_logs" / name / job_id
     _wait_until(lambda: _state(job_id) == "PENDING", 60, "the job to requeue itself",
                 lambda: _where(client, name, job_id) + "; log tail: "
                 + (folder / f"{job_id}_0_log.out").read_text()[-1500:])
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
-    result = folder / f"{job_id}_0_result.pkl"
-    _wait_until(result.exists, 240, "the requeued job to finish")
-    _wait_until(lambda: _state(job_id) in ("COMPLETED", ""), 60, "the job to end")
-    from submitit.core.utils import pickle_load
-
-    assert pickle_load(result) == ("success", 0)
-    log = (folder / f"{job_id}_0_log.out").read_text()
+    log = _release_and_finish(job_id, folder)
     assert "requeueing (checkpoint 1)" in log, log[-3000:]
     assert "attempt 1" in log and "restoring it" in log, log[-3000:]
     _check_complete(client, name, 4)
