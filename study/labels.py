@@ -202,10 +202,9 @@ class PseudoLabels:
                 rows = idx[moved]  # (M,) distinct
                 self._keys, self._index = update_cluster_index(self._keys, self._index[2], rows,
                                                                self.labels[rows], new[moved])
-                self.labels[idx] = new
             else:
-                self.labels[idx] = new
                 self._labels_changed()
+            self.labels[idx] = new
         return changed / max(1, idx.shape[0])
 
     @torch.no_grad()

@@ -232,8 +232,7 @@ class Trainer:
         """
         if self.world == 1:
             return self._extract(encoder, split, indices, neck=neck)
-        n = (self.num_train if split == "train" else len(self.source.test_labels)) if indices is None \
-            else indices.shape[0]
+        n = (self.num_train if split == "train" else self.source.num_test) if indices is None else indices.shape[0]
         if n < self.world:  # too few to share
             return self._extract(encoder, split, indices, neck=neck)
         every = torch.arange(n) if indices is None else indices

@@ -1,4 +1,5 @@
-"""Helpers shared by the end-to-end tests: a study store isolated in a temp folder."""
+"""Helpers shared by the end-to-end tests: a study store isolated in a temp folder, and the
+small InterCLR study they run."""
 
 from __future__ import annotations
 
@@ -18,3 +19,24 @@ def store_client(tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+# 2 sampling levels x the seeds: the study the end-to-end and SLURM tests run at the smoke preset
+SMOKE_STUDY = """
+name: {name}
+fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: {epochs},
+        linear_epochs: 2}}
+factors:
+  sampling: [semi-hard, hard]
+seeds: {seeds}
+presets:
+  smoke: {{resources: {{cpus: 1}}, max_failures: 1}}
+"""
+
+
+def write_smoke_study(tmp_path: Path, name: str, epochs: int = 2, seeds: str = "[0, 1]",
+                      template: str = SMOKE_STUDY) -> Path:
+    """``tmp_path/<name>.yaml`` from ``template`` (fields name, epochs, seeds)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(template.format(name=name, epochs=epochs, seeds=seeds))
+    return path

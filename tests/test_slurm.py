@@ -22,21 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import store_client, store_env
+from conftest import SMOKE_STUDY, store_client, store_env, write_smoke_study
 from study.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-
-STUDY = """
-name: {name}
-fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: {epochs},
-        linear_epochs: 2}}
-factors:
-  sampling: [semi-hard, hard]
-seeds: {seeds}
-presets:
-  smoke: {{resources: {{cpus: 1}}, max_failures: 1}}
-"""
 
 
 def _slurm_unavailable() -> str | None:
@@ -82,10 +71,8 @@ presets:
 """
 
 
-def _write_study(tmp_path, name, epochs=2, seeds="[0]", template=STUDY):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(template.format(name=name, epochs=epochs, seeds=seeds))
-    return path
+def _write_study(tmp_path, name, epochs=2, seeds="[0]", template=SMOKE_STUDY):
+    return write_smoke_study(tmp_path, name, epochs, seeds, template)
 
 
 _client = store_client

@@ -16,22 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import store_client, store_env
+from conftest import store_client, store_env, write_smoke_study
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
-STUDY = """
-name: {name}
-fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: {epochs},
-        linear_epochs: 2}}
-factors:
-  sampling: [semi-hard, hard]
-seeds: [0, 1]
-presets:
-  smoke: {{resources: {{cpus: 1}}, max_failures: {max_failures}}}
-"""
 
 FAILING = """
 name: failing
@@ -83,8 +73,7 @@ def _check_complete(client, name, n_cells, epochs):
 
 def test_smoke_study_through_tune(store):
     tmp_path, env = store
-    path = tmp_path / "s.yaml"
-    path.write_text(STUDY.format(name="e2e", epochs=2, max_failures=1))
+    path = write_smoke_study(tmp_path, "e2e", epochs=2)
     res = _study(str(path), "--preset", "smoke", env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "done 4/4" in res.stdout
@@ -123,8 +112,7 @@ def test_smoke_study_through_tune(store):
 
 def test_sigkill_then_rerun_finishes_each_cell_once(store):
     tmp_path, env = store
-    path = tmp_path / "k.yaml"
-    path.write_text(STUDY.format(name="killed", epochs=4, max_failures=1))
+    path = write_smoke_study(tmp_path, "killed", epochs=4)
     proc = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
