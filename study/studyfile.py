@@ -66,6 +66,9 @@ class StudySpec(BaseModel):
     metric: str = "knn_top1"
     presets: dict[str, PresetSpec] = Field(default_factory=dict)
     max_failures: int = Field(default=1, ge=0)
+    # half-width of the region of practical equivalence of the finding's comparisons, in the
+    # metric's units (accuracies are fractions: 0.005 = 0.5 points of kNN top-1)
+    equivalence_delta: float = Field(default=0.005, gt=0.0, lt=1.0)
 
     @field_validator("factors")
     @classmethod
