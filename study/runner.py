@@ -88,9 +88,16 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
                   restore: bool = False) -> int:
     """Run the study's unfinished cells on the Ray cluster of ``backend``; the driver side."""
     tracker = StudyTracker(study.name)
-    todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
     parent_id = tracker.parent_run_id({"factors": ",".join(study.factors), "metric": study.spec.metric,
                                        "preset": study.preset, "file": study.path.name}, study.path)
+    tracker.client.set_tag(parent_id, "equivalence_delta", repr(study.spec.equivalence_delta))
+    from study.reuse import link_finished_cells
+
+    linked = link_finished_cells(study, tracker, parent_id)  # finished in another study: not trained again
+    if linked:
+        print(f"[{study.name}] linked {len(linked)} cells finished in other studies (tag reused_from), "
+              "not trained again", flush=True)
+    todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
           + (f", {skipped_failed} failed (rerun with --rerun-failed)" if skipped_failed else ""), flush=True)

@@ -21,12 +21,10 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from study.canonical import canonical_config
 from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean
 from study.errors import UserError
 from study.files import read_yaml
-
-# keys that change how a run is executed, not what it computes: not part of cell_id
-_EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
 
 
 class Level(BaseModel):
@@ -150,8 +148,9 @@ class Study:
 
 
 def cell_hash(config: TrainConfig) -> str:
-    """A stable hash of the resolved config (which includes the seed)."""
-    flat = {k: v for k, v in config.flat().items() if k not in _EXECUTION_KEYS}
+    """A stable hash of the canonical config (:mod:`study.canonical`: the resolved config, seed
+    included, less the keys that cannot affect the run)."""
+    flat = canonical_config(config.flat())
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -236,7 +235,8 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
             cid = cell_hash(cfg)
             if cid in seen:
                 raise UserError(f"levels '{seen[cid]}' and '{' / '.join(levels.values())}' resolve to the "
-                                "same config", source=src, key="factors")
+                                "same config (once the keys that cannot affect a run are left out; see "
+                                "study/canonical.py)", source=src, key="factors")
             seen[cid] = " / ".join(levels.values())
             cells.append(Cell(spec.name, levels, seed, cfg, cid, preset))
     return Study(spec, path, preset, tuple(cells), pspec.resources,
