@@ -153,4 +153,8 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
     counts = summarise(study, status)
     print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, failed {counts[FAILED]}, "
           f"missing {counts['missing']} (of {len(study.cells)})")
+    from study.adaptive import status_lines
+
+    for line in status_lines(study, tracker, sets):
+        print(line)
     return 0

@@ -208,8 +208,11 @@ def _check_config_keys(values: dict, src: str, where: str) -> None:
 
 
 def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | None = None,
-               out_root: Path | None = None) -> Study:
-    """Read, validate and expand a study file into its cells (nothing is written)."""
+               out_root: Path | None = None, seeds: list[int] | None = None) -> Study:
+    """Read, validate and expand a study file into its cells (nothing is written).
+
+    ``seeds``: expand these seeds instead of the file's (the adaptive loop adds seeds).
+    """
     path = Path(path).resolve()
     spec = read_study_file(path)
     src = str(path)
@@ -217,7 +220,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
         raise UserError(f"unknown preset '{preset}'{did_you_mean(preset, tuple(PRESETS))} "
                         f"(allowed: {', '.join(PRESETS)})", source="--preset")
     pspec = spec.presets.get(preset, PresetSpec())
-    seeds = pspec.seeds or spec.seeds
+    seeds = list(seeds) if seeds is not None else (pspec.seeds or spec.seeds)
     factor_names = list(spec.factors)
     cells = []
     seen: dict[str, str] = {}
