@@ -132,7 +132,8 @@ def _spent_hours(tracker: StudyTracker) -> tuple[float, int]:
 def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, run_batch: BatchRunner,
                   tracking_uri: str | None = None) -> int:
     """The loop in the module docstring. ``run_batch(study)`` runs a Study's unfinished cells
-    (the real runner, or a fake in tests); returns 0 when every comparison is decided."""
+    (the real runner, or a fake in tests). Returns 0 when every comparison is decided or at a
+    limit (seeds, budget), 1 when failed cells stop it."""
     study = load_study(path, preset, sets)
     base = list(dict.fromkeys(c.seed for c in study.cells))
     if limits.max_seeds < len(base):
@@ -147,15 +148,16 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
           f"look on the levels of open comparisons, at most {limits.max_seeds} seeds"
           + (f", budget {limits.budget_hours:g} cell-hours" if limits.budget_hours else ""), flush=True)
     batch = study
+    rc = 0
     tried: set[str] = set()
     while True:
         before = sum(1 for s in tracker.cell_status().values() if s == FINISHED)
         if batch.cells:
-            run_batch(batch)
+            rc = run_batch(batch)
         results, _ = evaluate(study.name, preset, tracker.uri)
         if not results:
             print(f"[{study.name}] no finding's comparison to decide in this study", flush=True)
-            return 1
+            return rc
         plan = plan_next(results, base, limits)
         longest = max((len(s) for s in plan.values()), default=0)
         full = load_study(path, preset, sets, seeds=seed_sequence(base, max(longest, len(base))))
@@ -170,7 +172,7 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
             print(f"[{study.name}] " + ("every comparison decided" if decided else
                                         f"stopped: the open comparisons are at {limits.max_seeds} seeds"),
                   flush=True)
-            return 0 if decided else 1
+            return 0  # decided, or at the limit: both are outcomes (REPORT.md says which)
         todo = [c for c in cells if status.get(c.cell_id) != FINISHED]
         after = sum(1 for s in status.values() if s == FINISHED)
         todo_ids = {c.cell_id for c in todo}
@@ -185,7 +187,7 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
             if spent + per_cell * len(todo) > limits.budget_hours:
                 print(f"[{study.name}] stopped: {spent:.2f} cell-hours spent, the next {len(todo)} cells would "
                       f"pass the budget of {limits.budget_hours:g}", flush=True)
-                return 1
+                return 0
         batch = replace(study, cells=tuple(cells))
 
 

@@ -71,6 +71,10 @@ def run_study(path: str, *, preset: str = "cpu", cluster: str = "local", sets: d
         check_options(slurm_options or {})  # bad options fail here, before anything is written
     if dry_run:
         print(describe_cells(study))
+        from study.cost import estimate_lines
+
+        for line in estimate_lines(study, slots=max(1, local_cpus() // study.resources.cpus)):
+            print(line)
         if cluster == "slurm":
             from cluster.slurm import describe_submission
 

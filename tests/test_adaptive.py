@@ -130,11 +130,11 @@ def test_stops_at_the_seed_limit_and_says_what_is_left(store, capsys):
     fake = FakeTrial({}, sd=0.01)  # no difference, noisy: cannot be decided in 5 seeds
     path = _write(store)
     rc = adaptive.until_decided(str(path), preset="smoke", sets=None, limits=_limits(max_seeds=5), run_batch=fake)
-    assert rc == 1 and "at 5 seeds" in capsys.readouterr().out
+    assert rc == 0 and "at 5 seeds" in capsys.readouterr().out
     assert _seeds(store)["hard"] == [0, 1, 2, 3, 4]
     # run again: nothing is trained twice
     fake.trained.clear()
-    assert adaptive.until_decided(str(path), preset="smoke", sets=None, limits=_limits(5), run_batch=fake) == 1
+    assert adaptive.until_decided(str(path), preset="smoke", sets=None, limits=_limits(5), run_batch=fake) == 0
     assert fake.trained == []
     # status shows the comparison's interval and what --until-decided runs next
     study = load_study(path, "smoke")
@@ -174,7 +174,7 @@ def test_until_decided_through_tune(tmp_path):
     path = _write(tmp_path, "tuned", seeds="[0]")
     res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke", "--until-decided",
                           "--max-seeds", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 1, res.stdout + res.stderr  # 2 seeds cannot decide: stopped at the limit
+    assert res.returncode == 0, res.stdout + res.stderr  # 2 seeds cannot decide: stopped at the limit
     assert "at 2 seeds" in res.stdout and "anytime-valid 95% interval" in res.stdout
     assert _seeds(tmp_path, "tuned") == {"random": [0], "semi-hard": [0, 1], "hard": [0, 1]}
     status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"], cwd=REPO,

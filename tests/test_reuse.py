@@ -170,3 +170,23 @@ def test_a_half_made_link_is_replaced(store):
     runs = _cells(store_client(store), "second")
     assert len(runs) == 2 and stale not in {r.info.run_id for r in runs}
     assert all(r.info.status == FINISHED and r.data.tags.get("reused_from") for r in runs)
+
+
+def test_dry_run_estimates_cost_from_the_store(store):
+    from study.cost import estimate_lines
+
+    a = load_study(_write(store, "first"), "smoke")
+    assert "no store" in estimate_lines(a, slots=2)[0]
+    sources = _finish_by_hand(a)
+    secs = sorted((r.info.end_time - r.info.start_time) / 1000.0 for r in sources.values())
+    # a study sharing one level with the first: one cell to link, one to train
+    other = STUDY.replace("sampling: [semi-hard, hard]", "sampling: [semi-hard, random]")
+    path = store / "mixed.yaml"
+    path.write_text(other.format(name="mixed", extra="recluster_every: 1"))
+    lines = estimate_lines(load_study(path, "smoke"), slots=2)
+    assert lines[0] == "cost: 1 cells to train, 1 to link from other studies, 0 finished here"
+    median = (secs[0] + secs[1]) / 2
+    assert f"{median:.0f} s per cell at preset smoke (median of 2 cells in the store) x 1 cells" in lines[1]
+    assert "1 at a time" in lines[1]
+    # nothing left to train
+    assert estimate_lines(a, slots=2)[0] == "cost: 0 cells to train, 0 to link from other studies, 2 finished here"
