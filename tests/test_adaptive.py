@@ -180,3 +180,21 @@ def test_until_decided_through_tune(tmp_path):
     status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "semi-hard - hard" in status.stdout, status.stdout + status.stderr
+
+
+def test_a_slurm_job_runs_exactly_its_batch(tmp_path):
+    """The SLURM job of one batch (cluster.slurm.StudyJob, pickled to the job) expands the file at the
+    batch's seeds and keeps only its cells."""
+    import pickle
+
+    from cluster.slurm import StudyJob
+
+    path = _write(tmp_path)
+    full = load_study(path, "smoke", seeds=[0, 1, 2, 3, 4])
+    batch = [c for c in full.cells if c.seed in (3, 4) and c.level != "random"]
+    job = StudyJob(str(path), "smoke", {}, rerun_failed=False, env={}, options={},
+                   seeds=[0, 1, 2, 3, 4], cell_ids=[c.cell_id for c in batch])
+    job = pickle.loads(pickle.dumps(job))
+    assert [(c.level, c.seed) for c in job.load().cells] == [(c.level, c.seed) for c in batch]
+    plain = StudyJob(str(path), "smoke", {}, rerun_failed=False, env={}, options={})
+    assert len(plain.load().cells) == 9  # the file's cells

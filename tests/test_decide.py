@@ -194,3 +194,28 @@ def test_comparison_carries_every_number():
     assert r.seeds_for_delta == decide.seeds_needed(0.005, 0.001)
     seq = evaluate_comparison(cells, spec, "knn_top1", delta=0.005, rule="sequential")
     assert seq.verdict == "inconclusive at n=3 seeds" and not math.isfinite(seq.cs_low)  # 3 seeds: whole line
+
+
+def test_report_shows_the_new_numbers():
+    from analysis.load import CURVE_COLUMNS, MISSING_COLUMNS, StudyData, _typed
+    from analysis.report import render_report, study_wall_seconds
+
+    rows = []
+    t0 = 1_700_000_000_000
+    for seed, (a, b) in enumerate([(0.701, 0.700), (0.702, 0.700), (0.703, 0.700)]):
+        for level, v in (("semi-hard", a), ("hard", b)):
+            # cells of 60 s; seed 0's two cells overlap (wall: the union of the intervals)
+            end = t0 + (seed * 120 + (30 if level == "hard" and seed == 0 else 0) + 60) * 1000
+            rows.append({"study": "sampling", "level": level, "sampling": level, "seed": seed, "knn_top1": v,
+                         "seconds": 60.0, "end_time": end, "reused_from": "", "preset": "cpu"})
+    cells = _cells(rows)
+    assert study_wall_seconds(cells) == pytest.approx(90 + 60 + 60)  # seed 0: [0, 60] u [30, 90]
+    data = StudyData(study="sampling", found=True, factors=("sampling",), metric="knn_top1", cells=cells,
+                     curves=_typed([], CURVE_COLUMNS), missing=_typed([], MISSING_COLUMNS),
+                     levels=("semi-hard", "hard"), preset="cpu", equivalence_delta=0.005)
+    page = render_report([data], {})
+    for words in ("statsmodels `ttost_paired`", "statsmodels `TTestPower`", "scipy `bootstrap`", "P(A > B)",
+                  "anytime-valid 95% CI", "**equivalent within ±0.50 pts**", "TOST p=0.0175",
+                  "P(semi-hard > hard) = 1.00 [1.00, 1.00]", "0.10 | 3.5 min |", "cost 0.10 cell-h",
+                  "Cost: 0.10 cell-hours, wall 3.5 min"):
+        assert words in page, words
