@@ -32,6 +32,7 @@ of simulated studies, and declares a difference where there is none in ~2%
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -217,9 +218,15 @@ def run_adaptive(path: str, *, preset: str, cluster: str, sets: dict | None, rer
 
             return submit_study(batch, sets=sets or {}, options=slurm_options or {}, wait=True,
                                 rerun_failed=rerun_failed, subset=True)
-        return execute_study(batch, rerun_failed=rerun_failed, backend="local")
+        # one local Ray for every batch: starting it again per look costs tens of seconds
+        return execute_study(batch, rerun_failed=rerun_failed, backend="local", keep_ray=True)
 
-    return until_decided(path, preset=preset, sets=sets, limits=limits, run_batch=run_batch)
+    try:
+        return until_decided(path, preset=preset, sets=sets, limits=limits, run_batch=run_batch)
+    finally:
+        ray = sys.modules.get("ray")  # imported by the local launcher, if it ran a batch
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
 
 
 def status_lines(study: Study, tracker: StudyTracker, sets: dict | None = None,

@@ -89,7 +89,7 @@ def run_study(path: str, *, preset: str = "cpu", cluster: str = "local", sets: d
 
 
 def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_name: str | None = None,
-                  restore: bool = False) -> int:
+                  restore: bool = False, keep_ray: bool = False) -> int:
     """Run the study's unfinished cells on the Ray cluster of ``backend``; the driver side."""
     tracker = StudyTracker(study.name)
     parent_id = tracker.parent_run_id({"factors": ",".join(study.factors), "metric": study.spec.metric,
@@ -111,7 +111,7 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
             from cluster.local import run_local
 
             slots = run_local(study, todo, tracker, parent_id, run_root=run_root(study.name),
-                      storage_path=ray_storage(), done_before=done)
+                      storage_path=ray_storage(), done_before=done, keep_ray=keep_ray)
             wall = time.time() - start
             slots = min(len(todo), slots)
             busy = tracker.cell_seconds(c.cell_id for c in todo)
