@@ -33,7 +33,7 @@ Which keys are dropped, and why (read off ``study/config.py`` and
 Kept although they only matter on some hardware: ``amp`` and
 ``channels_last`` (they change the numbers on a GPU). Kept because they
 change the logged metrics even when training is the same: ``eval_every``,
-``knn_*``, ``linear_epochs``, ``test_subset``.
+``knn_*``, ``linear_epochs``, ``test_subset``, ``monitor_test_subset``.
 """
 
 from __future__ import annotations
