@@ -13,7 +13,8 @@ from study.runner import execute_study
 from study.studyfile import cell_hash, load_study
 from study.tracking import FINISHED, StudyTracker
 
-BASE = dict(method="interclr", labels="online", sampling="semi-hard", margin_type="cosine", margin=-0.5)
+BASE = dict(method="interclr", labels="online", sampling="semi-hard", margin_type="cosine", margin=-0.5,
+            neg_search="candidates", candidates=4096)
 
 
 def _id(**over):
@@ -30,7 +31,7 @@ def test_irrelevant_key_keeps_the_id(irrelevant):
 
 @pytest.mark.parametrize("relevant", [
     {"lr": 0.1}, {"seed": 1}, {"sampling": "hard"}, {"margin": 0.0}, {"labels": "offline"},
-    {"centroid_every": 5}, {"candidates": 1024}, {"pool": 3000}, {"epochs": 4}, {"eval_every": 2},
+    {"centroid_every": 5}, {"candidates": 8192}, {"pool": 3000}, {"epochs": 4}, {"eval_every": 2},
 ])
 def test_relevant_key_changes_the_id(relevant):
     assert _id(**relevant) != _id()
@@ -52,7 +53,7 @@ def test_conditional_keys():
     assert _id(**hard, neg_num=512) != _id(**hard)
     # random negatives draw no pool, but do draw from the candidates
     rnd = dict(sampling="random")
-    assert _id(**rnd, pool=5000) == _id(**rnd) and _id(**rnd, candidates=1024) != _id(**rnd)
+    assert _id(**rnd, pool=5000) == _id(**rnd) and _id(**rnd, candidates=8192) != _id(**rnd)
     # exact search ignores the number of candidates
     assert _id(neg_search="exact", candidates=7) == _id(neg_search="exact")
     assert _id(margin_type="none", margin=0.3) == _id(margin_type="none")
