@@ -38,6 +38,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -390,7 +391,7 @@ class StudyJob:
             if ray.is_initialized():
                 ray.shutdown()
             ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, _temp_dir=temp_dir)
+                     configure_logging=False, _temp_dir=temp_dir, _node_name=_slurm_node())
             # ray.init makes SIGTERM exit the driver; on preemption SLURM sends SIGTERM and then
             # submitit's USR2, whose handler requeues the job: see _drive_in_thread
             signal.signal(signal.SIGTERM, _on_sigterm)
@@ -402,8 +403,9 @@ class StudyJob:
             study = load_study(self.study_path, self.preset, self.sets)
             name, restore = _tune_experiment(ctx, study.name)
             print(f"[slurm] Tune experiment {name}: " + ("restoring it" if restore else "new"), flush=True)
+            watch = _NodeWatch()
             return _drive_in_thread(lambda: execute_study(study, rerun_failed=self.rerun_failed, backend="slurm",
-                                                          experiment_name=name, restore=restore))
+                                                          experiment_name=name, restore=restore), watch)
         finally:
             from cluster.tune_run import STOPPING
 
@@ -430,7 +432,8 @@ class StudyJob:
         temp_dir = _ray_temp_dir(ctx)
         ray_bin = Path(sys.executable).with_name("ray")
         cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--address", address, "--num-cpus", str(cpus),
-               "--num-gpus", str(gpus), "--temp-dir", temp_dir, "--block", "--disable-usage-stats"]
+               "--num-gpus", str(gpus), "--temp-dir", temp_dir, "--block", "--disable-usage-stats",
+               "--node-name", _slurm_node()]  # (a hidden option of `ray start`: names the node in ray.nodes())
         print(f"[slurm] task {ctx.rank} on {ctx.hostname}: joining Ray at {address} ({cpus} CPUs, {gpus} GPUs)",
               flush=True)
         # the study is over when this node is stopped: nothing to drain (Ray would wait 30 s)
@@ -471,7 +474,40 @@ def _on_sigterm(signum, frame) -> None:
           flush=True)
 
 
-def _drive_in_thread(run: Any) -> Any:
+def _slurm_node() -> str:
+    """This task's SLURM node name (the host name outside SLURM)."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+class _NodeWatch:
+    """The Ray nodes alive when the study starts, by SLURM node name; :meth:`check` raises once one
+    of them has died (its node's Ray stopped: the node crashed, lost its network, was killed)."""
+
+    def __init__(self):
+        import ray
+
+        self.nodes = {n["NodeID"]: n.get("NodeName") or n.get("NodeManagerAddress", "?")
+                      for n in ray.nodes() if n.get("Alive")}
+
+    def check(self) -> None:
+        import ray
+
+        try:
+            alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        except Exception:  # the GCS is busy or going away: the next check decides
+            return
+        lost = sorted({name for nid, name in self.nodes.items() if nid not in alive})
+        if lost:
+            what = ", ".join(lost)
+            print(f"[slurm] lost node {what} mid-study (its Ray node stopped answering); stopping", flush=True)
+            job = os.environ.get("SLURM_JOB_ID", "JOBID")
+            raise RuntimeError(f"lost node {what} mid-study (its Ray node stopped answering): the study stopped. "
+                               "It is resumable: SLURM requeues a job after a node failure, and the job restores "
+                               f"the study once enough nodes are up (squeue -j {job}); to go on with fewer nodes "
+                               f"now, scancel {job} and run the same command again with a smaller --nodes")
+
+
+def _drive_in_thread(run: Any, watch: "_NodeWatch | None" = None, period: float = 5.0) -> Any:
     """Run the Tune driver ``run()`` in a thread while the main thread only waits.
 
     Python runs signal handlers in the main thread only, between bytecodes. Were the
@@ -482,6 +518,7 @@ def _drive_in_thread(run: Any) -> Any:
     once: USR2 requeues the job and exits (SystemExit from submitit's handler), the
     thread (a daemon) goes with the process.
 
+    Every ``period`` seconds ``watch.check()`` looks for a lost node (and raises then).
     After a SIGTERM with no USR2 within ``STUDY_SIGTERM_GRACE_S`` seconds (default 30:
     a plain ``scancel``, whose SIGKILL comes after KillWait), raises a RuntimeError
     saying the study is resumable. Returns ``run()``'s value, or raises its exception.
@@ -499,10 +536,14 @@ def _drive_in_thread(run: Any) -> Any:
     grace = float(os.environ.get("STUDY_SIGTERM_GRACE_S", "30"))
     thread = threading.Thread(target=target, name="tune-driver", daemon=True)
     thread.start()
+    next_check = time.time() + period
     while thread.is_alive() or (_STOPPED_AT and time.time() < _STOPPED_AT[0] + grace):
         thread.join(0.2)
         if not thread.is_alive():
             time.sleep(0.2)
+        elif watch is not None and not _STOPPED_AT and time.time() >= next_check:
+            watch.check()
+            next_check = time.time() + period
     if _STOPPED_AT:
         raise RuntimeError(f"the job got SIGTERM and no requeue signal within {grace:.0f}s: stopped; the study "
                            "is resumable: run the same command again")

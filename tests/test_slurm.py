@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -345,9 +347,10 @@ def _submit_until_mid_study(store, jobs, name, *extra):
 
 def _release_and_finish(job_id, folder) -> str:
     """Start the requeued (pending) job now, wait for its success; its log."""
+    result = folder / f"{job_id}_0_result.pkl"
+    result.unlink(missing_ok=True)  # an earlier attempt's (one that failed before SLURM requeued it)
     # SLURM holds a requeued job back for about two minutes (its BeginTime); release it now
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
-    result = folder / f"{job_id}_0_result.pkl"
     _wait_until(result.exists, 240, "the requeued job to finish")
     _wait_until(lambda: _state(job_id) in ("COMPLETED", ""), 60, "the job to end")
     from submitit.core.utils import pickle_load
@@ -483,3 +486,58 @@ def test_two_node_requeue_mid_study_finishes_each_cell_once(store, jobs):
             assert r.info.run_id == finished_before[r.data.tags["cell_id"]]
     assert _trained_state(tmp_path, name, finished_before) == trained_before
     assert {r.data.tags.get("node") for r in runs} <= {"node0", "node1"}
+
+
+def _kill_node(node: str, job_id: str) -> None:
+    """What a node crash does to the job: SIGKILL to the node's slurmd, to the job's processes on
+    that node (its task, `ray start`, raylet, trial workers) and to the job step's slurmstepd there."""
+    pidfile = Path(f"/run/slurm/slurmd-{node}.pid")
+    victims = {int(pidfile.read_text())}
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+        except (OSError, ValueError):
+            continue
+        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node:
+            victims.add(int(proc.name))
+            if env.get("SLURM_STEP_ID") == "0" and env.get("SLURM_PROCID"):  # the task: its parent is slurmstepd
+                stat = (proc / "stat").read_text()
+                parent = int(stat.rsplit(")", 1)[1].split()[1])
+                if "slurmstepd" in Path(f"/proc/{parent}/cmdline").read_text():
+                    victims.add(parent)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@needs_two_nodes
+@pytest.mark.slow
+def test_node_lost_mid_study_is_named_and_resumable(store, jobs):
+    """A 2-node study whose second node dies mid-study (slurmd and the job's processes there killed):
+    the head names the lost node and stops; with the node back, the same command (or SLURM's own
+    requeue of the job) finishes the study with every cell once."""
+    name = "slurm-2n-lost"
+    tmp_path, env = store
+    client, job_id, folder = _submit_until_mid_study(store, jobs, name, "--nodes", "2")
+    log_path = folder / f"{job_id}_0_log.out"
+    try:
+        _kill_node("node1", job_id)
+        _wait_until(lambda: "lost node node1 mid-study" in log_path.read_text(), 120, "the head to name the node",
+                    lambda: log_path.read_text()[-2000:])
+        _wait_until(lambda: _state(job_id) != "RUNNING", 120, "the job to stop", lambda: _state(job_id))
+    finally:
+        subprocess.run(["bash", str(REPO / "cluster" / "slurm_setup.sh"), "start-node", "node1"], check=True,
+                       timeout=120)
+    assert any(r.info.status != "FINISHED" for r in _cell_runs(client, name))
+    if _state(job_id) == "PENDING":  # SLURM requeued the job after the node failure: it restores
+        log = _release_and_finish(job_id, folder)
+        assert "restoring it" in log, log[-3000:]
+    else:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        res = _run(["run", str(tmp_path / f"{name}.yaml"), "--preset", "smoke", "--cluster", "slurm", "--wait",
+                    "--nodes", "2", "--cpus-per-task", "2", "--time", "15"], env)
+        jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
+        assert res.returncode == 0, res.stdout + res.stderr
+    _check_complete(client, name, 4)
