@@ -51,8 +51,8 @@ start_postgres() {
         if ! dpkg -s postgresql >/dev/null 2>&1; then
             log "installing postgresql (Debian)"
             export DEBIAN_FRONTEND=noninteractive
-            apt-get install -y -q postgresql >/dev/null \
-                || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
+            apt-get update -q >/dev/null
+            apt-get install -y -q postgresql >/dev/null
         fi
     fi
     if [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
