@@ -452,7 +452,7 @@ class StudyJob:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-# when the job got SIGTERM (0: not yet); set by _on_sigterm in the main thread
+# [the time the job got SIGTERM], empty until then; set by _on_sigterm in the main thread
 _STOPPED_AT: list[float] = []
 
 

@@ -221,6 +221,70 @@ def test_job_follows_submitits_checkpoint_protocol():
     assert again.function.study_path == "/x/s.yaml" and again.function.checkpoints == 1
 
 
+def test_driver_thread_hands_back_its_value_and_errors(monkeypatch):
+    from cluster import slurm
+
+    monkeypatch.setattr(slurm, "_STOPPED_AT", [])
+    assert slurm._drive_in_thread(lambda: 7) == 7
+    with pytest.raises(KeyError, match="boom"):
+        slurm._drive_in_thread(lambda: {}["boom"])
+
+
+def test_sigterm_while_driving_marks_the_stop_and_keeps_signals_live(monkeypatch, capsys):
+    """SIGTERM arrives while the driver thread is busy: the main thread's handler runs at once
+    (STOPPING set, so Tune callbacks do not fail the cells), and without a requeue signal within
+    the grace period the job ends with a resumable error instead of hanging on a dead Ray."""
+    import threading
+
+    from cluster import slurm, tune_run
+
+    monkeypatch.setattr(slurm, "_STOPPED_AT", [])
+    monkeypatch.setenv("STUDY_SIGTERM_GRACE_S", "1")
+    monkeypatch.setattr(tune_run, "STOPPING", threading.Event())
+    old = signal.signal(signal.SIGTERM, slurm._on_sigterm)
+    release = threading.Event()
+
+    def busy():  # a Tune loop stuck in a call that does not return (Ray's GCS is gone)
+        os.kill(os.getpid(), signal.SIGTERM)
+        release.wait(30)
+        return 0
+
+    try:
+        with pytest.raises(RuntimeError, match="SIGTERM and no requeue signal within 1s.*resumable"):
+            slurm._drive_in_thread(busy)
+    finally:
+        release.set()
+        signal.signal(signal.SIGTERM, old)
+    assert tune_run.stopping()
+    assert "SIGTERM: SLURM is stopping this job" in capsys.readouterr().out
+
+
+def test_a_lost_node_is_named(monkeypatch):
+    from cluster import slurm
+
+    class FakeRay:
+        nodes_now = [{"NodeID": "a", "NodeName": "node0", "Alive": True},
+                     {"NodeID": "b", "NodeName": "node1", "Alive": True}]
+
+        @classmethod
+        def nodes(cls):
+            return cls.nodes_now
+
+    monkeypatch.setitem(sys.modules, "ray", FakeRay)
+    monkeypatch.setattr(slurm, "_STOPPED_AT", [])
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    watch = slurm._NodeWatch()
+    watch.check()  # both alive: nothing
+    FakeRay.nodes_now = [{"NodeID": "a", "NodeName": "node0", "Alive": True},
+                         {"NodeID": "b", "NodeName": "node1", "Alive": False}]
+    import threading
+
+    never = threading.Event()
+    with pytest.raises(RuntimeError, match=r"lost node node1 mid-study.*squeue -j 42.*scancel 42"):
+        slurm._drive_in_thread(lambda: never.wait(30), watch, period=0.1)
+    never.set()
+
+
 # ---------------------------------------------------------------- the job, without SLURM (slow)
 @pytest.mark.slow
 def test_job_code_path_through_submitit_local_executor(store, monkeypatch):
