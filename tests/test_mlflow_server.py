@@ -1,7 +1,7 @@
 """Studies against an MLflow tracking server on PostgreSQL (``cluster/mlflow_server.sh``).
 
-Each test starts its own server (a fresh database, a free port on 127.0.0.1, an
-artifact root in its temp dir) through the project's script, as ``make
+The module starts one server (a fresh database, a free port on 127.0.0.1, an
+artifact root in a temp dir) through the project's script, as ``make
 mlflow-server`` does, and stops it and drops the database at the end. Needs
 root and Debian's PostgreSQL (``.ci/run`` installs it); skipped with the reason
 otherwise.
@@ -94,9 +94,11 @@ class Server:
         return MlflowClient(tracking_uri=self.uri)
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the module (a new database's schema takes MLflow a while to create); each test
+    runs a study of its own name, and the restart test leaves the server running again."""
+    srv = Server(tmp_path_factory.mktemp("mlflow-server"))
     srv.start()
     yield srv
     srv.stop()
