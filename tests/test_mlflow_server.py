@@ -71,7 +71,8 @@ class Server:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(["bash", str(SCRIPT)], env=env, cwd=REPO, stdout=log, stderr=log,
                                          start_new_session=True)
-        _wait_until(self._healthy, 180, "the MLflow server to answer", lambda: self.log.read_text()[-2000:])
+        # a new database's schema (MLflow's migrations) takes minutes on a busy 2-core machine
+        _wait_until(self._healthy, 600, "the MLflow server to answer", lambda: self.log.read_text()[-2000:])
 
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -99,10 +100,12 @@ def server(tmp_path_factory):
     """One server for the module (a new database's schema takes MLflow a while to create); each test
     runs a study of its own name, and the restart test leaves the server running again."""
     srv = Server(tmp_path_factory.mktemp("mlflow-server"))
-    srv.start()
-    yield srv
-    srv.stop()
-    subprocess.run(["bash", str(SCRIPT), "drop-db", srv.db], capture_output=True, timeout=60)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+        subprocess.run(["bash", str(SCRIPT), "drop-db", srv.db], capture_output=True, timeout=60)
 
 
 def _env(tmp_path, server, **extra):
