@@ -31,7 +31,7 @@ bench: setup
 	cd $(ROOT) && $(PY) -m bench
 
 STUDIES := labels sampling boundary final
-.PHONY: $(addprefix study-,$(STUDIES)) study-all figures ui slurm-up
+.PHONY: $(addprefix study-,$(STUDIES)) study-all figures ui slurm-up mlflow-server
 
 # run one study (PRESET, CLUSTER), then rebuild its tables and figures from the store;
 # UNTIL_DECIDED=1 adds seeds where a comparison is open (MAX_SEEDS, BUDGET_HOURS: its limits)
@@ -51,3 +51,8 @@ figures: setup
 ui: setup
 	cd $(ROOT) && $(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(ROOT)/mlflow.db}" \
 		--host 127.0.0.1 --port $${PORT:-5000}
+
+# an MLflow tracking server on PostgreSQL (as root; MLFLOW_HOST, MLFLOW_PORT, MLFLOW_ARTIFACTS: see the script);
+# studies use it with MLFLOW_TRACKING_URI=http://127.0.0.1:5000
+mlflow-server: setup
+	bash $(ROOT)/cluster/mlflow_server.sh

@@ -38,6 +38,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -404,13 +405,11 @@ class StudyJob:
         try:
             if ray.is_initialized():
                 ray.shutdown()
-            term_handler = signal.getsignal(signal.SIGTERM)  # submitit's: log and go on
             ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, _temp_dir=temp_dir)
+                     configure_logging=False, _temp_dir=temp_dir, _node_name=_slurm_node())
             # ray.init makes SIGTERM exit the driver; on preemption SLURM sends SIGTERM and then
-            # submitit's USR2, whose handler requeues the job, so keep submitit's SIGTERM handler
-            if callable(term_handler):
-                signal.signal(signal.SIGTERM, term_handler)
+            # submitit's USR2, whose handler requeues the job: see _drive_in_thread
+            signal.signal(signal.SIGTERM, _on_sigterm)
             address = ray.get_runtime_context().gcs_address
             _atomic_write(ctx.head_file, json.dumps({"address": address, "host": ctx.hostname}))
             if ctx.ntasks > 1:
@@ -419,11 +418,21 @@ class StudyJob:
             study = self.load()
             name, restore = _tune_experiment(ctx, study.name)
             print(f"[slurm] Tune experiment {name}: " + ("restoring it" if restore else "new"), flush=True)
-            return execute_study(study, rerun_failed=self.rerun_failed, backend="slurm", experiment_name=name,
-                                 restore=restore)
+            watch = _NodeWatch()
+            return _drive_in_thread(lambda: execute_study(study, rerun_failed=self.rerun_failed, backend="slurm",
+                                                          experiment_name=name, restore=restore), watch)
         finally:
+            from cluster.tune_run import STOPPING
+
+            # the Tune thread may still run (a requeue's SystemExit): what Ray's shutdown does to
+            # its trials is no cell failure
+            STOPPING.set()
             _atomic_write(ctx.done_file, "done")
-            ray.shutdown()
+            if _STOPPED_AT:
+                # SLURM's SIGTERM stopped Ray's GCS: a clean ray.shutdown() would wait on it
+                _kill_own_ray(temp_dir)
+            else:
+                ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
 
     def _run_worker(self, ctx: "_JobContext", cpus: int, gpus: int) -> None:
@@ -438,7 +447,8 @@ class StudyJob:
         temp_dir = _ray_temp_dir(ctx)
         ray_bin = Path(sys.executable).with_name("ray")
         cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--address", address, "--num-cpus", str(cpus),
-               "--num-gpus", str(gpus), "--temp-dir", temp_dir, "--block", "--disable-usage-stats"]
+               "--num-gpus", str(gpus), "--temp-dir", temp_dir, "--block", "--disable-usage-stats",
+               "--node-name", _slurm_node()]  # (a hidden option of `ray start`: names the node in ray.nodes())
         print(f"[slurm] task {ctx.rank} on {ctx.hostname}: joining Ray at {address} ({cpus} CPUs, {gpus} GPUs)",
               flush=True)
         # the study is over when this node is stopped: nothing to drain (Ray would wait 30 s)
@@ -455,6 +465,129 @@ class StudyJob:
         finally:
             _stop_group(proc)
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# [the time the job got SIGTERM], empty until then; set by _on_sigterm in the main thread
+_STOPPED_AT: list[float] = []
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM to the job: SLURM is stopping it (preemption, scancel, the end of a requeue).
+
+    SLURM sends it to every process of the job step, Ray's GCS, raylet and trial
+    workers included, so the trials now die with Ray. Mark the stop (the Tune
+    callbacks then leave those cells RUNNING for the next attempt instead of
+    failing them) and go on: on preemption submitit's USR2 handler follows and
+    requeues the job; see :func:`_drive_in_thread`.
+    """
+    from cluster.tune_run import STOPPING
+
+    if not _STOPPED_AT:
+        _STOPPED_AT.append(time.time())
+    STOPPING.set()
+    print("[slurm] SIGTERM: SLURM is stopping this job (and Ray with it); waiting for its requeue signal",
+          flush=True)
+
+
+def _slurm_node() -> str:
+    """This task's SLURM node name (the host name outside SLURM)."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+class _NodeWatch:
+    """The Ray nodes alive when the study starts, by SLURM node name; :meth:`check` raises once one
+    of them has died (its node's Ray stopped: the node crashed, lost its network, was killed)."""
+
+    def __init__(self):
+        import ray
+
+        self.nodes = {n["NodeID"]: n.get("NodeName") or n.get("NodeManagerAddress", "?")
+                      for n in ray.nodes() if n.get("Alive")}
+
+    def check(self) -> None:
+        import ray
+
+        try:
+            alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        except Exception:  # the GCS is busy or going away: the next check decides
+            return
+        lost = sorted({name for nid, name in self.nodes.items() if nid not in alive})
+        if lost:
+            what = ", ".join(lost)
+            print(f"[slurm] lost node {what} mid-study (its Ray node stopped answering); stopping", flush=True)
+            job = os.environ.get("SLURM_JOB_ID", "JOBID")
+            raise RuntimeError(f"lost node {what} mid-study (its Ray node stopped answering): the study stopped. "
+                               "It is resumable: SLURM requeues a job after a node failure, and the job restores "
+                               f"the study once enough nodes are up (squeue -j {job}); to go on with fewer nodes "
+                               f"now, scancel {job} and run the same command again with a smaller --nodes")
+
+
+def _drive_in_thread(run: Any, watch: "_NodeWatch | None" = None, period: float = 5.0) -> Any:
+    """Run the Tune driver ``run()`` in a thread while the main thread only waits.
+
+    Python runs signal handlers in the main thread only, between bytecodes. Were the
+    Tune loop in the main thread, a preemption (SIGTERM to every process, then USR2)
+    could find it inside a Ray call that waits up to 60 s for the GCS that SIGTERM
+    just stopped; Ray then exits the process and submitit's USR2 handler, which
+    requeues the job, never runs. Waiting here in short joins, the handlers run at
+    once: USR2 requeues the job and exits (SystemExit from submitit's handler), the
+    thread (a daemon) goes with the process.
+
+    Every ``period`` seconds ``watch.check()`` looks for a lost node (and raises then).
+    After a SIGTERM with no USR2 within ``STUDY_SIGTERM_GRACE_S`` seconds (default 30:
+    a plain ``scancel``, whose SIGKILL comes after KillWait), raises a RuntimeError
+    saying the study is resumable. Returns ``run()``'s value, or raises its exception.
+    """
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["value"] = run()
+        except BaseException as err:  # handed to the main thread
+            out["error"] = err
+
+    grace = float(os.environ.get("STUDY_SIGTERM_GRACE_S", "30"))
+    thread = threading.Thread(target=target, name="tune-driver", daemon=True)
+    thread.start()
+    next_check = time.time() + period
+    while thread.is_alive() or (_STOPPED_AT and time.time() < _STOPPED_AT[0] + grace):
+        thread.join(0.2)
+        if not thread.is_alive():
+            time.sleep(0.2)
+        elif watch is not None and not _STOPPED_AT and time.time() >= next_check:
+            watch.check()
+            next_check = time.time() + period
+    if _STOPPED_AT:
+        raise RuntimeError(f"the job got SIGTERM and no requeue signal within {grace:.0f}s: stopped; the study "
+                           "is resumable: run the same command again")
+    if "error" in out:
+        from study.tracking import store_unreachable
+
+        down = store_unreachable(out["error"])  # the tracking server went away: say so, resumable
+        if down is not None:
+            raise down from None
+        raise out["error"]
+    return out.get("value")
+
+
+def _kill_own_ray(temp_dir: str) -> None:
+    """Kill what is left of this job's Ray on this node: the processes whose command line names its
+    temp dir (GCS, raylet, workers), so that nothing outlives the job."""
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 class _JobContext:

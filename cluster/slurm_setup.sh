@@ -1,38 +1,83 @@
 #!/usr/bin/env bash
-# Install and start a one-node SLURM cluster on this machine (Debian, as root).
+# Install and start a SLURM cluster of SLURM_NODES (default 2) nodes on this one
+# machine (Debian, as root).
 #
 # What the SLURM tests (tests/test_slurm.py) and `make study-* CLUSTER=slurm`
 # need on a machine without a cluster: Debian's slurm-wlm and munge, a
-# slurm.conf describing this one machine (hostname, CPUs from nproc, memory
-# from free), and munged, slurmctld and slurmd started as plain daemons (no
-# systemd). Idempotent: when the node already answers in `sinfo`, nothing is
-# restarted. Settings seen to work here (../shared/DESIGN.md):
-# select/cons_tres, proctrack/linuxproc, task/none, one default partition.
+# slurm.conf, and munged, one slurmctld and one slurmd per node, started as
+# plain daemons (no systemd). The nodes are node0, node1, ...: each slurmd is
+# started with `slurmd -N nodeK` and listens on its own port (17000+K) on this
+# host; Debian's slurm-wlm 22.05 accepts several NodeNames with the same
+# NodeHostname this way. Each node declares all CPUs (nproc) and half the
+# memory, so a 2-node job has 2 x nproc CPUs on paper (oversubscribed).
+# Idempotent: when every node already answers in `sinfo`, nothing is restarted.
+# Settings seen to work here (../shared/DESIGN.md): select/cons_tres,
+# proctrack/linuxproc, task/none, one default partition.
 #
 # Usage: bash cluster/slurm_setup.sh        (SLURM_SETUP_FORCE=1 rewrites the
-#        configuration and restarts the daemons)
+#        configuration and restarts the daemons; SLURM_NODES=N for N nodes)
+#        bash cluster/slurm_setup.sh start-node node1   (start one node's slurmd
+#        again, e.g. after a test stopped it, and mark the node usable)
 set -euo pipefail
 
 CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
 PARTITION=${SLURM_PARTITION:-debug}
+NODES=${SLURM_NODES:-2}
+BASE_PORT=17000
 log() { echo "[slurm_setup] $*"; }
+NODE_NAMES=$(for k in $(seq 0 $((NODES - 1))); do printf 'node%s ' "$k"; done)
 
 if [ "$(id -u)" != 0 ]; then
     echo "[slurm_setup] must run as root (it installs packages and starts daemons)" >&2
     exit 1
 fi
 
-node_state() {  # the state of this machine's node, empty when slurmctld does not answer
-    timeout 10 sinfo -h -N -n "$(hostname -s)" -o '%T' 2>/dev/null | head -n1 || true
+node_state() {  # the state of node $1, empty when slurmctld does not answer
+    timeout 10 sinfo -h -N -n "$1" -o '%T' 2>/dev/null | head -n1 || true
+}
+all_up() {  # every node answers as usable
+    for n in $NODE_NAMES; do
+        case "$(node_state "$n")" in idle*|mix*|alloc*|completing*) ;; *) return 1 ;; esac
+    done
+}
+running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+start_slurmd() {  # start node $1's slurmd unless it runs
+    mkdir -p "/var/spool/slurmd/$1"
+    if ! running "/run/slurm/slurmd-$1.pid"; then
+        log "starting slurmd -N $1"
+        /usr/sbin/slurmd -N "$1"
+    fi
+}
+wait_up() {  # wait until the nodes $* are usable, bringing back nodes remembered as down
+    for _ in $(seq 1 60); do
+        local ok=1
+        for n in "$@"; do
+            case "$(node_state "$n")" in
+                idle*|mix*|alloc*|completing*) ;;
+                down*|drain*|fail*)
+                    ok=0; scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true ;;
+                *) ok=0 ;;
+            esac
+        done
+        if [ "$ok" = 1 ]; then log "nodes up: $(sinfo -h -o '%P %D %T %C %N' | head -n1)"; return 0; fi
+        sleep 1
+    done
+    echo "[slurm_setup] nodes $* did not become idle; see /var/log/slurm/slurmctld.log and slurmd-*.log" >&2
+    sinfo -N -l >&2 || true
+    return 1
 }
 
-if [ "${SLURM_SETUP_FORCE:-0}" != 1 ] && command -v sinfo >/dev/null 2>&1; then
-    case "$(node_state)" in
-        idle*|mix*|alloc*|completing*)
-            log "SLURM is already up: $(sinfo -h -o '%P %D %T %C' | head -n1)"
-            exit 0 ;;
-    esac
+if [ "${1:-}" = start-node ]; then
+    [ -n "${2:-}" ] || { echo "usage: $0 start-node NODE" >&2; exit 2; }
+    start_slurmd "$2"
+    wait_up "$2"
+    exit $?
+fi
+
+if [ "${SLURM_SETUP_FORCE:-0}" != 1 ] && command -v sinfo >/dev/null 2>&1 && all_up; then
+    log "SLURM is already up: $(sinfo -h -o '%P %D %T %C %N' | head -n1)"
+    exit 0
 fi
 
 # ---------------------------------------------------------------- packages
@@ -70,11 +115,12 @@ fi
 # ---------------------------------------------------------------- slurm.conf
 HOST=$(hostname -s)
 CPUS=$(nproc)
-# leave a little memory to the OS so that SLURM never finds the node short of what it declared
-MEM_MB=$(free -m | awk '/^Mem:/ {print int($2 * 0.95)}')
+# the machine's memory shared by the nodes, less a little for the OS, so that SLURM never finds
+# a node short of what it declared
+MEM_MB=$(free -m | awk -v n="$NODES" '/^Mem:/ {print int($2 * 0.95 / n)}')
 mkdir -p "$CONF_DIR" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/slurm
 cat > "$CONF.new" <<EOF
-# one-node SLURM for this machine, written by cluster/slurm_setup.sh
+# a $NODES-node SLURM on this one machine, written by cluster/slurm_setup.sh
 ClusterName=interclr
 SlurmctldHost=$HOST
 SlurmUser=root
@@ -88,21 +134,24 @@ SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurm/slurmctld.pid
-SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmdPidFile=/run/slurm/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 SlurmctldPort=6817
-SlurmdPort=6818
+# a node whose slurmd stopped answering is DOWN after this long (the tests stop one)
+SlurmdTimeout=20
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=600
 KillWait=10
 InactiveLimit=0
-NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
-PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+$(for k in $(seq 0 $((NODES - 1))); do
+    echo "NodeName=node$k NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((BASE_PORT + k)) CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN"
+done)
+PartitionName=$PARTITION Nodes=$(echo $NODE_NAMES | tr ' ' ',') Default=YES MaxTime=INFINITE State=UP
 EOF
 changed=1
 if [ -f "$CONF" ] && cmp -s "$CONF" "$CONF.new"; then changed=0; fi
@@ -111,7 +160,6 @@ mv "$CONF.new" "$CONF"
 [ -f "$CONF_DIR/cgroup.conf" ] || echo "CgroupPlugin=autodetect" > "$CONF_DIR/cgroup.conf"
 
 # ---------------------------------------------------------------- daemons
-running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 stop() {
     if running "$1"; then
         kill "$(cat "$1")" 2>/dev/null || true
@@ -119,29 +167,15 @@ stop() {
     fi
 }
 if [ "$changed" = 1 ] || [ "${SLURM_SETUP_FORCE:-0}" = 1 ]; then
-    stop /run/slurm/slurmd.pid
+    for pidfile in /run/slurm/slurmd*.pid; do [ -e "$pidfile" ] && stop "$pidfile"; done
     stop /run/slurm/slurmctld.pid
 fi
 if ! running /run/slurm/slurmctld.pid; then
-    log "starting slurmctld ($HOST, $CPUS CPUs, ${MEM_MB} MB)"
+    log "starting slurmctld ($NODES nodes on $HOST, $CPUS CPUs and ${MEM_MB} MB each)"
     /usr/sbin/slurmctld
 fi
-if ! running /run/slurm/slurmd.pid; then
-    log "starting slurmd"
-    /usr/sbin/slurmd
-fi
+for n in $NODE_NAMES; do start_slurmd "$n"; done
 
-# ---------------------------------------------------------------- wait for the node
-for i in $(seq 1 60); do
-    state=$(node_state)
-    case "$state" in
-        idle*|mix*|alloc*) log "node $HOST is $state: $(sinfo -h -o '%P %D %T %C' | head -n1)"; exit 0 ;;
-        down*|drain*|fail*)
-            # a node remembered as down by an earlier slurmctld: bring it back
-            scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true ;;
-    esac
-    sleep 1
-done
-echo "[slurm_setup] the node did not become idle; see /var/log/slurm/slurmctld.log and slurmd.log" >&2
-sinfo -N -l >&2 || true
-exit 1
+# ---------------------------------------------------------------- wait for the nodes
+# shellcheck disable=SC2086
+wait_up $NODE_NAMES

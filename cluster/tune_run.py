@@ -14,21 +14,42 @@ lazily, so parsing a study file never touches it.
   so an epoch whose report was lost in a kill is reported again.
 - The MLflow writer is a driver-side Tune callback keyed by ``cell_id``
   (Ray's stock ``MLflowLoggerCallback`` opens a new run for every restored
-  trial); it skips steps already stored.
+  trial); it skips steps already stored. It tags each cell's run with the
+  node that trained it (``node``: the SLURM node name, else the host name).
+- :data:`STOPPING` is set by a launcher that is being stopped from outside
+  (SLURM's SIGTERM before a requeue): the trials that then fail because
+  their Ray processes were killed are not recorded as failed cells; their
+  runs stay RUNNING and the next attempt resumes them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
 
 from study.studyfile import Cell, Study
 from study.tracking import FAILED, FINISHED, StudyTracker
+
+# set while the job is being stopped from outside (see the module docstring)
+STOPPING = threading.Event()
+
+
+def stopping() -> bool:
+    """Whether :data:`STOPPING` is set (callbacks call this: Tune pickles them, and a module-level
+    function pickles by reference where an Event would not pickle at all)."""
+    return STOPPING.is_set()
+
+
+def node_name() -> str:
+    """The node this process runs on: SLURM's node name inside a job, else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def trial_payload(cell: Cell, run_dir: Path, threads: int) -> dict:
@@ -56,10 +77,12 @@ def cell_trial(config: dict) -> None:
     def log(msg: str) -> None:
         log_file.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
 
+    node = node_name()
+
     def report(epoch: int, metrics: dict, _out) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(run_dir), "epoch": epoch}))
-            tune.report({**_numeric(metrics), "epoch": epoch, "final": 0},
+            tune.report({**_numeric(metrics), "epoch": epoch, "final": 0, "node": node},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
@@ -69,7 +92,7 @@ def cell_trial(config: dict) -> None:
         raise
     finally:
         log_file.close()
-    tune.report({**_numeric(final), "final": 1})
+    tune.report({**_numeric(final), "final": 1, "node": node})
 
 
 def _numeric(metrics: dict) -> dict:
@@ -86,13 +109,20 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
     class MLflowCellCallback(tune.Callback):
         """The single MLflow writer: one child run per cell_id, reused on restore."""
 
+        def __init__(self):
+            self.nodes: dict[str, str] = {}  # cell_id -> the node tag written
+
         def on_trial_start(self, iteration, trials, trial, **info):
             cid = trial.config["cell"]["cell_id"]
             tracker.open_cell(cells[cid], parent_id)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             cid = trial.config["cell"]["cell_id"]
-            tracker.open_cell(cells[cid], parent_id)
+            run = tracker.open_cell(cells[cid], parent_id)
+            node = result.get("node")
+            if isinstance(node, str) and self.nodes.get(cid) != node:
+                tracker.client.set_tag(run.run_id, "node", node)
+                self.nodes[cid] = node
             if result.get("final"):
                 tracker.log_final(cid, result)
             elif "epoch" in result:
@@ -103,6 +133,8 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
             tracker.end_cell(trial.config["cell"]["cell_id"], FINISHED)
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            if stopping():  # killed with the job's Ray: resumed by the next attempt, not failed
+                return
             tracker.end_cell(trial.config["cell"]["cell_id"], FAILED, error=_trial_error(trial))
 
     class ProgressCallback(tune.Callback):

@@ -138,7 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return UserError.exit_code
+        return err.exit_code
+    except Exception as err:
+        from study.tracking import store_unreachable
+
+        down = store_unreachable(err)  # a tracking server that went away: one message, not a traceback
+        if down is None:
+            raise
+        print(f"error: {down}", file=sys.stderr)
+        return down.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

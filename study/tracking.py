@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from study.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # MLflow run statuses
@@ -44,6 +46,37 @@ def client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri)
 
 
+def store_unreachable(err: BaseException, uri: str | None = None) -> "StoreUnreachable | None":
+    """A :class:`StoreUnreachable` when ``err`` (or an exception it was raised from) says that
+    the MLflow tracking server at ``uri`` refused or dropped the connection, else None.
+
+    MLflow's HTTP client retries first (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, default 7, with
+    backoff: minutes), so a server restarted quickly is survived without an error.
+    """
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    marks = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+             "Connection aborted", "RemoteDisconnected", "Read timed out")
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err)
+        if any(m in text for m in marks):
+            reason = next(m for m in marks if m in text)
+            return StoreUnreachable(f"the MLflow tracking server at {uri} does not answer ({reason}); the study "
+                                    "stopped. Start the server again (make mlflow-server) and run the same "
+                                    "command: finished cells are kept, the others resume")
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class StoreUnreachable(UserError):
+    """The tracking server does not answer: one message, exit status 1 (not the user's input)."""
+
+    exit_code = 1
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -65,7 +98,10 @@ class StudyTracker:
         self.study = study_name
         exp = self.client.get_experiment_by_name(study_name)
         if exp is None and create:
-            location = (artifact_root() / study_name).as_uri()
+            # a tracking server keeps artifacts in its own artifact root (mlflow server
+            # --artifacts-destination); a file store gets STUDY_ARTIFACT_ROOT
+            location = (None if self.uri.startswith(("http://", "https://"))
+                        else (artifact_root() / study_name).as_uri())
             self.experiment_id = self.client.create_experiment(study_name, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id if exp is not None else None

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -219,6 +221,70 @@ def test_job_follows_submitits_checkpoint_protocol():
     assert again.function.study_path == "/x/s.yaml" and again.function.checkpoints == 1
 
 
+def test_driver_thread_hands_back_its_value_and_errors(monkeypatch):
+    from cluster import slurm
+
+    monkeypatch.setattr(slurm, "_STOPPED_AT", [])
+    assert slurm._drive_in_thread(lambda: 7) == 7
+    with pytest.raises(KeyError, match="boom"):
+        slurm._drive_in_thread(lambda: {}["boom"])
+
+
+def test_sigterm_while_driving_marks_the_stop_and_keeps_signals_live(monkeypatch, capsys):
+    """SIGTERM arrives while the driver thread is busy: the main thread's handler runs at once
+    (STOPPING set, so Tune callbacks do not fail the cells), and without a requeue signal within
+    the grace period the job ends with a resumable error instead of hanging on a dead Ray."""
+    import threading
+
+    from cluster import slurm, tune_run
+
+    monkeypatch.setattr(slurm, "_STOPPED_AT", [])
+    monkeypatch.setenv("STUDY_SIGTERM_GRACE_S", "1")
+    monkeypatch.setattr(tune_run, "STOPPING", threading.Event())
+    old = signal.signal(signal.SIGTERM, slurm._on_sigterm)
+    release = threading.Event()
+
+    def busy():  # a Tune loop stuck in a call that does not return (Ray's GCS is gone)
+        os.kill(os.getpid(), signal.SIGTERM)
+        release.wait(30)
+        return 0
+
+    try:
+        with pytest.raises(RuntimeError, match="SIGTERM and no requeue signal within 1s.*resumable"):
+            slurm._drive_in_thread(busy)
+    finally:
+        release.set()
+        signal.signal(signal.SIGTERM, old)
+    assert tune_run.stopping()
+    assert "SIGTERM: SLURM is stopping this job" in capsys.readouterr().out
+
+
+def test_a_lost_node_is_named(monkeypatch):
+    from cluster import slurm
+
+    class FakeRay:
+        nodes_now = [{"NodeID": "a", "NodeName": "node0", "Alive": True},
+                     {"NodeID": "b", "NodeName": "node1", "Alive": True}]
+
+        @classmethod
+        def nodes(cls):
+            return cls.nodes_now
+
+    monkeypatch.setitem(sys.modules, "ray", FakeRay)
+    monkeypatch.setattr(slurm, "_STOPPED_AT", [])
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    watch = slurm._NodeWatch()
+    watch.check()  # both alive: nothing
+    FakeRay.nodes_now = [{"NodeID": "a", "NodeName": "node0", "Alive": True},
+                         {"NodeID": "b", "NodeName": "node1", "Alive": False}]
+    import threading
+
+    never = threading.Event()
+    with pytest.raises(RuntimeError, match=r"lost node node1 mid-study.*squeue -j 42.*scancel 42"):
+        slurm._drive_in_thread(lambda: never.wait(30), watch, period=0.1)
+    never.set()
+
+
 # ---------------------------------------------------------------- the job, without SLURM (slow)
 @pytest.mark.slow
 def test_job_code_path_through_submitit_local_executor(store, monkeypatch):
@@ -331,11 +397,11 @@ def test_submit_and_wait(store, jobs):
     assert again.returncode == 0 and "2 finished, nothing to submit" in again.stdout, again.stdout
 
 
-def _submit_until_mid_study(store, jobs, name):
+def _submit_until_mid_study(store, jobs, name, *extra):
     """Submit the uneven study and wait until one cell finished and another is mid-training."""
     tmp_path, env = store
     path = _write_study(tmp_path, name, template=UNEVEN_STUDY)
-    job_id, _ = _submit(path, env)
+    job_id, _ = _submit(path, env, *extra)
     jobs.append(job_id)
     client = _client(tmp_path)
     _wait_until(lambda: (tmp_path / "mlflow.db").exists() and _mid_study(client, name, 1), 240,
@@ -345,9 +411,10 @@ def _submit_until_mid_study(store, jobs, name):
 
 def _release_and_finish(job_id, folder) -> str:
     """Start the requeued (pending) job now, wait for its success; its log."""
+    result = folder / f"{job_id}_0_result.pkl"
+    result.unlink(missing_ok=True)  # an earlier attempt's (one that failed before SLURM requeued it)
     # SLURM holds a requeued job back for about two minutes (its BeginTime); release it now
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
-    result = folder / f"{job_id}_0_result.pkl"
     _wait_until(result.exists, 240, "the requeued job to finish")
     _wait_until(lambda: _state(job_id) in ("COMPLETED", ""), 60, "the job to end")
     from submitit.core.utils import pickle_load
@@ -382,24 +449,35 @@ def test_requeue_mid_study_finishes_each_cell_once(store, jobs):
 def test_usr2_signal_requeues_through_submitit(store, jobs):
     """The signal SLURM sends ``signal_delay_s`` before the time limit (USR2, what submitit's
     ``_interrupt(timeout=True)`` sends): the job checkpoints itself (resubmits the same job object),
-    requeues itself, and the next attempt restores the Tune experiment.
+    requeues itself, and the next attempt restores the Tune experiment."""
+    _signals_requeue(store, jobs, "slurm-usr2", ["USR2"])
 
-    Not simulated here: submitit's preemption form, SIGTERM to every process of the step and then
-    USR2. The SIGTERM also stops Ray's GCS, and the driver can then sit in a Ray call (up to Ray's
-    60 s GCS reconnect timeout, after which it exits) before the USR2 handler gets to run, so whether
-    the job requeues itself is a race. Preemption with ``PreemptMode=REQUEUE`` is SLURM's own
-    requeue, which :func:`test_requeue_mid_study_finishes_each_cell_once` covers.
-    """
-    name = "slurm-usr2"
+
+@needs_slurm
+@pytest.mark.slow
+def test_preemption_sigterm_then_usr2_requeues(store, jobs):
+    """Preemption as submitit's ``_interrupt(timeout=False)`` sends it: SIGTERM to every process of
+    the job step (Ray's GCS, raylet and trial workers die with it), then USR2. The driver, whose
+    Tune loop runs in a thread, handles both at once: the cells killed with Ray are not marked
+    failed, the job requeues itself and the next attempt restores, every cell once."""
+    log = _signals_requeue(store, jobs, "slurm-preempt", ["TERM", "USR2"])
+    assert "SIGTERM: SLURM is stopping this job" in log, log[-3000:]
+
+
+def _signals_requeue(store, jobs, name, signals):
+    """Mid-study, send ``signals`` to the job's steps; it must requeue itself and finish. Its log."""
     client, job_id, folder = _submit_until_mid_study(store, jobs, name)
-    subprocess.run(["scancel", "--signal", "USR2", job_id], check=True, timeout=30)
+    for sig in signals:
+        subprocess.run(["scancel", "--signal", sig, job_id], check=True, timeout=30)
     _wait_until(lambda: _state(job_id) == "PENDING", 60, "the job to requeue itself",
                 lambda: _where(client, name, job_id) + "; log tail: "
                 + (folder / f"{job_id}_0_log.out").read_text()[-1500:])
     log = _release_and_finish(job_id, folder)
     assert "requeueing (checkpoint 1)" in log, log[-3000:]
     assert "attempt 1" in log and "restoring it" in log, log[-3000:]
-    _check_complete(client, name, 4)
+    for run in _check_complete(client, name, 4):
+        assert not run.data.tags.get("error"), run.data.tags  # no cell was failed by the stop
+    return log
 
 
 @needs_slurm
@@ -422,3 +500,108 @@ def test_cancel_then_run_again_resumes(store, jobs):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "finished 4/4" in res.stdout
     _check_complete(client, name, 4, 3)
+
+
+# ---------------------------------------------------------------- two SLURM nodes (slow)
+def _slurm_nodes_usable() -> int:
+    res = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=20)
+    return len({line.split()[0] for line in res.stdout.splitlines()
+                if line.split()[1].startswith(("idle", "mix", "alloc"))})
+
+
+needs_two_nodes = pytest.mark.skipif(SLURM_MISSING is not None or _slurm_nodes_usable() < 2,
+                                     reason="needs a SLURM of 2 nodes: `bash cluster/slurm_setup.sh` as root")
+
+
+@needs_two_nodes
+@pytest.mark.slow
+def test_two_node_study_uses_both_nodes(store, jobs):
+    """``--nodes 2``: the Ray head on the first node, the second node's Ray joins it; the four
+    one-CPU cells fill both nodes' CPUs, so each node trains some (the `node` tag), every cell once."""
+    tmp_path, env = store
+    path = _write_study(tmp_path, "slurm-2n", epochs=1, seeds="[0, 1]")
+    res = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--nodes", "2", "--wait",
+                "--cpus-per-task", "2", "--time", "10"], env)
+    jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 node(s) x 2 CPUs" in res.stdout and "finished 4/4" in res.stdout, res.stdout
+    log = Path(re.search(r"log:\s+(\S+)", res.stdout).group(1)).read_text()
+    assert "2 node(s), 4 CPUs" in log, log[-3000:]  # both Ray nodes joined before the study started
+    runs = _check_complete(_client(tmp_path), "slurm-2n", 4, 1)
+    assert {r.data.tags.get("node") for r in runs} == {"node0", "node1"}, [r.data.tags for r in runs]
+
+
+@needs_two_nodes
+@pytest.mark.slow
+def test_two_node_requeue_mid_study_finishes_each_cell_once(store, jobs):
+    name = "slurm-2n-requeue"
+    tmp_path = store[0]
+    client, job_id, folder = _submit_until_mid_study(store, jobs, name, "--nodes", "2")
+    finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _cell_runs(client, name)
+                       if r.info.status == "FINISHED"}
+    trained_before = _trained_state(tmp_path, name, finished_before)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+    _wait_until(lambda: _state(job_id) == "PENDING", 60, "the requeued job to be pending")
+    log = _release_and_finish(job_id, folder)
+    assert "attempt 1" in log and "restoring it" in log and "2 node(s), 4 CPUs" in log, log[-3000:]
+    runs = _check_complete(client, name, 4)
+    for r in runs:
+        if r.data.tags["cell_id"] in finished_before:
+            assert r.info.run_id == finished_before[r.data.tags["cell_id"]]
+    assert _trained_state(tmp_path, name, finished_before) == trained_before
+    assert {r.data.tags.get("node") for r in runs} <= {"node0", "node1"}
+
+
+def _kill_node(node: str, job_id: str) -> None:
+    """What a node crash does to the job: SIGKILL to the node's slurmd, to the job's processes on
+    that node (its task, `ray start`, raylet, trial workers) and to the job step's slurmstepd there."""
+    pidfile = Path(f"/run/slurm/slurmd-{node}.pid")
+    victims = {int(pidfile.read_text())}
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+        except (OSError, ValueError):
+            continue
+        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node:
+            victims.add(int(proc.name))
+            if env.get("SLURM_STEP_ID") == "0" and env.get("SLURM_PROCID"):  # the task: its parent is slurmstepd
+                stat = (proc / "stat").read_text()
+                parent = int(stat.rsplit(")", 1)[1].split()[1])
+                if "slurmstepd" in Path(f"/proc/{parent}/cmdline").read_text():
+                    victims.add(parent)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@needs_two_nodes
+@pytest.mark.slow
+def test_node_lost_mid_study_is_named_and_resumable(store, jobs):
+    """A 2-node study whose second node dies mid-study (slurmd and the job's processes there killed):
+    the head names the lost node and stops; with the node back, the same command (or SLURM's own
+    requeue of the job) finishes the study with every cell once."""
+    name = "slurm-2n-lost"
+    tmp_path, env = store
+    client, job_id, folder = _submit_until_mid_study(store, jobs, name, "--nodes", "2")
+    log_path = folder / f"{job_id}_0_log.out"
+    try:
+        _kill_node("node1", job_id)
+        _wait_until(lambda: "lost node node1 mid-study" in log_path.read_text(), 120, "the head to name the node",
+                    lambda: log_path.read_text()[-2000:])
+        _wait_until(lambda: _state(job_id) != "RUNNING", 120, "the job to stop", lambda: _state(job_id))
+    finally:
+        subprocess.run(["bash", str(REPO / "cluster" / "slurm_setup.sh"), "start-node", "node1"], check=True,
+                       timeout=120)
+    assert any(r.info.status != "FINISHED" for r in _cell_runs(client, name))
+    if _state(job_id) == "PENDING":  # SLURM requeued the job after the node failure: it restores
+        log = _release_and_finish(job_id, folder)
+        assert "restoring it" in log, log[-3000:]
+    else:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        res = _run(["run", str(tmp_path / f"{name}.yaml"), "--preset", "smoke", "--cluster", "slurm", "--wait",
+                    "--nodes", "2", "--cpus-per-task", "2", "--time", "15"], env)
+        jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
+        assert res.returncode == 0, res.stdout + res.stderr
+    _check_complete(client, name, 4)
