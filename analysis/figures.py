@@ -54,6 +54,20 @@ def _new_figure(ncols: int = 1, width: float = 4.2, height: float = 3.0) -> tupl
     return fig, axes
 
 
+def legend_below(fig: Figure, axes: Sequence) -> None:
+    """One legend for the whole figure, below the panels, so it never covers data.
+
+    Entries are collected from every panel, each label once (in first-seen order).
+    """
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=min(len(seen), 4),
+                   frameon=False)
+
+
 # --------------------------------------------------------------------------- aggregators (pure)
 
 
@@ -124,8 +138,6 @@ def _band_axes(ax, curves: pd.DataFrame, levels: Sequence[str], metric: str, pal
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if drawn:
-        ax.legend(frameon=False)
     return drawn
 
 
@@ -136,6 +148,7 @@ def convergence_figure(curves: pd.DataFrame, levels: Sequence[str], metric: str 
     with matplotlib.rc_context(STYLE):
         _band_axes(ax, curves, levels, metric, colors(levels))
         ax.set_title(title or f"{AXIS.get(metric, (metric,))[0].split(' (')[0]} vs epoch (band: ±1 std)")
+        legend_below(fig, [ax])
     return fig
 
 
@@ -148,6 +161,7 @@ def label_dynamics_figure(curves: pd.DataFrame, levels: Sequence[str]) -> Figure
         axes[0].set_title("pseudo-label NMI with the true classes")
         _band_axes(axes[1], curves, levels, "label_change_ratio", pal)
         axes[1].set_title("pseudo-labels changed per epoch")
+        legend_below(fig, axes)
     return fig
 
 
@@ -191,7 +205,7 @@ def negatives_figure(curves: pd.DataFrame, levels: Sequence[str]) -> Figure:
         ax1.set_title("sampled negatives during training")
         ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
         if drawn:
-            ax1.legend(frameon=False)
+            legend_below(fig, [ax1])
     return fig
 
 
@@ -216,7 +230,7 @@ def margin_figure(cells: pd.DataFrame, metric: str = "knn_top1", reference: floa
             ax.set_xlabel(f"{t} margin m ({'cos θ - m' if t == 'cosine' else 'cos(θ + m)' if t == 'arc' else t})")
             ax.set_ylabel(f"final {label}")
             ax.set_title(f"{t} margin: m < 0 is less stringent" if t == "cosine" else f"{t} margin")
-            ax.legend(frameon=False)
+        legend_below(fig, axes)
         if not types:
             axes[0].set_title("no margin levels")
     return fig
