@@ -131,9 +131,9 @@ def cost_text(data: StudyData) -> str:
         return "Cost: not recorded."
     cpu, wall = float(np.nansum(c["cost_cpu_s"])), float(np.nansum(c["cost_wall_s"]))
     gpu = float(np.nansum(c["cost_gpu_s"])) if np.isfinite(c["cost_gpu_s"]).any() else 0.0
-    out = f"Cost: {duration(cpu)} CPU time ({cpu / 3600:.2f} CPU-h)"
+    out = f"Cost: {duration(cpu)} CPU time" + (f" ({cpu / 3600:.2f} CPU-h)" if cpu >= 36 else "")
     if gpu > 0:
-        out += f", {duration(gpu)} GPU time ({gpu / 3600:.2f} GPU-h)"
+        out += f", {duration(gpu)} GPU time" + (f" ({gpu / 3600:.2f} GPU-h)" if gpu >= 36 else "")
     out += f" over the {len(c)} cells, {duration(wall)} of cell wall time"
     if math.isfinite(data.study_wall_s):
         out += f"; the study took {duration(data.study_wall_s)} wall time"

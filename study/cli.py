@@ -108,6 +108,8 @@ def _add_ui(sub) -> None:
                        description="Print one link per study in the store (its runs, in the UI's model-training "
                                    "view), then start `mlflow ui` over the store on 127.0.0.1.")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (default 1: one person browsing; mlflow's own default is 4)")
     p.add_argument("--links-only", action="store_true", help="print the links, start nothing")
     p.set_defaults(func=cmd_ui)
 
@@ -120,6 +122,8 @@ def cmd_ui(args) -> int:
 
     if not 0 < args.port < 65536:
         raise UserError(f"must be a port number 1-65535, got {args.port}", source="--port")
+    if args.workers < 1:
+        raise UserError(f"must be at least 1, got {args.workers}", source="--workers")
     uri = tracking_uri()
     studies = study_experiments(uri)
     if not studies:
@@ -130,7 +134,8 @@ def cmd_ui(args) -> int:
     if args.links_only:
         return 0
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)])
+    os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port),
+                      "--workers", str(args.workers)])
     return 0  # not reached
 
 

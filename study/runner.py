@@ -128,9 +128,11 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
 
 
 def cost_text(totals: dict) -> str:
-    """'cells 812 CPU-s (0.23 CPU-h), 430 s wall; study 460 s wall' from the parent's cost totals."""
+    """'cells 812 CPU-s (0.23 CPU-h), 430 s wall; study 460 s wall' from the parent's cost totals
+    (CPU- and GPU-hours from 0.01 h on)."""
     cpu = totals.get("cost_cpu_s_total", 0.0)
-    out = f"cells {cpu:.0f} CPU-s ({cpu / 3600:.2f} CPU-h), {totals.get('cost_wall_s_total', 0.0):.0f} s wall"
+    out = (f"cells {cpu:.0f} CPU-s" + (f" ({cpu / 3600:.2f} CPU-h)" if cpu >= 36 else "")
+           + f", {totals.get('cost_wall_s_total', 0.0):.0f} s wall")
     if totals.get("cost_gpu_s_total"):
         out += f", {totals['cost_gpu_s_total'] / 3600:.2f} GPU-h"
     return out + f"; study {totals.get('study_wall_s', 0.0):.0f} s wall"

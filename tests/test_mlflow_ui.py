@@ -93,7 +93,7 @@ def test_provenance_and_cost_on_every_cell(study):
     assert pm["cost_wall_s_total"] == pytest.approx(sum(r.data.metrics["cost_wall_s"] for r in cells))
     assert pm["study_wall_s"] >= max(r.data.metrics["cost_wall_s"] for r in cells)
     link = f"http://127.0.0.1:5000/#/experiments/{study['exp'].experiment_id}?workflowType=machine_learning"
-    assert link in study["stdout"] and "CPU-h" in study["stdout"]
+    assert link in study["stdout"] and "CPU-s" in study["stdout"]
     status = subprocess.run([sys.executable, "-m", "study", "status", str(study["path"]), "--preset", "smoke"],
                             env=study["env"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert f"code: 1 commit ({head[:7]}" in status.stdout, status.stdout
@@ -135,7 +135,7 @@ def test_parent_holds_the_outcome_once(study):
     assert local.read_text() == (study["out"] / NAME / "summary.md").read_text()
     assert "Cost (sum)" in local.read_text()
     section = Path(client.download_artifacts(rid, "results/REPORT.md")).read_text()
-    assert f"## Study `{NAME}`" in section and "Cost: " in section and "CPU-h" in section
+    assert f"## Study `{NAME}`" in section and "Cost: " in section and "CPU time over the 2 cells" in section
     assert f"({NAME}/knn_convergence.png)" in section
     run = client.get_run(rid)
     tags, metrics = run.data.tags, run.data.metrics
