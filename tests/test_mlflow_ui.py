@@ -189,7 +189,7 @@ def test_study_link_opens_on_its_runs(study, tmp_path):
             except OSError:
                 assert proc.poll() is None and time.time() < deadline, "mlflow ui did not start"
                 time.sleep(1)
-        dom = _browser("--virtual-time-budget=30000", "--dump-dom", link).stdout
+        dom = _browser("--virtual-time-budget=20000", "--dump-dom", link).stdout
         parent_name = study["parent"].info.run_name
         assert parent_name == NAME and re.search(rf">\s*{NAME}\s*<", dom), dom[-3000:]
         assert "Model training" in dom or "Runs" in dom
@@ -202,7 +202,7 @@ def test_study_link_opens_on_its_runs(study, tmp_path):
         children = {t["mlflow.runName"] for t in tags if t.get("mlflow.parentRunId") == study["parent"].info.run_id}
         assert children == {r.info.run_name for r in study["cells"]} and len(children) == 2
         shot = tmp_path / "mlflow_ui.png"
-        _browser("--virtual-time-budget=30000", f"--screenshot={shot}", link)
+        _browser("--virtual-time-budget=20000", f"--screenshot={shot}", link)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
         if os.environ.get("UPDATE_SCREENSHOT") == "1":
             shutil.copyfile(shot, REPO / "docs" / "mlflow_ui.png")
