@@ -192,7 +192,9 @@ def test_study_link_opens_on_its_runs(study, tmp_path):
         dom = _browser("--virtual-time-budget=20000", "--dump-dom", link).stdout
         parent_name = study["parent"].info.run_name
         assert parent_name == NAME and re.search(rf">\s*{NAME}\s*<", dom), dom[-3000:]
-        assert "Model training" in dom or "Runs" in dom
+        assert "Model training" in dom and "Runs" in dom
+        # the runs the page fetched: the parent and its two cells (the table shows the parent collapsed)
+        assert re.search(r"<strong>\s*3\s*</strong>\s*matching runs", dom), dom[-3000:]
         # the children: what the page's runs search returns for this experiment (the parent's rows)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search", method="POST",
                                      data=json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode(),
