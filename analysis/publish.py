@@ -103,6 +103,7 @@ def publish(client, data: StudyData, results: Sequence[FindingResult], files: Se
     study's report section; set its verdict tags and metrics. False when the study has no parent run."""
     if not data.parent_run_id:
         return False
+    import mlflow
     from mlflow.entities import Metric, RunTag
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -113,6 +114,9 @@ def publish(client, data: StudyData, results: Sequence[FindingResult], files: Se
         for path in files:
             shutil.copyfile(path, root / path.relative_to(out_dir))
         (root / "REPORT.md").write_text(study_report(data, results, figures), encoding="utf-8")
+        # an ``mlflow-artifacts:`` location (a tracking server's proxied store) resolves against
+        # the global tracking URI, so point it at this client's store first
+        mlflow.set_tracking_uri(client.tracking_uri)
         repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
         if any(True for _ in client.list_artifacts(run_id, ARTIFACT_DIR)):
             repo.delete_artifacts(ARTIFACT_DIR)
