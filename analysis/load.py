@@ -28,6 +28,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_METRIC = "knn_top1"
+DEFAULT_DELTA = 0.005  # 0.5 points of an accuracy stored as a fraction (same as the study file's default)
 FINISHED = "FINISHED"
 
 # Columns of the cells frame: name -> kind ("str", "int", "float").
@@ -56,6 +57,8 @@ CELL_COLUMNS: dict[str, str] = {
     "git_commit": "str",  # provenance of the attempt that finished the cell ("" when not logged)
     "git_dirty": "str",
     "dataset_digest": "str",
+    "seconds": "float",  # the run's wall time, start to end (a linked cell: its source's)
+    "reused_from": "str",  # the run a linked cell was copied from ("" if trained here)
 }
 CURVE_COLUMNS: dict[str, str] = {
     "cell_id": "str",
@@ -111,6 +114,8 @@ class StudyData:
     excluded: pd.DataFrame | None = None  # finished cells left out (EXCLUDED_COLUMNS)
     parent_run_id: str = ""  # the study's parent run ("" when there is none)
     study_wall_s: float = math.nan  # the study's wall time, summed over its invocations (parent metric)
+    equivalence_delta: float = DEFAULT_DELTA  # half-width of the region of practical equivalence (metric units)
+    stopping: str = "fixed"  # "fixed" (t-interval) or "sequential" (seeds added until decided)
 
     @property
     def empty(self) -> bool:
@@ -232,6 +237,9 @@ def _cell_row(run, study: str) -> dict:
         "git_commit": tags.get("mlflow.source.git.commit", ""),
         "git_dirty": tags.get("git_dirty", ""),
         "dataset_digest": tags.get("dataset_digest", ""),
+        "seconds": ((run.info.end_time - run.info.start_time) / 1000.0
+                    if run.info.end_time and run.info.start_time else None),
+        "reused_from": tags.get("reused_from", ""),
         "status": run.info.status,
         "_factors": tuple(factors),
     }
@@ -405,9 +413,11 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     parent = parents[-1] if parents else None
     factors: tuple[str, ...] = ()
     metric = DEFAULT_METRIC
+    decide: dict = {}
     if parent is not None:
         factors = tuple(f for f in parent.data.params.get("factors", "").split(",") if f)
         metric = parent.data.params.get("metric", DEFAULT_METRIC) or DEFAULT_METRIC
+        decide = _decision_settings(parent, study)
     raw_rows = [_cell_row(r, study) for r in runs]
     if not factors and raw_rows:
         factors = raw_rows[0]["_factors"]
@@ -415,7 +425,7 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
         r.pop("_factors")
     if not raw_rows:
         return replace(empty_study(study, found=True), factors=factors, metric=metric_column(metric),
-                       **_parent_fields(parent))
+                       **decide, **_parent_fields(parent))
     all_runs = _typed(raw_rows, {**CELL_COLUMNS, "status": "str"})
     finished = dedupe_cells(all_runs)
     if preset is None:  # the preset of the latest finished cell, else of the latest run
@@ -441,7 +451,26 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
         raise ContractError(f"study {study!r}: primary metric {metric!r} is not a cell metric "
                             f"(known: knn_top1, linear_top1, nmi, ari, knn_auc)")
     return StudyData(study=study, found=True, factors=factors, metric=mcol, cells=cells, curves=curves,
-                     missing=missing, levels=levels, preset=preset, excluded=excluded, **_parent_fields(parent))
+                     missing=missing, levels=levels, preset=preset, excluded=excluded, **decide,
+                     **_parent_fields(parent))
+
+
+def _decision_settings(parent, study: str) -> dict:
+    """The parent's ``equivalence_delta`` and ``stopping`` tags (written by the runner) as StudyData fields."""
+    out: dict = {}
+    tags = parent.data.tags
+    if tags.get("equivalence_delta"):
+        delta = _num(tags["equivalence_delta"], "float", parent.info.run_id, "equivalence_delta")
+        if delta is None or not delta > 0:
+            raise ContractError(f"study {study!r}: parent tag equivalence_delta must be > 0, got "
+                                f"{tags['equivalence_delta']!r}")
+        out["equivalence_delta"] = delta
+    if tags.get("stopping"):
+        if tags["stopping"] not in ("fixed", "sequential"):
+            raise ContractError(f"study {study!r}: parent tag stopping must be 'fixed' or 'sequential', "
+                                f"got {tags['stopping']!r}")
+        out["stopping"] = tags["stopping"]
+    return out
 
 
 def _parent_fields(parent) -> dict:

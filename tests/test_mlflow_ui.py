@@ -135,7 +135,7 @@ def test_parent_holds_the_outcome_once(study):
     assert local.read_text() == (study["out"] / NAME / "summary.md").read_text()
     assert "Cost (sum)" in local.read_text()
     section = Path(client.download_artifacts(rid, "results/REPORT.md")).read_text()
-    assert f"## Study `{NAME}`" in section and "Cost: " in section and "CPU time over the 2 cells" in section
+    assert f"## Study `{NAME}`" in section and "Compute: " in section and "CPU time over the 2 cells" in section
     assert f"({NAME}/knn_convergence.png)" in section
     run = client.get_run(rid)
     tags, metrics = run.data.tags, run.data.metrics
@@ -146,7 +146,7 @@ def test_parent_holds_the_outcome_once(study):
     assert metrics["n_seeds"] == 1 and "diff_mean" in metrics and metrics["cmp1.diff_mean"] == metrics["diff_mean"]
     assert "ci_low" not in metrics
     report = (study["out"] / "REPORT.md").read_text()
-    assert "Code: commit `" in report and "Cost: " in report
+    assert "Code: commit `" in report and "Compute: " in report
 
 
 # --------------------------------------------------------------------------- the UI in a browser
