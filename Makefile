@@ -7,7 +7,7 @@ PRESET ?= cpu
 CLUSTER ?= local
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data test bench
+.PHONY: setup data browser test bench
 
 $(VENV)/.done: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,16 @@ data:
 
 setup: $(VENV)/.done data
 
-test: setup
+# headless Chromium (Debian package) for the test that opens a study's page in the MLflow UI
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing chromium (Debian package, for tests/test_mlflow_ui.py)"; \
+		if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+			|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium); \
+		else sudo apt-get install -y -q --no-install-recommends chromium; fi; \
+	fi
+
+test: setup browser
 	cd $(ROOT) && $(PY) -m pytest -q
 
 bench: setup
@@ -48,9 +57,9 @@ study-all: $(addprefix study-,$(STUDIES))
 figures: setup
 	cd $(ROOT) && $(PY) -m analysis
 
+# one link per study (its runs in the UI), then the UI itself
 ui: setup
-	cd $(ROOT) && $(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(ROOT)/mlflow.db}" \
-		--host 127.0.0.1 --port $${PORT:-5000}
+	cd $(ROOT) && $(PY) -m study ui --port $${PORT:-5000}
 
 # an MLflow tracking server on PostgreSQL (as root; MLFLOW_HOST, MLFLOW_PORT, MLFLOW_ARTIFACTS: see the script);
 # studies use it with MLFLOW_TRACKING_URI=http://127.0.0.1:5000

@@ -17,9 +17,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="study (experiment) to rebuild; repeatable; default: every study in the store")
     p.add_argument("--tracking-uri", default=None, help=f"MLflow store (default: {default_tracking_uri()})")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default: {default_out_dir()})")
+    p.add_argument("--no-log", action="store_true",
+                   help="do not put the outputs and verdicts on the studies' parent runs in the store")
     args = p.parse_args(argv)
     try:
-        paths = build_all(args.study, args.tracking_uri, args.out)
+        paths = build_all(args.study, args.tracking_uri, args.out, log_to_store=not args.no_log)
     except (StoreError, ContractError) as exc:
         print(f"analysis: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,22 @@ def _new_figure(ncols: int = 1, width: float = 4.2, height: float = 3.0) -> tupl
     return fig, axes
 
 
+def legend_below(fig: Figure, axes: Sequence) -> None:
+    """One legend for the whole figure, below the panels, so it never covers data.
+
+    Entries are collected from every panel, each label once (in first-seen order).
+    """
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        # as many entries per row as fit the figure's width (a clipped legend hides level names)
+        per_entry = 0.45 + 0.075 * max(len(label) for label in seen)  # inches: marker + text at 8 pt
+        ncols = max(1, min(len(seen), int(fig.get_figwidth() / per_entry)))
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=ncols, frameon=False)
+
+
 # --------------------------------------------------------------------------- aggregators (pure)
 
 
@@ -124,8 +140,6 @@ def _band_axes(ax, curves: pd.DataFrame, levels: Sequence[str], metric: str, pal
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if drawn:
-        ax.legend(frameon=False)
     return drawn
 
 
@@ -136,6 +150,7 @@ def convergence_figure(curves: pd.DataFrame, levels: Sequence[str], metric: str 
     with matplotlib.rc_context(STYLE):
         _band_axes(ax, curves, levels, metric, colors(levels))
         ax.set_title(title or f"{AXIS.get(metric, (metric,))[0].split(' (')[0]} vs epoch (band: ±1 std)")
+        legend_below(fig, [ax])
     return fig
 
 
@@ -148,6 +163,12 @@ def label_dynamics_figure(curves: pd.DataFrame, levels: Sequence[str]) -> Figure
         axes[0].set_title("pseudo-label NMI with the true classes")
         _band_axes(axes[1], curves, levels, "label_change_ratio", pal)
         axes[1].set_title("pseudo-labels changed per epoch")
+        # one epoch axis for both panels (the change ratio has no epoch 0), so they line up
+        lo_x = min(a.get_xlim()[0] for a in axes)
+        hi_x = max(a.get_xlim()[1] for a in axes)
+        for a in axes:
+            a.set_xlim(lo_x, hi_x)
+        legend_below(fig, axes)
     return fig
 
 
@@ -163,7 +184,9 @@ def negatives_figure(curves: pd.DataFrame, levels: Sequence[str]) -> Figure:
     boxes = quantile_boxes(curves, levels)
     with matplotlib.rc_context(STYLE):
         if boxes:
-            arts = ax0.bxp(boxes, showfliers=False, patch_artist=True, widths=0.5)
+            # black medians: a median drawn in the default orange vanishes in an orange box
+            arts = ax0.bxp(boxes, showfliers=False, patch_artist=True, widths=0.5,
+                           medianprops={"color": "black", "linewidth": 1.4})
             for patch, b in zip(arts["boxes"], boxes):
                 patch.set_facecolor(pal[b["label"]])
                 patch.set_alpha(0.6)
@@ -190,8 +213,13 @@ def negatives_figure(curves: pd.DataFrame, levels: Sequence[str]) -> Figure:
         ax1.set_ylabel("median similarity (band: q25-q75)")
         ax1.set_title("sampled negatives during training")
         ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if boxes and drawn:  # one similarity scale on both panels, so they can be read against each other
+            lo_y = min(ax0.get_ylim()[0], ax1.get_ylim()[0])
+            hi_y = max(ax0.get_ylim()[1], ax1.get_ylim()[1])
+            ax0.set_ylim(lo_y, hi_y)
+            ax1.set_ylim(lo_y, hi_y)
         if drawn:
-            ax1.legend(frameon=False)
+            legend_below(fig, [ax1])
     return fig
 
 
@@ -203,20 +231,24 @@ def margin_figure(cells: pd.DataFrame, metric: str = "knn_top1", reference: floa
     fig, axes = _new_figure(ncols=max(1, len(types)))
     label, scale = AXIS.get(metric, (metric, 1.0))
     with matplotlib.rc_context(STYLE):
-        for i, (ax, t) in enumerate(zip(axes, types)):
+        for ax, t in zip(axes, types):
             pts = margin_points(cells, metric, t)
             seeds = cells[cells["margin_type"] == t]
-            color = PALETTE[i]
+            color = PALETTE[0]  # one colour for every panel: the shared legend below must match them all
             ax.scatter(seeds["margin"], seeds[metric] * scale, s=10, color=color, alpha=0.4, label="seeds")
             yerr = np.vstack([pts["mean"] - pts["ci_low"], pts["ci_high"] - pts["mean"]]) * scale
             ax.errorbar(pts["margin"], pts["mean"] * scale, yerr=np.nan_to_num(yerr), color=color, marker="o",
                         capsize=3, label="mean, 95% CI")
+            if len(pts) == 1:  # one margin: a readable range around it, not matplotlib's +-5% of 0
+                m0 = float(pts["margin"].iloc[0])
+                ax.set_xlim(m0 - 0.5, m0 + 0.5)
+                ax.set_xticks([m0 - 0.5, m0, m0 + 0.5])
             if t == "cosine" and (pts["margin"] <= reference).any() and (pts["margin"] >= reference).any():
                 ax.axvline(reference, color="0.4", linestyle=":", linewidth=1, label=f"reference m={reference:g}")
             ax.set_xlabel(f"{t} margin m ({'cos θ - m' if t == 'cosine' else 'cos(θ + m)' if t == 'arc' else t})")
             ax.set_ylabel(f"final {label}")
             ax.set_title(f"{t} margin: m < 0 is less stringent" if t == "cosine" else f"{t} margin")
-            ax.legend(frameon=False)
+        legend_below(fig, axes)
         if not types:
             axes[0].set_title("no margin levels")
     return fig

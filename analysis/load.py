@@ -51,6 +51,12 @@ CELL_COLUMNS: dict[str, str] = {
     "nmi": "float",  # last logged NMI of the pseudo-labels (NaN for MoCo v2)
     "ari": "float",
     "knn_auc": "float",  # mean kNN top-1 over epochs 1..E (convergence speed)
+    "cost_wall_s": "float",  # the cell's cost over its attempts (NaN when not logged)
+    "cost_cpu_s": "float",
+    "cost_gpu_s": "float",
+    "git_commit": "str",  # provenance of the attempt that finished the cell ("" when not logged)
+    "git_dirty": "str",
+    "dataset_digest": "str",
     "seconds": "float",  # the run's wall time, start to end (a linked cell: its source's)
     "reused_from": "str",  # the run a linked cell was copied from ("" if trained here)
 }
@@ -66,7 +72,7 @@ CURVE_COLUMNS: dict[str, str] = {
 MISSING_COLUMNS: dict[str, str] = {"cell_id": "str", "level": "str", "seed": "int", "status": "str", "run_id": "str"}
 EXCLUDED_COLUMNS: dict[str, str] = {"cell_id": "str", "level": "str", "seed": "int", "preset": "str",
                                     "run_id": "str", "reason": "str"}
-FINAL_ONLY_METRICS = ("linear_top1", "final_knn_top1", "final_nmi")
+FINAL_ONLY_METRICS = ("linear_top1", "final_knn_top1", "final_nmi", "cost_wall_s", "cost_cpu_s", "cost_gpu_s")
 
 # Natural order of known factor values (anything else sorts after, alphabetically).
 _PARAM_ORDER = {
@@ -106,6 +112,8 @@ class StudyData:
     levels: tuple[str, ...] = field(default=())  # display order
     preset: str = ""  # the preset the numbers come from
     excluded: pd.DataFrame | None = None  # finished cells left out (EXCLUDED_COLUMNS)
+    parent_run_id: str = ""  # the study's parent run ("" when there is none)
+    study_wall_s: float = math.nan  # the study's wall time, summed over its invocations (parent metric)
     equivalence_delta: float = DEFAULT_DELTA  # half-width of the region of practical equivalence (metric units)
     stopping: str = "fixed"  # "fixed" (t-interval) or "sequential" (seeds added until decided)
 
@@ -223,6 +231,12 @@ def _cell_row(run, study: str) -> dict:
         "nmi": metrics.get("final_nmi", metrics.get("nmi")),
         "ari": metrics.get("ari"),
         "knn_auc": None,
+        "cost_wall_s": metrics.get("cost_wall_s"),
+        "cost_cpu_s": metrics.get("cost_cpu_s"),
+        "cost_gpu_s": metrics.get("cost_gpu_s"),
+        "git_commit": tags.get("mlflow.source.git.commit", ""),
+        "git_dirty": tags.get("git_dirty", ""),
+        "dataset_digest": tags.get("dataset_digest", ""),
         "seconds": ((run.info.end_time - run.info.start_time) / 1000.0
                     if run.info.end_time and run.info.start_time else None),
         "reused_from": tags.get("reused_from", ""),
@@ -410,7 +424,8 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     for r in raw_rows:
         r.pop("_factors")
     if not raw_rows:
-        return replace(empty_study(study, found=True), factors=factors, metric=metric_column(metric), **decide)
+        return replace(empty_study(study, found=True), factors=factors, metric=metric_column(metric),
+                       **decide, **_parent_fields(parent))
     all_runs = _typed(raw_rows, {**CELL_COLUMNS, "status": "str"})
     finished = dedupe_cells(all_runs)
     if preset is None:  # the preset of the latest finished cell, else of the latest run
@@ -436,7 +451,8 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
         raise ContractError(f"study {study!r}: primary metric {metric!r} is not a cell metric "
                             f"(known: knn_top1, linear_top1, nmi, ari, knn_auc)")
     return StudyData(study=study, found=True, factors=factors, metric=mcol, cells=cells, curves=curves,
-                     missing=missing, levels=levels, preset=preset, excluded=excluded, **decide)
+                     missing=missing, levels=levels, preset=preset, excluded=excluded, **decide,
+                     **_parent_fields(parent))
 
 
 def _decision_settings(parent, study: str) -> dict:
@@ -455,3 +471,10 @@ def _decision_settings(parent, study: str) -> dict:
                                 f"got {tags['stopping']!r}")
         out["stopping"] = tags["stopping"]
     return out
+
+
+def _parent_fields(parent) -> dict:
+    if parent is None:
+        return {}
+    return {"parent_run_id": parent.info.run_id,
+            "study_wall_s": float(parent.data.metrics.get("study_wall_s", math.nan))}

@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 
 from . import figures as F
 from .findings import findings_for
+from .publish import publish
 from .load import REPO, StudyData, client_for, list_studies, load_study
 from .report import CANONICAL, existing_figures, render_report, safe_name
 from .tables import TABLE_METRICS, ablation_table, difference_row, summary_table, to_csv, to_latex, to_markdown
@@ -43,7 +44,7 @@ def write_tables(data: StudyData, out_dir: Path) -> list[Path]:
     table = summary_table(data.cells, data.levels, TABLE_METRICS)
     extra = paired_extra(data)
     caption = (f"Study {data.study}: final kNN top-1, linear top-1 and NMI per level, mean ± std over seeds "
-               f"with 95% t-intervals; best mean in bold.")
+               f"with 95% t-intervals; best mean in bold; cost: CPU (and GPU) time of the level's cells, summed.")
     return [
         _write(d / "summary.md", to_markdown(table, TABLE_METRICS, extra)),
         _write(d / "summary.tex", to_latex(table, TABLE_METRICS, caption, f"tab:{safe_name(data.study)}", extra)),
@@ -95,8 +96,11 @@ def report_studies(names: Iterable[str], found: Iterable[str]) -> list[str]:
 
 
 def build_all(studies: Sequence[str] | None = None, tracking_uri: str | None = None,
-              out_dir: Path | str | None = None, report: bool = True) -> list[Path]:
+              out_dir: Path | str | None = None, report: bool = True, log_to_store: bool = True) -> list[Path]:
     """Rebuild the outputs of ``studies`` (default: every study in the store) and REPORT.md.
+
+    With ``log_to_store``, each study's tables, figures, report section and verdicts also go
+    on its parent run (``analysis.publish``), replacing what an earlier build put there.
 
     The report always covers the canonical studies and every study in the store, so
     rebuilding one study refreshes its section without dropping the others.
@@ -108,17 +112,23 @@ def build_all(studies: Sequence[str] | None = None, tracking_uri: str | None = N
     targets = list(studies) if studies else found
     cache: dict[str, StudyData] = {}
     paths: list[Path] = []
+    written: dict[str, list[Path]] = {}
     for name in targets:
         cache[name] = load_study(name, client=client)
-        paths += write_study(cache[name], out)
+        written[name] = write_study(cache[name], out)
+        paths += written[name]
     if report:
         names = report_studies(targets, found)
         data = [cache.get(n) or load_study(n, client=client) for n in names]
         paths += write_report(data, out)
+    if log_to_store:
+        for name in targets:
+            d = cache[name]
+            publish(client, d, findings_for(d), written[name], out, existing_figures(out, name))
     return paths
 
 
 def build(study: str, tracking_uri: str | None = None, out_dir: Path | str | None = None,
-          report: bool = True) -> list[Path]:
+          report: bool = True, log_to_store: bool = True) -> list[Path]:
     """Rebuild one study's tables and figures (and REPORT.md); returns the files written."""
-    return build_all([study], tracking_uri, out_dir, report)
+    return build_all([study], tracking_uri, out_dir, report, log_to_store)

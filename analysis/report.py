@@ -10,10 +10,12 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from .findings import FINDINGS, ComparisonResult, FindingResult, delta_text, describe, findings_for
 from .load import StudyData
 from .stats import CONFIDENCE
-from .tables import METRICS, TABLE_METRICS, spec, summary_table, to_markdown
+from .tables import METRICS, TABLE_METRICS, duration, spec, summary_table, to_markdown
 
 CANONICAL = ("labels", "sampling", "boundary", "final")
 FIGURE_TITLES = {
@@ -169,6 +171,43 @@ def _cells_text(data: StudyData) -> str:
             f"Cost: {_hours(secs)} cell-hours, wall {_duration(study_wall_seconds(data.cells))}.")
 
 
+def _counts(values) -> str:
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return ", ".join(f"`{k}`: {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def provenance_text(data: StudyData) -> str:
+    """Which code and data the counted cells come from; several commits or digests are named."""
+    c = data.cells
+    commits = [("unknown" if not x or x == "unknown" else x[:7] + ("+dirty" if d == "true" else ""))
+               for x, d in zip(c["git_commit"], c["git_dirty"])]
+    digests = [d[:12] if d and d != "unknown" else "unknown" for d in c["dataset_digest"]]
+    n_c, n_d = len(set(commits)), len(set(digests))
+    code = (f"cells from {n_c} commits ({_counts(commits)})" if n_c > 1 else f"commit `{commits[0]}`")
+    data_part = (f"cells from {n_d} dataset digests ({_counts(digests)})" if n_d > 1
+                 else f"dataset digest `{digests[0]}`")
+    return f"Code: {code}; data: {data_part}."
+
+
+def cost_text(data: StudyData) -> str:
+    """The study's total compute: the counted cells' CPU (and GPU) time and wall time (``cost_*`` metrics),
+    and the study's wall time summed over its invocations (the parent's ``study_wall_s``)."""
+    c = data.cells
+    if not np.isfinite(c["cost_cpu_s"]).any():
+        return "Compute: not recorded."
+    cpu, wall = float(np.nansum(c["cost_cpu_s"])), float(np.nansum(c["cost_wall_s"]))
+    gpu = float(np.nansum(c["cost_gpu_s"])) if np.isfinite(c["cost_gpu_s"]).any() else 0.0
+    out = f"Compute: {duration(cpu)} CPU time" + (f" ({cpu / 3600:.2f} CPU-h)" if cpu >= 36 else "")
+    if gpu > 0:
+        out += f", {duration(gpu)} GPU time" + (f" ({gpu / 3600:.2f} GPU-h)" if gpu >= 36 else "")
+    out += f" over the {len(c)} cells, {duration(wall)} of cell wall time"
+    if math.isfinite(data.study_wall_s):
+        out += f"; the study took {duration(data.study_wall_s)} wall time"
+    return out + "."
+
+
 def _comparison_line(r: ComparisonResult) -> str:
     what = f" ({r.what}: {metric_label(r.metric)})" if r.what else f" ({metric_label(r.metric)})"
     cost = f"; cost {_hours(r.cell_seconds)} cell-h" + (f", {r.reused} cells linked from other studies"
@@ -184,7 +223,7 @@ def study_section(data: StudyData, results: Sequence[FindingResult], figures: Se
     if data.empty:
         out += ["No finished cells: nothing to tabulate.", _missing_text(data), ""]
         return out
-    out += [_cells_text(data), "", _missing_text(data), ""]
+    out += [_cells_text(data), "", provenance_text(data) + " " + cost_text(data), "", _missing_text(data), ""]
     if (ex := _excluded_text(data)) is not None:
         out += [ex, ""]
     for f in results:

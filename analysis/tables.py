@@ -34,6 +34,8 @@ METRICS: dict[str, MetricSpec] = {
 }
 TABLE_METRICS = ("knn_top1", "linear_top1", "nmi")
 STATS = ("mean", "std", "ci_low", "ci_high", "n")
+COST_COLUMNS = ("cost_wall_s", "cost_cpu_s", "cost_gpu_s")
+COST_HEADER = "Cost (sum)"
 
 
 def spec(metric: str) -> MetricSpec:
@@ -54,8 +56,12 @@ def summary_table(cells: pd.DataFrame, levels: Sequence[str], metrics: Sequence[
             s = summarize(sel[m].to_numpy(dtype=float) if m in sel else [])
             row.update({f"{m}_mean": s.mean, f"{m}_std": s.std, f"{m}_ci_low": s.ci_low,
                         f"{m}_ci_high": s.ci_high, f"{m}_n": s.n})
+        for c in COST_COLUMNS:  # what the level's counted cells cost, summed (NaN when none logged it)
+            vals = sel[c].to_numpy(dtype=float) if c in sel else np.array([])
+            row[c] = float(np.nansum(vals)) if np.isfinite(vals).any() else math.nan
         rows.append(row)
-    df = pd.DataFrame(rows, columns=["level", "n"] + [f"{m}_{k}" for m in metrics for k in STATS])
+    df = pd.DataFrame(rows, columns=["level", "n"] + [f"{m}_{k}" for m in metrics for k in STATS]
+                      + list(COST_COLUMNS))
     for m in metrics:
         df[f"{m}_best"] = mark_best(df[f"{m}_mean"].to_numpy(dtype=float))
     return df
@@ -134,11 +140,34 @@ def ci(row: pd.Series | dict, m: str, signed: bool = False) -> str:
     return f"[{_fmt(lo, s, signed)}, {_fmt(hi, s, signed)}]"
 
 
+def duration(seconds: float) -> str:
+    """'45 s', '12.3 min' or '1.23 h'."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def cost_text(row: pd.Series | dict) -> str:
+    """A level's cost: CPU time, plus GPU time where a GPU was used ('-' when not logged)."""
+    cpu, gpu = row.get("cost_cpu_s", math.nan), row.get("cost_gpu_s", math.nan)
+    parts = []
+    if isinstance(gpu, float) and math.isfinite(gpu) and gpu > 0:
+        parts.append(f"GPU {duration(gpu)}")
+    if isinstance(cpu, float) and math.isfinite(cpu):
+        parts.append(f"CPU {duration(cpu)}")
+    return ", ".join(parts) or "-"
+
+
 def _display(table: pd.DataFrame, metrics: Sequence[str], extra: Sequence[dict] = ()):
     """Header and rows of (text, bold) cells shared by the Markdown and LaTeX writers."""
     header = (["Group"] if "group" in table.columns else []) + ["Level", "n"]
     for m in metrics:
         header += [spec(m).label, "95% CI"]
+    cost = "cost_cpu_s" in table.columns
+    if cost:
+        header.append(COST_HEADER)
     rows, groups = [], []
     prev = None
     for rec in list(table.to_dict("records")) + [dict(r, _diff=True) for r in extra]:
@@ -155,6 +184,8 @@ def _display(table: pd.DataFrame, metrics: Sequence[str], extra: Sequence[dict] 
         for m in metrics:
             bold = bool(rec.get(f"{m}_best", False))
             cells += [(mean_std(rec, m, signed=diff), bold), (ci(rec, m, signed=diff), False)]
+        if cost:
+            cells.append(("-" if diff else cost_text(rec), False))
         rows.append(cells)
     return header, rows, groups
 
@@ -162,8 +193,9 @@ def _display(table: pd.DataFrame, metrics: Sequence[str], extra: Sequence[dict] 
 def to_markdown(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS, extra: Sequence[dict] = ()) -> str:
     """A GitHub Markdown table; best means in bold; ``extra`` rows (paired differences) appended."""
     header, rows, _ = _display(table, metrics, extra)
+    n_text = len(header) - 2 * len(metrics) - (header[-1] == COST_HEADER)
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * (len(header) - 2 * len(metrics)) + ["---:"] * (2 * len(metrics))) + "|"]
+             "|" + "|".join(["---"] * n_text + ["---:"] * (len(header) - n_text)) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(f"**{t}**" if b and t != "-" else t for t, b in r) + " |")
     return "\n".join(lines) + "\n"
@@ -182,13 +214,13 @@ def to_latex(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS, captio
              extra: Sequence[dict] = ()) -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``); best means in bold."""
     header, rows, groups = _display(table, metrics, extra)
-    n_text = len(header) - 2 * len(metrics)
+    n_text = len(header) - 2 * len(metrics) - (header[-1] == COST_HEADER)
     lines = [r"\begin{table}[t]", r"\centering"]
     if caption:
         lines.append(r"\caption{" + tex_escape(caption) + "}")
     if label:
         lines.append(r"\label{" + label + "}")
-    lines += [r"\begin{tabular}{" + "l" * (n_text - 1) + "r" + "r" * (2 * len(metrics)) + "}", r"\toprule",
+    lines += [r"\begin{tabular}{" + "l" * (n_text - 1) + "r" + "r" * (len(header) - n_text) + "}", r"\toprule",
               " & ".join(tex_escape(h) for h in header) + r" \\", r"\midrule"]
     for r, new_group in zip(rows, groups):
         if new_group:

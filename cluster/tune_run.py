@@ -35,7 +35,7 @@ import traceback
 from pathlib import Path
 
 from study.studyfile import Cell, Study
-from study.tracking import FAILED, FINISHED, StudyTracker
+from study.tracking import COST_METRICS, FAILED, FINISHED, StudyTracker
 
 # set while the job is being stopped from outside (see the module docstring)
 STOPPING = threading.Event()
@@ -52,10 +52,56 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
-def trial_payload(cell: Cell, run_dir: Path, threads: int) -> dict:
+def trial_payload(cell: Cell, run_dir: Path, threads: int, gpus: float = 0.0) -> dict:
     """What a trial needs, as plain data (Ray pickles the trial config)."""
     return {"cell_id": cell.cell_id, "config": cell.config.flat(), "run_dir": str(run_dir.resolve()),
-            "threads": threads, "level": cell.level, "seed": cell.seed}
+            "threads": threads, "level": cell.level, "seed": cell.seed, "gpus": float(gpus)}
+
+
+class CostMeter:
+    """A cell's cost, summed over its attempts: wall, CPU and GPU seconds.
+
+    CPU seconds are this process's user + system time (all its threads) plus
+    that of its reaped children (DataLoader workers), measured as differences,
+    since Ray reuses the worker process for the next cell. GPU seconds are
+    wall seconds x the GPUs the trial holds, counted only when the trial runs
+    on CUDA. The running total is written to ``run_dir/cost.json`` at every
+    report, so a resumed cell adds to what earlier attempts spent (up to
+    their last report: the time between a kill and the last report is lost).
+    """
+
+    FILE = "cost.json"
+
+    def __init__(self, run_dir: Path, gpus: float, on_gpu: bool):
+        self.path = run_dir / self.FILE
+        try:
+            self.base = {k: float(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (OSError, ValueError):
+            self.base = {}
+        self.gpus = gpus if on_gpu else 0.0
+        self.wall0, self.cpu0 = time.perf_counter(), self._cpu()
+
+    @staticmethod
+    def _cpu() -> float:
+        import resource
+
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + kids.ru_utime + kids.ru_stime
+
+    def total(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.wall0
+        out = {"cost_wall_s": self.base.get("cost_wall_s", 0.0) + wall,
+               "cost_cpu_s": self.base.get("cost_cpu_s", 0.0) + self._cpu() - self.cpu0}
+        if self.gpus > 0 or "cost_gpu_s" in self.base:
+            out["cost_gpu_s"] = self.base.get("cost_gpu_s", 0.0) + wall * self.gpus
+        return out
+
+    def save(self) -> dict[str, float]:
+        out = self.total()
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out))
+        os.replace(tmp, self.path)
+        return out
 
 
 def cell_trial(config: dict) -> None:
@@ -73,6 +119,8 @@ def cell_trial(config: dict) -> None:
     cfg = TrainConfig(**values)
     torch.set_num_threads(payload["threads"])
     log_file = open(run_dir / "train.log", "a", buffering=1)
+    on_gpu = payload.get("gpus", 0) > 0 and torch.cuda.is_available() and (cfg.device == "auto" or cfg.device.startswith("cuda"))
+    cost = CostMeter(run_dir, float(payload.get("gpus", 0.0)), on_gpu)
 
     def log(msg: str) -> None:
         log_file.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
@@ -82,6 +130,7 @@ def cell_trial(config: dict) -> None:
     def report(epoch: int, metrics: dict, _out) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(run_dir), "epoch": epoch}))
+            cost.save()
             tune.report({**_numeric(metrics), "epoch": epoch, "final": 0, "node": node},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -92,7 +141,7 @@ def cell_trial(config: dict) -> None:
         raise
     finally:
         log_file.close()
-    tune.report({**_numeric(final), "final": 1, "node": node})
+    tune.report({**_numeric(final), **cost.save(), "final": 1, "node": node})
 
 
 def _numeric(metrics: dict) -> dict:
@@ -125,6 +174,7 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
                 self.nodes[cid] = node
             if result.get("final"):
                 tracker.log_final(cid, result)
+                tracker.log_cost(cid, {k: result[k] for k in COST_METRICS if k in result})
             elif "epoch" in result:
                 keep = {k: v for k, v in result.items() if k in _METRIC_KEYS or k.startswith("neg_sim_")}
                 tracker.log_epoch(cid, int(result["epoch"]), keep)
@@ -206,7 +256,8 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
 
     by_id = {c.cell_id: c for c in cells}
     threads = study.resources.cpus
-    param_space = {"cell": tune.grid_search([trial_payload(c, run_root / c.cell_id, threads) for c in cells])}
+    param_space = {"cell": tune.grid_search([trial_payload(c, run_root / c.cell_id, threads, study.resources.gpus)
+                                               for c in cells])}
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}
     trainable = tune.with_resources(cell_trial, resources)
     callbacks = _tune_callbacks(study, tracker, parent_id, by_id, len(study.cells), done_before)

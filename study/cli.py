@@ -122,12 +122,49 @@ def cmd_status(args) -> int:
     return study_status(args.study_file, preset=args.preset, sets=parse_sets(args.sets, source="--set"))
 
 
+def _add_ui(sub) -> None:
+    p = sub.add_parser("ui", help="print each study's link, then start the MLflow UI on 127.0.0.1",
+                       description="Print one link per study in the store (its runs, in the UI's model-training "
+                                   "view), then start `mlflow ui` over the store on 127.0.0.1.")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (default 1: one person browsing; mlflow's own default is 4)")
+    p.add_argument("--links-only", action="store_true", help="print the links, start nothing")
+    p.set_defaults(func=cmd_ui)
+
+
+def cmd_ui(args) -> int:
+    import os
+
+    from study.provenance import study_link, ui_base
+    from study.tracking import study_experiments, tracking_uri
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"must be a port number 1-65535, got {args.port}", source="--port")
+    if args.workers < 1:
+        raise UserError(f"must be at least 1, got {args.workers}", source="--workers")
+    uri = tracking_uri()
+    studies = study_experiments(uri)
+    if not studies:
+        print(f"no study in the store {uri} yet (run one: make study-sampling)")
+    for name, exp_id in studies:
+        print(f"{name:12} {study_link(exp_id, ui_base(uri, args.port))}")
+    sys.stdout.flush()
+    if args.links_only:
+        return 0
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port),
+                      "--workers", str(args.workers)])
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m study", description="InterCLR study toolkit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_run(sub)
     _add_status(sub)
+    _add_ui(sub)
     return parser
 
 

@@ -41,6 +41,7 @@ global RNG, so a resumed run sees exactly the same data.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import pickle
 import socket
@@ -67,7 +68,10 @@ __all__ = [
     "ImageData",
     "TensorTwoViewDataset",
     "channel_stats",
+    "dataset_files",
+    "dataset_fingerprint",
     "epoch_batches",
+    "files_digest",
     "load_dataset",
     "mix_seed",
     "read_idx",
@@ -848,3 +852,97 @@ class TensorTwoViewDataset(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, i))
         v1, v2 = self.augment(self.images[i : i + 1], g)  # each (1, C, out, out)
         return (v1[0], v2[0]), i, int(self.labels[i])
+
+
+# --------------------------------------------------------------------------
+# Dataset fingerprint (provenance): which files a config reads, and their digest
+# --------------------------------------------------------------------------
+
+# Files hashed per process, keyed by (path, size, mtime): a study's cells share one dataset.
+_DIGEST_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def dataset_files(name: str, root: str | None = None, unlabeled: bool = False) -> list[Path]:
+    """The files ``load_dataset(name, root, unlabeled=...)`` reads, without reading them.
+
+    Fashion-MNIST: the four IDX files found as the loader finds them (no
+    download is tried: an absent dataset gives []); CIFAR-10: the six batch
+    pickles; STL-10: the four binaries (+ ``unlabeled_X.bin``);
+    imagefolder: every image under train/ and val/ (or test/), sorted.
+    """
+    if name == "fashion_mnist":
+        dirs = ([Path(root).expanduser(), Path(root).expanduser() / "FashionMNIST" / "raw"] if root is not None
+                else list(FASHION_MNIST_DIRS))
+        files = next((f for d in dirs if (f := _find_fashion_files(d))), None)
+        return [files[k] for k in _FASHION_FILES] if files else []
+    if name == "cifar10":
+        folder = _find_subdir(root, "cifar-10-batches-py", "data_batch_1")
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    elif name == "stl10":
+        folder = _find_subdir(root, "stl10_binary", "train_X.bin")
+        names = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"] + (["unlabeled_X.bin"] if unlabeled else [])
+    elif name == "imagefolder":
+        try:
+            train_dir, test_dir = _split_dirs(root)
+        except (UserError, DataError):
+            return []
+        return sorted(p for d in (train_dir, test_dir) for p in d.rglob("*")
+                      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}", key="dataset")
+    return [folder / n for n in names if (folder / n).is_file()] if folder is not None else []
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGEST_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGEST_CACHE[key] = h.hexdigest()
+    return _DIGEST_CACHE[key]
+
+
+def files_digest(files: list[Path], contents: bool = True, base: Path | None = None) -> str:
+    """SHA-256 over each file's name and content (``contents=False``: name and size only).
+
+    Names are relative to ``base`` (default: just the file name), so the same
+    files in another folder give the same digest. An ImageNet-size folder is
+    fingerprinted by names and sizes: hashing 150 GB before every study would
+    cost more than the study's first epoch.
+    """
+    h = hashlib.sha256()
+    for path in files:
+        rel = str(path.relative_to(base)) if base is not None else path.name
+        h.update(rel.encode() + b"\0")
+        h.update((_file_sha256(path) if contents else str(path.stat().st_size)).encode() + b"\n")
+    return h.hexdigest()
+
+
+def dataset_fingerprint(name: str, root: str | None = None, train_subset: int | None = None,
+                        test_subset: int | None = None, image_size: int | None = None,
+                        unlabeled: bool = False) -> dict:
+    """What a run's data is, as plain values: ``name``, ``source`` (folder read), ``files``
+    (their count), ``digest`` (sha256 hex of the files plus the subset rule), ``rule`` (the
+    subset and resize applied) and ``content_hashed``.
+
+    The rule is part of the digest: a 1k subset of the same files is other data.
+    Returns ``digest`` "" when no file is found (the run then fails in the loader,
+    with the loader's message).
+    """
+    files = dataset_files(name, root, unlabeled)
+    contents = name != "imagefolder"
+    # the same fixed subsets load_dataset draws for every run (seed 0, see the trainer)
+    rule = (f"train_subset={train_subset or 'all'} test_subset={test_subset or 'all'} stratified seed=0; "
+            f"image_size={image_size or 'native'}" + ("; +unlabeled" if unlabeled else ""))
+    if not files:
+        return {"name": name, "source": str(root or ""), "files": 0, "digest": "", "rule": rule,
+                "content_hashed": contents}
+    base = Path(root).expanduser() if name == "imagefolder" and root is not None else None
+    h = hashlib.sha256(files_digest(files, contents, base).encode())
+    h.update(rule.encode())
+    source = str(base) if base is not None else str(files[0].parent)
+    return {"name": name, "source": source, "files": len(files), "digest": h.hexdigest(), "rule": rule,
+            "content_hashed": contents}

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from study.errors import UserError
+from study.provenance import short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
 from study.tracking import FAILED, FINISHED, REPO_ROOT, RUNNING, StudyTracker
 
@@ -128,10 +129,24 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
     final = StudyTracker(study.name).cell_status()
     counts = summarise(study, final)
     all_done = counts[FINISHED] == len(study.cells)
+    cost = tracker.log_study_cost(parent_id, time.time() - start)
     tracker.finish_parent(parent_id, FINISHED if all_done else FAILED)
     print(f"[{study.name}] finished {counts[FINISHED]}/{len(study.cells)}, failed {counts[FAILED]}, "
-          f"missing {counts['missing']}", flush=True)
+          f"missing {counts['missing']}; {cost_text(cost)}", flush=True)
+    print(f"[{study.name}] runs in the MLflow UI (make ui): "
+          f"{study_link(tracker.experiment_id, ui_base(tracker.uri))}", flush=True)
     return 0 if all_done else 1
+
+
+def cost_text(totals: dict) -> str:
+    """'cells 812 CPU-s (0.23 CPU-h), 430 s wall; study 460 s wall' from the parent's cost totals
+    (CPU- and GPU-hours from 0.01 h on)."""
+    cpu = totals.get("cost_cpu_s_total", 0.0)
+    out = (f"cells {cpu:.0f} CPU-s" + (f" ({cpu / 3600:.2f} CPU-h)" if cpu >= 36 else "")
+           + f", {totals.get('cost_wall_s_total', 0.0):.0f} s wall")
+    if totals.get("cost_gpu_s_total"):
+        out += f", {totals['cost_gpu_s_total'] / 3600:.2f} GPU-h"
+    return out + f"; study {totals.get('study_wall_s', 0.0):.0f} s wall"
 
 
 def summarise(study: Study, status: dict[str, str]) -> dict[str, int]:
@@ -157,8 +172,35 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
     counts = summarise(study, status)
     print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, failed {counts[FAILED]}, "
           f"missing {counts['missing']} (of {len(study.cells)})")
+    prov = provenance_text(tracker, {c.cell_id for c in study.cells})
+    if prov:
+        print(prov)
     from study.adaptive import status_lines
 
     for line in status_lines(study, tracker, sets):
         print(line)
     return 0
+
+
+def provenance_text(tracker: StudyTracker, cell_ids: set[str]) -> str:
+    """'code: cells from 2 commits (abc1234: 3, def5678+dirty: 1); data: 1 dataset digest (...)' or ''."""
+    commits: dict[str, int] = {}
+    digests: dict[str, int] = {}
+    for cid, runs in tracker.cell_runs().items():
+        if cid not in cell_ids:
+            continue
+        run = next((r for r in runs if r.info.status == FINISHED), runs[0])
+        t = run.data.tags
+        c = short_commit(t.get("mlflow.source.git.commit", ""), t.get("git_dirty", "false"))
+        commits[c] = commits.get(c, 0) + 1
+        d = (t.get("dataset_digest") or "unknown")[:12]
+        digests[d] = digests.get(d, 0) + 1
+    if not commits:
+        return ""
+
+    def part(what: str, plural: str, counts: dict[str, int]) -> str:
+        items = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        head = f"cells from {len(counts)} {plural}" if len(counts) > 1 else f"1 {what}"
+        return f"{head} ({items})"
+
+    return f"code: {part('commit', 'commits', commits)}; data: {part('dataset digest', 'dataset digests', digests)}"

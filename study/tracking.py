@@ -77,6 +77,22 @@ class StoreUnreachable(UserError):
     exit_code = 1
 
 
+def study_experiments(uri: str | None = None) -> list[tuple[str, str]]:
+    """(study name, experiment id) of every experiment holding a study's parent run, by name.
+
+    An sqlite store whose file does not exist yet has no studies (and is not created).
+    """
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].split("?")[0]).is_file():
+        return []
+    c = client(uri)
+    out = []
+    for exp in c.search_experiments():
+        if c.search_runs([exp.experiment_id], filter_string="tags.role = 'parent'", max_results=1):
+            out.append((exp.name, exp.experiment_id))
+    return sorted(out)
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -106,6 +122,7 @@ class StudyTracker:
         else:
             self.experiment_id = exp.experiment_id if exp is not None else None
         self._open: dict[str, CellRun] = {}
+        self.study_file: Path | None = None
 
     # ------------------------------------------------------------- reading
     def cell_runs(self) -> dict[str, list]:
@@ -148,6 +165,7 @@ class StudyTracker:
     # ------------------------------------------------------------- writing
     def parent_run_id(self, spec_params: dict, study_file: Path | None = None) -> str:
         """The study's parent run, created once and reused on resume."""
+        self.study_file = study_file  # the cells' mlflow.source.name
         runs = self.client.search_runs([self.experiment_id], filter_string="tags.role = 'parent'",
                                        max_results=1)
         if runs:
@@ -193,6 +211,7 @@ class StudyTracker:
             cr = CellRun(run.info.run_id, RUNNING)
             self._log_params(cr.run_id, cell)
         self._open[cell.cell_id] = cr
+        self.log_provenance(cr.run_id, cell)  # the code and data of this attempt
         return cr
 
     def _log_params(self, run_id: str, cell) -> None:
@@ -250,3 +269,51 @@ class StudyTracker:
         elif status == FINISHED:
             self.client.set_tag(cr.run_id, "error", "")
         self.client.set_terminated(cr.run_id, status=status)
+
+    # ------------------------------------------------------- provenance, cost
+    def log_provenance(self, run_id: str, cell) -> None:
+        """Commit, versions and source as tags; the dataset as an MLflow input (see study.provenance)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
+
+        from study import provenance
+
+        data = provenance.cell_fingerprint(cell.config)
+        tags = provenance.run_tags(self.study_file, data)
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if data["digest"]:
+            profile = {k: data[k] for k in ("files", "rule", "content_hashed")}
+            ds = Dataset(name=data["name"], digest=data["digest"][:provenance.DIGEST_CHARS], source_type="local",
+                         source=json.dumps({"uri": data["source"]}), profile=json.dumps(profile))
+            self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", "train")])])
+
+    def log_cost(self, cell_id: str, cost: dict) -> None:
+        """The cell's cost so far (``cost_wall_s``, ``cost_cpu_s``, ``cost_gpu_s``), latest value wins."""
+        from mlflow.entities import Metric
+
+        cr = self._open.get(cell_id)
+        if cr is None:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in sorted(cost.items()) if _finite(v)]
+        if batch:
+            self.client.log_batch(cr.run_id, metrics=batch)
+
+    def log_study_cost(self, parent_id: str, wall_s: float) -> dict:
+        """On the parent: the study's wall time (summed over invocations) and its cells' cost sums."""
+        from mlflow.entities import Metric
+
+        parent = self.client.get_run(parent_id)
+        totals = {"study_wall_s": parent.data.metrics.get("study_wall_s", 0.0) + wall_s}
+        for key in COST_METRICS:
+            totals[f"{key}_total"] = 0.0
+        for runs in self.cell_runs().values():
+            run = next((r for r in runs if r.info.status == FINISHED), runs[0])
+            for key in COST_METRICS:
+                if _finite(run.data.metrics.get(key)):
+                    totals[f"{key}_total"] += run.data.metrics[key]
+        now = int(time.time() * 1000)
+        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in totals.items()])
+        return totals
+
+
+COST_METRICS = ("cost_wall_s", "cost_cpu_s", "cost_gpu_s")

@@ -20,6 +20,7 @@ Every cell's linear_top1 is its kNN top-1 + 0.05; its final NMI is 0.5 + 0.01 * 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -103,9 +104,14 @@ def add_cell(client: MlflowClient, exp_id: str, parent_id: str, study: str, leve
     return rid
 
 
+def artifact_location(uri: str, study: str) -> str:
+    """Artifacts beside the sqlite file (MLflow's default would be ./mlruns in the working directory)."""
+    return (Path(uri[len("sqlite:///"):]).parent / "artifacts" / study).as_uri()
+
+
 def add_study(client: MlflowClient, study: str, knn: dict[str, list[float]],
               metric: str = "knn_top1") -> tuple[str, str]:
-    exp_id = client.create_experiment(study)
+    exp_id = client.create_experiment(study, artifact_location=artifact_location(client.tracking_uri, study))
     factor = FACTOR.get(study.split("-")[-1], "sampling")
     parent = client.create_run(exp_id, start_time=T0, tags={"study": study, "role": "parent"}, run_name=study)
     client.log_batch(parent.info.run_id, params=[Param("factors", factor), Param("metric", metric)])
@@ -140,7 +146,7 @@ def build_store(uri: str) -> MlflowClient:
         if study == "final":
             # InterCLR seed 1 re-run under a new config (new cell_id): the older run is superseded
             add_cell(client, exp_id, parent, study, "InterCLR", 1, 0.20, t=T0 - 30_000, cid="old-interclr-1")
-    exp_id = client.create_experiment("ghost")
+    exp_id = client.create_experiment("ghost", artifact_location=artifact_location(uri, "ghost"))
     parent = client.create_run(exp_id, start_time=T0, tags={"study": "ghost", "role": "parent"})
     client.log_batch(parent.info.run_id, params=[Param("factors", "sampling"), Param("metric", "knn_top1")])
     add_cell(client, exp_id, parent.info.run_id, "ghost", "hard", 0, 0.0, status="FAILED")

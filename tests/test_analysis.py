@@ -179,6 +179,15 @@ def test_figures_series(data):
     (fin,) = F.study_figures(data["final"])["knn_convergence"].axes
     assert _labelled(fin) == ["InterCLR (n=3)", "MoCo v2 (n=3)"]
     assert F.study_figures(data["ghost"]) == {}
+    # no legend over data: one legend per figure, outside (below) the panels
+    for d in (data["labels"], data["sampling"], data["boundary"], data["final"]):
+        for stem, fig in F.study_figures(d).items():
+            assert all(a.get_legend() is None for a in fig.axes), stem
+            assert len(fig.legends) == 1, stem
+            fig.draw_without_rendering()  # runs the constrained layout
+            box = fig.legends[0].get_window_extent()
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.width + 0.5, f"{stem}: legend clipped"
+            assert all(box.y1 <= a.get_window_extent().y0 for a in fig.axes), f"{stem}: legend over a panel"
 
 
 def test_figures_written(outputs):
