@@ -85,6 +85,28 @@ class ConvNet(nn.Module):
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)  # (N, C)
 
 
+def use_channels_last(setting: str, device_type: str, backbone: str) -> bool:
+    """Whether the model and its image batches use the channels_last memory format.
+
+    ``setting`` is the config's ``channels_last`` ("auto", "on", "off"). "auto"
+    means: on a GPU always (bf16 tensor-core convolutions want NHWC); on a CPU
+    for the small ``convnet`` only, where oneDNN's NHWC kernels made the
+    training step 1.25-1.3x and eval feature extraction about 1.6x faster
+    (one thread, `cpu` preset, see bench/RESULTS.md); for the ResNets on a CPU
+    it was mixed (0.93x at 28 px, 1.2x at 64 px), so they stay NCHW.
+
+    The layout changes no maths, only the order of the floating-point sums
+    inside a convolution: outputs agree with NCHW to float rounding
+    (tests/test_speed.py), not bit for bit. Runs stay deterministic and
+    resume bitwise, as both layouts are deterministic on a CPU.
+    """
+    if setting == "off":
+        return False
+    if setting == "on":
+        return True
+    return device_type == "cuda" or backbone == "convnet"
+
+
 def _torchvision_resnet(name: str, in_channels: int, small_images: bool) -> nn.Module:
     import torchvision
 
