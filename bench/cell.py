@@ -93,7 +93,7 @@ def _timed_trainer_class(clock: PhaseClock) -> type:
 
 
 def time_cell(preset: str = "cpu", overrides: Optional[dict] = None, out_dir: str | Path | None = None,
-              threads: int = 1) -> dict[str, Any]:
+              threads: Optional[int] = 1) -> dict[str, Any]:
     """Run one cell of ``preset`` (+ ``overrides``) and time its phases.
 
     Returns {"wall": {phase: s}, "cpu": {phase: s}, "total_wall", "total_cpu",
@@ -101,8 +101,10 @@ def time_cell(preset: str = "cpu", overrides: Optional[dict] = None, out_dir: st
     """
     clock = PhaseClock()
     cfg = build_config(preset, {"threads": threads, "progress": False, **(overrides or {})})
+    if cfg.device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
     cls = _timed_trainer_class(clock)
-    with set_threads(threads):
+    with set_threads(threads if threads is not None else torch.get_num_threads()):
         w0, c0 = time.perf_counter(), time.process_time()
         with clock.phase("other"):
             with clock.phase("start-up: data + model"):
@@ -125,7 +127,8 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
     with tempfile.TemporaryDirectory(prefix="bench-cell-") as tmp:
         res = time_cell("cpu", overrides, out_dir=Path(tmp) / "run")
     _fill(sec, res, "cpu", quick)
-    sec.checks += [check_channels_last_equivalent(), check_eval_batch_invariance(), check_feature_memo()]
+    if not quick:  # the tests run them on their own (tests/test_speed.py)
+        sec.checks += [check_channels_last_equivalent(), check_eval_batch_invariance(), check_feature_memo()]
     sec.seconds = time.perf_counter() - start
     return sec
 
