@@ -23,8 +23,12 @@ def parallel_slots(study: Study, num_cpus: int, num_gpus: int) -> int:
 
 
 def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-              run_root: Path, storage_path: Path, done_before: int) -> int:
-    """Run ``cells`` on a local Ray; returns the number of parallel slots used."""
+              run_root: Path, storage_path: Path, done_before: int, keep_ray: bool = False) -> int:
+    """Run ``cells`` on a local Ray; returns the number of parallel slots used.
+
+    ``keep_ray``: leave Ray running for the next call (the adaptive loop runs one batch per
+    call; it shuts Ray down at its end); a Ray already running is reused.
+    """
     import ray
 
     from cluster.tune_run import run_cells
@@ -38,15 +42,17 @@ def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
           f"{len(cells)} to run", flush=True)
     # per-epoch reports of many short trials trip this warning, which says nothing useful here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
     try:
         name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_cells(study, cells, tracker, parent_id, run_root=run_root, storage_path=storage_path,
                   slots=slots, experiment_name=name, done_before=done_before)
         return slots
     finally:
-        ray.shutdown()
+        if not keep_ray:
+            ray.shutdown()
 
 
 def _gpu_count() -> int:
