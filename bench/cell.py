@@ -7,8 +7,8 @@ subclass whose phase methods add their wall and CPU time to a named bucket
 
 - ``start-up: data + model``: ``Trainer(...)``: the dataset loaded (or read
   from the decoded cache), the model, optimizer and state built;
-- ``start-up: bank init``: ``cluster_bank`` at epoch 0 (key features of the
-  training set + k-means + small-cluster fix); offline re-clusterings are
+- ``start-up: bank init``: ``init_inter_state`` at epoch 0 (features of the
+  training set + k-means); offline re-clusterings (``recluster``) are
   counted here too;
 - ``train``: ``train_epoch`` (every step, data and augmentation included);
 - ``eval``: ``evaluate`` (kNN monitor: features of the train subset and the
@@ -69,9 +69,13 @@ class PhaseClock:
 
 def _timed_trainer_class(clock: PhaseClock) -> type:
     class TimedTrainer(Trainer):
-        def cluster_bank(self) -> None:
+        def init_inter_state(self) -> None:
             with clock.phase("start-up: bank init"):
-                super().cluster_bank()
+                super().init_inter_state()
+
+        def recluster(self) -> None:
+            with clock.phase("start-up: bank init"):
+                super().recluster()
 
         def train_epoch(self) -> dict:
             with clock.phase("train"):
