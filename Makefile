@@ -7,7 +7,7 @@ PRESET ?= cpu
 CLUSTER ?= local
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data browser test bench
+.PHONY: setup data browser test bench bench-gpu
 
 $(VENV)/.done: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,11 +33,21 @@ browser:
 		else sudo apt-get install -y -q --no-install-recommends chromium; fi; \
 	fi
 
-test: setup browser
+# the benchmarks' tests run the peer loop too: lightly (the bench extra) is installed for them
+test: setup browser $(VENV)/.bench
 	cd $(ROOT) && $(PY) -m pytest -q
 
-bench: setup
+# the peer library of the benchmarks (lightly) is installed here only, not by setup
+$(VENV)/.bench: $(VENV)/.done
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench: setup $(VENV)/.bench
 	cd $(ROOT) && $(PY) -m bench
+
+# one bounded script for a GPU machine (writes bench/RESULTS-gpu.md); on a CPU it says so and stops
+bench-gpu: setup
+	cd $(ROOT) && $(PY) -m bench.gpu --time-limit $${TIME_LIMIT:-480} --out bench/RESULTS-gpu.md
 
 STUDIES := labels sampling boundary final
 .PHONY: $(addprefix study-,$(STUDIES)) study-all figures ui slurm-up mlflow-server

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bench import gpu, kmeans_bench, maintenance, pipeline, scheduler, step
+from bench import cell, gpu, kmeans_bench, maintenance, peer, pipeline, scheduler, step
 from bench.common import Section, machine_info, markdown_table
 
 # name -> run(quick, shared); in this order (maintenance reuses the step benchmark's results)
@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, Callable[..., Section]] = {
     "pipeline": pipeline.run,
     "scheduler": scheduler.run,
     "gpu": gpu.run,
+    "cell": cell.run,
+    "peer": peer.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 

@@ -75,7 +75,7 @@ def machine_info() -> dict[str, str]:
         "torch intra-op threads (default)": str(torch.get_num_threads()),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA device)",
     }
-    for name in ("faiss", "sklearn", "ray"):
+    for name in ("faiss", "sklearn", "ray", "lightly"):
         try:
             mod = __import__(name)
             info[name] = getattr(mod, "__version__", "?")

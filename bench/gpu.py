@@ -12,7 +12,12 @@ As a script for a lent GPU machine (one command, bounded time)::
 
     python -m bench.gpu --time-limit 240 --out "$OUT/RESULTS-gpu.md"
 
-Without CUDA, :func:`run` records "not run: no GPU".
+Then, in the time left, a `gpu`-preset cell end to end (Fashion-MNIST,
+ResNet-18, the preset's sizes) cut to ``CELL_EPOCHS`` epochs of
+``CELL_STEPS`` steps, timed by phase like :mod:`bench.cell`.
+
+Without CUDA, :func:`run` records "not run: no GPU"; ``--tiny`` runs both
+parts on whatever device there is at tiny sizes (the tests do, on the CPU).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Optional
 
 import torch
 
+from bench import cell as cell_bench
 from bench.common import Section, interleaved_times, machine_info, markdown_table, median
 from bench.states import Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
 from study.data import epoch_batches
@@ -74,11 +80,27 @@ def step_throughput(device: str, scale: GpuScale = FULL, time_limit: float = 300
         times = interleaved_times({"moco": moco_step, "inter": Stepper(inter, batches)}, repeats=scale.repeats,
                                   warmup=scale.warmup)
         m, i = median(times["moco"]), median(times["inter"])
+        # a pair is two images through the encoders (query and key)
         out["cells"][search] = {"moco_pairs_s": scale.batch_size / m, "inter_pairs_s": scale.batch_size / i,
+                                "moco_images_s": 2 * scale.batch_size / m, "inter_images_s": 2 * scale.batch_size / i,
                                 "ratio": i / m}
         del inter
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+CELL_EPOCHS, CELL_STEPS = 2, 60
+# the gpu preset's cell at tiny sizes (a CPU in the tests)
+TINY_CELL = {"backbone": "convnet", "widths": [8, 16, 32], "image_size": 16, "train_subset": 512,
+             "test_subset": 128, "batch_size": 32, "queue_size": 128, "num_clusters": 8, "min_cluster": 4,
+             "neg_num": 32, "pool": 128, "knn_train_subset": 256, "linear_epochs": 2}
+
+
+def gpu_cell(device: str, tiny: bool = False) -> dict:
+    """A `gpu`-preset cell end to end, cut to CELL_EPOCHS x CELL_STEPS (tiny: a few steps at tiny sizes)."""
+    ov = {"device": device, "epochs": CELL_EPOCHS, "max_steps_per_epoch": 3 if tiny else CELL_STEPS,
+          **(TINY_CELL if tiny else {})}
+    return cell_bench.time_cell("gpu", ov, out_dir=None, threads=None)
 
 
 def run(quick: bool = False, shared: Optional[dict] = None, time_limit: float = 300.0) -> Section:
@@ -91,17 +113,36 @@ def run(quick: bool = False, shared: Optional[dict] = None, time_limit: float = 
         return sec
     res = step_throughput("cuda", TINY if quick else FULL, time_limit=time_limit)
     _fill(sec, res, TINY if quick else FULL)
+    _cell_part(sec, "cuda", quick, time_limit - (time.perf_counter() - start))
     sec.seconds = time.perf_counter() - start
     return sec
 
 
+def _cell_part(sec: Section, device: str, tiny: bool, time_left: float) -> None:
+    if time_left < 60 and not tiny:
+        sec.notes.append(f"gpu-preset cell skipped: {time_left:.0f} s left of the time limit")
+        return
+    res = gpu_cell(device, tiny)
+    cfg = res["config"]
+    sec.table(f"A `gpu`-preset cell end to end on {device}{' (tiny sizes)' if tiny else ''}: {cfg.backbone} at "
+              f"{cfg.image_size} px, batch {cfg.batch_size}, {res['epochs']} epochs x "
+              f"{res['steps'] // max(1, res['epochs'])} steps (cut from the preset's {cfg.epochs} epochs); seconds.",
+              ["phase", "wall s", "% of wall", "CPU s"], cell_bench.breakdown_rows(res))
+    if res["wall"]["train"] > 0:
+        sec.notes.append(f"gpu cell: {res['steps'] * cfg.batch_size / res['wall']['train']:.0f} pairs/s in training "
+                         f"(data and augmentation included); final kNN {res['final'].get('knn_top1', 0):.4f}")
+    sec.data["cell"] = {k: v for k, v in res.items() if k != "config"}
+
+
 def _fill(sec: Section, res: dict, scale: GpuScale) -> None:
-    rows = [[res["name"], search, c["moco_pairs_s"], c["inter_pairs_s"], c["ratio"]]
+    rows = [[res["name"], search, c["moco_pairs_s"], c["inter_pairs_s"], c["moco_images_s"], c["inter_images_s"],
+             c["ratio"]]
             for search, c in res["cells"].items()]
     sec.table(f"{scale.backbone} at {scale.image_size} px, batch {scale.batch_size}; InterCLR semi-hard online, bank "
               f"{scale.bank:,} (k={scale.k:,}), {scale.neg_num:,} negatives, pool {scale.pool:,}, candidates "
               f"{scale.candidates:,}; image pairs per second (medians of {scale.repeats}).",
-              ["device", "search", "MoCo v2 pairs/s", "InterCLR pairs/s", "InterCLR / MoCo v2 time"], rows)
+              ["device", "search", "MoCo v2 pairs/s", "InterCLR pairs/s", "MoCo v2 images/s", "InterCLR images/s",
+               "InterCLR / MoCo v2 time"], rows)
     for s in res["skipped"]:
         sec.notes.append(f"{s} search skipped: time limit reached")
     sec.data.update(res)
@@ -116,8 +157,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     sec = Section("gpu", "6. GPU step")
     if args.tiny:
-        res = step_throughput("cuda" if torch.cuda.is_available() else "cpu", TINY, args.time_limit)
+        start = time.perf_counter()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        res = step_throughput(device, TINY, args.time_limit)
         _fill(sec, res, TINY)
+        _cell_part(sec, device, True, args.time_limit - (time.perf_counter() - start))
     else:
         sec = run(time_limit=args.time_limit)
     text = "\n".join([markdown_table(["", ""], [[k, v] for k, v in machine_info().items()]), "", sec.markdown()])

@@ -349,6 +349,9 @@ def build_config(
     for key, field in TrainConfig.model_fields.items():
         if field.annotation is float and isinstance(values.get(key), int) and not isinstance(values.get(key), bool):
             values[key] = float(values[key])
+    # YAML 1.1 reads a bare on / off as true / false: give "channels_last: off" its meaning
+    if isinstance(values.get("channels_last"), bool):
+        values["channels_last"] = "on" if values["channels_last"] else "off"
     try:
         return TrainConfig(**values)
     except ValidationError as err:

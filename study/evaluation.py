@@ -423,6 +423,60 @@ def extract_features(
     return out
 
 
+class FeatureMemo:
+    """The eval-mode features last extracted from a model state, to hand out again unchanged.
+
+    The trainer extracts the same features more than once at one model state:
+    the last epoch's kNN monitor and the final linear probe both need the
+    train subset's and the test set's backbone features of the final weights.
+    Extraction is deterministic, so handing the stored tensor back equals
+    recomputing it bit for bit, at no cost.
+
+    An entry is keyed by the encoder object, the split, the neck flag and the
+    indices (compared by value), and belongs to one ``state``: any value that
+    changes whenever the weights may have changed (the trainer gives its step
+    count and the parameters' version counters, which every in-place update
+    bumps). A lookup with another state drops every entry. Callers must not
+    modify a tensor they get (the trainer's callers normalise into new ones).
+    """
+
+    def __init__(self) -> None:
+        self.state: object = None
+        self.entries: list[tuple[int, str, bool, Tensor | None, Tensor]] = []
+
+    @staticmethod
+    def model_state(step: int, module: torch.nn.Module) -> tuple[int, int]:
+        """A state key for ``module`` after ``step`` iterations: (step, sum of parameter/buffer versions)."""
+        versions = sum(t._version for t in module.parameters()) + sum(t._version for t in module.buffers())
+        return step, versions
+
+    def _sync(self, state: object) -> None:
+        if state != self.state:
+            self.entries.clear()
+            self.state = state
+
+    def get(self, state: object, encoder: torch.nn.Module, split: str, indices: Tensor | None,
+            neck: bool) -> Tensor | None:
+        """The stored features for these arguments at ``state``, or None."""
+        self._sync(state)
+        for enc_id, s, n, idx, feats in self.entries:
+            if enc_id == id(encoder) and s == split and n == neck and (
+                    (idx is None and indices is None)
+                    or (idx is not None and indices is not None and idx.shape == indices.shape
+                        and torch.equal(idx, indices.to(idx.device)))):
+                return feats
+        return None
+
+    def put(self, state: object, encoder: torch.nn.Module, split: str, indices: Tensor | None, neck: bool,
+            feats: Tensor) -> None:
+        self._sync(state)
+        self.entries.append((id(encoder), split, neck, None if indices is None else indices.clone(), feats))
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.state = None
+
+
 # ------------------------------------------------------------------ helpers
 
 

@@ -38,7 +38,8 @@ def test_quick_run_writes_every_section(tmp_path):
     text = out.read_text()
     for title in ("## Machine", "1. Step time", "2. Online label maintenance", "3. Offline k-means",
                   "4. Data pipeline", "6. GPU step", "ratio exact", "ratio cand.", "torch.profiler",
-                  "Correctness checks:"):
+                  "Correctness checks:", "7. One `cpu` cell end to end", "start-up: bank init",
+                  "8. Our MoCo v2 step against lightly", "lightly 1.6.0 loop", "model-only"):
         assert title in text, title
     assert "FAIL" not in text
     if not torch.cuda.is_available():
@@ -49,6 +50,29 @@ def test_scheduler_quick_through_ray_tune():
     sec = scheduler.run(quick=True)
     assert all(c.passed for c in sec.checks), [c.line() for c in sec.checks]
     assert sec.data["fit_s"] > 0 and len(sec.data["trial_times"]) == scheduler.QUICK.trials
+
+
+def test_bench_gpu_script_runs_tiny_on_cpu(tmp_path):
+    """`make bench-gpu`'s script (python -m bench.gpu) at tiny sizes: the step part and the gpu-preset cell."""
+    out = tmp_path / "gpu.md"
+    assert gpu.main(["--tiny", "--time-limit", "300", "--out", str(out)]) == 0
+    text = out.read_text()
+    for title in ("MoCo v2 images/s", "InterCLR pairs/s", "`gpu`-preset cell end to end", "start-up: data + model",
+                  "probe", "| total |"):
+        assert title in text, title
+
+
+def test_peer_loop_learns_like_ours():
+    """The peer's documented loop runs on our data and gives a MoCo loss of the same size as ours."""
+    from bench import peer
+    from bench.states import fashion_or_synthetic
+
+    data, desc = fashion_or_synthetic(16, 512)
+    res = peer.compare(data, desc, 32, repeats=1, warmup=0,
+                       overrides={"widths": [8, 16, 32], "image_size": 16, "queue_size": 256})
+    assert res["lightly"] is not None and res["ours_s"] > 0 and res["peer_s"] > 0 and res["peer_model_s"] > 0
+    # InfoNCE over 1 positive + 256 queue negatives starts near log(257) = 5.55
+    assert 3.0 < res["peer_loss"] < 8.0
 
 
 def test_gpu_step_code_runs_tiny_on_cpu():

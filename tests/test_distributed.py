@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
+# NCHW: this compares the ranks' maths with one process's, at the tolerance of summation order; in
+# channels_last the convolution kernels also differ between the ranks' batch (32) and the whole one
+# (64), and the two runs drift 3-4x further apart in 10 steps (2.6e-4 vs 7e-5 on a weight)
 COMMON = ["--preset", "smoke", "--set", "sampling=hard", "--set", "threads=1", "--set", "epochs=2",
-          "--set", "max_steps_per_epoch=5", "--set", "linear_epochs=1", "--set", "centroid_every=3"]
+          "--set", "max_steps_per_epoch=5", "--set", "linear_epochs=1", "--set", "centroid_every=3",
+          "--set", "channels_last=off"]
 
 
 def _free_port() -> int:
