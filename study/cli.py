@@ -38,7 +38,7 @@ def cmd_train(args) -> int:
     out = Path(args.out).resolve()
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a directory", source=str(out))
-    from study.trainer import Trainer
+    from study.train.trainer import Trainer
 
     # the trainer loads and checks the data before creating the directory
     trainer = Trainer(cfg, out)

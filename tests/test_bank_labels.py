@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.bank import MemoryBank, last_occurrence
+from study.method.bank import MemoryBank, last_occurrence
 from study.errors import UserError
-from study.labels import PseudoLabels, _two_means
-from study.sampling import cluster_index
+from study.method.labels import PseudoLabels, _two_means
+from study.method.sampling import cluster_index
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -118,7 +118,7 @@ def test_cluster_index_cached_and_rebuilt_on_change():
 def test_relabel_merges_its_changes_into_the_cached_index(monkeypatch):
     # few changes: merged (the same index as a rebuild, a new object, no full sort);
     # more than MERGE_MAX_FRACTION of the bank: rebuilt on the next call
-    import study.labels as labels_module
+    import study.method.labels as labels_module
 
     pl, feats = _labels_state()
     pl.cluster_index()

@@ -9,9 +9,9 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from study import evaluation
+from study.train import evaluation
 from study.errors import UserError
-from study.evaluation import (
+from study.train.evaluation import (
     ari,
     extract_features,
     label_change_ratio,

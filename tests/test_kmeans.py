@@ -7,9 +7,9 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from study import kmeans as kmeans_module
+from study.method import kmeans as kmeans_module
 from study.errors import UserError
-from study.kmeans import kmeans
+from study.method.kmeans import kmeans
 
 
 def _gen(seed: int) -> torch.Generator:

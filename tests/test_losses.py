@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from study.errors import UserError
-from study.losses import MARGIN_TYPES, apply_margin, contrastive_loss
+from study.method.losses import MARGIN_TYPES, apply_margin, contrastive_loss
 
 
 def test_margin_types_contract():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from study.errors import UserError
-from study.sampling import (
+from study.method.sampling import (
     STRATEGIES,
     cluster_index,
     index_keys,

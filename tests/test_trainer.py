@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from study import checkpoint as ckpt
+from study.train import checkpoint as ckpt
 from study.config import build_config
-from study.data import load_dataset
-from study.trainer import Trainer, TrainingDiverged
+from study.data.datasets import load_dataset
+from study.train.trainer import Trainer, TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_divergence_is_reported(smoke_data):
 @pytest.mark.parametrize(("world", "subset"), [(3, None), (4, torch.tensor([5, 1, 9, 30, 7, 2, 8]))])
 def test_ddp_ranks_share_feature_extraction(smoke_data, monkeypatch, world, subset):
     """Each rank extracts only its contiguous share; the gathered result is every feature in order."""
-    from study import trainer as trainer_module
+    from study.train import trainer as trainer_module
 
     trainer = Trainer(_cfg(), None, data=smoke_data, log=lambda s: None)
     enc = trainer.moco.encoder_q
@@ -201,7 +201,7 @@ def test_ddp_ranks_share_feature_extraction(smoke_data, monkeypatch, world, subs
 def test_training_with_merged_index_equals_rebuilt_index(smoke_data, monkeypatch):
     """The online runs' cluster index kept by merging each relabel (as at 1.28M on a CPU) trains
     bitwise the same as rebuilding it (as at small banks): the merge gives the same index."""
-    import study.labels as labels_module
+    import study.method.labels as labels_module
 
     runs = {}
     real = labels_module.update_cluster_index

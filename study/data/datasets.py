@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.augment import TwoViewAugment, sample_crop_boxes
+from study.data.augment import TwoViewAugment, sample_crop_boxes
 from study.errors import DataError, UserError
 
 __all__ = [

@@ -34,16 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study import checkpoint as ckpt
-from study import distributed as dist
+from study.train import checkpoint as ckpt
+from study.train import distributed as dist
 from dataclasses import replace
 
-from study.augment import AugmentConfig, TwoViewAugment, eval_preprocess
-from study.bank import MemoryBank
+from study.data.augment import AugmentConfig, TwoViewAugment, eval_preprocess
+from study.method.bank import MemoryBank
 from study.config import TrainConfig, validate_against_data
-from study.data import ImageData, epoch_batches, load_dataset, mix_seed, stratified_subset
-from study.sources import FolderSource, MemorySource
-from study.evaluation import (
+from study.data.datasets import ImageData, epoch_batches, load_dataset, mix_seed, stratified_subset
+from study.data.sources import FolderSource, MemorySource
+from study.train.evaluation import (
     ari,
     label_change_ratio,
     linear_probe_top1,
@@ -51,11 +51,11 @@ from study.evaluation import (
     similarity_stats,
     weighted_knn_top1,
 )
-from study.kmeans import kmeans
-from study.labels import PseudoLabels
-from study.losses import contrastive_loss
-from study.model import Encoder, KeyQueue, MoCo, build_backbone, split_batchnorm
-from study.sampling import inter_sample, sample_positives
+from study.method.kmeans import kmeans
+from study.method.labels import PseudoLabels
+from study.method.losses import contrastive_loss
+from study.method.model import Encoder, KeyQueue, MoCo, build_backbone, split_batchnorm
+from study.method.sampling import inter_sample, sample_positives
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
 

@@ -35,9 +35,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from study.bank import last_occurrence
+from study.method.bank import last_occurrence
 from study.errors import UserError
-from study.sampling import ClusterIndex, cluster_index, index_keys, update_cluster_index
+from study.method.sampling import ClusterIndex, cluster_index, index_keys, update_cluster_index
 
 # Lloyd iterations of the 2-means that splits the largest cluster; the split
 # only has to seed a new cluster, later relabelling refines it.
