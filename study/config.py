@@ -21,6 +21,10 @@ from study.errors import UserError
 
 Method = Literal["interclr", "mocov2"]
 
+# keys that change how a run is executed, not what it computes: they are not part of a
+# study cell's identity (cell_id), and a run resumes whatever their values
+EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
+
 # Training images of the built-in datasets (the memory bank's size without a subset),
 # so that size invariants are checked at load; image folders are checked once scanned.
 TRAIN_SIZES: dict[str, int] = {"fashion_mnist": 60000, "cifar10": 50000, "stl10": 5000}

@@ -25,8 +25,7 @@ from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_yo
 from study.errors import UserError
 from study.files import read_yaml
 
-# keys that change how a run is executed, not what it computes: not part of cell_id
-_EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
+from study.config import EXECUTION_KEYS as _EXECUTION_KEYS  # not part of cell_id
 
 
 class Level(BaseModel):
