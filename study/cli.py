@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from study.backends import backend_names, load_backend
 from study.errors import UserError
 
 
@@ -51,7 +52,7 @@ def _add_run(sub) -> None:
                        description="Run every unfinished cell of a study file; finished cells are skipped.")
     p.add_argument("study_file", metavar="STUDY.yaml")
     p.add_argument("--preset", default="cpu", help="smoke | cpu | gpu | imagenet (default: cpu)")
-    p.add_argument("--cluster", default="local", choices=("local", "slurm"))
+    p.add_argument("--cluster", default="local", choices=backend_names())
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key in every cell (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and their resources, run nothing")
@@ -83,9 +84,10 @@ def cmd_run(args) -> int:
     from study.config import parse_sets
     from study.runner import run_study
 
-    return run_study(args.study_file, preset=args.preset, cluster=args.cluster,
+    backend = load_backend(args.cluster, _slurm_options(args))  # the CLI picks, the runner uses
+    return run_study(args.study_file, backend=backend, preset=args.preset,
                      sets=parse_sets(args.sets, source="--set"), dry_run=args.dry_run,
-                     rerun_failed=args.rerun_failed, slurm_options=_slurm_options(args), wait=args.wait)
+                     rerun_failed=args.rerun_failed, wait=args.wait)
 
 
 def _add_status(sub) -> None:
