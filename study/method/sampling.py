@@ -545,6 +545,7 @@ def inter_sample(
     :class:`InterSample`) draw ignoring labels where the reference never returns.
     """
     bank_size = bank_feats.shape[0]
+    # a few comparisons, a guard for direct callers: the config checked the same at load (UserError)
     validate_sampling(strategy, neg_num, pool, bank_size, candidates)
     sampler = SAMPLERS[strategy]
     q_labels = labels[q_idx]  # (N,)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.config import EXECUTION_KEYS, TrainConfig, validate_against_data
+from study.config import EXECUTION_KEYS, POOL_SAMPLINGS, TrainConfig, validate_against_data
 from study.data.augment import AugmentConfig, TwoViewAugment
 from study.data.datasets import ImageData, epoch_batches, load_dataset, mix_seed
 from study.data.sources import FolderSource, MemorySource
@@ -258,7 +258,7 @@ class Trainer:
             search = "exact" if size >= self.num_train else f"{size} candidates"
             pool = (f", pool {cfg.effective_pool(self.num_train)} = "
                     f"{cfg.effective_pool(self.num_train) / cfg.neg_num:.1f}x neg_num"
-                    if cfg.sampling in ("semi-easy", "semi-hard") else "")
+                    if cfg.sampling in POOL_SAMPLINGS else "")
             parts.append(f"inter: {cfg.labels} labels k={cfg.num_clusters}, {cfg.sampling} "
                          f"{cfg.neg_num} negatives/query ({search}{pool}), "
                          f"{cfg.margin_type} margin {cfg.margin}, data order {cfg.data_order}")
