@@ -23,8 +23,12 @@ def parallel_slots(study: Study, num_cpus: int, num_gpus: int) -> int:
 
 
 def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-              run_root: Path, storage_path: Path, done_before: int) -> int:
-    """Run ``cells`` on a local Ray; returns the number of parallel slots used."""
+              run_root: Path, storage_path: Path, done_before: int, keep_ray: bool = False) -> int:
+    """Run ``cells`` on a local Ray; returns the number of parallel slots used.
+
+    ``keep_ray``: leave Ray running for the next call (the adaptive loop runs one batch per
+    call; it shuts Ray down at its end); a Ray already running is reused.
+    """
     import ray
 
     from cluster.tune_run import run_cells
@@ -38,15 +42,17 @@ def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
           f"{len(cells)} to run", flush=True)
     # per-epoch reports of many short trials trip this warning, which says nothing useful here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
     try:
         name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_cells(study, cells, tracker, parent_id, run_root=run_root, storage_path=storage_path,
                   slots=slots, experiment_name=name, done_before=done_before)
         return slots
     finally:
-        ray.shutdown()
+        if not keep_ray:
+            ray.shutdown()
 
 
 def _gpu_count() -> int:
@@ -65,6 +71,7 @@ class LocalBackend:
 
     def __init__(self, options: dict):
         self.options = options  # the SLURM flags of the command line; unused here
+        self.keep_ray = False  # True once a batch ran: one local Ray for every batch
 
     def check(self, study: Study) -> None:
         pass  # nothing to check: the machine's CPUs and GPUs are what there is
@@ -77,9 +84,15 @@ class LocalBackend:
 
         return execute_study(study, rerun_failed=rerun_failed, backend=self)
 
+    def run_batch(self, study: Study, *, sets: dict, rerun_failed: bool) -> int:
+        from study.runner import execute_study
+
+        self.keep_ray = True  # starting Ray again per batch costs tens of seconds
+        return execute_study(study, rerun_failed=rerun_failed, backend=self)
+
     def run_cells(self, study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
                   done_before: int, experiment_name: str | None, restore: bool) -> int:
         from study.paths import ray_storage, run_root
 
         return run_local(study, cells, tracker, parent_id, run_root=run_root(study.name),
-                         storage_path=ray_storage(), done_before=done_before)
+                         storage_path=ray_storage(), done_before=done_before, keep_ray=self.keep_ray)

@@ -30,6 +30,12 @@ class SlurmBackend:
 
         return submit_study(study, sets=sets, options=self.options, wait=wait, rerun_failed=rerun_failed)
 
+    def run_batch(self, study: Study, *, sets: dict, rerun_failed: bool) -> int:
+        from cluster.slurm import submit_study
+
+        return submit_study(study, sets=sets, options=self.options, wait=True, rerun_failed=rerun_failed,
+                            subset=True)
+
     def run_cells(self, study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
                   done_before: int, experiment_name: str | None, restore: bool) -> None:
         """On the job's node 0, with Ray already started across the allocation."""

@@ -35,6 +35,10 @@ class Backend(Protocol):
     def launch(self, study: "Study", *, sets: dict, rerun_failed: bool, wait: bool) -> int:
         """Run (or submit) the study's unfinished cells; the exit status."""
 
+    def run_batch(self, study: "Study", *, sets: dict, rerun_failed: bool) -> int:
+        """Run exactly ``study.cells`` (a batch of ``--until-decided``) to their end; the exit status.
+        Resources may be kept for the next batch (the adaptive loop releases Ray at its end)."""
+
     def run_cells(self, study: "Study", cells: "list[Cell]", tracker: "StudyTracker", parent_id: str, *,
                   done_before: int, experiment_name: Optional[str], restore: bool) -> Optional[int]:
         """Run ``cells`` on this backend's Ray; the number of parallel slots used, if known."""

@@ -55,6 +55,10 @@ def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | 
     backend.check(study)  # bad options fail here, before anything is written
     if dry_run:
         print(describe_cells(study))
+        from study.cost import estimate_lines
+
+        for line in estimate_lines(study, slots=max(1, local_cpus() // study.resources.cpus)):
+            print(line)
         extra = backend.describe(study)
         if extra:
             print(extra)
@@ -68,9 +72,16 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: Backend | str, e
     if isinstance(backend, str):
         backend = load_backend(backend)
     tracker = StudyTracker(study.name)
-    todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
     parent_id = tracker.parent_run_id({"factors": ",".join(study.factors), "metric": study.spec.metric,
                                        "preset": study.preset, "file": study.path.name}, study.path)
+    tracker.client.set_tag(parent_id, "equivalence_delta", repr(study.spec.equivalence_delta))
+    from study.reuse import link_finished_cells
+
+    linked = link_finished_cells(study, tracker, parent_id)  # finished in another study: not trained again
+    if linked:
+        print(f"[{study.name}] linked {len(linked)} cells finished in other studies (tag reused_from), "
+              "not trained again", flush=True)
+    todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
           + (f", {skipped_failed} failed (rerun with --rerun-failed)" if skipped_failed else ""), flush=True)
@@ -118,4 +129,8 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
     counts = summarise(study, status)
     print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, failed {counts[FAILED]}, "
           f"missing {counts['missing']} (of {len(study.cells)})")
+    from study.adaptive import status_lines
+
+    for line in status_lines(study, tracker, sets):
+        print(line)
     return 0

@@ -21,11 +21,10 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from study.canonical import canonical_config
 from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean
 from study.errors import UserError
 from study.files import read_yaml
-
-from study.config import EXECUTION_KEYS as _EXECUTION_KEYS  # not part of cell_id
 
 
 class Level(BaseModel):
@@ -65,6 +64,9 @@ class StudySpec(BaseModel):
     metric: str = "knn_top1"
     presets: dict[str, PresetSpec] = Field(default_factory=dict)
     max_failures: int = Field(default=1, ge=0)
+    # half-width of the region of practical equivalence of the finding's comparisons, in the
+    # metric's units (accuracies are fractions: 0.005 = 0.5 points of kNN top-1)
+    equivalence_delta: float = Field(default=0.005, gt=0.0, lt=1.0)
 
     @field_validator("factors")
     @classmethod
@@ -146,8 +148,9 @@ class Study:
 
 
 def cell_hash(config: TrainConfig) -> str:
-    """A stable hash of the resolved config (which includes the seed)."""
-    flat = {k: v for k, v in config.flat().items() if k not in _EXECUTION_KEYS}
+    """A stable hash of the canonical config (:mod:`study.canonical`: the resolved config, seed
+    included, less the keys that cannot affect the run)."""
+    flat = canonical_config(config.flat())
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -205,8 +208,11 @@ def _check_config_keys(values: dict, src: str, where: str) -> None:
 
 
 def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | None = None,
-               out_root: Path | None = None) -> Study:
-    """Read, validate and expand a study file into its cells (nothing is written)."""
+               out_root: Path | None = None, seeds: list[int] | None = None) -> Study:
+    """Read, validate and expand a study file into its cells (nothing is written).
+
+    ``seeds``: expand these seeds instead of the file's (the adaptive loop adds seeds).
+    """
     path = Path(path).resolve()
     spec = read_study_file(path)
     src = str(path)
@@ -214,7 +220,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
         raise UserError(f"unknown preset '{preset}'{did_you_mean(preset, tuple(PRESETS))} "
                         f"(allowed: {', '.join(PRESETS)})", source="--preset")
     pspec = spec.presets.get(preset, PresetSpec())
-    seeds = pspec.seeds or spec.seeds
+    seeds = list(seeds) if seeds is not None else (pspec.seeds or spec.seeds)
     factor_names = list(spec.factors)
     cells = []
     seen: dict[str, str] = {}
@@ -232,7 +238,8 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
             cid = cell_hash(cfg)
             if cid in seen:
                 raise UserError(f"levels '{seen[cid]}' and '{' / '.join(levels.values())}' resolve to the "
-                                "same config", source=src, key="factors")
+                                "same config (once the keys that cannot affect a run are left out; see "
+                                "study/canonical.py)", source=src, key="factors")
             seen[cid] = " / ".join(levels.values())
             cells.append(Cell(spec.name, levels, seed, cfg, cid, preset))
     return Study(spec, path, preset, tuple(cells), pspec.resources,

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.config import EXECUTION_KEYS, POOL_SAMPLINGS, TrainConfig, validate_against_data
+from study.canonical import canonical_config
+from study.config import POOL_SAMPLINGS, TrainConfig, validate_against_data
 from study.data.augment import AugmentConfig, TwoViewAugment
 from study.data.datasets import ImageData, epoch_batches, load_dataset, mix_seed
 from study.data.sources import FolderSource, MemorySource
@@ -469,8 +470,9 @@ class Trainer:
     def _check_resumable(self, state: dict) -> None:
         from study.errors import UserError
 
-        saved, now = state["config"], self.cfg.flat()
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in EXECUTION_KEYS)
+        # keys that cannot affect the run (execution only, or unused by this method) may differ
+        saved, now = canonical_config(state["config"]), canonical_config(self.cfg.flat())
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise UserError(
                 f"holds a run with a different config (differs in: {', '.join(diff)}); "
