@@ -34,10 +34,10 @@ import torch
 
 from bench.common import Check, Section, set_threads
 from bench.states import Stepper, build_trainer, synthetic_data
-from study.augment import eval_preprocess
+from study.data.augment import eval_preprocess
 from study.config import build_config
-from study.data import epoch_batches
-from study.trainer import Trainer
+from study.data.datasets import epoch_batches
+from study.train.trainer import Trainer
 
 PHASES = ("start-up: data + model", "start-up: bank init", "train", "eval", "probe", "checkpoints", "other")
 

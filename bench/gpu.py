@@ -32,7 +32,7 @@ import torch
 from bench import cell as cell_bench
 from bench.common import Section, interleaved_times, machine_info, markdown_table, median
 from bench.states import Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
-from study.data import epoch_batches
+from study.data.datasets import epoch_batches
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import torch
 from bench import step as step_bench
 from bench.common import Check, Goal, Section, median, repeat_times, set_threads
 from bench.states import synthetic_state
-from study.kmeans import kmeans
+from study.method.kmeans import kmeans
 
 GOAL_TIME_RATIO = 1.2
 INERTIA_TOLERANCE = 0.005  # "equal" inertia: within 0.5 %
@@ -237,7 +237,7 @@ def assignment_profile(x: np.ndarray, k: int, rows: int = 8192, repeats: int = 5
     one-level ``torch.min`` it replaced, and faiss's exhaustive search of the same points."""
     import faiss
 
-    from study.kmeans import _Assigner
+    from study.method.kmeans import _Assigner
 
     xt = torch.from_numpy(x[:rows])
     x_sq = (xt * xt).sum(1)

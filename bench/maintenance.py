@@ -40,9 +40,9 @@ from torch import Tensor
 from bench import step as step_bench
 from bench.common import Check, Goal, Section, median, repeat_times, set_threads, time_call
 from bench.states import BankState, Stepper, build_trainer, fashion_or_synthetic
-from study.data import epoch_batches
-from study.labels import MERGE_MAX_FRACTION, PseudoLabels
-from study.sampling import cluster_index, index_keys, update_cluster_index
+from study.data.datasets import epoch_batches
+from study.method.labels import MERGE_MAX_FRACTION, PseudoLabels
+from study.method.sampling import cluster_index, index_keys, update_cluster_index
 
 GOAL_SHARE = 0.03
 CENTROID_EVERY = 10

@@ -36,8 +36,8 @@ from torch import nn
 
 from bench.common import Goal, Section, interleaved_times, median, set_threads
 from bench.states import Stepper, build_trainer, fashion_or_synthetic
-from study.data import epoch_batches
-from study.model import ConvNet
+from study.data.datasets import epoch_batches
+from study.method.model import ConvNet
 
 GOAL_RATIO = 1.0  # peer step time / our step time: ours at least as fast
 

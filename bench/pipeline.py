@@ -27,9 +27,9 @@ import torch
 from bench import step as step_bench
 from bench.common import Check, Goal, Section, interleaved_times, median, set_threads
 from bench.states import Stepper, build_trainer, fashion_or_synthetic, synthetic_data
-from study.augment import AugmentConfig, TwoViewAugment
-from study.data import epoch_batches
-from study.sources import MemorySource
+from study.data.augment import AugmentConfig, TwoViewAugment
+from study.data.datasets import epoch_batches
+from study.data.sources import MemorySource
 
 GOAL_RATIO = 1.0
 

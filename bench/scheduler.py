@@ -75,7 +75,7 @@ def tune_trial(config: dict) -> None:
     worker process pays that, a reused one does not; the trial's own time
     (measured by trial_body) starts after it.
     """
-    import study.trainer  # noqa: F401
+    import study.train.trainer  # noqa: F401
     from ray import tune
 
     def report(metrics: dict, ckpt_dir: Optional[Path]) -> None:

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.bank import MemoryBank
+from study.method.bank import MemoryBank
 from study.config import build_config
-from study.data import ImageData, load_dataset
+from study.data.datasets import ImageData, load_dataset
 from study.errors import DataError
-from study.labels import PseudoLabels
-from study.trainer import EpochAccumulator, Trainer
+from study.method.labels import PseudoLabels
+from study.train.trainer import EpochAccumulator, Trainer
 
 
 @dataclass

@@ -42,8 +42,8 @@ from bench.states import (
     synthetic_state,
 )
 from study.config import PRESETS, build_config
-from study.data import epoch_batches
-from study.sampling import STRATEGIES, cluster_index, inter_sample, scaled_pool
+from study.data.datasets import epoch_batches
+from study.method.sampling import STRATEGIES, cluster_index, inter_sample, scaled_pool
 
 GOAL_RATIO_60K = 1.10
 

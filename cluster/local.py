@@ -62,3 +62,37 @@ def _gpu_count() -> int:
         return torch.cuda.device_count()
     except Exception:
         return 0
+
+
+class LocalBackend:
+    """``--cluster local``: Ray Tune on this machine, driven from this process."""
+
+    name = "local"
+
+    def __init__(self, options: dict):
+        self.options = options  # the SLURM flags of the command line; unused here
+        self.keep_ray = False  # True once a batch ran: one local Ray for every batch
+
+    def check(self, study: Study) -> None:
+        pass  # nothing to check: the machine's CPUs and GPUs are what there is
+
+    def describe(self, study: Study) -> None:
+        return None
+
+    def launch(self, study: Study, *, sets: dict, rerun_failed: bool, wait: bool) -> int:
+        from study.runner import execute_study
+
+        return execute_study(study, rerun_failed=rerun_failed, backend=self)
+
+    def run_batch(self, study: Study, *, sets: dict, rerun_failed: bool) -> int:
+        from study.runner import execute_study
+
+        self.keep_ray = True  # starting Ray again per batch costs tens of seconds
+        return execute_study(study, rerun_failed=rerun_failed, backend=self)
+
+    def run_cells(self, study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
+                  done_before: int, experiment_name: str | None, restore: bool) -> int:
+        from study.paths import ray_storage, run_root
+
+        return run_local(study, cells, tracker, parent_id, run_root=run_root(study.name),
+                         storage_path=ray_storage(), done_before=done_before, keep_ray=self.keep_ray)

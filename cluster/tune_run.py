@@ -110,7 +110,7 @@ def cell_trial(config: dict) -> None:
     from ray import tune
 
     from study.config import TrainConfig
-    from study.trainer import Trainer
+    from study.train.trainer import Trainer
 
     payload = config["cell"]
     run_dir = Path(payload["run_dir"])

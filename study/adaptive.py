@@ -36,6 +36,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
+from study.backends import Backend  # noqa: F401 (the backend's interface, in annotations)
 from study.errors import UserError
 from study.studyfile import Study, load_study
 from study.tracking import FINISHED, StudyTracker
@@ -192,34 +193,20 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
         batch = replace(study, cells=tuple(cells))
 
 
-def run_adaptive(path: str, *, preset: str, cluster: str, sets: dict | None, rerun_failed: bool,
-                 slurm_options: dict | None, max_seeds: int | None, budget_hours: float | None) -> int:
+def run_adaptive(path: str, *, preset: str, backend: "Backend", sets: dict | None, rerun_failed: bool,
+                 max_seeds: int | None, budget_hours: float | None) -> int:
     """``run --until-decided`` on either launcher: one runner call (local Ray, or one SLURM job
     followed to its end) per batch."""
     from analysis import decide
-    from study.runner import CLUSTERS, execute_study
-
-    if cluster not in CLUSTERS:
-        raise UserError(f"unknown cluster '{cluster}' (allowed: {', '.join(CLUSTERS)})", source="--cluster")
     if max_seeds is not None and max_seeds < 2:
         raise UserError(f"must be >= 2 (got {max_seeds})", source="--max-seeds")
     if budget_hours is not None and not budget_hours > 0:
         raise UserError(f"must be > 0 (got {budget_hours})", source="--budget-hours")
-    load_study(path, preset, sets)  # a bad study file fails here, before anything is written
-    if cluster == "slurm":
-        from cluster.slurm import check_options
-
-        check_options(slurm_options or {})
+    backend.check(load_study(path, preset, sets))  # a bad study file or option fails here, before anything is written
     limits = Limits(max_seeds=max_seeds or decide.MAX_SEEDS, budget_hours=budget_hours, batch=decide.BATCH)
 
     def run_batch(batch: Study) -> int:
-        if cluster == "slurm":
-            from cluster.slurm import submit_study
-
-            return submit_study(batch, sets=sets or {}, options=slurm_options or {}, wait=True,
-                                rerun_failed=rerun_failed, subset=True)
-        # one local Ray for every batch: starting it again per look costs tens of seconds
-        return execute_study(batch, rerun_failed=rerun_failed, backend="local", keep_ray=True)
+        return backend.run_batch(batch, sets=sets or {}, rerun_failed=rerun_failed)
 
     try:
         return until_decided(path, preset=preset, sets=sets, limits=limits, run_batch=run_batch)

@@ -40,8 +40,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# keys that change how a run is executed, not what it computes
-EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
+from study.config import EXECUTION_KEYS  # progress, threads, device, loader_workers: execution only
 
 # every key of the inter-image branch, and the loss weights that only mix it in
 INTER_KEYS = ("labels", "sampling", "neg_num", "pool", "neg_search", "candidates", "margin_type", "margin",

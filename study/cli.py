@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from study.backends import backend_names, load_backend
 from study.errors import UserError
 
 
@@ -38,7 +39,7 @@ def cmd_train(args) -> int:
     out = Path(args.out).resolve()
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a directory", source=str(out))
-    from study.trainer import Trainer
+    from study.train.trainer import Trainer
 
     # the trainer loads and checks the data before creating the directory
     trainer = Trainer(cfg, out)
@@ -51,7 +52,7 @@ def _add_run(sub) -> None:
                        description="Run every unfinished cell of a study file; finished cells are skipped.")
     p.add_argument("study_file", metavar="STUDY.yaml")
     p.add_argument("--preset", default="cpu", help="smoke | cpu | gpu | imagenet (default: cpu)")
-    p.add_argument("--cluster", default="local", choices=("local", "slurm"))
+    p.add_argument("--cluster", default="local", choices=backend_names())
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key in every cell (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and their resources, run nothing")
@@ -94,17 +95,17 @@ def cmd_run(args) -> int:
     if (args.max_seeds is not None or args.budget_hours is not None) and not args.until_decided:
         raise UserError("needs --until-decided", source="--max-seeds" if args.max_seeds is not None
                         else "--budget-hours")
+    backend = load_backend(args.cluster, _slurm_options(args))  # the CLI picks, the runner uses
     if args.until_decided and not args.dry_run:
         from study.adaptive import run_adaptive
 
-        return run_adaptive(args.study_file, preset=args.preset, cluster=args.cluster,
+        return run_adaptive(args.study_file, preset=args.preset, backend=backend,
                             sets=parse_sets(args.sets, source="--set"), rerun_failed=args.rerun_failed,
-                            slurm_options=_slurm_options(args), max_seeds=args.max_seeds,
-                            budget_hours=args.budget_hours)
+                            max_seeds=args.max_seeds, budget_hours=args.budget_hours)
 
-    return run_study(args.study_file, preset=args.preset, cluster=args.cluster,
+    return run_study(args.study_file, backend=backend, preset=args.preset,
                      sets=parse_sets(args.sets, source="--set"), dry_run=args.dry_run,
-                     rerun_failed=args.rerun_failed, slurm_options=_slurm_options(args), wait=args.wait)
+                     rerun_failed=args.rerun_failed, wait=args.wait)
 
 
 def _add_status(sub) -> None:

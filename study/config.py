@@ -21,11 +21,19 @@ from study.errors import UserError
 
 Method = Literal["interclr", "mocov2"]
 
+# keys that change how a run is executed, not what it computes: they are not part of a
+# study cell's identity (cell_id), and a run resumes whatever their values
+EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
+
 # Training images of the built-in datasets (the memory bank's size without a subset),
 # so that size invariants are checked at load; image folders are checked once scanned.
 TRAIN_SIZES: dict[str, int] = {"fashion_mnist": 60000, "cifar10": 50000, "stl10": 5000}
 LabelMode = Literal["online", "offline"]
+# The choices of the method's registries, spelled out here so that loading a config needs no
+# torch (the CLI checks a study file in well under a second); tests/test_config.py holds them
+# equal to study.method.sampling.SAMPLERS (and its uses_pool flags) and study.method.losses.MARGINS.
 Sampling = Literal["random", "semi-easy", "semi-hard", "hard"]
+POOL_SAMPLINGS = ("semi-easy", "semi-hard")  # the strategies that draw from a pool
 MarginType = Literal["none", "cosine", "arc"]
 
 
@@ -120,7 +128,7 @@ class TrainConfig(BaseModel):
             bank = self.bank_size
             if bank is not None:
                 check_data_invariants(self, bank)
-            elif self.sampling in ("semi-easy", "semi-hard") and self.pool < self.neg_num:
+            elif self.sampling in POOL_SAMPLINGS and self.pool < self.neg_num:
                 raise ValueError(
                     f"key 'pool': must be >= neg_num ({self.neg_num}) for sampling "
                     f"'{self.sampling}' (got {self.pool})"
@@ -383,7 +391,7 @@ def check_data_invariants(cfg: TrainConfig, num_train: int) -> None:
     if cfg.neg_num > num_train:
         raise ValueError(f"key 'neg_num': {cfg.neg_num} exceeds the bank size {num_train} "
                          f"(allowed: 1..{num_train})")
-    if cfg.sampling in ("semi-easy", "semi-hard"):
+    if cfg.sampling in POOL_SAMPLINGS:
         if cfg.pool > num_train:
             raise ValueError(f"key 'pool': {cfg.pool} exceeds the bank size {num_train} "
                              f"(allowed: neg_num..{num_train})")

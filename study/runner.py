@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from study.errors import UserError
 from study.provenance import short_commit, study_link, ui_base
+from study.backends import Backend, load_backend
+from study.paths import ray_storage, run_root  # noqa: F401 (the launchers take them from here)
 from study.studyfile import Cell, Study, load_study
-from study.tracking import FAILED, FINISHED, REPO_ROOT, RUNNING, StudyTracker
-
-CLUSTERS = ("local", "slurm")
+from study.tracking import FAILED, FINISHED, RUNNING, StudyTracker
 
 
 def local_cpus() -> int:
     return int(os.environ.get("STUDY_NUM_CPUS") or os.cpu_count() or 1)
-
-
-def run_root(study: str) -> Path:
-    base = os.environ.get("STUDY_RUN_ROOT") or str(REPO_ROOT / "runs")
-    return (Path(base) / study).resolve()
-
-
-def ray_storage() -> Path:
-    return Path(os.environ.get("STUDY_RAY_RESULTS") or (REPO_ROOT / "ray_results")).resolve()
 
 
 def describe_cells(study: Study) -> str:
@@ -60,38 +50,29 @@ def cells_to_run(study: Study, status: dict[str, str], rerun_failed: bool) -> tu
     return todo, done
 
 
-def run_study(path: str, *, preset: str = "cpu", cluster: str = "local", sets: dict | None = None,
-              dry_run: bool = False, rerun_failed: bool = False, slurm_options: dict | None = None,
-              wait: bool = False) -> int:
-    if cluster not in CLUSTERS:
-        raise UserError(f"unknown cluster '{cluster}' (allowed: {', '.join(CLUSTERS)})", source="--cluster")
+def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | None = None,
+              dry_run: bool = False, rerun_failed: bool = False, wait: bool = False) -> int:
+    """Load the study, check ``backend``'s options, then list (``dry_run``) or launch its cells."""
     study = load_study(path, preset, sets)
-    if cluster == "slurm":
-        from cluster.slurm import check_options
-
-        check_options(slurm_options or {})  # bad options fail here, before anything is written
+    backend.check(study)  # bad options fail here, before anything is written
     if dry_run:
         print(describe_cells(study))
         from study.cost import estimate_lines
 
         for line in estimate_lines(study, slots=max(1, local_cpus() // study.resources.cpus)):
             print(line)
-        if cluster == "slurm":
-            from cluster.slurm import describe_submission
-
-            print(describe_submission(study, slurm_options or {}))
+        extra = backend.describe(study)
+        if extra:
+            print(extra)
         return 0
-    if cluster == "slurm":
-        from cluster.slurm import submit_study
-
-        return submit_study(study, sets=sets or {}, options=slurm_options or {}, wait=wait,
-                            rerun_failed=rerun_failed)
-    return execute_study(study, rerun_failed=rerun_failed, backend="local")
+    return backend.launch(study, sets=sets or {}, rerun_failed=rerun_failed, wait=wait)
 
 
-def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_name: str | None = None,
-                  restore: bool = False, keep_ray: bool = False) -> int:
-    """Run the study's unfinished cells on the Ray cluster of ``backend``; the driver side."""
+def execute_study(study: Study, *, rerun_failed: bool, backend: Backend | str, experiment_name: str | None = None,
+                  restore: bool = False) -> int:
+    """Run the study's unfinished cells on the Ray cluster of ``backend`` (or its registered name)."""
+    if isinstance(backend, str):
+        backend = load_backend(backend)
     tracker = StudyTracker(study.name)
     parent_id = tracker.parent_run_id({"factors": ",".join(study.factors), "metric": study.spec.metric,
                                        "preset": study.preset, "file": study.path.name}, study.path)
@@ -108,11 +89,9 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
           + (f", {skipped_failed} failed (rerun with --rerun-failed)" if skipped_failed else ""), flush=True)
     start = time.time()
     if todo:
-        if backend == "local":
-            from cluster.local import run_local
-
-            slots = run_local(study, todo, tracker, parent_id, run_root=run_root(study.name),
-                      storage_path=ray_storage(), done_before=done, keep_ray=keep_ray)
+        slots = backend.run_cells(study, todo, tracker, parent_id, done_before=done,
+                                  experiment_name=experiment_name, restore=restore)
+        if slots is not None:
             wall = time.time() - start
             slots = min(len(todo), slots)
             busy = tracker.cell_seconds(c.cell_id for c in todo)
@@ -120,12 +99,6 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
                 # how well the slots were kept busy: 1.0 = no scheduling overhead at all
                 print(f"[{study.name}] wall {wall:.0f}s; cells {busy:.0f}s in {slots} slots = ideal "
                       f"{busy / slots:.0f}s; wall/ideal {wall / (busy / slots):.3f}", flush=True)
-        else:
-            from cluster.tune_run import run_cells
-
-            run_cells(study, todo, tracker, parent_id, run_root=run_root(study.name),
-                      storage_path=ray_storage(), slots=len(todo), experiment_name=experiment_name or study.name,
-                      done_before=done, restore=restore)
     final = StudyTracker(study.name).cell_status()
     counts = summarise(study, final)
     all_done = counts[FINISHED] == len(study.cells)

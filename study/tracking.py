@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.errors import UserError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from study.paths import REPO_ROOT, artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
 
 # MLflow run statuses
 FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
@@ -30,11 +29,7 @@ FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, else sqlite at the repository root (absolute path)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
-
-
-def artifact_root() -> Path:
-    return Path(os.environ.get("STUDY_ARTIFACT_ROOT") or (REPO_ROOT / "mlartifacts")).resolve()
+    return default_tracking_uri()
 
 
 def client(uri: str | None = None):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.augment import (
+from study.data.augment import (
     AugmentConfig,
     TwoViewAugment,
     _axis_weights,

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.bank import MemoryBank, last_occurrence
+from study.method.bank import MemoryBank, last_occurrence
+from study.config import build_config
 from study.errors import UserError
-from study.labels import PseudoLabels, _two_means
-from study.sampling import cluster_index
+from study.method.labels import PseudoLabels, _two_means
+from study.method.sampling import cluster_index
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -68,13 +69,15 @@ def test_bank_state_dict_round_trip():
     assert torch.equal(a.feats, b.feats)
     b.update(torch.tensor([0]), torch.ones(1, 3))  # a copy, not shared storage
     assert not torch.equal(a.feats, b.feats)
-    with pytest.raises(UserError, match="shape"):
+    with pytest.raises(ValueError, match="shape"):
         MemoryBank(6, 3).load_state_dict(a.state_dict())
 
 
 def test_bank_bad_momentum_names_key():
-    with pytest.raises(UserError, match="bank_momentum"):
+    with pytest.raises(ValueError, match="momentum"):  # the method's own check
         MemoryBank(5, 3, momentum=0.0)
+    with pytest.raises(UserError, match="bank_momentum"):  # the user's error, at load
+        build_config("smoke", {"bank_momentum": 0.0})
 
 
 # ---------------------------------------------------------------- pseudo-labels
@@ -118,7 +121,7 @@ def test_cluster_index_cached_and_rebuilt_on_change():
 def test_relabel_merges_its_changes_into_the_cached_index(monkeypatch):
     # few changes: merged (the same index as a rebuild, a new object, no full sort);
     # more than MERGE_MAX_FRACTION of the bank: rebuilt on the next call
-    import study.labels as labels_module
+    import study.method.labels as labels_module
 
     pl, feats = _labels_state()
     pl.cluster_index()
@@ -231,15 +234,22 @@ def test_labels_state_dict_round_trip_and_mismatch():
     saved = pl.labels.clone()
     assert other.relabel(torch.arange(60), -feats) > 0
     assert torch.equal(pl.labels, saved)  # loading copied, it did not share storage
-    with pytest.raises(UserError, match="num_clusters"):
+    with pytest.raises(ValueError, match="clusters"):
         PseudoLabels(60, 5, 5, min_cluster=2).load_state_dict(pl.state_dict())
 
 
 def test_bad_cluster_settings_name_key_and_allowed():
-    with pytest.raises(UserError) as err:
+    with pytest.raises(ValueError) as err:
         PseudoLabels(50, 51, 4)
-    assert "num_clusters" in str(err.value) and "allowed" in str(err.value)
-    with pytest.raises(UserError) as err:
+    assert "num_clusters" in str(err.value) and "1..50" in str(err.value)
+    with pytest.raises(ValueError) as err:
         PseudoLabels(100, 10, 4, min_cluster=11)
     assert "min_cluster" in str(err.value) and "allowed: 1..10" in str(err.value)
     PseudoLabels(100, 10, 4, min_cluster=10)  # exactly fits
+    # the user's error for the same invariants, once, at load
+    with pytest.raises(UserError) as err:
+        build_config("smoke", {"train_subset": 50, "batch_size": 10, "num_clusters": 51})
+    assert "num_clusters" in str(err.value) and "allowed" in str(err.value)
+    with pytest.raises(UserError) as err:
+        build_config("smoke", {"train_subset": 100, "batch_size": 10, "num_clusters": 10, "min_cluster": 11})
+    assert "min_cluster" in str(err.value) and "allowed: min_cluster <= 10" in str(err.value)

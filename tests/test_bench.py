@@ -9,7 +9,7 @@ from bench import gpu, kmeans_bench, maintenance, pipeline, scheduler, step
 from bench.__main__ import main
 from bench.common import Goal, interleaved_times
 from bench.states import Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
-from study.data import epoch_batches
+from study.data.datasets import epoch_batches
 
 CHECKS = [
     step.check_search_modes,

@@ -74,3 +74,16 @@ def test_config_is_frozen_and_flat():
         cfg.epochs = 3  # type: ignore[misc]
     flat = cfg.flat()
     assert flat["sampling"] == cfg.sampling and flat["widths"] == list(cfg.widths)
+
+
+def test_config_choices_are_the_method_registries():
+    """One place per rule: the config's sampling and margin choices are the method's registries."""
+    from typing import get_args
+
+    from study.config import POOL_SAMPLINGS, MarginType, Sampling
+    from study.method.losses import MARGINS
+    from study.method.sampling import SAMPLERS
+
+    assert set(get_args(Sampling)) == set(SAMPLERS)
+    assert set(POOL_SAMPLINGS) == {name for name, sampler in SAMPLERS.items() if sampler.uses_pool}
+    assert set(get_args(MarginType)) == set(MARGINS)

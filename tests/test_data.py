@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from study.augment import AugmentConfig, TwoViewAugment
-from study.data import (
+from study.data.augment import AugmentConfig, TwoViewAugment
+from study.data.datasets import (
     DATASETS,
     FolderTwoViewDataset,
     ImageData,

@@ -9,11 +9,10 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from study import evaluation
+from study.train import evaluation
 from study.errors import UserError
-from study.evaluation import (
+from study.train.evaluation import (
     ari,
-    extract_features,
     label_change_ratio,
     linear_probe_top1,
     nmi,
@@ -239,20 +238,3 @@ def test_linear_probe_bad_arguments():
         with pytest.raises(UserError) as info:
             linear_probe_top1(x, y, x, y, **args)
         assert info.value.key == key
-
-
-# ------------------------------------------------------------------ features
-
-
-def test_extract_features_batches_and_preprocess():
-    images = torch.randint(0, 256, (10, 3, 4, 4), generator=_gen(10), dtype=torch.uint8)
-    layer = torch.nn.Linear(3, 5)
-
-    def fn(batch):  # (B, 3, 4, 4) float -> (B, 5, 1), flattened by extract_features
-        return layer(batch.mean(dim=(2, 3))).unsqueeze(2)
-
-    feats = extract_features(fn, images, batch_size=3, preprocess=lambda b: b.float() / 255)
-    expected = layer(images.float().div(255).mean(dim=(2, 3)))
-    assert feats.shape == (10, 5)
-    assert torch.allclose(feats, expected, atol=1e-6)
-    assert not feats.requires_grad

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from study.config import PRESETS, build_config
-from study.data import epoch_batches, load_dataset
+from study.data.datasets import epoch_batches, load_dataset
 from study.errors import UserError
-from study.kmeans import kmeans
-from study.labels import PseudoLabels
-from study.sampling import STRATEGIES, cluster_index, inter_sample
-from study.trainer import Trainer
+from study.method.kmeans import kmeans
+from study.method.labels import PseudoLabels
+from study.method.sampling import STRATEGIES, cluster_index, inter_sample
+from study.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_trainer_runs_the_reference_upkeep_schedule(smoke_data, monkeypatch):
     # 25 iterations of the trainer itself, its pseudo-labels swapped for the recorder
     cfg = _cfg(labels="online", epochs=1, batch_size=32, max_steps_per_epoch=25, centroid_every=10,
                linear_epochs=0)
-    monkeypatch.setattr("study.trainer.PseudoLabels", _Recorder)
+    monkeypatch.setattr("study.method.interclr.PseudoLabels", _Recorder)
     trainer = Trainer(cfg, None, data=smoke_data, log=lambda s: None)
     trainer.run()
     events = trainer.plabels.events
@@ -232,9 +232,9 @@ def _recording_trainer(cfg, data):
         return out
 
     trainer._batch_views = record
-    import study.trainer as trainer_module
+    import study.method.interclr as method_module  # the unit that draws the sample
 
-    real = trainer_module.inter_sample
+    real = method_module.inter_sample
 
     def spy(*a, **kw):
         s = real(*a, **kw)
@@ -247,7 +247,7 @@ def _recording_trainer(cfg, data):
 @pytest.mark.parametrize("other", [{"sampling": "random"}, {"sampling": "hard"}, {"labels": "offline"},
                                    {"method": "mocov2"}])
 def test_levels_of_one_seed_see_the_same_views_and_weights(smoke_data, monkeypatch, other):
-    import study.trainer as trainer_module
+    import study.method.interclr as method_module  # the unit that draws the sample
 
     runs = []
     for level in ({"sampling": "semi-hard"}, other):
@@ -255,9 +255,9 @@ def test_levels_of_one_seed_see_the_same_views_and_weights(smoke_data, monkeypat
         trainer, views, negs, spy, real = _recording_trainer(cfg, smoke_data)
         w0 = [p.detach().clone() for p in trainer.moco.parameters()]
         q0 = trainer.queue.keys.clone()
-        monkeypatch.setattr(trainer_module, "inter_sample", spy)
+        monkeypatch.setattr(method_module, "inter_sample", spy)
         trainer.run()
-        monkeypatch.setattr(trainer_module, "inter_sample", real)
+        monkeypatch.setattr(method_module, "inter_sample", real)
         runs.append((views, negs, w0, q0))
     (va, na, wa, qa), (vb, nb, wb, qb) = runs
     assert all(torch.equal(x, y) for x, y in zip(wa, wb)) and torch.equal(qa, qb)  # initial weights, queue
@@ -269,7 +269,7 @@ def test_levels_of_one_seed_see_the_same_views_and_weights(smoke_data, monkeypat
 
 
 def test_generators_are_distinct_streams_per_purpose():
-    from study.trainer import Generators
+    from study.train.trainer import Generators
 
     g = Generators(0, 0, torch.device("cpu"))
     draws = [torch.rand(4, generator=getattr(g, name)) for name in Generators.PURPOSES]
@@ -294,7 +294,7 @@ def test_final_metrics_use_every_test_image_and_the_monitor_a_subset(smoke_data)
     assert final["knn_top1_monitor"] == monitor[-1]
     # the final kNN equals a kNN over the 256 test images computed here
     feats = trainer._eval_features(None)
-    assert feats[2].shape[0] == 256 and final["knn_top1"] == trainer._knn(feats)
+    assert feats[2].shape[0] == 256 and final["knn_top1"] == trainer.evaluator.knn(feats)
 
 
 def test_cpu_preset_evaluates_on_the_whole_fashion_mnist_test_set():

@@ -7,9 +7,10 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from study import kmeans as kmeans_module
+from study.method import kmeans as kmeans_module
+from study.config import build_config
 from study.errors import UserError
-from study.kmeans import kmeans
+from study.method.kmeans import kmeans
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -150,23 +151,30 @@ def test_inertia_close_to_sklearn():
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
-        ({"k": 0}, "num_clusters"),
-        ({"k": 101}, "num_clusters"),
-        ({"k": 2.5}, "num_clusters"),
-        ({"iters": 0}, "kmeans_iters"),
-        ({"init": "kmeans++"}, "kmeans_init"),
-        ({"init": torch.zeros(3, 2)}, "kmeans_init"),
-        ({"chunk_size": 0}, "chunk_size"),
-        ({"tol": -0.1}, "kmeans_tol"),
+        ({"k": 0}, "k must"),
+        ({"k": 101}, "k must"),
+        ({"k": 2.5}, "k must"),
+        ({"iters": 0}, "iters must"),
+        ({"init": "kmeans++"}, "init must"),
+        ({"init": torch.zeros(3, 2)}, "initial centroids"),
+        ({"chunk_size": 0}, "chunk_size must"),
+        ({"tol": -0.1}, "tol must"),
     ],
 )
-def test_bad_arguments_raise_user_error(kwargs, key):
+def test_bad_arguments_raise_value_error(kwargs, key):
+    """The method raises ValueError naming the argument; the config turns the user's keys into UserError."""
     x = torch.randn(100, 4, generator=_gen(19))
     args = {"k": 5, **kwargs}
-    with pytest.raises(UserError) as info:
+    with pytest.raises(ValueError) as info:
         kmeans(x, **args)
+    assert not isinstance(info.value, UserError) and key in str(info.value)
+
+
+@pytest.mark.parametrize(("key", "value"), [("num_clusters", 1), ("kmeans_iters", 0)])
+def test_bad_kmeans_keys_are_user_errors_at_load(key, value):
+    with pytest.raises(UserError) as info:
+        build_config("smoke", {key: value})
     assert info.value.key == key
-    assert "allowed" in str(info.value)
 
 
 def test_bad_data_raises_value_error():

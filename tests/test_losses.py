@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from study.config import build_config
 from study.errors import UserError
-from study.losses import MARGIN_TYPES, apply_margin, contrastive_loss
+from study.method.losses import MARGIN_TYPES, apply_margin, contrastive_loss
 
 
 def test_margin_types_contract():
@@ -66,10 +67,14 @@ def test_arc_is_monotonic_and_has_finite_gradient():
 
 
 def test_unknown_margin_type_names_key_and_allowed():
-    with pytest.raises(UserError) as err:
+    with pytest.raises(ValueError) as err:
         apply_margin(torch.zeros(2), "sphere", 0.1)
     msg = str(err.value)
-    assert "margin_type" in msg and "allowed" in msg and "cosine" in msg and "arc" in msg
+    assert "margin type" in msg and "allowed" in msg and "cosine" in msg and "arc" in msg
+    with pytest.raises(UserError) as err:  # the user's error, at load
+        build_config("smoke", {"margin_type": "sphere"})
+    msg = str(err.value)
+    assert "margin_type" in msg and "cosine" in msg and "arc" in msg
 
 
 def _slow_loss(pos, neg, t, margin_type="none", m=0.0):
@@ -118,5 +123,7 @@ def test_negative_cosine_margin_lowers_loss():
 
 
 def test_bad_temperature_is_user_error():
-    with pytest.raises(UserError, match="temperature"):
+    with pytest.raises(ValueError, match="temperature"):
         contrastive_loss(torch.zeros(2), torch.zeros(2, 3), 0.0)
+    with pytest.raises(UserError, match="temperature"):  # the user's error, at load
+        build_config("smoke", {"temperature": 0.0})

@@ -65,7 +65,7 @@ def _git(*args) -> str:
 
 
 def test_provenance_and_cost_on_every_cell(study):
-    from study.data import dataset_fingerprint
+    from study.data.datasets import dataset_fingerprint
 
     client, cells = study["client"], study["cells"]
     assert len(cells) == 2

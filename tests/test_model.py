@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from study.model import ConvNet, Encoder, KeyQueue, MoCo, SplitBatchNorm, build_backbone, split_batchnorm
+from study.method.model import ConvNet, Encoder, KeyQueue, MoCo, SplitBatchNorm, build_backbone, split_batchnorm
 
 
 def test_backbones_shapes():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cluster.tune_run import CostMeter
-from study.data import dataset_files, dataset_fingerprint
+from study.data.datasets import dataset_files, dataset_fingerprint
 from study.provenance import code_version, package_versions, short_commit, study_link, ui_base
 
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

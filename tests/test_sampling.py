@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from study.config import build_config
 from study.errors import UserError
-from study.sampling import (
+from study.method.sampling import (
     STRATEGIES,
     cluster_index,
     index_keys,
@@ -314,10 +315,14 @@ def test_hard_with_too_few_other_labels_is_starved():
 
 
 def test_validate_unknown_strategy_names_key_and_allowed():
-    with pytest.raises(UserError) as err:
+    with pytest.raises(ValueError) as err:
         validate_sampling("semihard", 10, 100, 1000)
     msg = str(err.value)
     assert "sampling" in msg and "allowed" in msg and all(name in msg for name in STRATEGIES)
+    with pytest.raises(UserError) as err:  # the user's error, at load
+        build_config("smoke", {"sampling": "semihard"})
+    msg = str(err.value)
+    assert "sampling" in msg and all(name in msg for name in STRATEGIES)
 
 
 @pytest.mark.parametrize("args,key", [
@@ -327,19 +332,24 @@ def test_validate_unknown_strategy_names_key_and_allowed():
     (("semi-easy", 100, 2000, 1000), "pool"),
 ])
 def test_validate_bad_numbers_name_key(args, key):
-    with pytest.raises(UserError, match=f"'{key}'"):
+    with pytest.raises(ValueError, match=f"{key} must"):
         validate_sampling(*args)
+    strategy, neg_num, pool, bank = args
+    with pytest.raises(UserError, match=f"'{key}'"):  # the user's error, at load
+        build_config("smoke", {"sampling": strategy, "neg_num": neg_num, "pool": pool, "train_subset": bank})
 
 
 def test_validate_pool_ignored_where_unused_and_candidates_checked():
     validate_sampling("hard", 10, 1, 1000)
     validate_sampling("random", 10, 1, 1000)
-    with pytest.raises(UserError, match="'candidates'"):
+    with pytest.raises(ValueError, match="candidates must"):
         validate_sampling("semi-hard", 10, 100, 1000, candidates=0)
+    with pytest.raises(UserError, match="candidates"):  # the user's error, at load
+        build_config("smoke", {"candidates": 0})
 
 
 def test_inter_sample_rejects_unknown_strategy(world):
-    with pytest.raises(UserError, match="sampling"):
+    with pytest.raises(ValueError, match="sampling"):
         _run(world, "hardest")
 
 

@@ -9,8 +9,8 @@ import torch
 
 from bench import cell
 from bench.states import build_trainer, synthetic_data
-from study.evaluation import FeatureMemo
-from study.model import use_channels_last
+from study.train.evaluation import FeatureMemo
+from study.method.model import use_channels_last
 
 
 @pytest.mark.parametrize("check", [cell.check_channels_last_equivalent, cell.check_eval_batch_invariance,

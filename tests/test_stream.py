@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from study.config import build_config
-from study.sources import FolderSource
-from study.trainer import Trainer
+from study.data.sources import FolderSource
+from study.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

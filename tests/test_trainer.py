@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from study import checkpoint as ckpt
+from study.train import checkpoint as ckpt
 from study.config import build_config
-from study.data import load_dataset
-from study.trainer import Trainer, TrainingDiverged
+from study.data.datasets import load_dataset
+from study.train.trainer import Trainer, TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_online_labels_follow_argmax(smoke_data):
     bank, lab = trainer.bank.feats, trainer.plabels
     # every image was seen once this epoch (drop_last aside): its label is its argmax
     seen = torch.cat(
-        __import__("study.data", fromlist=["epoch_batches"]).epoch_batches(
+        __import__("study.data.datasets", fromlist=["epoch_batches"]).epoch_batches(
             trainer.num_train, cfg.batch_size, cfg.seed, 0)[: trainer.steps_per_epoch])
     expect = (bank[seen] @ lab.centroids.T).argmax(1)
     assert torch.equal(lab.labels[seen], expect)
@@ -132,6 +132,28 @@ def test_resume_is_bitwise_equal(tmp_path, smoke_data):
     assert again.run() == final_b and again.step == 0
 
 
+def test_execution_keys_keep_the_cell_and_resume(tmp_path, smoke_data):
+    """threads, loader_workers, device (and progress) change how a run executes, not what it computes:
+    the study cell keeps its id, and a run stopped under one setting resumes under another."""
+    from study.studyfile import cell_hash
+
+    cfg = _cfg(epochs=2, linear_epochs=0, device="cpu", loader_workers=0)
+    moved = _cfg(epochs=2, linear_epochs=0, device="auto", loader_workers=2, threads=2, progress=False)
+    assert cell_hash(cfg) == cell_hash(moved)
+
+    def stop_after_1(epoch, metrics, out):
+        if epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        Trainer(cfg, tmp_path, data=smoke_data, callback=stop_after_1, log=lambda s: None).run()
+    logs = []
+    resumed = Trainer(moved, tmp_path, data=smoke_data, log=logs.append)
+    resumed.run()
+    torch.set_num_threads(1)  # the moved config set 2 for this process
+    assert any(line.startswith("resuming from epoch 1") for line in logs) and resumed.epoch == 2
+
+
 def test_truncated_checkpoint_falls_back(tmp_path, smoke_data):
     cfg = _cfg(epochs=2)
     Trainer(cfg, tmp_path, data=smoke_data, log=lambda s: None).run()
@@ -167,11 +189,11 @@ def test_divergence_is_reported(smoke_data):
 @pytest.mark.parametrize(("world", "subset"), [(3, None), (4, torch.tensor([5, 1, 9, 30, 7, 2, 8]))])
 def test_ddp_ranks_share_feature_extraction(smoke_data, monkeypatch, world, subset):
     """Each rank extracts only its contiguous share; the gathered result is every feature in order."""
-    from study import trainer as trainer_module
+    from study.train import evaluation as evaluation_module
 
     trainer = Trainer(_cfg(), None, data=smoke_data, log=lambda s: None)
-    enc = trainer.moco.encoder_q
-    full = trainer._extract(enc, "train", subset, neck=False)  # (N, D), one process
+    enc, evaluator = trainer.moco.encoder_q, trainer.evaluator
+    full = evaluator._extract(enc, "train", subset, neck=False)  # (N, D), one process
     n = full.shape[0]
     every = torch.arange(n) if subset is None else subset
     for rank in range(world):
@@ -189,11 +211,11 @@ def test_ddp_ranks_share_feature_extraction(smoke_data, monkeypatch, world, subs
             assert padded.shape[0] == rows
             return torch.cat([torch.cat([full[s], full.new_zeros(rows - s.shape[0], full.shape[1])]) for s in shares])
 
-        monkeypatch.setattr(trainer, "world", world)
-        monkeypatch.setattr(trainer, "rank", rank)
-        monkeypatch.setattr(trainer, "_extract", extract)
-        monkeypatch.setattr(trainer_module.dist, "all_gather_cat", gather)
-        got = trainer._features(enc, "train", subset, neck=False)
+        monkeypatch.setattr(evaluator, "world", world)
+        monkeypatch.setattr(evaluator, "rank", rank)
+        monkeypatch.setattr(evaluator, "_extract", extract)
+        monkeypatch.setattr(evaluation_module.dist, "all_gather_cat", gather)
+        got = evaluator.features(enc, "train", subset, neck=False)
         assert torch.equal(got, full)
         assert len(asked) == 1 and torch.equal(asked[0], torch.tensor_split(every, world)[rank])
 
@@ -201,7 +223,7 @@ def test_ddp_ranks_share_feature_extraction(smoke_data, monkeypatch, world, subs
 def test_training_with_merged_index_equals_rebuilt_index(smoke_data, monkeypatch):
     """The online runs' cluster index kept by merging each relabel (as at 1.28M on a CPU) trains
     bitwise the same as rebuilding it (as at small banks): the merge gives the same index."""
-    import study.labels as labels_module
+    import study.method.labels as labels_module
 
     runs = {}
     real = labels_module.update_cluster_index

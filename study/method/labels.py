@@ -35,9 +35,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from study.bank import last_occurrence
-from study.errors import UserError
-from study.sampling import ClusterIndex, cluster_index, index_keys, update_cluster_index
+from study.method.bank import last_occurrence
+from study.method.sampling import ClusterIndex, cluster_index, index_keys, update_cluster_index
 
 # Lloyd iterations of the 2-means that splits the largest cluster; the split
 # only has to seed a new cluster, later relabelling refines it.
@@ -113,14 +112,12 @@ class PseudoLabels:
     def __init__(self, num_samples: int, num_clusters: int, dim: int, min_cluster: int = 20,
                  device: Optional[torch.device | str] = None):
         if not 1 <= num_clusters <= num_samples:
-            raise UserError(f"must be in 1..{num_samples}, the dataset size (got {num_clusters}); "
-                            f"allowed: 1..{num_samples}", key="num_clusters")
+            raise ValueError(f"pseudo-labels: num_clusters must be in 1..{num_samples}, the dataset size "
+                             f"(got {num_clusters})")
         if min_cluster < 1 or min_cluster * num_clusters > num_samples:
-            raise UserError(
-                f"min_cluster * num_clusters must not exceed the dataset size {num_samples} "
-                f"(got {min_cluster} * {num_clusters}); allowed: 1..{num_samples // num_clusters}",
-                key="min_cluster",
-            )
+            raise ValueError(
+                f"pseudo-labels: min_cluster * num_clusters must not exceed the dataset size {num_samples} "
+                f"(got {min_cluster} * {num_clusters}; min_cluster allowed: 1..{num_samples // num_clusters})")
         self.num_samples = int(num_samples)
         self.num_clusters = int(num_clusters)
         self.dim = int(dim)
@@ -192,7 +189,7 @@ class PseudoLabels:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (shapes must match this run)."""
         if state["centroids"].shape[0] != self.num_clusters or state["labels"].shape[0] != self.num_samples:
-            raise UserError(
+            raise ValueError(
                 f"pseudo-labels: the checkpoint has {state['labels'].shape[0]} labels and "
                 f"{state['centroids'].shape[0]} clusters, this run needs {self.num_samples} and "
                 f"{self.num_clusters}; was it made with another dataset or num_clusters?"

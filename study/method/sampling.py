@@ -45,7 +45,6 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from study.errors import UserError
 
 ClusterIndex = tuple[Tensor, Tensor, Tensor]  # (order (B,), starts (k,), counts (k,))
 
@@ -384,24 +383,24 @@ STRATEGIES = tuple(SAMPLERS)  # ("random", "semi-easy", "semi-hard", "hard")
 
 def validate_sampling(strategy: str, neg_num: int, pool: int, bank_size: int,
                       candidates: Optional[int] = None) -> None:
-    """Check sampling settings against each other and the bank size; raise UserError.
+    """Check sampling settings against each other and the bank size; raise ValueError.
 
     ``pool`` is checked only for the strategies that use it (semi-easy,
     semi-hard); ``candidates`` (None = exact search) must be >= 1.
     """
     if strategy not in SAMPLERS:
-        raise UserError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}", key="sampling")
+        raise ValueError(f"unknown sampling strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
     if neg_num < 1:
-        raise UserError(f"must be >= 1 (got {neg_num})", key="neg_num")
+        raise ValueError(f"neg_num must be >= 1 (got {neg_num})")
     if neg_num > bank_size:
-        raise UserError(f"must be <= the bank size {bank_size} (got {neg_num})", key="neg_num")
+        raise ValueError(f"neg_num must be <= the bank size {bank_size} (got {neg_num})")
     if SAMPLERS[strategy].uses_pool:
         if pool < neg_num:
-            raise UserError(f"must be >= neg_num ({neg_num}) for sampling {strategy!r} (got {pool})", key="pool")
+            raise ValueError(f"pool must be >= neg_num ({neg_num}) for sampling {strategy!r} (got {pool})")
         if pool > bank_size:
-            raise UserError(f"must be <= the bank size {bank_size} (got {pool})", key="pool")
+            raise ValueError(f"pool must be <= the bank size {bank_size} (got {pool})")
     if candidates is not None and candidates < 1:
-        raise UserError(f"must be >= 1 or None for exact search (got {candidates})", key="candidates")
+        raise ValueError(f"candidates must be >= 1 or None for exact search (got {candidates})")
 
 
 def scaled_pool(pool: int, candidates: int, bank_size: int) -> int:
@@ -546,6 +545,7 @@ def inter_sample(
     :class:`InterSample`) draw ignoring labels where the reference never returns.
     """
     bank_size = bank_feats.shape[0]
+    # a few comparisons, a guard for direct callers: the config checked the same at load (UserError)
     validate_sampling(strategy, neg_num, pool, bank_size, candidates)
     sampler = SAMPLERS[strategy]
     q_labels = labels[q_idx]  # (N,)

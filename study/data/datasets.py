@@ -56,8 +56,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.augment import TwoViewAugment, sample_crop_boxes
+from study.data.augment import TwoViewAugment, sample_crop_boxes
 from study.errors import DataError, UserError
+from study.paths import DATA_DIR
 
 __all__ = [
     "DATASETS",
@@ -82,8 +83,6 @@ __all__ = [
 
 DATASETS = ("fashion_mnist", "cifar10", "stl10", "imagefolder")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT / "data"
 # Where Fashion-MNIST is looked for when no root is given, in order.
 FASHION_MNIST_DIRS = (
     Path("/usr/share/datasets/fashion-mnist"),

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.errors import UserError
 
 
 def last_occurrence(idx: Tensor) -> Tensor:
@@ -58,7 +57,7 @@ class MemoryBank:
         if dim < 1:
             raise ValueError(f"memory bank: dim must be >= 1 (got {dim})")
         if not 0.0 < momentum <= 1.0:
-            raise UserError(f"must be in (0, 1] (got {momentum})", key="bank_momentum")
+            raise ValueError(f"memory bank: momentum must be in (0, 1] (got {momentum})")
         self.size = int(size)
         self.dim = int(dim)
         self.momentum = float(momentum)
@@ -123,7 +122,7 @@ class MemoryBank:
         """Restore features from :meth:`state_dict` (the bank's size and dim must match)."""
         feats = state["feats"]
         if tuple(feats.shape) != (self.size, self.dim):
-            raise UserError(
+            raise ValueError(
                 f"memory bank: the checkpoint's bank has shape {tuple(feats.shape)}, this run needs "
                 f"({self.size}, {self.dim}); was it made on another dataset or feat_dim?"
             )

@@ -2,20 +2,23 @@
 
 All functions are pure: they take tensors (or arrays) and return numbers;
 none of them changes its inputs. Features are assumed frozen and
-precomputed (see :func:`extract_features`), so the probes here cost seconds,
-not epochs.
+precomputed (by :class:`Evaluator`, which runs them for the trainer), so the
+probes here cost seconds, not epochs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from study.data.augment import eval_preprocess
+from study.data.datasets import stratified_subset
 from study.errors import UserError
+from study.train import distributed as dist
 
 # label_change_ratio(match=True) solves the exact one-to-one matching
 # (Hungarian, O(n^3)) up to this many clusters and a greedy one above: at
@@ -377,50 +380,143 @@ def _train_linear(
     return head.eval()
 
 
-# ------------------------------------------------------------------ features
+# ------------------------------------------------------------------ the evaluator
 
 
-@torch.no_grad()
-def extract_features(
-    fn: Callable[[Tensor], Tensor],
-    images: Tensor,
-    batch_size: int,
-    preprocess: Callable[[Tensor], Tensor] | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Run ``fn`` over ``images`` in batches and stack the outputs.
-
-    The caller puts the model in eval mode; this only batches, moves and
-    concatenates, under no_grad.
+class Evaluator:
+    """One run's evaluation: feature extraction, the kNN monitor, NMI/ARI of the labels, the linear probe.
 
     Args:
-        fn: maps a batch (B, ...) to features (B, D) (more dims are flattened).
-        images: (N, C, H, W) float images, or uint8 if ``preprocess`` converts.
-        batch_size: images per call of ``fn``.
-        preprocess: optional batch transform applied after moving the batch
-            to ``device`` (e.g. uint8 -> normalised float on the GPU).
-        device: where batches go before ``preprocess``/``fn``; None leaves them.
-
-    Returns:
-        (N, D) features on the device and dtype ``fn`` returned.
+        cfg: the run's config (``knn_*``, ``monitor_test_subset``, ``linear_epochs``, ``seed``, ...).
+        source: the run's data source (:mod:`study.data.sources`): eval batches, labels, sizes.
+        image_size: the side the encoder sees; device, use_amp: where and how it runs.
+        world, rank: the DDP processes (1, 0 in one process); the ranks share every extraction.
     """
-    _check_positive_int(batch_size, "batch_size")
-    n = images.shape[0]
-    if n == 0:
-        raise ValueError("extract_features needs at least one image")
-    out = None
-    for start in range(0, n, batch_size):
-        batch = images[start : start + batch_size]
-        if device is not None:
-            batch = batch.to(device, non_blocking=True)
-        if preprocess is not None:
-            batch = preprocess(batch)
-        feats = fn(batch).flatten(1)  # (B, D)
-        if out is None:
-            # allocate once from the first batch: no list + cat, no 2x peak memory
-            out = torch.empty(n, feats.shape[1], dtype=feats.dtype, device=feats.device)  # (N, D)
-        out[start : start + feats.shape[0]] = feats
-    return out
+
+    def __init__(self, cfg, source, *, image_size: int, device: torch.device, use_amp: bool,
+                 world: int = 1, rank: int = 0, channels_last: bool = False,
+                 model_state: Callable[[], object] | None = None):
+        self.cfg, self.source, self.image_size = cfg, source, image_size
+        self.device, self.use_amp, self.world, self.rank = device, use_amp, world, rank
+        self.channels_last = channels_last
+        self._monitor_idx: Tensor | None = None
+        # eval features of the current weights, handed out again (the final kNN and probe reuse
+        # the last epoch's); ``model_state`` names the weights' state, None switches the memo off
+        self.memo = FeatureMemo()
+        self.model_state = model_state
+
+    @torch.no_grad()
+    def features(self, encoder, split: str, indices: Tensor | None, *, neck: bool) -> Tensor:
+        """Eval-mode features of a split's images (``indices`` of it, or all), in batches. (N, D)
+
+        Under DDP each rank extracts one contiguous share of the images and the
+        shares are all-gathered: every rank ends with all N features in order, as
+        one process would, at 1/W of the forward passes (the k-means at the start,
+        each offline re-clustering and each kNN evaluation need the whole set).
+        """
+        if self.world == 1:
+            return self._extract(encoder, split, indices, neck=neck)
+        n = (self.source.num_train if split == "train" else self.source.num_test) if indices is None \
+            else indices.shape[0]
+        if n < self.world:  # too few to share
+            return self._extract(encoder, split, indices, neck=neck)
+        every = torch.arange(n) if indices is None else indices
+        shares = torch.tensor_split(every, self.world)  # sizes differ by at most one, none empty
+        mine = self._extract(encoder, split, shares[self.rank], neck=neck)  # (n_r, D)
+        rows = shares[0].shape[0]  # the largest share: all_gather needs equal shapes
+        padded = torch.cat([mine, mine.new_zeros(rows - mine.shape[0], mine.shape[1])])  # (rows, D)
+        gathered = dist.all_gather_cat(padded).view(self.world, rows, -1)  # (W, rows, D)
+        return torch.cat([gathered[r, :share.shape[0]] for r, share in enumerate(shares)])  # (N, D)
+
+    @torch.no_grad()
+    def _extract(self, encoder, split: str, indices: Tensor | None, *, neck: bool) -> Tensor:
+        """Eval-mode features of a split's images (``indices`` of it, or all) in this process. (N, D)"""
+        state = self.model_state() if self.model_state is not None else None
+        if state is not None:
+            memo = self.memo.get(state, encoder, split, indices, neck)
+            if memo is not None:
+                return memo
+        was_training = encoder.training
+        encoder.eval()
+        out = []
+        # 512 on a CPU: the 28 px activations of a batch stay in cache (1.3x faster than 1024);
+        # per-image features do not depend on the batch size, for batches of 2 or more (tests/test_speed.py)
+        bs = 512 if self.device.type == "cpu" else 2048
+        for images in self.source.eval_batches(split, indices, bs):
+            x = eval_preprocess(images.to(self.device), self.image_size, self.source.mean, self.source.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                f = encoder(x) if neck else encoder.backbone(x)
+            out.append(f.float())
+        encoder.train(was_training)
+        feats = torch.cat(out)
+        if state is not None:
+            self.memo.put(state, encoder, split, indices, neck, feats)
+        return feats
+
+    def knn_subset(self) -> Tensor:
+        """Training images of the kNN (``knn_train_subset`` of them, fixed by the seed, or all). (n,)"""
+        n = self.cfg.knn_train_subset
+        if n is None or n >= self.source.num_train:
+            return torch.arange(self.source.num_train)
+        g = torch.Generator().manual_seed(self.cfg.seed + 4242)
+        return torch.randperm(self.source.num_train, generator=g)[:n].sort().values
+
+    def monitor_test_idx(self) -> Tensor | None:
+        """Test images of the per-epoch kNN monitor: a fixed stratified subset (the same for every
+        cell of a study), or None for every loaded test image."""
+        n = self.cfg.monitor_test_subset
+        if n is None or n >= self.source.num_test:
+            return None
+        if self._monitor_idx is None:
+            self._monitor_idx = stratified_subset(self.source.test_labels, n, seed=0, key="monitor_test_subset")
+        return self._monitor_idx
+
+    def eval_features(self, encoder, test_idx: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Backbone features and labels: (train (n, D), train labels (n,), test (m, D), test labels (m,)).
+
+        Train: the kNN train subset; test: ``test_idx`` of the test split, or all of it.
+        """
+        sub = self.knn_subset()
+        train_f = self.features(encoder, "train", sub, neck=False)
+        test_f = self.features(encoder, "test", test_idx, neck=False)
+        test_y = self.source.test_labels if test_idx is None else self.source.test_labels[test_idx]
+        return train_f, self.source.train_labels[sub].to(self.device), test_f, test_y.to(self.device)
+
+    def knn(self, feats: tuple[Tensor, Tensor, Tensor, Tensor]) -> float:
+        """Weighted kNN top-1 of :meth:`eval_features`'s output."""
+        return weighted_knn_top1(*feats, k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
+                                 num_classes=self.source.num_classes)
+
+    def monitor_knn(self, encoder) -> float:
+        """The per-epoch kNN monitor (on ``monitor_test_subset`` test images)."""
+        return self.knn(self.eval_features(encoder, self.monitor_test_idx()))
+
+    def label_metrics(self, labels: Tensor, prev: Tensor | None) -> dict:
+        """NMI/ARI of pseudo-labels ``labels`` (N,) against the classes; with ``prev`` (N,), how much they moved."""
+        truth = self.source.train_labels
+        out = {"nmi": nmi(labels, truth), "ari": ari(labels, truth),
+               "clusters_nonempty": int((torch.bincount(labels, minlength=self.cfg.num_clusters) > 0).sum())}
+        if prev is not None:
+            # how much the partition moved, whatever the cluster ids: k-means renumbers its
+            # clusters at each offline re-clustering, and online re-seeding reuses ids
+            out["label_change_ratio"] = label_change_ratio(prev, labels, match=True)
+            if self.cfg.labels == "online":
+                # ids as they are (cluster i stays i between re-seedings)
+                out["label_change_raw"] = label_change_ratio(prev, labels, match=False)
+        return out
+
+    def probe(self, encoder, feats: tuple[Tensor, Tensor, Tensor, Tensor]) -> float:
+        """Linear-probe top-1 on frozen backbone features ``feats`` (:meth:`eval_features`)."""
+        before = [p.detach().clone() for p in encoder.backbone.parameters()]
+        top1 = linear_probe_top1(*feats, self.source.num_classes, epochs=self.cfg.linear_epochs,
+                                 generator=torch.Generator(device=self.device).manual_seed(self.cfg.seed))
+        # moco's sanity check: the probe must not have touched the frozen backbone
+        after = list(encoder.backbone.parameters())
+        if not all(torch.equal(a, b) for a, b in zip(before, after)):
+            raise RuntimeError("linear probe changed the frozen backbone")
+        return top1
 
 
 class FeatureMemo:

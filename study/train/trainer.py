@@ -1,8 +1,9 @@
-"""The core trainer: MoCo v2 plus the inter-image branch of InterCLR.
+"""The training loop around the method (:class:`study.method.interclr.InterCLR`).
 
-One class, :class:`Trainer`, runs one configuration end to end: data, model,
-the inter-image state (memory bank, pseudo-labels), the epoch loop with its
-per-epoch evaluation, atomic checkpoints and resume. It imports neither Ray
+:class:`Trainer` runs one configuration end to end: it picks the data source,
+builds the method unit (MoCo v2 is the unit with its inter branch off), and
+keeps the loop, the learning-rate schedule, the optimizer, the random streams,
+the per-epoch evaluation, atomic checkpoints and resume. It imports neither Ray
 nor MLflow: per-epoch metrics go to an optional callback, to which the
 scheduler and the tracking plug in.
 
@@ -26,7 +27,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -34,29 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study import checkpoint as ckpt
-from study import distributed as dist
-from dataclasses import replace
-
-from study.augment import AugmentConfig, TwoViewAugment, eval_preprocess
-from study.bank import MemoryBank
-from study.config import TrainConfig, validate_against_data
-from study.data import ImageData, epoch_batches, load_dataset, mix_seed, stratified_subset
-from study.sources import FolderSource, MemorySource
-from study.evaluation import (
-    FeatureMemo,
-    ari,
-    label_change_ratio,
-    linear_probe_top1,
-    nmi,
-    similarity_stats,
-    weighted_knn_top1,
-)
-from study.kmeans import kmeans
-from study.labels import PseudoLabels
-from study.losses import contrastive_loss
-from study.model import Encoder, KeyQueue, MoCo, build_backbone, split_batchnorm, use_channels_last
-from study.sampling import inter_sample, sample_positives
+from study.canonical import canonical_config
+from study.config import POOL_SAMPLINGS, TrainConfig, validate_against_data
+from study.data.augment import AugmentConfig, TwoViewAugment
+from study.data.datasets import ImageData, epoch_batches, load_dataset, mix_seed
+from study.data.sources import FolderSource, MemorySource
+from study.method.interclr import InterCLR, InterSettings
+from study.method.model import Encoder, build_backbone, split_batchnorm, use_channels_last
+from study.train import checkpoint as ckpt
+from study.train import distributed as dist
+from study.train.evaluation import Evaluator, FeatureMemo, similarity_stats
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
 
@@ -93,6 +81,18 @@ class Generators:
     def load_state_dict(self, state: dict) -> None:
         for name in self.PURPOSES:
             getattr(self, name).set_state(state[name])
+
+
+def inter_settings(cfg: TrainConfig) -> InterSettings | None:
+    """The inter branch's settings of ``cfg``, or None for MoCo v2."""
+    if not cfg.inter_enabled:
+        return None
+    return InterSettings(
+        labels=cfg.labels, sampling=cfg.sampling, neg_num=cfg.neg_num, pool=cfg.pool,
+        candidates=None if cfg.neg_search == "exact" else cfg.candidates, margin_type=cfg.margin_type,
+        margin=cfg.margin, num_clusters=cfg.num_clusters, min_cluster=cfg.min_cluster,
+        centroid_every=cfg.centroid_every, kmeans_iters=cfg.kmeans_iters, bank_momentum=cfg.bank_momentum,
+        intra_weight=cfg.intra_weight, inter_weight=cfg.inter_weight)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -208,31 +208,34 @@ class Trainer:
         encoder = Encoder(build_backbone(cfg.backbone, in_ch, cfg.widths, self.image_size),
                           cfg.feat_dim, cfg.hidden_dim)
         split_batchnorm(encoder, cfg.bn_splits)
-        self.moco = MoCo(encoder, cfg.key_momentum).to(self.device)
+        self.gens = Generators(cfg.seed, self.rank, self.device)
+        self.method = InterCLR(
+            encoder, num_samples=self.num_train, feat_dim=cfg.feat_dim, queue_size=cfg.queue_size,
+            key_momentum=cfg.key_momentum, temperature=cfg.temperature, intra_margin_type=cfg.intra_margin_type,
+            intra_margin=cfg.intra_margin, inter=inter_settings(cfg), queue_generator=self.gens.views,
+            device=self.device, gather=dist.all_gather_cat, rank=self.rank)
+        # the method's parts, by their names (checkpoints, evaluation, tests)
+        self.moco, self.queue = self.method.moco, self.method.queue
+        self.bank, self.plabels = self.method.bank, self.method.plabels
         self.channels_last = use_channels_last(cfg.channels_last, self.device.type, cfg.backbone)
         if self.channels_last:
             self.moco.to(memory_format=torch.channels_last)
-        self.feature_memo = FeatureMemo()  # eval features of the current weights, handed out again
         self.train_model = self.moco.encoder_q
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.moco.encoder_q, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.moco.encoder_q.parameters(), lr=cfg.lr,
                                          momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
-        self.gens = Generators(cfg.seed, self.rank, self.device)
-        self.queue = KeyQueue(cfg.queue_size, cfg.feat_dim, generator=self.gens.views, device=self.device)
         aug_cfg = AugmentConfig(
             out_size=self.image_size, crop_scale=(cfg.crop_scale_min, 1.0), jitter_p=cfg.jitter_p,
             blur_p=cfg.blur_p, mean=self.source.mean, std=self.source.std)
+        self.evaluator = Evaluator(cfg, self.source, image_size=self.image_size, device=self.device,
+                                   use_amp=self.use_amp, world=self.world, rank=self.rank,
+                                   channels_last=self.channels_last,
+                                   model_state=lambda: FeatureMemo.model_state(self.step, self.moco))
         self.augment = TwoViewAugment(aug_cfg)
         # streamed views arrive cropped from the workers: only the photometric ops are left
         self.photometric = TwoViewAugment(replace(aug_cfg, crop_scale=(1.0, 1.0)))
-        self.bank: MemoryBank | None = None
-        self.plabels: PseudoLabels | None = None
-        if cfg.inter_enabled:
-            self.bank = MemoryBank(self.num_train, cfg.feat_dim, momentum=cfg.bank_momentum, device=self.device)
-            self.plabels = PseudoLabels(self.num_train, cfg.num_clusters, cfg.feat_dim,
-                                        min_cluster=cfg.min_cluster, device=self.device)
         self.steps_per_epoch = self.num_train // cfg.batch_size
         if cfg.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
@@ -259,7 +262,7 @@ class Trainer:
             search = "exact" if size >= self.num_train else f"{size} candidates"
             pool = (f", pool {cfg.effective_pool(self.num_train)} = "
                     f"{cfg.effective_pool(self.num_train) / cfg.neg_num:.1f}x neg_num"
-                    if cfg.sampling in ("semi-easy", "semi-hard") else "")
+                    if cfg.sampling in POOL_SAMPLINGS else "")
             parts.append(f"inter: {cfg.labels} labels k={cfg.num_clusters}, {cfg.sampling} "
                          f"{cfg.neg_num} negatives/query ({search}{pool}), "
                          f"{cfg.margin_type} margin {cfg.margin}, data order {cfg.data_order}")
@@ -267,100 +270,15 @@ class Trainer:
             parts.append("inter branch off (MoCo v2)")
         return "; ".join(parts)
 
-    # -------------------------------------------------------------- features
-    @torch.no_grad()
-    def _features(self, encoder: Encoder, split: str, indices: Tensor | None, *, neck: bool) -> Tensor:
-        """Eval-mode features of a split's images (``indices`` of it, or all), in batches. (N, D)
-
-        Under DDP each rank extracts one contiguous share of the images and the
-        shares are all-gathered: every rank ends with all N features in order, as
-        one process would, at 1/W of the forward passes (the k-means at the start,
-        each offline re-clustering and each kNN evaluation need the whole set).
-        """
-        if self.world == 1:
-            return self._extract(encoder, split, indices, neck=neck)
-        n = (self.num_train if split == "train" else self.source.num_test) if indices is None else indices.shape[0]
-        if n < self.world:  # too few to share
-            return self._extract(encoder, split, indices, neck=neck)
-        every = torch.arange(n) if indices is None else indices
-        shares = torch.tensor_split(every, self.world)  # sizes differ by at most one, none empty
-        mine = self._extract(encoder, split, shares[self.rank], neck=neck)  # (n_r, D)
-        rows = shares[0].shape[0]  # the largest share: all_gather needs equal shapes
-        padded = torch.cat([mine, mine.new_zeros(rows - mine.shape[0], mine.shape[1])])  # (rows, D)
-        gathered = dist.all_gather_cat(padded).view(self.world, rows, -1)  # (W, rows, D)
-        return torch.cat([gathered[r, :share.shape[0]] for r, share in enumerate(shares)])  # (N, D)
-
-    @torch.no_grad()
-    def _extract(self, encoder: Encoder, split: str, indices: Tensor | None, *, neck: bool) -> Tensor:
-        """Eval-mode features of a split's images (``indices`` of it, or all) in this process. (N, D)"""
-        state = FeatureMemo.model_state(self.step, self.moco)
-        memo = self.feature_memo.get(state, encoder, split, indices, neck)
-        if memo is not None:
-            return memo
-        was_training = encoder.training
-        encoder.eval()
-        out = []
-        # 512 on a CPU: the 28 px activations of a batch stay in cache (1.3x faster than 1024);
-        # per-image features do not depend on the batch size, for batches of 2 or more (tests/test_speed.py)
-        bs = 512 if self.device.type == "cpu" else 2048
-        for images in self.source.eval_batches(split, indices, bs):
-            x = eval_preprocess(images.to(self.device), self.image_size, self.source.mean, self.source.std)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-                f = encoder(x) if neck else encoder.backbone(x)
-            out.append(f.float())
-        encoder.train(was_training)
-        feats = torch.cat(out)
-        self.feature_memo.put(state, encoder, split, indices, neck, feats)
-        return feats
-
-    def _knn_subset(self) -> Tensor:
-        n = self.cfg.knn_train_subset
-        if n is None or n >= self.num_train:
-            return torch.arange(self.num_train)
-        g = torch.Generator().manual_seed(self.cfg.seed + 4242)
-        return torch.randperm(self.num_train, generator=g)[:n].sort().values
-
-    def _monitor_test_idx(self) -> Tensor | None:
-        """Test images of the per-epoch kNN monitor: a fixed stratified subset (the same for every
-        cell of a study), or None for every loaded test image."""
-        n = self.cfg.monitor_test_subset
-        if n is None or n >= self.source.num_test:
-            return None
-        if getattr(self, "_monitor_idx", None) is None:
-            self._monitor_idx = stratified_subset(self.source.test_labels, n, seed=0, key="monitor_test_subset")
-        return self._monitor_idx
-
+    # -------------------------------------------------------------- evaluation
     def _eval_features(self, test_idx: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Backbone features and labels: (train (n, D), train labels (n,), test (m, D), test labels (m,)).
-
-        Train: the kNN train subset; test: ``test_idx`` of the test split, or all of it.
-        """
-        sub = self._knn_subset()
-        train_f = self._features(self.moco.encoder_q, "train", sub, neck=False)
-        test_f = self._features(self.moco.encoder_q, "test", test_idx, neck=False)
-        test_y = self.source.test_labels if test_idx is None else self.source.test_labels[test_idx]
-        return train_f, self.source.train_labels[sub].to(self.device), test_f, test_y.to(self.device)
-
-    def _knn(self, feats: tuple[Tensor, Tensor, Tensor, Tensor]) -> float:
-        return weighted_knn_top1(*feats, k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
-                                 num_classes=self.source.num_classes)
-
-    def evaluate_knn(self) -> float:
-        """The per-epoch kNN monitor (on ``monitor_test_subset`` test images)."""
-        return self._knn(self._eval_features(self._monitor_test_idx()))
+        """The query backbone's kNN features (:meth:`Evaluator.eval_features`)."""
+        return self.evaluator.eval_features(self.moco.encoder_q, test_idx)
 
     # ------------------------------------------------------- inter-image state
     def _train_features(self) -> Tensor:
         """``(B, d)`` L2-normalised eval-mode query-encoder features of the whole training set."""
-        return F.normalize(self._features(self.moco.encoder_q, "train", None, neck=True), dim=1)
-
-    def _cluster(self, feats: Tensor) -> None:
-        """k-means of ``feats`` ``(B, d)``; labels and member-mean centroids over the bank."""
-        cfg = self.cfg
-        res = kmeans(feats, cfg.num_clusters, iters=cfg.kmeans_iters, generator=self.gens.inter)
-        self.plabels.assign(res.labels, self.bank.feats, res.centroids)
+        return F.normalize(self.evaluator.features(self.moco.encoder_q, "train", None, neck=True), dim=1)
 
     def init_inter_state(self) -> None:
         """Fill the bank with the training set's features and cluster them (both label modes).
@@ -368,12 +286,10 @@ class Trainer:
         The reference's initialisation: bank = features, labels = k-means,
         centroids = member means of those labels over the bank. Small clusters
         are left to the first iteration's upkeep, as in the reference. The
-        ranks share the feature extraction (:meth:`_features`); every rank then
+        ranks share the feature extraction (:meth:`Evaluator.features`); every rank then
         runs the same k-means with the shared generator, so all hold one state.
         """
-        feats = self._train_features()
-        self.bank.fill(feats)
-        self._cluster(feats)
+        self.method.init_state(self._train_features(), self.gens.inter)
 
     def recluster(self) -> None:
         """Offline re-clustering: k-means of freshly extracted features replaces the labels only.
@@ -382,22 +298,13 @@ class Trainer:
         during training; the centroids become the new labels' member means
         over that bank (offline sampling does not use them).
         """
-        self._cluster(self._train_features())
+        self.method.recluster(self._train_features(), self.gens.inter)
 
     def label_metrics(self) -> dict:
         if self.plabels is None:
             return {}
         labels = self.plabels.labels.cpu()
-        truth = self.source.train_labels
-        out = {"nmi": nmi(labels, truth), "ari": ari(labels, truth),
-               "clusters_nonempty": int((torch.bincount(labels, minlength=self.cfg.num_clusters) > 0).sum())}
-        if self.prev_labels is not None:
-            # how much the partition moved, whatever the cluster ids: k-means renumbers its
-            # clusters at each offline re-clustering, and online re-seeding reuses ids
-            out["label_change_ratio"] = label_change_ratio(self.prev_labels, labels, match=True)
-            if self.cfg.labels == "online":
-                # ids as they are (cluster i stays i between re-seedings)
-                out["label_change_raw"] = label_change_ratio(self.prev_labels, labels, match=False)
+        out = self.evaluator.label_metrics(labels, self.prev_labels)
         self.prev_labels = labels.clone()
         return out
 
@@ -449,31 +356,10 @@ class Trainer:
             q = self.train_model(v1)
         q = F.normalize(q.float(), dim=1)  # (n, d)
         k = self._keys(v2)  # (n, d)
-
-        # intra-image: positive = the other view's key, negatives = the queue
-        pos_intra = (q * k).sum(1)  # (n,)
-        neg_intra = q @ self.queue.keys.T  # (n, K)
-        loss_intra = contrastive_loss(pos_intra, neg_intra, cfg.temperature,
-                                      cfg.intra_margin_type, cfg.intra_margin)
-        loss = loss_intra
         inter_on = cfg.inter_enabled and self.epoch >= cfg.warmup_epochs
         idx_dev = idx.to(self.device)
-        if inter_on:
-            # positives for the global batch from the shared generator, this rank's slice kept,
-            # so that W processes draw exactly what one process would
-            all_idx = dist.all_gather_cat(idx_dev)
-            pos_all = sample_positives(all_idx, self.plabels.labels, *self.plabels.cluster_index(),
-                                       generator=self.gens.inter)
-            n = idx.shape[0]
-            pos_idx = pos_all[self.rank * n:(self.rank + 1) * n]
-            sample = inter_sample(
-                q, idx_dev, self.bank.feats, self.plabels.labels, self.plabels.cluster_index(),
-                cfg.sampling, cfg.neg_num, cfg.pool,
-                None if cfg.neg_search == "exact" else cfg.candidates,
-                self.gens.negatives, pos_idx=pos_idx, shared_generator=self.gens.inter)
-            loss_inter = contrastive_loss(sample.pos_cos, sample.neg_cos, cfg.temperature,
-                                          cfg.margin_type, cfg.margin)
-            loss = cfg.intra_weight * loss_intra + cfg.inter_weight * loss_inter
+        out = self.method.loss(q, k, idx_dev, inter_on=inter_on, shared=self.gens.inter, own=self.gens.negatives)
+        loss, loss_intra, sample = out.loss, out.intra, out.sample
 
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}")
@@ -481,26 +367,17 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
 
-        # state updates with the keys of the whole global batch, identical on every rank
-        k_all = dist.all_gather_cat(k)  # (B, d)
-        self.queue.enqueue(k_all)
-        if cfg.inter_enabled:
-            idx_all = dist.all_gather_cat(idx_dev)
-            self.bank.update(idx_all, k_all)
-            if cfg.labels == "online":
-                # relabel with the bank's new rows (equal to the keys at bank_momentum 1.0), the
-                # periodic centroid recompute, then the small-cluster fix after every iteration
-                changed, reseeded = self.plabels.after_iteration(self.step + 1, idx_all, self.bank.feats,
-                                                                 self.gens.inter, cfg.centroid_every)
-                acc.change_ratio += changed
-                acc.reseeded += reseeded
+        # queue, bank and labels from the whole global batch's keys, identical on every rank
+        changed, reseeded = self.method.after_step(k, idx_dev, self.step + 1, self.gens.inter)
+        acc.change_ratio += changed
+        acc.reseeded += reseeded
 
         self.step += 1
         acc.steps += 1
         acc.pairs += batch_idx.shape[0]
         # logged losses are global-batch means (one all-reduce; a no-op in one process)
         logged = torch.stack([loss.detach(), loss_intra.detach(),
-                              loss_inter.detach() if inter_on else torch.zeros((), device=loss.device)])
+                              out.inter.detach() if inter_on else torch.zeros((), device=loss.device)])
         logged = dist.all_reduce_mean(logged).tolist()
         acc.loss += logged[0]
         acc.loss_intra += logged[1]
@@ -525,7 +402,7 @@ class Trainer:
 
     def train_epoch(self) -> dict:
         cfg = self.cfg
-        self.feature_memo.clear()  # training changes the weights: free the last evaluation's features
+        self.evaluator.memo.clear()  # training changes the weights: free the last evaluation's features
         if cfg.inter_enabled and cfg.labels == "offline" and self.epoch > 0 \
                 and self.epoch % cfg.recluster_every == 0:
             self.recluster()  # offline labels: fixed between re-clusterings
@@ -562,7 +439,7 @@ class Trainer:
     def evaluate(self, epoch: int) -> dict:
         out: dict = {}
         if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
-            out["knn_top1"] = self.evaluate_knn()
+            out["knn_top1"] = self.evaluator.monitor_knn(self.moco.encoder_q)
         out.update(self.label_metrics())
         return out
 
@@ -584,7 +461,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.feature_memo.clear()
+        self.evaluator.memo.clear()
         self.moco.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.queue.load_state_dict(state["queue"])
@@ -597,8 +474,6 @@ class Trainer:
 
     def _check_resumable(self, state: dict) -> None:
         from study.errors import UserError
-
-        from study.canonical import canonical_config
 
         # keys that cannot affect the run (execution only, or unused by this method) may differ
         saved, now = canonical_config(state["config"]), canonical_config(self.cfg.flat())
@@ -624,16 +499,9 @@ class Trainer:
         # final metrics on every loaded test image (the monitor may use a subset): at 73 %
         # a 2,000-image test set has a binomial standard error of 1.0 point, 10,000 of 0.44
         feats = self._eval_features(None)
-        final["knn_top1"] = self._knn(feats)
+        final["knn_top1"] = self.evaluator.knn(feats)
         if cfg.linear_epochs > 0:
-            before = [p.detach().clone() for p in self.moco.encoder_q.backbone.parameters()]
-            final["linear_top1"] = linear_probe_top1(
-                *feats, self.source.num_classes,
-                epochs=cfg.linear_epochs, generator=torch.Generator(device=self.device).manual_seed(cfg.seed))
-            # moco's sanity check: the probe must not have touched the frozen backbone
-            after = list(self.moco.encoder_q.backbone.parameters())
-            if not all(torch.equal(a, b) for a, b in zip(before, after)):
-                raise RuntimeError("linear probe changed the frozen backbone")
+            final["linear_top1"] = self.evaluator.probe(self.moco.encoder_q, feats)
         final["epochs"] = self.epoch
         final["steps"] = self.step
         return final
@@ -698,8 +566,3 @@ def _fmt(m: dict) -> str:
             parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
     return " | ".join(parts)
 
-
-def train(cfg: TrainConfig, out_dir: str | Path | None = None, callback: EpochCallback | None = None,
-          data: ImageData | None = None) -> dict:
-    """Convenience: build a Trainer and run it."""
-    return Trainer(cfg, out_dir, callback=callback, data=data).run()

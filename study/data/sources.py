@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from study.data import FolderTwoViewDataset, ImageData, _decode_resized, _split_dirs, scan_image_folder
+from study.data.datasets import FolderTwoViewDataset, ImageData, _decode_resized, _split_dirs, scan_image_folder
 
 
 class MemorySource:

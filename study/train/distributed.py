@@ -25,10 +25,6 @@ def rank() -> int:
     return dist.get_rank() if is_dist() else 0
 
 
-def is_main() -> bool:
-    return rank() == 0
-
-
 def init_from_env(device: torch.device) -> bool:
     """Join the process group torchrun describes (WORLD_SIZE > 1); False otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_dist():
@@ -54,13 +50,6 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     x = x.clone()
     dist.all_reduce(x)
     return x / world_size()
-
-
-@torch.no_grad()
-def broadcast_(x: Tensor, src: int = 0) -> Tensor:
-    if is_dist():
-        dist.broadcast(x, src)
-    return x
 
 
 @torch.no_grad()

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.errors import UserError
 
 def _margin_none(cos: Tensor, margin: float) -> Tensor:
     """No margin: the cosine itself."""
@@ -84,10 +83,7 @@ def apply_margin(cos: Tensor, margin_type: str, margin: float) -> Tensor:
     """
     fn = MARGINS.get(margin_type)
     if fn is None:
-        raise UserError(
-            f"unknown margin type {margin_type!r}; allowed: {', '.join(MARGIN_TYPES)}",
-            key="margin_type",
-        )
+        raise ValueError(f"unknown margin type {margin_type!r}; allowed: {', '.join(MARGIN_TYPES)}")
     return fn(cos, float(margin))
 
 
@@ -110,7 +106,7 @@ def contrastive_loss(
         Scalar: mean over the batch of ``-log softmax(logits)[:, 0]``.
     """
     if not temperature > 0:
-        raise UserError(f"must be > 0 (got {temperature})", key="temperature")
+        raise ValueError(f"temperature must be > 0 (got {temperature})")
     phi = apply_margin(pos, margin_type, margin)  # (N,)
     logits = torch.cat([phi.unsqueeze(1), neg], dim=1) / temperature  # logits: Nx(1+K)
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)  # positive at 0

@@ -1,0 +1,48 @@
+"""``--cluster slurm`` as a :class:`study.backends.Backend`: the options, the submission, and
+the Ray Tune run inside the job (the functions live in :mod:`cluster.slurm`)."""
+
+from __future__ import annotations
+
+from study.studyfile import Cell, Study
+from study.tracking import StudyTracker
+
+
+class SlurmBackend:
+    """One submitit job runs Ray; Ray Tune runs the cells inside it (see :mod:`cluster.slurm`)."""
+
+    name = "slurm"
+
+    def __init__(self, options: dict):
+        self.options = options  # {"config_file", "overrides", "extra"} from the command line
+
+    def check(self, study: Study) -> None:
+        from cluster.slurm import check_options
+
+        check_options(self.options)
+
+    def describe(self, study: Study) -> str:
+        from cluster.slurm import describe_submission
+
+        return describe_submission(study, self.options)
+
+    def launch(self, study: Study, *, sets: dict, rerun_failed: bool, wait: bool) -> int:
+        from cluster.slurm import submit_study
+
+        return submit_study(study, sets=sets, options=self.options, wait=wait, rerun_failed=rerun_failed)
+
+    def run_batch(self, study: Study, *, sets: dict, rerun_failed: bool) -> int:
+        from cluster.slurm import submit_study
+
+        return submit_study(study, sets=sets, options=self.options, wait=True, rerun_failed=rerun_failed,
+                            subset=True)
+
+    def run_cells(self, study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
+                  done_before: int, experiment_name: str | None, restore: bool) -> None:
+        """On the job's node 0, with Ray already started across the allocation."""
+        from cluster.tune_run import run_cells
+        from study.paths import ray_storage, run_root
+
+        run_cells(study, cells, tracker, parent_id, run_root=run_root(study.name), storage_path=ray_storage(),
+                  slots=len(cells), experiment_name=experiment_name or study.name, done_before=done_before,
+                  restore=restore)
+        return None

@@ -1,0 +1,1 @@
+"""Data: dataset formats, batched augmentations, in-memory and streamed sources, batch order."""
