@@ -23,8 +23,14 @@ def parallel_slots(study: Study, num_cpus: int, num_gpus: int) -> int:
 
 
 def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-              run_root: Path, storage_path: Path, done_before: int) -> int:
-    """Run ``cells`` on a local Ray; returns the number of parallel slots used."""
+              run_root: Path, storage_path: Path, done_before: int, stop=None) -> int:
+    """Run ``cells`` on a local Ray; returns the number of parallel slots used.
+
+    ``stop`` (a :class:`study.interrupt.StopSignals`) keeps SIGINT and SIGTERM with the driver:
+    Tune's own SIGINT handler (which ends in Ray's advice to call ``Tuner.restore``) is switched
+    off, and the handlers are installed again after ``ray.init``, which sets its own for SIGTERM.
+    Ray is shut down however this ends.
+    """
     import ray
 
     from cluster.tune_run import run_cells
@@ -38,9 +44,13 @@ def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
           f"{len(cells)} to run", flush=True)
     # per-epoch reports of many short trials trip this warning, which says nothing useful here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    if stop is not None:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        if stop is not None:
+            stop.install()
         name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_cells(study, cells, tracker, parent_id, run_root=run_root, storage_path=storage_path,
                   slots=slots, experiment_name=name, done_before=done_before)

@@ -106,7 +106,7 @@ def test_smoke_study_through_tune(store):
     assert again.returncode == 0 and "4 finished, 0 to run" in again.stdout
     status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert "done 4, running 0, failed 0, missing 0" in status.stdout
+    assert "done 4, running 0, interrupted 0, failed 0, missing 0" in status.stdout
     _check_complete(client, "e2e", 4, 2)
 
 
