@@ -6,7 +6,7 @@ any moment leaves at least one complete file. ``load_latest`` tries the
 newest first and falls back to the previous one when the newest is
 truncated or unreadable, after removing the temporary files a writer killed
 mid-write left behind (``.<name>.tmp<pid>``: one trainer owns a run directory,
-so any such file found when it starts is stale).
+so such a file whose writer process is gone is stale).
 """
 
 from __future__ import annotations
@@ -30,10 +30,22 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     """Remove the temporary files of interrupted atomic writes in ``directory``; returns them."""
     removed = []
     for tmp in Path(directory).glob(".*.tmp*"):
-        if tmp.is_file() and tmp.name.rsplit(".tmp", 1)[-1].isdigit():
+        pid = tmp.name.rsplit(".tmp", 1)[-1]
+        # a writer that still runs (another rank of a distributed run) keeps its file
+        if tmp.is_file() and pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

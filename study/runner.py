@@ -143,9 +143,11 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
         except BaseException as err:
             # the signal may surface as another exception: raised inside a C call of Ray's, it comes
             # back as a SystemError whose context is the StudyInterrupted
-            if stop.received is None:
-                raise
-            return _interrupted(study, tracker, todo, StudyInterrupted(stop.received), sets)
+            if stop.received is not None:
+                return _interrupted(study, tracker, todo, StudyInterrupted(stop.received), sets)
+            if isinstance(err, Exception):  # the driver itself failed (Ray died, the store went away)
+                _abandoned(study, tracker, todo, err, sets)
+            raise
 
 
 def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *, backend: str,
@@ -180,6 +182,16 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
     print(f"[{study.name}] finished {counts[FINISHED]}/{len(study.cells)}, failed {counts[FAILED]}, "
           f"missing {counts['missing'] + counts[KILLED]}", flush=True)
     return 0 if all_done else 1
+
+
+def _abandoned(study: Study, tracker: StudyTracker, todo: list[Cell], err: Exception, sets: dict | None) -> None:
+    """The driver failed: mark what it left RUNNING (best effort: the store may be what failed)."""
+    try:
+        tracker.mark_interrupted([c.cell_id for c in todo], tracker.parent_id, f"driver error: {type(err).__name__}")
+    except Exception:  # the reconcile at the next start marks them instead
+        pass
+    print(f"\n[{study.name}] the driver failed ({type(err).__name__}; details below); finished cells are kept. "
+          f"To resume, run the same command again: {rerun_command(study, sets)}", file=sys.stderr, flush=True)
 
 
 def _interrupted(study: Study, tracker: StudyTracker, todo: list[Cell], sig: StudyInterrupted,

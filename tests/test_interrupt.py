@@ -117,6 +117,70 @@ def test_second_driver_on_a_running_study_is_refused(store):
     assert not (tmp_path / "runs").exists()
 
 
+def _fake_run_local(then):
+    """A stand-in for cluster.local.run_local: opens the first cell, finishes the second, then ``then()``."""
+    def run_local(study, cells, tracker, parent_id, **kw):
+        tracker.open_cell(cells[0], parent_id)
+        tracker.open_cell(cells[1], parent_id)
+        tracker.log_final(cells[1].cell_id, {"epochs": 2, "knn_top1": 0.5})
+        tracker.end_cell(cells[1].cell_id, FINISHED)
+        then()
+        return 2
+    return run_local
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_in_the_driver_marks_runs_and_says_what_to_run(store, monkeypatch, capsys, sig, code):
+    tmp_path, _ = store
+    path = write_smoke_study(tmp_path, "sig", seeds="[0]")
+    study = load_study(path, "smoke")
+
+    def signal_self():
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("the signal did not stop the driver")
+
+    import cluster.local
+
+    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(signal_self))
+    from study.runner import execute_study
+
+    before = signal.getsignal(sig)
+    assert execute_study(study, rerun_failed=False, backend="local") == code
+    assert signal.getsignal(sig) is before
+    err = capsys.readouterr().err
+    name = signal.Signals(sig).name
+    assert f"interrupted ({name}): finished 1/2; 1 unfinished cell run(s) marked KILLED" in err, err
+    assert f"to resume, run the same command again: python -m study run {path} --preset smoke" in err
+    client = store_client(tmp_path)
+    runs = {r.data.tags.get("cell_id", "parent"): r for r in client.search_runs([StudyTracker("sig").experiment_id])}
+    assert runs[study.cells[0].cell_id].info.status == KILLED
+    assert runs[study.cells[0].cell_id].data.tags["interrupted"] == name
+    assert runs[study.cells[1].cell_id].info.status == FINISHED
+    assert runs["parent"].info.status == KILLED and runs["parent"].data.tags["interrupted"] == name
+
+
+def test_a_failing_driver_marks_its_runs(store, monkeypatch, capsys):
+    tmp_path, _ = store
+    path = write_smoke_study(tmp_path, "boom", seeds="[0]")
+    study = load_study(path, "smoke")
+
+    def fail():
+        raise RuntimeError("Ray Tune failed: the GCS is gone")
+
+    import cluster.local
+
+    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(fail))
+    from study.runner import execute_study
+
+    with pytest.raises(RuntimeError, match="GCS is gone"):
+        execute_study(study, rerun_failed=False, backend="local")
+    assert "To resume, run the same command again: python -m study run" in capsys.readouterr().err
+    client = store_client(tmp_path)
+    states = sorted(r.info.status for r in client.search_runs([StudyTracker("boom").experiment_id]))
+    assert states == [FINISHED, KILLED, KILLED]  # the finished cell, the open cell, the parent
+
+
 # ---------------------------------------------------------------- F: a run that exists is complete
 def test_empty_runs_are_filled_in(store):
     tmp_path, _ = store
@@ -152,14 +216,17 @@ def test_stale_checkpoint_temp_files_are_removed(tmp_path):
     from study import checkpoint
 
     checkpoint.save({"epoch": 3, "w": torch.zeros(2)}, tmp_path)
-    stale = [tmp_path / ".checkpoint.pt.tmp4242", tmp_path / ".metrics.jsonl.tmp17"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [tmp_path / f".checkpoint.pt.tmp{dead.pid}", tmp_path / f".metrics.jsonl.tmp{dead.pid}"]
     for p in stale:
         p.write_bytes(b"half a checkpoint")
-    keep = tmp_path / ".hidden"
-    keep.write_text("not ours")
+    keep = [tmp_path / ".hidden", tmp_path / f".config.json.tmp{os.getpid()}"]  # not ours; a live writer's
+    for p in keep:
+        p.write_text("keep")
     state = checkpoint.load_latest(tmp_path)
     assert state["epoch"] == 3
-    assert not any(p.exists() for p in stale) and keep.exists()
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
 
 
 # ---------------------------------------------------------------- E: one attempt's times
