@@ -22,6 +22,26 @@ def parallel_slots(study: Study, num_cpus: int, num_gpus: int) -> int:
     return slots
 
 
+def check_local(study: Study) -> None:
+    """What Ray on this machine could never run, as one UserError before anything is written: a cell
+    asking more CPUs or GPUs than the machine has (its trial would wait forever), or a CUDA device
+    on a machine without one."""
+    from study.errors import UserError
+    from study.runner import local_cpus
+
+    cpus, gpus = local_cpus(), _gpu_count()
+    where = f"presets.{study.preset}.resources"
+    if study.resources.cpus > cpus:
+        raise UserError(f"a cell asks {study.resources.cpus} CPUs but this machine gives Ray {cpus} "
+                        f"(allowed: 1..{cpus})", source=str(study.path), key=f"{where}.cpus")
+    if study.resources.gpus > gpus:
+        raise UserError(f"a cell asks {study.resources.gpus:g} GPUs but this machine has {gpus} "
+                        f"(allowed: 0..{gpus})", source=str(study.path), key=f"{where}.gpus")
+    if gpus == 0 and any(c.config.device.startswith("cuda") for c in study.cells):
+        raise UserError("device 'cuda' but this machine has no GPU (allowed: auto, cpu)", source=str(study.path),
+                        key="device")
+
+
 def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
               run_root: Path, storage_path: Path, done_before: int, stop=None) -> int:
     """Run ``cells`` on a local Ray; returns the number of parallel slots used.

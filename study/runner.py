@@ -86,6 +86,10 @@ def run_study(path: str, *, preset: str = "cpu", cluster: str = "local", sets: d
         from cluster.slurm import check_options
 
         check_options(slurm_options or {})  # bad options fail here, before anything is written
+    else:
+        from cluster.local import check_local
+
+        check_local(study)  # what would wait or fail forever on this machine
     if dry_run:
         print(describe_cells(study))
         if cluster == "slurm":

@@ -148,3 +148,24 @@ def test_cli_badfactor_dry_run_exit_2_nothing_written(tmp_path):
         assert "margin (cos)" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not any(tmp_path.glob("mlflow.db*")) and not (tmp_path / "runs").exists()
     assert not (tmp_path / "ray").exists() and not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("presets: {smoke: {resources: {cpus: 64}}}\n", ["presets.smoke.resources.cpus", "64 CPUs", "1..2"]),
+    ("presets: {smoke: {resources: {gpus: 1}}}\n", ["presets.smoke.resources.gpus", "0..0"]),
+    ("fixed: {device: cuda}\n", ["device", "no GPU"]),
+])
+def test_local_runs_that_could_never_start(tmp_path, monkeypatch, extra, words):
+    """A cell asking more than this machine has would wait in Ray forever: refused before anything runs."""
+    from cluster import local
+    from study.runner import run_study
+
+    monkeypatch.setenv("STUDY_NUM_CPUS", "2")
+    monkeypatch.setattr(local, "_gpu_count", lambda: 0)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    path = _write(tmp_path, _study(extra=extra))
+    with pytest.raises(UserError) as err:
+        run_study(str(path), preset="smoke", dry_run=True)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+    assert not (tmp_path / "mlflow.db").exists()
