@@ -160,7 +160,8 @@ class StudyTracker:
             self.experiment_id = exp.experiment_id if exp is not None else None
         self._open: dict[str, CellRun] = {}
         self.parent_id: str | None = None  # set by the driver once the parent run is open
-        self._attempts: dict[str, list] = {}  # cell_id -> [opened, ended or None], this process only
+        # cell_id -> [time the run was opened (None when closed), seconds open so far], this process only
+        self._attempts: dict[str, list] = {}
 
     # ------------------------------------------------------------- reading
     def cell_runs(self) -> dict[str, list]:
@@ -196,8 +197,7 @@ class StudyTracker:
         """Sum over these cells of the seconds their runs were open in this process (this attempt),
         from :meth:`open_cell` to :meth:`end_cell`. A run's own start time is its first attempt's,
         which a resumed study would count again."""
-        return sum(self._attempts[c][1] - self._attempts[c][0] for c in cell_ids
-                   if c in self._attempts and self._attempts[c][1] is not None)
+        return sum(self._attempts.get(c, (None, 0.0))[1] for c in cell_ids)
 
     def parent_run(self):
         """The study's parent run, or None."""
@@ -316,7 +316,8 @@ class StudyTracker:
             cr = CellRun(run.info.run_id, RUNNING)
             self._fill_cell(run, cell, parent_id)
         self._open[cell.cell_id] = cr
-        self._attempts[cell.cell_id] = [time.time(), None]
+        # a retried trial opens its cell again: its seconds add up
+        self._attempts[cell.cell_id] = [time.time(), self._attempts.get(cell.cell_id, (None, 0.0))[1]]
         return cr
 
     def _cell_tags(self, cell, parent_id: str | None) -> dict[str, str]:
@@ -392,8 +393,9 @@ class StudyTracker:
         cr = self._open.pop(cell_id, None)
         if cr is None:
             return
-        if cell_id in self._attempts:
-            self._attempts[cell_id][1] = time.time()
+        if cell_id in self._attempts and self._attempts[cell_id][0] is not None:
+            opened, seconds = self._attempts[cell_id]
+            self._attempts[cell_id] = [None, seconds + time.time() - opened]
         if error:
             self.client.set_tag(cr.run_id, "error", error[:4000])
         elif status == FINISHED:

@@ -244,6 +244,11 @@ def test_wall_ideal_uses_this_attempts_times(store):
     tracker.end_cell(cell.cell_id, FINISHED)
     assert 0.05 <= tracker.attempt_seconds([cell.cell_id]) < 60  # not the hour of the earlier attempt
     assert tracker.attempt_seconds([study.cells[1].cell_id]) == 0
+    first = tracker.attempt_seconds([cell.cell_id])
+    tracker.open_cell(cell, "p")  # a retried trial: its seconds add to the first try's
+    time.sleep(0.05)
+    tracker.end_cell(cell.cell_id, FINISHED)
+    assert first + 0.05 <= tracker.attempt_seconds([cell.cell_id]) < 60
     from study.runner import efficiency_line
 
     # hand computed: 150 s of cells in 2 slots = 75 s ideal; 100 s of wall -> 1.333

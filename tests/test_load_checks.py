@@ -82,7 +82,6 @@ def test_long_values_are_refused_before_mlflow(tmp_path):
     with pytest.raises(UserError, match="key 'device'.*6000"):
         load_study(study, "smoke", {"device": "x" * 6001})
     # a run name over 250 characters: three factors with 90-character labels
-
     text = ("name: s\nfactors:\n  margin: " + '[{label: "' + "m" * 90
             + '", set: {margin: 0.0}}]\n  intra_margin: [{label: "' + "i" * 90 + '", set: {intra_margin: 0.0}}]\n'
             + '  temperature: [{label: "' + "t" * 90 + '", set: {temperature: 0.1}}]\nseeds: [0]\n')
