@@ -2,7 +2,7 @@
 
 Two kinds of memory-bank state (features, pseudo-labels, centroids):
 
-- from the data: the trainer's own initialisation, ``Trainer.cluster_bank()``
+- from the data: the trainer's own initialisation, ``Trainer.init_inter_state()``
   (key features of the whole training set from the untrained key encoder,
   k-means, small clusters fixed), exactly what a run starts from;
 - synthetic, for a bank larger than the dataset (ImageNet size, 1.28M rows):
@@ -116,18 +116,20 @@ def quiet(_msg: str) -> None:
 
 def build_trainer(preset: str, overrides: dict, data: ImageData) -> Trainer:
     """A Trainer on ``data`` with ``preset`` + ``overrides`` (one thread, no progress bar, no output dir)."""
-    cfg = build_config(preset, {"threads": 1, "progress": False, "train_subset": None, **overrides})
+    # train_subset = the images handed over, so the load-time size checks see the real bank
+    cfg = build_config(preset, {"threads": 1, "progress": False,
+                                "train_subset": int(data.train_images.shape[0]), **overrides})
     return Trainer(cfg, None, data=data, log=quiet)
 
 
 def state_from_trainer(trainer: Trainer, name: str) -> BankState:
     """Run the trainer's own initialisation (feature extraction + k-means) and keep its state."""
     start = time.perf_counter()
-    trainer.cluster_bank()
+    trainer.init_inter_state()
     seconds = time.perf_counter() - start
     return BankState(name, trainer.bank.feats.clone(), trainer.plabels.labels.clone(),
                      trainer.plabels.centroids.clone(),
-                     f"Trainer.cluster_bank(): k-means (k={trainer.cfg.num_clusters}) on the untrained "
+                     f"Trainer.init_inter_state(): k-means (k={trainer.cfg.num_clusters}) on the untrained "
                      "key encoder's features", seconds)
 
 

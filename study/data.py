@@ -258,11 +258,15 @@ def epoch_batches(
     drop_last: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    replacement: bool = False,
 ) -> list[torch.Tensor]:
     """This rank's batches of one epoch: a deterministic function of (seed, epoch).
 
     A permutation of ``range(num_samples)`` from a generator seeded by
-    ``mix_seed(seed, epoch)`` is cut into global batches of ``batch_size``;
+    ``mix_seed(seed, epoch)`` (or, with ``replacement``, ``num_samples``
+    indices drawn uniformly WITH replacement, as the reference's ImageNet
+    sampler does: about 63 % distinct images per epoch) is cut into global
+    batches of ``batch_size``;
     rank r gets the contiguous slice ``[r*b, (r+1)*b)`` of each global batch,
     b = batch_size // world_size, so the ranks' slices concatenate to the
     global batch. With ``drop_last=False`` the last, short global batch is
@@ -286,7 +290,10 @@ def epoch_batches(
             key="batch_size",
         )
     g = torch.Generator().manual_seed(mix_seed(seed, epoch))
-    perm = torch.randperm(num_samples, generator=g)  # (num_samples,)
+    if replacement:
+        perm = torch.randint(num_samples, (num_samples,), generator=g)  # (num_samples,)
+    else:
+        perm = torch.randperm(num_samples, generator=g)  # (num_samples,)
     full = num_samples // batch_size
     per_rank = batch_size // world_size
     grid = perm[: full * batch_size].view(full, batch_size)  # (B, batch_size)

@@ -11,7 +11,15 @@ Paper / reference (online maintenance, the paper's first finding):
   nearest large cluster and re-seeded by splitting the largest cluster in
   two (:meth:`PseudoLabels.fix_small_clusters`).
 
-Offline maintenance only calls :meth:`PseudoLabels.reset` after each re-clustering.
+:meth:`PseudoLabels.after_iteration` runs these in the reference's order and
+schedule: relabel; every ``centroid_every`` iterations the recompute; then,
+after EVERY iteration, the small-cluster fix.
+
+Initial centroids (both modes) and the centroids after an offline
+re-clustering are the member means of the k-means labels over the bank
+(:meth:`PseudoLabels.assign`), not k-means' last-update centroids. Offline
+maintenance replaces the labels only (the reference's ``assign_label``): the
+bank keeps the features written during training.
 
 The label-sorted :meth:`PseudoLabels.cluster_index` (for positive sampling)
 is cached and rebuilt only after the labels changed through this class; on
@@ -148,6 +156,34 @@ class PseudoLabels:
         self.centroids = centroids.to(device=self.device, dtype=self.centroids.dtype).clone()
         self._labels_changed()
 
+    @torch.no_grad()
+    def assign(self, labels: Tensor, bank_feats: Tensor, fallback_centroids: Tensor) -> None:
+        """New labels ``(B,)``; centroids = their member means over ``bank_feats`` ``(B, d)``.
+
+        The reference's initialisation and offline ``assign_label``: the bank is
+        not touched. A cluster with no member keeps ``fallback_centroids[c]``
+        (``(k, d)``, e.g. k-means' own centroids).
+        """
+        self.reset(labels, fallback_centroids)
+        self.recompute_centroids(bank_feats)
+
+    @torch.no_grad()
+    def after_iteration(self, iteration: int, idx: Tensor, bank_feats: Tensor, generator: torch.Generator,
+                        centroid_every: int) -> tuple[float, int]:
+        """Online upkeep after iteration ``iteration`` (1-based) wrote its keys into the bank.
+
+        The reference's order: relabel the batch ``idx`` ``(M,)`` with its new
+        bank rows; if ``iteration % centroid_every == 0`` recompute every
+        centroid; then, after every iteration, :meth:`fix_small_clusters`.
+
+        Returns:
+            (fraction of the batch relabelled, clusters re-seeded).
+        """
+        changed = self.relabel(idx, bank_feats[idx])
+        if iteration % centroid_every == 0:
+            self.recompute_centroids(bank_feats)
+        return changed, self.fix_small_clusters(bank_feats, generator)
+
     def state_dict(self) -> dict[str, Any]:
         """Checkpoint state: labels, centroids and the settings."""
         return {"labels": self.labels, "centroids": self.centroids,
@@ -280,7 +316,8 @@ class PseudoLabels:
         Returns:
             Number of clusters re-seeded.
         """
-        counts = self.counts()  # (k,)
+        # the cached index holds the counts: no bincount of the bank on the usual no-op call
+        counts = self._index[2] if self._index is not None else self.counts()  # (k,)
         small = counts < self.min_cluster  # (k,)
         targets = small.nonzero().squeeze(1).tolist()
         if not targets:

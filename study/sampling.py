@@ -12,11 +12,11 @@ For each query (training image ``i`` with pseudo-label ``l = labels[i]``):
   ``semi-hard``  uniform over the ``pool`` MOST similar entries, same-label excluded;
   ``hard``       the ``neg_num`` most similar entries that do not share the label.
 
-Departure from the reference: the reference draws negatives from the pool
-WITHOUT replacement; we draw WITH replacement, which lets the draw be one
-vectorised ``randint`` plus a few rejection rounds for same-label hits. With
-``pool >> neg_num`` (reference 128,000 vs 16,384) the difference is
-negligible. ``hard`` is deterministic and has no draw.
+Draws follow the reference: ``random`` draws i.i.d. WITH replacement over
+the bank (the reference's alias method), redrawing same-label hits;
+``semi-easy`` and ``semi-hard`` draw ``neg_num`` distinct positions of the
+pool (WITHOUT replacement), then redraw the same-label ones uniformly from
+the pool, so a few duplicates occur. ``hard`` is deterministic and has no draw.
 
 Two search modes (performance; see :func:`inter_sample`):
 
@@ -261,26 +261,45 @@ def _draw_exact_rows(
     return cols.gather(1, pos)  # (R, num)
 
 
+def _distinct_positions(n_rows: int, size: int, num: int, generator: torch.Generator,
+                        device: torch.device) -> Tensor:
+    """``(n_rows, num)`` positions in ``[0, size)``, distinct within a row, each row a uniform ``num``-subset.
+
+    The ``num`` smallest of ``size`` i.i.d. uniform keys (``topk`` of random
+    keys): one vectorised call instead of a per-row ``randperm``.
+    """
+    keys = _rand((n_rows, size), generator, device)  # (N, size)
+    return keys.topk(num, dim=1, largest=False, sorted=False).indices  # (N, num)
+
+
 def _draw_excluding(
     pool_cols: Optional[Tensor],
     col_labels: Tensor,
     q_labels: Tensor,
     num: int,
     generator: torch.Generator,
+    distinct: bool = False,
 ) -> Tensor:
-    """Draw ``num`` pool entries per query uniformly WITH replacement, same-label excluded.
+    """Draw ``num`` pool entries per query uniformly, same-label excluded.
 
     Args:
         pool_cols: ``(N, P)`` columns forming each query's pool, or None for
             "all ``S`` columns".
         col_labels: ``(S,)`` pseudo-label of each column.
-        q_labels: ``(N,)`` pseudo-label of each query.
+        q_labels: ``(N,)`` pseudo-label of each query (-1: exclude nothing).
+        distinct: the first draw takes ``num`` DISTINCT pool positions (the
+            reference's semi-hard / semi-easy draw; needs ``P >= num``); else
+            i.i.d. with replacement (the reference's random draw). Same-label
+            hits are then redrawn with replacement in both cases.
     Returns:
         ``(N, num)`` columns, none with the query's label.
     """
     n_rows = q_labels.shape[0]
     size = col_labels.shape[0] if pool_cols is None else pool_cols.shape[1]
-    pos = _randint(size, (n_rows, num), generator, q_labels.device)  # (N, num) pool positions
+    if distinct and size >= num:
+        pos = _distinct_positions(n_rows, size, num, generator, q_labels.device)  # (N, num)
+    else:
+        pos = _randint(size, (n_rows, num), generator, q_labels.device)  # (N, num) pool positions
     cols = pos if pool_cols is None else pool_cols.gather(1, pos)  # (N, num)
     bad = _lookup(col_labels, cols) == q_labels.unsqueeze(1)  # (N, num)
     # Vectorised rejection: each round redraws only the rejected positions.
@@ -320,7 +339,7 @@ def _neg_semi(largest: bool) -> Callable[..., Tensor]:
         pool = min(pool, sim.shape[1])
         # The pool is a set (draws are uniform over it): no need to sort it.
         pool_cols = sim.topk(pool, dim=1, largest=largest, sorted=False).indices  # (N, P)
-        return _draw_excluding(pool_cols, col_labels, q_labels, neg_num, generator)
+        return _draw_excluding(pool_cols, col_labels, q_labels, neg_num, generator, distinct=True)
 
     return sample
 
@@ -408,6 +427,9 @@ class InterSample:
     pos_cos: ``(N,)`` cosine query-positive, with gradient to the query.
     neg_cos: ``(N, K)`` cosines query-negatives, with gradient to the query.
     candidates: ``(C,)`` bank indices searched in candidates mode, None when exact.
+    starved: queries whose searched entries held fewer different-label entries
+        than they need (1, or ``neg_num`` for ``hard``): degenerate labels. Their
+        negatives were drawn ignoring labels (see :func:`inter_sample`).
     """
 
     pos_idx: Tensor
@@ -415,6 +437,7 @@ class InterSample:
     pos_cos: Tensor
     neg_cos: Tensor
     candidates: Optional[Tensor] = None
+    starved: int = 0
 
 
 def _draw_candidates(bank_size: int, candidates: int, generator: torch.Generator,
@@ -518,9 +541,9 @@ def inter_sample(
     Returns:
         :class:`InterSample`; negatives never share the query's label.
 
-    Departures from the reference: negatives are drawn WITH replacement
-    (reference: without; negligible for ``pool >> neg_num``); the optional
-    candidates mode is ours (the reference always searches the whole bank).
+    Departures from the reference: the optional candidates mode is ours (the
+    reference always searches the whole bank); starved queries (see
+    :class:`InterSample`) draw ignoring labels where the reference never returns.
     """
     bank_size = bank_feats.shape[0]
     validate_sampling(strategy, neg_num, pool, bank_size, candidates)
@@ -542,6 +565,18 @@ def inter_sample(
         col_labels = labels.index_select(0, cand)  # (C,)
         pool_s = scaled_pool(pool, candidates, bank_size)
 
+    # Starved queries: their label covers so much of the searched entries that fewer than
+    # `need` others are left (all images identical, or labels collapsed). The reference
+    # loops forever there; we draw their negatives ignoring labels (label -1 matches no
+    # column) and report how many, so degenerate data cannot stop a run.
+    need = neg_num if sampler.global_topk else 1
+    counts = index[2] if cand is None else torch.bincount(col_labels, minlength=index[2].shape[0])  # (k,)
+    starved = counts.index_select(0, q_labels) > col_labels.shape[0] - need  # (N,)
+    n_starved = int(starved.sum())
+    if n_starved:
+        q_labels = q_labels.masked_fill(starved, -1)
+
     cols, neg_cos = _negatives(q, feats, col_labels, q_labels, sampler, neg_num, pool_s, generator)
     neg_idx = cols if cand is None else _lookup(cand, cols)  # (N, K) bank indices
-    return InterSample(pos_idx=pos_idx, neg_idx=neg_idx, pos_cos=pos_cos, neg_cos=neg_cos, candidates=cand)
+    return InterSample(pos_idx=pos_idx, neg_idx=neg_idx, pos_cos=pos_cos, neg_cos=neg_cos, candidates=cand,
+                       starved=n_starved)

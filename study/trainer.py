@@ -6,14 +6,17 @@ per-epoch evaluation, atomic checkpoints and resume. It imports neither Ray
 nor MLflow: per-epoch metrics go to an optional callback, to which the
 scheduler and the tracking plug in.
 
-Randomness, so that a resumed run is bitwise equal to an uninterrupted one
-(on the CPU) and DDP matches one process:
-- ``gen_shared``: the same state on every rank. Augmentation parameters (for
-  the global batch), the shuffle-BN permutation, positive draws, candidate
-  sets and small-cluster re-seeding.
-- ``gen_local``: seeded per rank. The per-query negative draws.
-- the batch order comes from (seed, epoch) alone.
-Both generators are saved in every checkpoint.
+Randomness: one generator per purpose, each seeded from (seed, purpose)
+(:class:`Generators`), so that
+- common random numbers hold across a study's levels: for one seed, every
+  level sees the same batch order, the same augmented views, the same
+  shuffle-BN permutations and the same initial weights and queue, whatever
+  its inter-branch settings (their draws come from other streams);
+- a resumed run is bitwise equal to an uninterrupted one (on the CPU): every
+  generator is saved in every checkpoint;
+- DDP matches one process: the shared streams hold the same state on every
+  rank and draw for the global batch.
+The batch order comes from (seed, epoch) alone.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from dataclasses import replace
 from study.augment import AugmentConfig, TwoViewAugment, eval_preprocess
 from study.bank import MemoryBank
 from study.config import TrainConfig, validate_against_data
-from study.data import ImageData, epoch_batches, load_dataset
+from study.data import ImageData, epoch_batches, load_dataset, mix_seed, stratified_subset
 from study.sources import FolderSource, MemorySource
 from study.evaluation import (
     ari,
@@ -58,6 +61,37 @@ EpochCallback = Callable[[int, dict, Optional[Path]], None]
 
 # negatives' cosines kept per iteration for the epoch's similarity statistics
 _NEG_STATS_PER_STEP = 4096
+
+
+class Generators:
+    """The run's random streams, one per purpose, each seeded by ``mix_seed(seed, purpose)``.
+
+    - ``views`` (shared by the ranks): augmentation parameters of the global
+      batch, the shuffle-BN permutation and the queue's initial keys;
+    - ``inter`` (shared): positives, candidate sets, k-means seeding and the
+      small-cluster re-seeding;
+    - ``negatives`` (per rank): the per-query negative draws and the sampled
+      negatives kept for the similarity statistics.
+    """
+
+    PURPOSES = ("views", "inter", "negatives")
+
+    def __init__(self, seed: int, rank: int, device: torch.device):
+        self.views = torch.Generator().manual_seed(self.seed_of(seed, "views"))
+        self.inter = torch.Generator().manual_seed(self.seed_of(seed, "inter"))
+        self.negatives = torch.Generator(device=device).manual_seed(self.seed_of(seed, "negatives", rank))
+
+    @staticmethod
+    def seed_of(seed: int, purpose: str, rank: int = 0) -> int:
+        """``mix_seed(seed, tag(purpose), rank)``; a tag (the name's bytes, > 2^32) never equals an epoch."""
+        return mix_seed(seed, int.from_bytes(purpose.encode(), "big"), rank)
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).get_state() for name in self.PURPOSES}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.PURPOSES:
+            getattr(self, name).set_state(state[name])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,6 +122,9 @@ class EpochAccumulator:
     pairs: int = 0
     neg_sims: list = field(default_factory=list)
     change_ratio: float = 0.0
+    reseeded: int = 0
+    starved: int = 0
+    queries: int = 0
 
     def metrics(self) -> dict:
         out = {
@@ -98,6 +135,9 @@ class EpochAccumulator:
             out["loss_inter"] = self.loss_inter / self.inter_steps
             out["pos_sim_mean"] = self.pos_sim / self.inter_steps
             out["batch_change_ratio"] = self.change_ratio / self.inter_steps
+            out["clusters_reseeded"] = self.reseeded
+            # share of queries whose labels left too few different-label entries (degenerate data)
+            out["starved_query_ratio"] = self.starved / max(1, self.queries)
         if self.neg_sims:
             out.update(similarity_stats(torch.cat(self.neg_sims), prefix="neg_sim"))
         return out
@@ -176,9 +216,8 @@ class Trainer:
                 self.moco.encoder_q, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.moco.encoder_q.parameters(), lr=cfg.lr,
                                          momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
-        self.gen_shared = torch.Generator().manual_seed(cfg.seed)
-        self.gen_local = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + 17 + self.rank)
-        self.queue = KeyQueue(cfg.queue_size, cfg.feat_dim, generator=self.gen_shared, device=self.device)
+        self.gens = Generators(cfg.seed, self.rank, self.device)
+        self.queue = KeyQueue(cfg.queue_size, cfg.feat_dim, generator=self.gens.views, device=self.device)
         aug_cfg = AugmentConfig(
             out_size=self.image_size, crop_scale=(cfg.crop_scale_min, 1.0), jitter_p=cfg.jitter_p,
             blur_p=cfg.blur_p, mean=self.source.mean, std=self.source.std)
@@ -199,6 +238,7 @@ class Trainer:
         self.step = 0  # iterations completed
         self.history: list[dict] = []
         self.prev_labels: Tensor | None = None
+        self._warned_starved = False
 
     def describe(self) -> str:
         """Derived numbers printed at start-up (nanoGPT-style)."""
@@ -212,10 +252,14 @@ class Trainer:
             f"intra negatives {cfg.queue_size}",
         ]
         if cfg.inter_enabled:
-            search = "exact" if cfg.neg_search == "exact" or cfg.sampling == "hard" else f"{cfg.candidates} candidates"
+            size = cfg.search_size(self.num_train)
+            search = "exact" if size >= self.num_train else f"{size} candidates"
+            pool = (f", pool {cfg.effective_pool(self.num_train)} = "
+                    f"{cfg.effective_pool(self.num_train) / cfg.neg_num:.1f}x neg_num"
+                    if cfg.sampling in ("semi-easy", "semi-hard") else "")
             parts.append(f"inter: {cfg.labels} labels k={cfg.num_clusters}, {cfg.sampling} "
-                         f"{cfg.neg_num} negatives/query (pool {cfg.pool}, {search}), "
-                         f"{cfg.margin_type} margin {cfg.margin}")
+                         f"{cfg.neg_num} negatives/query ({search}{pool}), "
+                         f"{cfg.margin_type} margin {cfg.margin}, data order {cfg.data_order}")
         else:
             parts.append("inter branch off (MoCo v2)")
         return "; ".join(parts)
@@ -267,31 +311,67 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.seed + 4242)
         return torch.randperm(self.num_train, generator=g)[:n].sort().values
 
-    def evaluate_knn(self) -> float:
+    def _monitor_test_idx(self) -> Tensor | None:
+        """Test images of the per-epoch kNN monitor: a fixed stratified subset (the same for every
+        cell of a study), or None for every loaded test image."""
+        n = self.cfg.monitor_test_subset
+        if n is None or n >= self.source.num_test:
+            return None
+        if getattr(self, "_monitor_idx", None) is None:
+            self._monitor_idx = stratified_subset(self.source.test_labels, n, seed=0, key="monitor_test_subset")
+        return self._monitor_idx
+
+    def _eval_features(self, test_idx: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Backbone features and labels: (train (n, D), train labels (n,), test (m, D), test labels (m,)).
+
+        Train: the kNN train subset; test: ``test_idx`` of the test split, or all of it.
+        """
         sub = self._knn_subset()
         train_f = self._features(self.moco.encoder_q, "train", sub, neck=False)
-        test_f = self._features(self.moco.encoder_q, "test", None, neck=False)
-        return weighted_knn_top1(train_f, self.source.train_labels[sub].to(self.device), test_f,
-                                 self.source.test_labels.to(self.device), k=self.cfg.knn_k,
-                                 temperature=self.cfg.knn_temperature, num_classes=self.source.num_classes)
+        test_f = self._features(self.moco.encoder_q, "test", test_idx, neck=False)
+        test_y = self.source.test_labels if test_idx is None else self.source.test_labels[test_idx]
+        return train_f, self.source.train_labels[sub].to(self.device), test_f, test_y.to(self.device)
+
+    def _knn(self, feats: tuple[Tensor, Tensor, Tensor, Tensor]) -> float:
+        return weighted_knn_top1(*feats, k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
+                                 num_classes=self.source.num_classes)
+
+    def evaluate_knn(self) -> float:
+        """The per-epoch kNN monitor (on ``monitor_test_subset`` test images)."""
+        return self._knn(self._eval_features(self._monitor_test_idx()))
 
     # ------------------------------------------------------- inter-image state
-    def cluster_bank(self) -> None:
-        """Extract key features of the whole training set, k-means, reset bank and labels.
+    def _train_features(self) -> Tensor:
+        """``(B, d)`` L2-normalised eval-mode query-encoder features of the whole training set."""
+        return F.normalize(self._features(self.moco.encoder_q, "train", None, neck=True), dim=1)
 
-        Used at initialisation (both modes) and every ``recluster_every`` epochs
-        in offline mode, as the reference does. The ranks share the feature
-        extraction (:meth:`_features`); then every rank runs the same k-means
-        on all of them with the shared generator, so all hold the same state.
-        """
+    def _cluster(self, feats: Tensor) -> None:
+        """k-means of ``feats`` ``(B, d)``; labels and member-mean centroids over the bank."""
         cfg = self.cfg
-        feats = F.normalize(self._features(self.moco.encoder_k, "train", None, neck=True), dim=1)
+        res = kmeans(feats, cfg.num_clusters, iters=cfg.kmeans_iters, generator=self.gens.inter)
+        self.plabels.assign(res.labels, self.bank.feats, res.centroids)
+
+    def init_inter_state(self) -> None:
+        """Fill the bank with the training set's features and cluster them (both label modes).
+
+        The reference's initialisation: bank = features, labels = k-means,
+        centroids = member means of those labels over the bank. Small clusters
+        are left to the first iteration's upkeep, as in the reference. The
+        ranks share the feature extraction (:meth:`_features`); every rank then
+        runs the same k-means with the shared generator, so all hold one state.
+        """
+        feats = self._train_features()
         self.bank.fill(feats)
-        res = kmeans(feats, cfg.num_clusters, iters=cfg.kmeans_iters, generator=self.gen_shared)
-        self.plabels.reset(res.labels, res.centroids)
-        if cfg.labels == "online":
-            # same invariant the online maintenance keeps from here on
-            self.plabels.fix_small_clusters(self.bank.feats, self.gen_shared)
+        self._cluster(feats)
+
+    def recluster(self) -> None:
+        """Offline re-clustering: k-means of freshly extracted features replaces the labels only.
+
+        The reference's ``assign_label``: the bank keeps the features written
+        during training; the centroids become the new labels' member means
+        over that bank (offline sampling does not use them).
+        """
+        self._cluster(self._train_features())
 
     def label_metrics(self) -> dict:
         if self.plabels is None:
@@ -301,9 +381,12 @@ class Trainer:
         out = {"nmi": nmi(labels, truth), "ari": ari(labels, truth),
                "clusters_nonempty": int((torch.bincount(labels, minlength=self.cfg.num_clusters) > 0).sum())}
         if self.prev_labels is not None:
-            # offline re-clustering renumbers clusters: match ids before counting changes
-            out["label_change_ratio"] = label_change_ratio(self.prev_labels, labels,
-                                                           match=self.cfg.labels == "offline")
+            # how much the partition moved, whatever the cluster ids: k-means renumbers its
+            # clusters at each offline re-clustering, and online re-seeding reuses ids
+            out["label_change_ratio"] = label_change_ratio(self.prev_labels, labels, match=True)
+            if self.cfg.labels == "online":
+                # ids as they are (cluster i stays i between re-seedings)
+                out["label_change_raw"] = label_change_ratio(self.prev_labels, labels, match=False)
         self.prev_labels = labels.clone()
         return out
 
@@ -320,11 +403,11 @@ class Trainer:
         lo, hi = self.rank * n, (self.rank + 1) * n
         if self.source.streaming:
             u1, u2 = data  # (n, C, S, S) uint8 each
-            v1 = self.photometric.one_view(u1.to(self.device, non_blocking=True), self.gen_shared)
-            v2 = self.photometric.one_view(u2.to(self.device, non_blocking=True), self.gen_shared)
+            v1 = self.photometric.one_view(u1.to(self.device, non_blocking=True), self.gens.views)
+            v2 = self.photometric.one_view(u2.to(self.device, non_blocking=True), self.gens.views)
         else:
             images = data.to(self.device, non_blocking=True)  # (B, C, H, W) uint8
-            v1, v2 = self.augment(images, self.gen_shared)  # (B, C, S, S) each
+            v1, v2 = self.augment(images, self.gens.views)  # (B, C, S, S) each
             v1, v2 = v1[lo:hi], v2[lo:hi]
         if self.device.type == "cuda" and self.cfg.channels_last != "off":
             v1 = v1.contiguous(memory_format=torch.channels_last)
@@ -337,7 +420,7 @@ class Trainer:
         self.moco.momentum_update()
         shuffle = self.world > 1 or self.cfg.bn_splits > 1
         if shuffle:
-            v2, inverse = dist.shuffle_batch(v2, self.gen_shared)
+            v2, inverse = dist.shuffle_batch(v2, self.gens.views)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             k = self.moco.encoder_k(v2)
         k = F.normalize(k.float(), dim=1)
@@ -369,14 +452,14 @@ class Trainer:
             # so that W processes draw exactly what one process would
             all_idx = dist.all_gather_cat(idx_dev)
             pos_all = sample_positives(all_idx, self.plabels.labels, *self.plabels.cluster_index(),
-                                       generator=self.gen_shared)
+                                       generator=self.gens.inter)
             n = idx.shape[0]
             pos_idx = pos_all[self.rank * n:(self.rank + 1) * n]
             sample = inter_sample(
                 q, idx_dev, self.bank.feats, self.plabels.labels, self.plabels.cluster_index(),
                 cfg.sampling, cfg.neg_num, cfg.pool,
                 None if cfg.neg_search == "exact" else cfg.candidates,
-                self.gen_local, pos_idx=pos_idx, shared_generator=self.gen_shared)
+                self.gens.negatives, pos_idx=pos_idx, shared_generator=self.gens.inter)
             loss_inter = contrastive_loss(sample.pos_cos, sample.neg_cos, cfg.temperature,
                                           cfg.margin_type, cfg.margin)
             loss = cfg.intra_weight * loss_intra + cfg.inter_weight * loss_inter
@@ -394,11 +477,12 @@ class Trainer:
             idx_all = dist.all_gather_cat(idx_dev)
             self.bank.update(idx_all, k_all)
             if cfg.labels == "online":
-                # relabel with the bank's new rows (equal to the keys at bank_momentum 1.0)
-                acc.change_ratio += self.plabels.relabel(idx_all, self.bank.feats[idx_all])
-                if (self.step + 1) % cfg.centroid_every == 0:
-                    self.plabels.fix_small_clusters(self.bank.feats, self.gen_shared)
-                    self.plabels.recompute_centroids(self.bank.feats)
+                # relabel with the bank's new rows (equal to the keys at bank_momentum 1.0), the
+                # periodic centroid recompute, then the small-cluster fix after every iteration
+                changed, reseeded = self.plabels.after_iteration(self.step + 1, idx_all, self.bank.feats,
+                                                                 self.gens.inter, cfg.centroid_every)
+                acc.change_ratio += changed
+                acc.reseeded += reseeded
 
         self.step += 1
         acc.steps += 1
@@ -412,10 +496,18 @@ class Trainer:
         if inter_on:
             acc.inter_steps += 1
             acc.loss_inter += logged[2]
+            acc.queries += idx.shape[0]
+            acc.starved += sample.starved
+            if sample.starved and not self._warned_starved and self.rank == 0:
+                self._warned_starved = True
+                self.log(f"warning: at epoch {self.epoch + 1}, step {self.step}, {sample.starved} of "
+                         f"{idx.shape[0]} queries had fewer different-label bank entries than they need: "
+                         "the pseudo-labels are degenerate (e.g. identical images). Their negatives are drawn "
+                         "ignoring labels; metric 'starved_query_ratio' counts them.")
             acc.pos_sim += float(sample.pos_cos.detach().mean())
             neg = sample.neg_cos.detach().flatten()
             if neg.numel() > _NEG_STATS_PER_STEP:
-                pick = torch.randint(neg.numel(), (_NEG_STATS_PER_STEP,), generator=self.gen_local,
+                pick = torch.randint(neg.numel(), (_NEG_STATS_PER_STEP,), generator=self.gens.negatives,
                                      device=neg.device)
                 neg = neg[pick]
             acc.neg_sims.append(neg.float().cpu())
@@ -424,10 +516,11 @@ class Trainer:
         cfg = self.cfg
         if cfg.inter_enabled and cfg.labels == "offline" and self.epoch > 0 \
                 and self.epoch % cfg.recluster_every == 0:
-            self.cluster_bank()  # offline labels: fixed between re-clusterings
+            self.recluster()  # offline labels: fixed between re-clusterings
         self.moco.train()
         acc = EpochAccumulator()
-        batches = epoch_batches(self.num_train, cfg.batch_size, cfg.seed, self.epoch)[: self.steps_per_epoch]
+        batches = epoch_batches(self.num_train, cfg.batch_size, cfg.seed, self.epoch,
+                                replacement=cfg.data_order == "replacement")[: self.steps_per_epoch]
         bar = None
         if cfg.progress and self.rank == 0 and sys.stderr.isatty():
             from tqdm import tqdm
@@ -473,8 +566,7 @@ class Trainer:
             "bank": self.bank.state_dict() if self.bank is not None else None,
             "labels": self.plabels.state_dict() if self.plabels is not None else None,
             "prev_labels": self.prev_labels,
-            "gen_shared": self.gen_shared.get_state(),
-            "gen_local": self.gen_local.get_state(),
+            "generators": self.gens.state_dict(),
             "history": self.history,
         }
 
@@ -487,8 +579,7 @@ class Trainer:
             self.bank.load_state_dict(state["bank"])
             self.plabels.load_state_dict(state["labels"])
         self.prev_labels = state["prev_labels"]
-        self.gen_shared.set_state(state["gen_shared"])
-        self.gen_local.set_state(state["gen_local"])
+        self.gens.load_state_dict(state["generators"])
         self.history = list(state["history"])
 
     def _check_resumable(self, state: dict) -> None:
@@ -513,14 +604,15 @@ class Trainer:
         cfg = self.cfg
         final = {k: v for k, v in self.history[-1].items() if k != "epoch"}
         final["knn_top1_epoch0"] = self.history[0].get("knn_top1")
+        final["knn_top1_monitor"] = final.pop("knn_top1", None)
+        # final metrics on every loaded test image (the monitor may use a subset): at 73 %
+        # a 2,000-image test set has a binomial standard error of 1.0 point, 10,000 of 0.44
+        feats = self._eval_features(None)
+        final["knn_top1"] = self._knn(feats)
         if cfg.linear_epochs > 0:
             before = [p.detach().clone() for p in self.moco.encoder_q.backbone.parameters()]
-            sub = self._knn_subset()
-            train_f = self._features(self.moco.encoder_q, "train", sub, neck=False)
-            test_f = self._features(self.moco.encoder_q, "test", None, neck=False)
             final["linear_top1"] = linear_probe_top1(
-                train_f, self.source.train_labels[sub].to(self.device), test_f,
-                self.source.test_labels.to(self.device), self.source.num_classes,
+                *feats, self.source.num_classes,
                 epochs=cfg.linear_epochs, generator=torch.Generator(device=self.device).manual_seed(cfg.seed))
             # moco's sanity check: the probe must not have touched the frozen backbone
             after = list(self.moco.encoder_q.backbone.parameters())
@@ -556,7 +648,7 @@ class Trainer:
             self.log(self.describe())
         if self.epoch == 0 and not self.history:
             if self.cfg.inter_enabled:
-                self.cluster_bank()
+                self.init_inter_state()
             m = {"epoch": 0, **self.evaluate(0)}
             self._record(m)
         while self.epoch < self.cfg.epochs:

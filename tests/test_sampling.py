@@ -281,20 +281,33 @@ def test_pool_without_other_label_falls_back_to_the_whole_bank():
     assert set(s.neg_idx.flatten().tolist()) <= set(range(bank.shape[0] - 5, bank.shape[0]))
 
 
-def test_collapsed_labels_raise_clear_error():
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_collapsed_labels_are_counted_not_fatal(strategy):
+    # every bank entry shares the query's label (labels collapsed, or identical images):
+    # the reference would loop forever; the query is counted as starved and draws
+    # its negatives ignoring labels, so training goes on
     q, q_idx, bank, labels, index = _tiny_world([0] * 10)
-    with pytest.raises(RuntimeError, match="collapsed"):
-        inter_sample(q, q_idx, bank, labels, index, "semi-hard", 5, 10, None, _gen(0))
+    s = inter_sample(q, q_idx, bank, labels, index, strategy, 5, 10, None, _gen(0))
+    assert s.starved == 1
+    assert s.neg_idx.shape == (1, 5) and bool(torch.isfinite(s.neg_cos).all())
+    assert set(s.neg_idx.flatten().tolist()) <= set(range(bank.shape[0]))
 
 
-def test_hard_with_too_few_other_labels_raises():
+def test_hard_with_too_few_other_labels_is_starved():
+    # 3 entries carry another label, hard needs 5: the query ranks every entry instead
     g = _gen(0)
     bank = F.normalize(torch.randn(30, 4, generator=g), dim=1)
     labels = torch.zeros(30, dtype=torch.long)
     labels[:3] = 1
     q = bank[5:6].clone().requires_grad_(True)
-    with pytest.raises(RuntimeError, match="neg_num"):
-        inter_sample(q, torch.tensor([5]), bank, labels, cluster_index(labels, 2), "hard", 5, 5, None, g)
+    s = inter_sample(q, torch.tensor([5]), bank, labels, cluster_index(labels, 2), "hard", 5, 5, None, g)
+    assert s.starved == 1
+    expected = (bank[5] @ bank.T).topk(5).indices  # the 5 most similar of all, labels ignored
+    assert set(s.neg_idx.flatten().tolist()) == set(expected.tolist())
+    # a query of the small cluster has 27 others: not starved, and never a same-label negative
+    q1 = bank[1:2].clone().requires_grad_(True)
+    s1 = inter_sample(q1, torch.tensor([1]), bank, labels, cluster_index(labels, 2), "hard", 5, 5, None, g)
+    assert s1.starved == 0 and bool((labels[s1.neg_idx] == 0).all())
 
 
 # ---------------------------------------------------------------- validation
