@@ -378,13 +378,11 @@ _DATA_HINTS = {
 
 def check_without_data(cfg: TrainConfig, *, source: str = "config") -> None:
     """What the trainer would reject that can be told without reading the data: a ``data_root``
-    that does not exist, and the size limits against ``train_subset`` (the dataset has at most
-    that many training images, so a limit broken by it is broken by the real size too)."""
+    that does not exist. (The size limits are checked by :class:`TrainConfig` when the bank size
+    is known from the config.)"""
     if cfg.data_root is not None and not os.path.isdir(cfg.data_root):
         what = "is not a directory" if os.path.exists(cfg.data_root) else "does not exist"
         raise UserError(f"{cfg.data_root} {what}; {_DATA_HINTS[cfg.dataset]}", source=source, key="data_root")
-    if cfg.train_subset is not None:
-        validate_against_data(cfg, cfg.train_subset, source=source)
 
 
 def check_data_invariants(cfg: TrainConfig, num_train: int) -> None:
