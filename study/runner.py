@@ -18,7 +18,7 @@ from pathlib import Path
 from study.errors import UserError
 from study.interrupt import StopSignals, StudyInterrupted
 from study.studyfile import Cell, Study, load_study
-from study.tracking import FAILED, FINISHED, KILLED, REPO_ROOT, RUNNING, StudyTracker
+from study.tracking import FAILED, FINISHED, KILLED, REPO_ROOT, RUNNING, StudyTracker, store_lock
 
 CLUSTERS = ("local", "slurm")
 
@@ -127,14 +127,20 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
     KILLED at the next start (:meth:`StudyTracker.reconcile`).
     """
     tracker = StudyTracker(study.name)
-    if backend == "local":
-        other = tracker.live_driver()
-        if other:
-            host, _, rest = other.partition(":")
-            raise UserError(f"is being run now by process {rest.split(':')[0]} on {host}; wait for it to end "
-                            "or stop it (Ctrl-C, or kill -INT PID), then run this again",
-                            source=f"study '{study.name}'")
-    tracker.reconcile()
+    # claim the study under the store's lock: a second driver started at the same moment sees the
+    # parent run this one opened, with its live driver, and is refused
+    with store_lock(tracker.uri):
+        if backend == "local":
+            other = tracker.live_driver()
+            if other:
+                host, _, rest = other.partition(":")
+                raise UserError(f"is being run now by process {rest.split(':')[0]} on {host}; wait for it to "
+                                "end or stop it (Ctrl-C, or kill -INT PID), then run this again",
+                                source=f"study '{study.name}'")
+        tracker.reconcile()
+        tracker.parent_id = tracker.parent_run_id(
+            {"factors": ",".join(study.factors), "metric": study.spec.metric, "preset": study.preset,
+             "file": study.path.name}, study.path)
     tracker.repair(study.cells)
     todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
     if backend != "local":
@@ -156,8 +162,6 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
 
 def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *, backend: str,
              experiment_name: str | None, restore: bool, stop: StopSignals | None) -> int:
-    tracker.parent_id = tracker.parent_run_id({"factors": ",".join(study.factors), "metric": study.spec.metric,
-                                               "preset": study.preset, "file": study.path.name}, study.path)
     parent_id = tracker.parent_id
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"

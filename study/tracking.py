@@ -54,11 +54,12 @@ def _sqlite_file(uri: str) -> Path | None:
 
 @contextlib.contextmanager
 def store_lock(uri: str):
-    """Hold an exclusive lock (fcntl, ``<db>.lock`` beside a sqlite store) while a store is set up.
+    """Hold an exclusive lock (fcntl, ``<db>.lock`` beside a sqlite store) around a get-or-create.
 
     MLflow creates a new sqlite store's tables on first use without a lock of its own: two
     commands starting at once on a store that does not exist yet both try, and one dies with
-    ``table ... already exists``. Other stores (a server, PostgreSQL) need no lock here.
+    ``table ... already exists``. The same holds for a study's experiment and its parent run
+    (the driver claims a study under this lock). Other stores (a server, PostgreSQL) get no lock.
     """
     db = _sqlite_file(uri)
     if db is None or not db.parent.is_dir():
@@ -152,12 +153,13 @@ class StudyTracker:
         self.uri = uri or tracking_uri()
         self.client = client(self.uri)
         self.study = study_name
-        exp = self.client.get_experiment_by_name(study_name)
-        if exp is None and create:
-            location = (artifact_root() / study_name).as_uri()
-            self.experiment_id = self.client.create_experiment(study_name, artifact_location=location)
-        else:
-            self.experiment_id = exp.experiment_id if exp is not None else None
+        with store_lock(self.uri):  # two commands starting the same new study at once: one creates it
+            exp = self.client.get_experiment_by_name(study_name)
+            if exp is None and create:
+                location = (artifact_root() / study_name).as_uri()
+                self.experiment_id = self.client.create_experiment(study_name, artifact_location=location)
+            else:
+                self.experiment_id = exp.experiment_id if exp is not None else None
         self._open: dict[str, CellRun] = {}
         self.parent_id: str | None = None  # set by the driver once the parent run is open
         # cell_id -> [time the run was opened (None when closed), seconds open so far], this process only
