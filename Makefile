@@ -33,10 +33,13 @@ bench: setup
 STUDIES := labels sampling boundary final
 .PHONY: $(addprefix study-,$(STUDIES)) study-all figures ui slurm-up
 
-# run one study (PRESET, CLUSTER), then rebuild its tables and figures from the store
+# run one study (PRESET, CLUSTER), then rebuild its tables and figures from the store;
+# UNTIL_DECIDED=1 adds seeds where a comparison is open (MAX_SEEDS, BUDGET_HOURS: its limits)
 $(addprefix study-,$(STUDIES)): study-%: setup
 	@cd $(ROOT) && status=0; \
-	$(PY) -m study run experiments/$*.yaml --preset $(PRESET) --cluster $(CLUSTER) $(if $(filter slurm,$(CLUSTER)),--wait,) || status=$$?; \
+	$(PY) -m study run experiments/$*.yaml --preset $(PRESET) --cluster $(CLUSTER) $(if $(filter slurm,$(CLUSTER)),--wait,) \
+		$(if $(UNTIL_DECIDED),--until-decided $(if $(MAX_SEEDS),--max-seeds $(MAX_SEEDS),) \
+		$(if $(BUDGET_HOURS),--budget-hours $(BUDGET_HOURS),),) || status=$$?; \
 	$(PY) -m analysis --study $* || status=$$?; \
 	exit $$status
 

@@ -28,6 +28,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_METRIC = "knn_top1"
+DEFAULT_DELTA = 0.005  # 0.5 points of an accuracy stored as a fraction (same as the study file's default)
 FINISHED = "FINISHED"
 
 # Columns of the cells frame: name -> kind ("str", "int", "float").
@@ -50,6 +51,8 @@ CELL_COLUMNS: dict[str, str] = {
     "nmi": "float",  # last logged NMI of the pseudo-labels (NaN for MoCo v2)
     "ari": "float",
     "knn_auc": "float",  # mean kNN top-1 over epochs 1..E (convergence speed)
+    "seconds": "float",  # the run's wall time, start to end (a linked cell: its source's)
+    "reused_from": "str",  # the run a linked cell was copied from ("" if trained here)
 }
 CURVE_COLUMNS: dict[str, str] = {
     "cell_id": "str",
@@ -103,6 +106,8 @@ class StudyData:
     levels: tuple[str, ...] = field(default=())  # display order
     preset: str = ""  # the preset the numbers come from
     excluded: pd.DataFrame | None = None  # finished cells left out (EXCLUDED_COLUMNS)
+    equivalence_delta: float = DEFAULT_DELTA  # half-width of the region of practical equivalence (metric units)
+    stopping: str = "fixed"  # "fixed" (t-interval) or "sequential" (seeds added until decided)
 
     @property
     def empty(self) -> bool:
@@ -218,6 +223,9 @@ def _cell_row(run, study: str) -> dict:
         "nmi": metrics.get("final_nmi", metrics.get("nmi")),
         "ari": metrics.get("ari"),
         "knn_auc": None,
+        "seconds": ((run.info.end_time - run.info.start_time) / 1000.0
+                    if run.info.end_time and run.info.start_time else None),
+        "reused_from": tags.get("reused_from", ""),
         "status": run.info.status,
         "_factors": tuple(factors),
     }
@@ -391,16 +399,18 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     parent = parents[-1] if parents else None
     factors: tuple[str, ...] = ()
     metric = DEFAULT_METRIC
+    decide: dict = {}
     if parent is not None:
         factors = tuple(f for f in parent.data.params.get("factors", "").split(",") if f)
         metric = parent.data.params.get("metric", DEFAULT_METRIC) or DEFAULT_METRIC
+        decide = _decision_settings(parent, study)
     raw_rows = [_cell_row(r, study) for r in runs]
     if not factors and raw_rows:
         factors = raw_rows[0]["_factors"]
     for r in raw_rows:
         r.pop("_factors")
     if not raw_rows:
-        return replace(empty_study(study, found=True), factors=factors, metric=metric_column(metric))
+        return replace(empty_study(study, found=True), factors=factors, metric=metric_column(metric), **decide)
     all_runs = _typed(raw_rows, {**CELL_COLUMNS, "status": "str"})
     finished = dedupe_cells(all_runs)
     if preset is None:  # the preset of the latest finished cell, else of the latest run
@@ -426,4 +436,22 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
         raise ContractError(f"study {study!r}: primary metric {metric!r} is not a cell metric "
                             f"(known: knn_top1, linear_top1, nmi, ari, knn_auc)")
     return StudyData(study=study, found=True, factors=factors, metric=mcol, cells=cells, curves=curves,
-                     missing=missing, levels=levels, preset=preset, excluded=excluded)
+                     missing=missing, levels=levels, preset=preset, excluded=excluded, **decide)
+
+
+def _decision_settings(parent, study: str) -> dict:
+    """The parent's ``equivalence_delta`` and ``stopping`` tags (written by the runner) as StudyData fields."""
+    out: dict = {}
+    tags = parent.data.tags
+    if tags.get("equivalence_delta"):
+        delta = _num(tags["equivalence_delta"], "float", parent.info.run_id, "equivalence_delta")
+        if delta is None or not delta > 0:
+            raise ContractError(f"study {study!r}: parent tag equivalence_delta must be > 0, got "
+                                f"{tags['equivalence_delta']!r}")
+        out["equivalence_delta"] = delta
+    if tags.get("stopping"):
+        if tags["stopping"] not in ("fixed", "sequential"):
+            raise ContractError(f"study {study!r}: parent tag stopping must be 'fixed' or 'sequential', "
+                                f"got {tags['stopping']!r}")
+        out["stopping"] = tags["stopping"]
+    return out

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .findings import FINDINGS, ComparisonResult, FindingResult, describe, findings_for
+from .findings import FINDINGS, ComparisonResult, FindingResult, delta_text, describe, findings_for
 from .load import StudyData
 from .stats import CONFIDENCE
 from .tables import METRICS, TABLE_METRICS, spec, summary_table, to_markdown
@@ -27,10 +27,22 @@ PAPER_REFERENCE = ("Paper's reference (ResNet-50, 200 epochs, ImageNet-1k, mmsel
 VERDICT_RULE = (
     "**Verdict rule.** Each comparison pairs the seeds two levels share and takes d = (the level the paper "
     "says is better) - (the other) on the study's metric. The finding *holds* if the {c:.0%} t-interval of "
-    "the mean of d lies above 0, is *contradicted* if it lies below 0, and is *inconclusive at n=k seeds* "
-    "otherwise (also with fewer than 2 pairs). A finding tested by several comparisons holds only if all "
-    "hold; it is *mixed* if some hold and others are contradicted. The p-value is the two-sided paired t-test "
-    "(Wilcoxon signed-rank added from 6 pairs on); it is shown, the interval decides."
+    "the mean of d lies above 0, is *contradicted* if it lies below 0, is *equivalent within ±δ* if neither "
+    "and the paired two one-sided tests (TOST, statsmodels `ttost_paired`) reject |mean d| ≥ δ at 0.05 "
+    "(δ is the study file's `equivalence_delta`, default 0.5 points), and is *inconclusive at n=k seeds* "
+    "otherwise (also with fewer than 2 pairs); an inconclusive comparison states its minimum detectable "
+    "effect at n and the seeds a paired t-test needs to detect δ, both at 80% power from the observed paired "
+    "standard deviation (statsmodels `TTestPower`). A finding tested by several comparisons holds only if all "
+    "hold; it is *mixed* if some hold and others are contradicted or equivalent. The p-value is the two-sided "
+    "paired t-test (scipy; Wilcoxon signed-rank added from 6 pairs on); it is shown, the interval decides. "
+    "P(A > B) is the share of seeds on which the claimed-better level wins (ties count 1/2), with a seeded "
+    "percentile bootstrap interval (scipy `bootstrap`), as Bouthillier et al. (MLSys 2021) recommend. "
+    "A study run with `--until-decided` (seeds added where a comparison is open) is decided instead by an "
+    "anytime-valid {c:.0%} confidence sequence for the mean of d (Lai's t-mixture, our own closed form in "
+    "`analysis/decide.py`), which stays valid however often it is looked at; it is shown for every study. "
+    "Cost: cell-hours are the summed wall time of the compared cells (a cell linked from another study "
+    "counts its source's time, and is marked); wall time is the time during which at least one cell of the "
+    "study ran."
 ).format(c=CONFIDENCE)
 
 
@@ -58,23 +70,73 @@ def finding_name(f: FindingResult) -> str:
     return f"{i + 1}. {f.spec.title}" if f.spec.key != "method" and i >= 0 else f.spec.title
 
 
-def verdict_rows(results: Sequence[FindingResult]) -> list[str]:
-    """Rows of the verdict table: one per comparison; the finding's own verdict on its first row."""
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f}" if math.isfinite(seconds) else "-"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def study_wall_seconds(cells) -> float:
+    """Seconds during which at least one cell trained in this study (the union of the
+    cells' run intervals; linked cells trained elsewhere are left out)."""
+    if cells.empty or "seconds" not in cells.columns:
+        return math.nan
+    own = cells[(cells["reused_from"] == "") & cells["seconds"].notna()]
+    spans = sorted((float(e) / 1000 - float(s), float(e) / 1000) for s, e in zip(own["seconds"], own["end_time"]))
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in spans:
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        total += cur_end - cur_start
+    return total
+
+
+def verdict_cell(r: ComparisonResult) -> str:
+    """A comparison's verdict, with the MDE and seeds needed when it is inconclusive."""
+    if not r.open or not math.isfinite(r.mde):
+        return r.verdict
+    scale = spec(r.metric).scale
+    need = f"{r.seeds_for_delta} seeds" if r.seeds_for_delta is not None else "-"
+    return (f"{r.verdict} (MDE {_num(r.mde, scale, signed=False)}; ±{_num(r.delta, scale, signed=False)} "
+            f"needs {need})")
+
+
+def verdict_rows(results: Sequence[FindingResult], walls: dict[str, float] | None = None) -> list[str]:
+    """Rows of the verdict table: one per comparison; the finding's own verdict on its first row.
+
+    ``walls``: study -> wall seconds (shown on the finding's first row)."""
     rows = []
+    walls = walls or {}
     for f in results:
         head = f"{finding_name(f)} | {f.study} | **{f.verdict}**"
         if not f.comparisons:
-            rows.append(f"| {head} | - | - | - | - | - | 0 | - |")
+            rows.append(f"| {head} | - | - | - | - | - | 0 | - | - | - | - |")
             continue
         for j, r in enumerate(f.comparisons):
             c = r.comparison
             scale = spec(r.metric).scale
             p = f"{c.p_value:.3g}" if math.isfinite(c.p_value) else "-"
             ci = f"[{_num(c.ci_low, scale)}, {_num(c.ci_high, scale)}]" if math.isfinite(c.ci_low) else "-"
+            cs = f"[{_num(r.cs_low, scale)}, {_num(r.cs_high, scale)}]" if math.isfinite(r.cs_low) else "(-inf, inf)"
+            imp = r.improvement
+            pi = f"{imp.p:.2f} [{imp.ci_low:.2f}, {imp.ci_high:.2f}]" if imp is not None and math.isfinite(imp.p) \
+                else "-"
+            hours = _hours(r.cell_seconds) + (f" ({r.reused} linked)" if r.reused else "")
+            wall = _duration(walls.get(f.study, math.nan)) if j == 0 else ""
             what = f" ({r.what})" if r.what else ""
             lead = head if j == 0 else " |  | "
             rows.append(f"| {lead} | {r.better} - {r.worse}{what} | {metric_label(r.metric)} | "
-                        f"{_num(c.mean_diff, scale)} | {ci} | {p} | {c.n} | {r.verdict} |")
+                        f"{_num(c.mean_diff, scale)} | {ci} | {cs} | {p} | {c.n} | {pi} | {verdict_cell(r)} | "
+                        f"{hours} | {wall} |")
     return rows
 
 
@@ -98,13 +160,20 @@ def _excluded_text(data: StudyData) -> str | None:
 
 def _cells_text(data: StudyData) -> str:
     seeds = sorted(set(data.cells["seed"]))
+    secs = data.cells["seconds"].fillna(0.0).sum() if "seconds" in data.cells.columns else math.nan
+    rule = ("seeds added until decided (anytime-valid confidence sequence)" if data.stopping == "sequential"
+            else "fixed seeds (t-interval)")
     return (f"Cells: {len(data.cells)} finished, {len(data.levels)} levels, seeds {', '.join(map(str, seeds))}; "
-            f"preset {data.preset or 'unknown'}; primary metric {metric_label(data.metric)}.")
+            f"preset {data.preset or 'unknown'}; primary metric {metric_label(data.metric)}; "
+            f"equivalence region {delta_text(data.equivalence_delta, data.metric)}; {rule}. "
+            f"Cost: {_hours(secs)} cell-hours, wall {_duration(study_wall_seconds(data.cells))}.")
 
 
 def _comparison_line(r: ComparisonResult) -> str:
     what = f" ({r.what}: {metric_label(r.metric)})" if r.what else f" ({metric_label(r.metric)})"
-    return f"- {describe(r)}{what}: **{r.verdict}**"
+    cost = f"; cost {_hours(r.cell_seconds)} cell-h" + (f", {r.reused} cells linked from other studies"
+                                                         if r.reused else "")
+    return f"- {describe(r)}{cost}{what}: **{r.verdict}**"
 
 
 def study_section(data: StudyData, results: Sequence[FindingResult], figures: Sequence[str]) -> list[str]:
@@ -143,14 +212,16 @@ def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]
              "finished cell runs; a cell logged twice counts once (its latest finished run). Accuracies are in %, "
              "± is the standard deviation over seeds, intervals are 95% t-intervals.", "",
              VERDICT_RULE, "", "## Verdicts", "",
-             "| Finding | Study | Finding's verdict | Comparison | Metric | mean d | 95% CI of d | p (paired t) | n "
-             "| Comparison's verdict |",
-             "|---|---|---|---|---|---:|---|---:|---:|---|"]
+             "| Finding | Study | Finding's verdict | Comparison | Metric | mean d | 95% CI of d "
+             "| anytime-valid 95% CI | p (paired t) | n | P(A > B) | Comparison's verdict | cell-h | wall |",
+             "|---|---|---|---|---|---:|---|---|---:|---:|---|---|---:|---:|"]
     all_results = [f for s in studies for f in results[s.study]]
     tested = {f.spec.key for f in all_results}
     all_results += [FindingResult(spec, "-", (), f"not run: no study in the store varies `{spec.factor}`")
                     for spec in FINDINGS if spec.key not in tested]
-    lines += verdict_rows(all_results) if all_results else ["| - | - | no study run | - | - | - | - | - | 0 | - |"]
+    walls = {s.study: study_wall_seconds(s.cells) for s in studies}
+    lines += (verdict_rows(all_results, walls) if all_results
+              else ["| - | - | no study run | - | - | - | - | - | - | 0 | - | - | - | - |"])
     lines.append("")
     if ablation_md:
         lines += ["## Ablation across the three factors", "", ablation_md.rstrip("\n"), "",

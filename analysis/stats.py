@@ -11,8 +11,13 @@ With the 95% t-interval of the mean of ``d`` over the paired seeds,
 
 - "holds"          when the whole interval lies above 0,
 - "contradicted"   when the whole interval lies below 0,
+- "equivalent within +-delta" when neither holds and the paired TOST
+  (statsmodels ``ttost_paired``, see analysis.decide) rejects
+  ``|mean d| >= delta`` at 0.05, i.e. the 90% t-interval lies inside
+  (-delta, +delta);
 - "inconclusive at n=<k> seeds" otherwise, including when fewer than two
-  paired seeds exist (no interval can be formed).
+  paired seeds exist (no interval can be formed); its report line adds the
+  minimum detectable effect at n and the seeds needed to detect delta.
 
 An interval that touches 0 exactly is inconclusive. When every paired
 difference is identical the interval has zero width; it then decides by
@@ -32,6 +37,7 @@ WILCOXON_MIN_N = 6
 
 HOLDS = "holds"
 CONTRADICTED = "contradicted"
+EQUIVALENT = "equivalent"  # the verdict reads "equivalent within +-<delta>"
 
 
 @dataclass(frozen=True)
@@ -129,32 +135,50 @@ def inconclusive(n: int) -> str:
     return f"inconclusive at n={n} seed{'s' if n != 1 else ''}"
 
 
-def verdict(comparison: PairedComparison) -> str:
-    """Apply the rule in the module docstring to a comparison oriented as the paper claims."""
+def equivalent(delta_text: str) -> str:
+    return f"{EQUIVALENT} within {delta_text}"
+
+
+def verdict(comparison: PairedComparison, tost_p: float | None = None, delta_text: str = "±delta") -> str:
+    """Apply the rule in the module docstring to a comparison oriented as the paper claims.
+
+    ``tost_p``: the paired TOST p-value for the equivalence region (None: no equivalence
+    verdict); ``delta_text``: how the region reads in the verdict, e.g. "±0.50 pts".
+    """
     if comparison.n < 2 or not (math.isfinite(comparison.ci_low) and math.isfinite(comparison.ci_high)):
         return inconclusive(comparison.n)
     if comparison.ci_low > 0:
         return HOLDS
     if comparison.ci_high < 0:
         return CONTRADICTED
+    if tost_p is not None and math.isfinite(tost_p) and tost_p < 1 - CONFIDENCE:
+        return equivalent(delta_text)
     return inconclusive(comparison.n)
+
+
+def is_equivalent(v: str) -> bool:
+    return v.startswith(EQUIVALENT)
 
 
 def combine_verdicts(verdicts: Sequence[str], ns: Sequence[int]) -> str:
     """One verdict for a finding tested by several comparisons.
 
     "holds" only if every comparison holds, "contradicted" if at least one is
-    contradicted and none holds, "mixed" if some hold and some are
-    contradicted, otherwise inconclusive at the smallest n.
+    contradicted and none holds, "mixed" if some hold and others are
+    contradicted or equivalent, "equivalent ..." if every comparison is
+    equivalent (the first one's text), otherwise inconclusive at the smallest n.
     """
     if not verdicts:
         return "not tested"
     held = sum(v == HOLDS for v in verdicts)
     contra = sum(v == CONTRADICTED for v in verdicts)
+    equiv = [v for v in verdicts if is_equivalent(v)]
     if held == len(verdicts):
         return HOLDS
-    if held and contra:
+    if held and (contra or equiv):
         return "mixed"
     if contra:
         return CONTRADICTED
+    if len(equiv) == len(verdicts):
+        return equiv[0]
     return inconclusive(min(ns) if ns else 0)

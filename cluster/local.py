@@ -43,13 +43,16 @@ def check_local(study: Study) -> None:
 
 
 def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-              run_root: Path, storage_path: Path, done_before: int, stop=None) -> int:
+              run_root: Path, storage_path: Path, done_before: int, keep_ray: bool = False, stop=None) -> int:
     """Run ``cells`` on a local Ray; returns the number of parallel slots used.
+
+    ``keep_ray``: leave Ray running for the next call (the adaptive loop runs one batch per
+    call; it shuts Ray down at its end); a Ray already running is reused. Ray is shut down
+    whenever this ends in an exception (an interruption included).
 
     ``stop`` (a :class:`study.interrupt.StopSignals`) keeps SIGINT and SIGTERM with the driver:
     Tune's own SIGINT handler (which ends in Ray's advice to call ``Tuner.restore``) is switched
     off, and the handlers are installed again after ``ray.init``, which sets its own for SIGTERM.
-    Ray is shut down however this ends.
     """
     import ray
 
@@ -66,17 +69,21 @@ def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if stop is not None:
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    ended = False
     try:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        if not ray.is_initialized():
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
         if stop is not None:
             stop.install()
         name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_cells(study, cells, tracker, parent_id, run_root=run_root, storage_path=storage_path,
                   slots=slots, experiment_name=name, done_before=done_before)
+        ended = True
         return slots
     finally:
-        ray.shutdown()
+        if not keep_ray or not ended:
+            ray.shutdown()
 
 
 def _gpu_count() -> int:

@@ -329,7 +329,11 @@ class StudyJob:
     """
 
     def __init__(self, study_path: str, preset: str, sets: dict, *, rerun_failed: bool, env: dict[str, str],
-                 options: dict):
+                 options: dict, seeds: list[int] | None = None, cell_ids: list[str] | None = None):
+        # seeds / cell_ids: run only these cells of the file expanded at these seeds (a batch of
+        # the adaptive loop, study/adaptive.py); None: the study file's cells
+        self.seeds = list(seeds) if seeds is not None else None
+        self.cell_ids = list(cell_ids) if cell_ids is not None else None
         self.study_path = str(study_path)
         self.preset = preset
         self.sets = dict(sets)
@@ -367,6 +371,18 @@ class StudyJob:
         self._run_worker(ctx, cpus, gpus)
         return None
 
+    def load(self):
+        """The job's study: the file's cells, or the adaptive batch's."""
+        from dataclasses import replace
+
+        from study.studyfile import load_study
+
+        study = load_study(self.study_path, self.preset, self.sets, seeds=self.seeds)
+        if self.cell_ids is not None:
+            keep = set(self.cell_ids)
+            study = replace(study, cells=tuple(c for c in study.cells if c.cell_id in keep))
+        return study
+
     def _task_resources(self) -> tuple[int, int]:
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.options.get("cpus_per_task") or 1)
         gpus_node = int(self.options.get("gpus_per_node") or 0)
@@ -380,7 +396,6 @@ class StudyJob:
         import ray
 
         from study.runner import execute_study
-        from study.studyfile import load_study
 
         _remove_stale_temp_dirs(ctx.job_id)
         temp_dir = _ray_temp_dir(ctx)
@@ -401,7 +416,7 @@ class StudyJob:
             if ctx.ntasks > 1:
                 _wait_for_nodes(ctx, timeout=float(os.environ.get("STUDY_RAY_JOIN_TIMEOUT", "300")))
             print(f"[slurm] Ray cluster at {address}: {_cluster_line()}", flush=True)
-            study = load_study(self.study_path, self.preset, self.sets)
+            study = self.load()
             name, restore = _tune_experiment(ctx, study.name)
             print(f"[slurm] Tune experiment {name}: " + ("restoring it" if restore else "new"), flush=True)
             return execute_study(study, rerun_failed=self.rerun_failed, backend="slurm", experiment_name=name,
@@ -548,8 +563,11 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 # ---------------------------------------------------------------- submitting and following
-def submit_study(study, *, sets: dict, options: dict, wait: bool, rerun_failed: bool) -> int:
-    """Submit the study as one SLURM job; print how to follow it; with ``wait``, follow it to the end."""
+def submit_study(study, *, sets: dict, options: dict, wait: bool, rerun_failed: bool, subset: bool = False) -> int:
+    """Submit the study as one SLURM job; print how to follow it; with ``wait``, follow it to the end.
+
+    ``subset``: the job runs exactly ``study.cells`` (a batch of the adaptive loop), not the file's cells.
+    """
     from study.runner import cells_to_run
     from study.tracking import StudyTracker
 
@@ -572,7 +590,9 @@ def submit_study(study, *, sets: dict, options: dict, wait: bool, rerun_failed: 
                         source="--cluster slurm") from None
     executor.update_parameters(**executor_parameters(values, study.name))
     job_fn = StudyJob(str(study.path), study.preset, sets, rerun_failed=rerun_failed, env=job_environment(),
-                      options=values)
+                      options=values,
+                      seeds=sorted({c.seed for c in study.cells}) if subset else None,
+                      cell_ids=[c.cell_id for c in study.cells] if subset else None)
     try:
         job = executor.submit(job_fn)
     except submitit.core.utils.FailedSubmissionError as err:

@@ -56,6 +56,14 @@ def _add_run(sub) -> None:
                    help="override one config key in every cell (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and their resources, run nothing")
     p.add_argument("--rerun-failed", action="store_true", help="also rerun the cells that failed")
+    a = p.add_argument_group("adaptive seeds")
+    a.add_argument("--until-decided", action="store_true",
+                   help="after the study's seeds, add seeds in batches to the levels of the finding's comparisons "
+                        "that are still open, until decided (anytime-valid rule) or a limit")
+    a.add_argument("--max-seeds", type=int, default=None, metavar="N",
+                   help="with --until-decided: at most N paired seeds per comparison (default 20)")
+    a.add_argument("--budget-hours", type=float, default=None, metavar="H",
+                   help="with --until-decided: stop before a batch would pass H cell-hours trained by this study")
     g = p.add_argument_group("SLURM (with --cluster slurm)")
     g.add_argument("--slurm-config", help="cluster config file (YAML; see cluster/slurm.example.yaml)")
     for opt in ("nodes", "gpus-per-node", "cpus-per-task", "mem", "partition", "account", "qos", "time",
@@ -86,6 +94,17 @@ def _slurm_options(args) -> dict:
 def cmd_run(args) -> int:
     from study.config import parse_sets
     from study.runner import run_study
+
+    if (args.max_seeds is not None or args.budget_hours is not None) and not args.until_decided:
+        raise UserError("needs --until-decided", source="--max-seeds" if args.max_seeds is not None
+                        else "--budget-hours")
+    if args.until_decided and not args.dry_run:
+        from study.adaptive import run_adaptive
+
+        return run_adaptive(args.study_file, preset=args.preset, cluster=args.cluster,
+                            sets=parse_sets(args.sets, source="--set"), rerun_failed=args.rerun_failed,
+                            slurm_options=_slurm_options(args), max_seeds=args.max_seeds,
+                            budget_hours=args.budget_hours)
 
     return run_study(args.study_file, preset=args.preset, cluster=args.cluster,
                      sets=parse_sets(args.sets, source="--set"), dry_run=args.dry_run,

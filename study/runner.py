@@ -92,6 +92,10 @@ def run_study(path: str, *, preset: str = "cpu", cluster: str = "local", sets: d
         check_local(study)  # what would wait or fail forever on this machine
     if dry_run:
         print(describe_cells(study))
+        from study.cost import estimate_lines
+
+        for line in estimate_lines(study, slots=max(1, local_cpus() // study.resources.cpus)):
+            print(line)
         if cluster == "slurm":
             from cluster.slurm import describe_submission
 
@@ -118,7 +122,7 @@ def efficiency_line(name: str, wall: float, busy: float, slots: int) -> str | No
 
 
 def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_name: str | None = None,
-                  restore: bool = False, sets: dict | None = None) -> int:
+                  restore: bool = False, sets: dict | None = None, keep_ray: bool = False) -> int:
     """Run the study's unfinished cells on the Ray cluster of ``backend``; the driver side.
 
     Local backend: SIGINT (Ctrl-C) and SIGTERM stop the driver cleanly: Ray is shut down, the runs
@@ -141,15 +145,22 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
         tracker.parent_id = tracker.parent_run_id(
             {"factors": ",".join(study.factors), "metric": study.spec.metric, "preset": study.preset,
              "file": study.path.name}, study.path)
+    tracker.client.set_tag(tracker.parent_id, "equivalence_delta", repr(study.spec.equivalence_delta))
     tracker.repair(study.cells)
+    from study.reuse import link_finished_cells
+
+    linked = link_finished_cells(study, tracker, tracker.parent_id)  # finished in another study: not trained again
+    if linked:
+        print(f"[{study.name}] linked {len(linked)} cells finished in other studies (tag reused_from), "
+              "not trained again", flush=True)
     todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
     if backend != "local":
         return _execute(study, tracker, todo, done, backend=backend, experiment_name=experiment_name,
-                        restore=restore, stop=None)
+                        restore=restore, stop=None, keep_ray=keep_ray)
     with StopSignals() as stop:
         try:
             return _execute(study, tracker, todo, done, backend=backend, experiment_name=experiment_name,
-                            restore=restore, stop=stop)
+                            restore=restore, stop=stop, keep_ray=keep_ray)
         except BaseException as err:
             # the signal may surface as another exception: raised inside a C call of Ray's, it comes
             # back as a SystemError whose context is the StudyInterrupted
@@ -161,7 +172,7 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
 
 
 def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *, backend: str,
-             experiment_name: str | None, restore: bool, stop: StopSignals | None) -> int:
+             experiment_name: str | None, restore: bool, stop: StopSignals | None, keep_ray: bool = False) -> int:
     parent_id = tracker.parent_id
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
@@ -172,7 +183,7 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
             from cluster.local import run_local
 
             slots = run_local(study, todo, tracker, parent_id, run_root=run_root(study.name),
-                              storage_path=ray_storage(), done_before=done, stop=stop)
+                              storage_path=ray_storage(), done_before=done, stop=stop, keep_ray=keep_ray)
             line = efficiency_line(study.name, time.time() - start,
                                    tracker.attempt_seconds(c.cell_id for c in todo), min(len(todo), slots))
             if line:
@@ -253,4 +264,8 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
         print(f"the study was {what}; to resume, run the same command again: {rerun_command(study, sets)}")
     elif counts[FAILED]:
         print(f"to rerun the failed cells: {rerun_command(study, sets, '--rerun-failed')}")
+    from study.adaptive import status_lines
+
+    for line in status_lines(study, tracker, sets):
+        print(line)
     return 0

@@ -23,12 +23,10 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from study.canonical import canonical_config
 from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean
 from study.errors import UserError
 from study.files import read_yaml
-
-# keys that change how a run is executed, not what it computes: not part of cell_id
-_EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
 
 # ---- names that later stages take (checked at load, so a study that loads also runs)
 # A study name is an MLflow experiment name and a path component (runs/<name>, mlartifacts/<name>,
@@ -86,6 +84,9 @@ class StudySpec(BaseModel):
     metric: Metric = "knn_top1"
     presets: dict[str, PresetSpec] = Field(default_factory=dict)
     max_failures: int = Field(default=1, ge=0)
+    # half-width of the region of practical equivalence of the finding's comparisons, in the
+    # metric's units (accuracies are fractions: 0.005 = 0.5 points of kNN top-1)
+    equivalence_delta: float = Field(default=0.005, gt=0.0, lt=1.0)
 
     @field_validator("factors")
     @classmethod
@@ -220,8 +221,9 @@ def _check_cell_for_store(cell: Cell, src: str) -> None:
 
 
 def cell_hash(config: TrainConfig) -> str:
-    """A stable hash of the resolved config (which includes the seed)."""
-    flat = {k: v for k, v in config.flat().items() if k not in _EXECUTION_KEYS}
+    """A stable hash of the canonical config (:mod:`study.canonical`: the resolved config, seed
+    included, less the keys that cannot affect the run)."""
+    flat = canonical_config(config.flat())
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -279,8 +281,11 @@ def _check_config_keys(values: dict, src: str, where: str) -> None:
 
 
 def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | None = None,
-               out_root: Path | None = None) -> Study:
-    """Read, validate and expand a study file into its cells (nothing is written)."""
+               out_root: Path | None = None, seeds: list[int] | None = None) -> Study:
+    """Read, validate and expand a study file into its cells (nothing is written).
+
+    ``seeds``: expand these seeds instead of the file's (the adaptive loop adds seeds).
+    """
     path = Path(path).resolve()
     spec = read_study_file(path)
     src = str(path)
@@ -288,7 +293,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
         raise UserError(f"unknown preset '{preset}'{did_you_mean(preset, tuple(PRESETS))} "
                         f"(allowed: {', '.join(PRESETS)})", source="--preset")
     pspec = spec.presets.get(preset, PresetSpec())
-    seeds = pspec.seeds or spec.seeds
+    seeds = list(seeds) if seeds is not None else (pspec.seeds or spec.seeds)
     factor_names = list(spec.factors)
     cells = []
     seen: dict[str, str] = {}
@@ -306,7 +311,8 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
             cid = cell_hash(cfg)
             if cid in seen:
                 raise UserError(f"levels '{seen[cid]}' and '{' / '.join(levels.values())}' resolve to the "
-                                "same config", source=src, key="factors")
+                                "same config (once the keys that cannot affect a run are left out; see "
+                                "study/canonical.py)", source=src, key="factors")
             seen[cid] = " / ".join(levels.values())
             cell = Cell(spec.name, levels, seed, cfg, cid, preset)
             _check_cell_for_store(cell, src)

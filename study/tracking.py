@@ -333,7 +333,12 @@ class StudyTracker:
         tags.update({f"factor.{f}": lv for f, lv in cell.levels.items()})
         return tags
 
-    def _fill_cell(self, run, cell, parent_id: str | None = None) -> None:
+    def _log_params(self, run_id: str, cell) -> None:
+        """Log this cell's params and its own ``config.json`` (replacing a copied one), then tag it
+        ``filled`` (for a run made by copying another study's, study/reuse.py)."""
+        self._fill_cell(self.client.get_run(run_id), cell, replace_config=True)
+
+    def _fill_cell(self, run, cell, parent_id: str | None = None, *, replace_config: bool = False) -> None:
         """Log what ``run`` lacks of its cell's tags, params and ``config.json``, then tag it ``filled``.
 
         Idempotent, so a run created by a driver killed before it got here is completed by the
@@ -353,7 +358,7 @@ class StudyTracker:
         items = sorted((k, v) for k, v in cell_params(cell).items() if k not in have)
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
-        if not self._has_artifact(run_id, "config.json"):
+        if replace_config or not self._has_artifact(run_id, "config.json"):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "config.json"
                 path.write_text(json.dumps(cell.config.flat(), indent=2, sort_keys=True))

@@ -585,8 +585,11 @@ class Trainer:
     def _check_resumable(self, state: dict) -> None:
         from study.errors import UserError
 
-        saved, now = state["config"], self.cfg.flat()
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k != "progress")
+        from study.canonical import canonical_config
+
+        # keys that cannot affect the run (execution only, or unused by this method) may differ
+        saved, now = canonical_config(state["config"]), canonical_config(self.cfg.flat())
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise UserError(
                 f"holds a run with a different config (differs in: {', '.join(diff)}); "

@@ -1,0 +1,68 @@
+"""What a study will cost, estimated from the cells already in the store (``run --dry-run``).
+
+seconds per cell at this preset (the median wall time of the FINISHED cells of
+that preset trained in any study of the store; links are not trainings) x
+the cells this study would still train (not FINISHED here, not linkable from
+another study) / the cells that run at once (the machine's CPUs over the
+CPUs of one cell, as the local launcher schedules them). Reads the store
+only when it exists: a dry run writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from study.tracking import FINISHED, tracking_uri
+
+
+def _store_exists(uri: str) -> bool:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):].split("?")[0]).is_file()
+    return not uri.startswith("sqlite:")
+
+
+def finished_cells(uri: str, preset: str) -> list:
+    """Every FINISHED cell run of ``preset`` in the store (all experiments)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = []
+    for i in range(0, len(ids), 100):
+        token = None
+        while True:
+            page = client.search_runs(ids[i:i + 100], filter_string=f"tags.role = 'cell' and attributes.status = "
+                                      f"'{FINISHED}' and tags.preset = '{preset}'", max_results=1000,
+                                      page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    return runs
+
+
+def estimate_lines(study, slots: int, uri: str | None = None) -> list[str]:
+    """Lines for ``--dry-run``: cells left to train, seconds per cell, cell-hours and wall time."""
+    uri = uri or tracking_uri()
+    if not _store_exists(uri):
+        return [f"cost: no store at {uri} yet, so no measured seconds per cell at preset {study.preset}"]
+    runs = finished_cells(uri, study.preset)
+    done_here = {r.data.tags.get("cell_id") for r in runs if r.data.tags.get("study") == study.name}
+    done_anywhere = {r.data.tags.get("cell_id") for r in runs}
+    trained = [(r.info.end_time - r.info.start_time) / 1000.0 for r in runs
+               if not r.data.tags.get("reused_from") and r.info.end_time and r.info.start_time]
+    left = [c for c in study.cells if c.cell_id not in done_anywhere]
+    linkable = sum(1 for c in study.cells if c.cell_id in done_anywhere and c.cell_id not in done_here)
+    head = (f"cost: {len(left)} cells to train, {linkable} to link from other studies, "
+            f"{sum(1 for c in study.cells if c.cell_id in done_here)} finished here")
+    if not trained:
+        return [head + f"; no finished cell of preset {study.preset} in the store to time"]
+    per_cell = statistics.median(trained)
+    slots = max(1, min(slots, len(left))) if left else max(1, slots)
+    waves = math.ceil(len(left) / slots) if left else 0
+    return [head,
+            f"      {per_cell:.0f} s per cell at preset {study.preset} (median of {len(trained)} cells in the store) "
+            f"x {len(left)} cells = {per_cell * len(left) / 3600:.2f} cell-hours; {slots} at a time: "
+            f"about {per_cell * waves / 60:.1f} min wall"]

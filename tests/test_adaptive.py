@@ -1,0 +1,200 @@
+"""Adaptive seeds (study.adaptive): seeds added only where a comparison is open, until decided or a limit;
+a kill mid-way resumes with every cell once. Fast tests write runs with the real tracker into a temporary
+MLflow store from a fake trial whose final kNN top-1 is drawn from a known distribution; one slow test goes
+through the real command line, Ray Tune and the smoke preset."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import store_client, store_env
+from study import adaptive
+from study.studyfile import load_study
+from study.tracking import FINISHED, StudyTracker
+
+REPO = Path(__file__).resolve().parents[1]
+
+STUDY = """
+name: {name}
+fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: 1, linear_epochs: 2}}
+factors:
+  sampling: [random, semi-hard, hard]
+seeds: {seeds}
+equivalence_delta: 0.005
+presets:
+  smoke: {{resources: {{cpus: 1}}}}
+"""
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("STUDY_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    return tmp_path
+
+
+def _write(tmp_path, name="adapt", seeds="[0, 1, 2]"):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(STUDY.format(name=name, seeds=seeds))
+    return p
+
+
+class FakeTrial:
+    """Runs a batch as the runner does (finished cells skipped, a cell's run reused), without training:
+    final kNN top-1 = 0.70 + shift[level] + N(0, sd^2), drawn from the seed (a known distribution)."""
+
+    def __init__(self, shift: dict[str, float], sd: float, die_after: int | None = None):
+        self.shift, self.sd, self.die_after = shift, sd, die_after
+        self.trained: list[tuple[str, int]] = []
+
+    def value(self, level: str, seed: int) -> float:
+        rng = np.random.default_rng([seed, sum(map(ord, level))])
+        return 0.70 + self.shift.get(level, 0.0) + float(rng.normal(0.0, self.sd))
+
+    def __call__(self, study) -> int:
+        tracker = StudyTracker(study.name)
+        parent = tracker.parent_run_id({"factors": ",".join(study.factors), "metric": "knn_top1"})
+        status = tracker.cell_status()
+        for cell in study.cells:
+            if status.get(cell.cell_id) == FINISHED:
+                continue
+            tracker.open_cell(cell, parent)
+            v = self.value(cell.level, cell.seed)
+            tracker.log_epoch(cell.cell_id, 0, {"knn_top1": 0.6})
+            if self.die_after is not None and len(self.trained) == self.die_after:
+                raise KeyboardInterrupt("killed mid-batch")  # the run stays RUNNING, epoch 0 logged
+            tracker.log_epoch(cell.cell_id, 1, {"knn_top1": v, "loss": 1.0})
+            tracker.log_final(cell.cell_id, {"epochs": 1, "knn_top1": v, "linear_top1": v + 0.05})
+            tracker.end_cell(cell.cell_id, FINISHED)
+            self.trained.append((cell.level, cell.seed))
+        return 0
+
+
+def _limits(max_seeds=20):
+    return adaptive.Limits(max_seeds=max_seeds, budget_hours=None, batch=2)
+
+
+def _seeds(tmp_path, name="adapt"):
+    client = store_client(tmp_path)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.role = 'cell'", max_results=1000)
+    cells = Counter(r.data.tags["cell_id"] for r in runs)
+    assert max(cells.values()) == 1, "a cell has two runs"
+    assert all(r.info.status == FINISHED for r in runs)
+    out: dict[str, list[int]] = {}
+    for r in runs:
+        out.setdefault(r.data.tags["level"], []).append(int(r.data.params["seed"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_plan_adds_seeds_only_to_open_comparisons():
+    from types import SimpleNamespace as R
+
+    open_, closed = (R(open=True, seeds=(0, 1, 2), better="a", worse="b"),
+                     R(open=False, seeds=(0, 1, 2), better="a", worse="c"))
+    assert adaptive.plan_next([open_, closed], [0, 1, 2], _limits()) == {"a": [0, 1, 2, 3, 4], "b": [0, 1, 2, 3, 4]}
+    assert adaptive.plan_next([closed], [0, 1, 2], _limits()) == {}
+    at_limit = R(open=True, seeds=tuple(range(5)), better="a", worse="b")
+    assert adaptive.plan_next([at_limit], [0, 1, 2], _limits(5)) == {}
+    assert adaptive.seed_sequence([5, 2, 9], 5) == [5, 2, 9, 10, 11]
+
+
+def test_a_clear_difference_is_decided_and_only_its_levels_get_seeds(store, capsys):
+    # semi-hard beats hard by 1 point at a paired sd of about 0.5 points
+    fake = FakeTrial({"semi-hard": 0.01}, sd=0.005 / np.sqrt(2))
+    rc = adaptive.until_decided(str(_write(store)), preset="smoke", sets=None, limits=_limits(), run_batch=fake)
+    out = capsys.readouterr().out
+    assert rc == 0 and "every comparison decided" in out, out
+    seeds = _seeds(store)
+    assert seeds["random"] == [0, 1, 2]  # not in the finding's comparison: never more seeds
+    assert seeds["semi-hard"] == seeds["hard"]
+    n = len(seeds["hard"])
+    assert n in (5, 7, 9, 11) and seeds["hard"] == list(range(n))  # 3, then 2 per look
+    assert len(fake.trained) == len(set(fake.trained)) == 3 + 2 * n
+    assert "semi-hard - hard: mean +" in out and ": holds" in out
+    # the parent says how the study was decided; the report decides it the same way
+    results, data = adaptive.evaluate("adapt", "smoke")
+    assert data.stopping == "sequential" and results[0].verdict == "holds" and results[0].cs_low > 0
+    from analysis.load import load_study as load_data
+
+    assert load_data("adapt").stopping == "sequential"
+
+
+def test_stops_at_the_seed_limit_and_says_what_is_left(store, capsys):
+    fake = FakeTrial({}, sd=0.01)  # no difference, noisy: cannot be decided in 5 seeds
+    path = _write(store)
+    rc = adaptive.until_decided(str(path), preset="smoke", sets=None, limits=_limits(max_seeds=5), run_batch=fake)
+    assert rc == 0 and "at 5 seeds" in capsys.readouterr().out
+    assert _seeds(store)["hard"] == [0, 1, 2, 3, 4]
+    # run again: nothing is trained twice
+    fake.trained.clear()
+    assert adaptive.until_decided(str(path), preset="smoke", sets=None, limits=_limits(5), run_batch=fake) == 0
+    assert fake.trained == []
+    # status shows the comparison's interval and what --until-decided runs next
+    study = load_study(path, "smoke")
+    lines = adaptive.status_lines(study, StudyTracker("adapt", create=False))
+    assert any("semi-hard - hard" in ln and "anytime-valid 95% interval" in ln and "to run: semi-hard seeds 5, 6"
+               in ln for ln in lines), lines
+
+
+def test_kill_mid_batch_then_resume_runs_every_cell_once(store):
+    path = _write(store)
+    shift = {"semi-hard": 0.01}
+    killer = FakeTrial(shift, sd=0.005 / np.sqrt(2), die_after=10)  # 9 base cells, then one cell into batch 2
+    with pytest.raises(KeyboardInterrupt):
+        adaptive.until_decided(str(path), preset="smoke", sets=None, limits=_limits(), run_batch=killer)
+    assert "RUNNING" in StudyTracker("adapt").cell_status().values()
+    resume = FakeTrial(shift, sd=0.005 / np.sqrt(2))
+    assert adaptive.until_decided(str(path), preset="smoke", sets=None, limits=_limits(), run_batch=resume) == 0
+    seeds = _seeds(store)  # asserts one run per cell, all FINISHED
+    assert seeds["random"] == [0, 1, 2] and seeds["semi-hard"] == seeds["hard"]
+    assert not set(killer.trained) & set(resume.trained)  # nothing trained twice
+    assert len(killer.trained) + len(resume.trained) == sum(len(v) for v in seeds.values())
+
+
+def test_bad_limits_are_one_clear_error(store):
+    res = subprocess.run([sys.executable, "-m", "study", "run", str(_write(store)), "--until-decided",
+                          "--max-seeds", "1"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=store_env(store))
+    assert res.returncode == 2 and "--max-seeds" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (store / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_until_decided_through_tune(tmp_path):
+    """The real command: Ray Tune, the smoke preset, MLflow. One base seed, at most 2: the open comparison's
+    two levels get seed 1, the third level does not."""
+    env = store_env(tmp_path, STUDY_NUM_CPUS="2")
+    path = _write(tmp_path, "tuned", seeds="[0]")
+    res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke", "--until-decided",
+                          "--max-seeds", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr  # 2 seeds cannot decide: stopped at the limit
+    assert "at 2 seeds" in res.stdout and "anytime-valid 95% interval" in res.stdout
+    assert _seeds(tmp_path, "tuned") == {"random": [0], "semi-hard": [0, 1], "hard": [0, 1]}
+    status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "semi-hard - hard" in status.stdout, status.stdout + status.stderr
+
+
+def test_a_slurm_job_runs_exactly_its_batch(tmp_path):
+    """The SLURM job of one batch (cluster.slurm.StudyJob, pickled to the job) expands the file at the
+    batch's seeds and keeps only its cells."""
+    import pickle
+
+    from cluster.slurm import StudyJob
+
+    path = _write(tmp_path)
+    full = load_study(path, "smoke", seeds=[0, 1, 2, 3, 4])
+    batch = [c for c in full.cells if c.seed in (3, 4) and c.level != "random"]
+    job = StudyJob(str(path), "smoke", {}, rerun_failed=False, env={}, options={},
+                   seeds=[0, 1, 2, 3, 4], cell_ids=[c.cell_id for c in batch])
+    job = pickle.loads(pickle.dumps(job))
+    assert [(c.level, c.seed) for c in job.load().cells] == [(c.level, c.seed) for c in batch]
+    plain = StudyJob(str(path), "smoke", {}, rerun_failed=False, env={}, options={})
+    assert len(plain.load().cells) == 9  # the file's cells

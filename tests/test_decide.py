@@ -1,0 +1,221 @@
+"""Equivalence, power, P(A > B) and the anytime-valid stopping rule (analysis.decide), on tiny
+hand-computed arrays and by seeded simulation."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from analysis import decide, stats
+from analysis.findings import ComparisonSpec, evaluate_comparison, level_where
+from analysis.load import CELL_COLUMNS
+import pandas as pd
+
+
+def _t2_upper_tail(t: float) -> float:
+    """P(T > t) for Student's t with 2 degrees of freedom, in closed form: (1 - t / sqrt(t^2 + 2)) / 2."""
+    return (1 - t / math.sqrt(t * t + 2)) / 2
+
+
+# --------------------------------------------------------------------------- equivalence
+
+
+def test_tost_by_hand():
+    # d = 0.001, 0.002, 0.003: mean 0.002, sd 0.001, se 0.001 / sqrt 3; delta 0.005
+    # upper test t = (0.002 - 0.005) / se = -3 sqrt 3; lower t = 7 sqrt 3: p = max = P(T_2 > 3 sqrt 3)
+    p = decide.tost_pvalue([0.001, 0.002, 0.003], [0.0, 0.0, 0.0], 0.005)
+    assert p == pytest.approx(_t2_upper_tail(3 * math.sqrt(3)), rel=1e-9)
+    assert p == pytest.approx(0.017549, abs=1e-6)
+    # a region narrower than the mean difference can never be equivalent
+    assert decide.tost_pvalue([0.001, 0.002, 0.003], [0.0, 0.0, 0.0], 0.001) > 0.5
+    assert math.isnan(decide.tost_pvalue([0.1], [0.0], 0.005))
+    assert decide.tost_pvalue([0.1, 0.2], [0.099, 0.199], 0.005) == 0.0  # identical d = 0.001
+    with pytest.raises(ValueError, match="delta"):
+        decide.tost_pvalue([0.1, 0.2], [0.1, 0.2], 0.0)
+
+
+def test_four_verdicts():
+    c = stats.paired_compare([0.001, 0.002, 0.003], [0.0, 0.0, 0.0])
+    # 95% t-interval 0.002 +- 4.303 * 0.000577 = [-0.00048, 0.00448] contains 0: not "holds"
+    assert c.ci_low < 0 < c.ci_high
+    tost = decide.tost_pvalue([0.001, 0.002, 0.003], [0.0, 0.0, 0.0], 0.005)
+    assert stats.verdict(c, tost, "±0.50 pts") == "equivalent within ±0.50 pts"
+    assert stats.verdict(c, 0.2, "±0.50 pts") == "inconclusive at n=3 seeds"
+    assert stats.verdict(c) == "inconclusive at n=3 seeds"
+    win = stats.paired_compare([0.73, 0.75, 0.74], [0.70, 0.71, 0.72])
+    assert stats.verdict(win, 0.0, "±0.50 pts") == "holds"  # a sure difference wins over equivalence
+    E, H, C, I = "equivalent within ±0.50 pts", "holds", "contradicted", "inconclusive at n=3 seeds"
+    assert stats.combine_verdicts([E, E], [3, 3]) == E
+    assert stats.combine_verdicts([H, E], [3, 3]) == "mixed"
+    assert stats.combine_verdicts([C, E], [3, 3]) == C
+    assert stats.combine_verdicts([E, I], [3, 5]) == "inconclusive at n=3 seeds"
+
+
+# --------------------------------------------------------------------------- power
+
+
+def _power(es: float, n: int, alpha: float = 0.05) -> float:
+    """Two-sided one-sample t-test power from the noncentral t (scipy), independent of statsmodels."""
+    df, nc = n - 1, es * math.sqrt(n)
+    crit = sps.t.ppf(1 - alpha / 2, df)
+    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+
+
+def test_mde_has_80_percent_power_and_matches_the_normal_formula():
+    sd = 0.01
+    mde = decide.minimum_detectable_effect(sd, 3)
+    assert _power(mde / sd, 3) == pytest.approx(0.8, abs=1e-6)
+    # large n: (z_0.975 + z_0.8) sd / sqrt(n) = 2.8016 sd / sqrt(n)
+    assert decide.minimum_detectable_effect(sd, 2000) == pytest.approx(2.80158 * sd / math.sqrt(2000), rel=2e-3)
+    assert math.isnan(decide.minimum_detectable_effect(sd, 1))
+    assert decide.minimum_detectable_effect(0.0, 3) == 0.0
+
+
+def test_seeds_needed_by_hand():
+    # effect size delta / sd = 1: the textbook answer is 10 pairs (power 0.80 at 10, below at 9)
+    n = decide.seeds_needed(0.005, 0.005)
+    assert n == 10
+    assert _power(1.0, 10) >= 0.8 > _power(1.0, 9)
+    assert decide.seeds_needed(0.005, 0.0) == 2
+    assert decide.seeds_needed(0.005, math.nan) is None
+    # half the effect size: about four times the seeds
+    assert 30 <= decide.seeds_needed(0.005, 0.01) <= 36
+
+
+# --------------------------------------------------------------------------- P(A > B)
+
+
+def test_probability_of_improvement_by_hand():
+    imp = decide.probability_of_improvement([3, 1, 2, 2], [1, 2, 2, 0])  # win, loss, tie, win
+    assert imp.p == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert 0.0 <= imp.ci_low <= imp.p <= imp.ci_high <= 1.0
+    # two seeds, one win one loss: resampled shares are 0, 1/2, 1 with weights 1/4, 1/2, 1/4,
+    # so the 2.5% and 97.5% percentiles are 0 and 1
+    two = decide.probability_of_improvement([1.0, 0.0], [0.0, 1.0])
+    assert (two.p, two.ci_low, two.ci_high) == (0.5, 0.0, 1.0)
+    assert decide.probability_of_improvement([2, 3, 4], [1, 1, 1]) == decide.Improvement(1.0, 1.0, 1.0)
+    # seeded: the same call gives the same interval
+    assert decide.probability_of_improvement([3, 1, 2, 2], [1, 2, 2, 0]) == imp
+    assert math.isnan(decide.probability_of_improvement([np.nan], [1.0]).p)
+
+
+# --------------------------------------------------------------------------- confidence sequence
+
+
+def _mixture(d: np.ndarray, mu: float, rho: float = decide.CS_RHO) -> float:
+    """Lai's t-mixture martingale M_n(mu) = sqrt(rho/(n+rho)) (1 - S^2 / ((n+rho) V))^(-n/2)."""
+    n = d.size
+    s, v = float(np.sum(d - mu)), float(np.sum((d - mu) ** 2))
+    return math.sqrt(rho / (n + rho)) * (1 - s * s / ((n + rho) * v)) ** (-n / 2)
+
+
+def test_confidence_sequence_inverts_the_mixture_martingale():
+    d = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    low, high = decide.confidence_sequence(d)
+    assert (low + high) / 2 == pytest.approx(3.0)
+    # at the ends the martingale equals 1/alpha; inside it is below, outside above
+    assert _mixture(d, low) == pytest.approx(1 / 0.05, rel=1e-6)
+    assert _mixture(d, high) == pytest.approx(1 / 0.05, rel=1e-6)
+    assert _mixture(d, 3.0) < 20 < _mixture(d, high + 0.5)
+    # wider than the fixed-n t-interval: the price of looking as often as one likes
+    t_low, t_high = stats.t_interval(d)
+    assert low < t_low and high > t_high
+    assert _mixture(np.array([0.7]), 0.2) == pytest.approx(1.0)  # M_1 = 1: one seed tells nothing
+    assert decide.confidence_sequence([0.1, 0.3]) == (-math.inf, math.inf)  # 2 seeds: the whole line
+    assert decide.looks_schedule(3, 2, 10) == [3, 5, 7, 9, 10]
+
+
+# the paired sd of the final kNN top-1 seen on the cpu preset is about 0.2-1.0 points (0.002-0.010)
+@pytest.mark.parametrize("sd", [0.002, 0.005, 0.010])
+def test_no_difference_is_rarely_declared(sd):
+    n = 2000
+    looks = decide.looks_schedule(decide.FIRST_LOOK, decide.BATCH, decide.MAX_SEEDS)
+    decision, _ = decide.simulate_sequential(0.0, sd, n, looks, seed=int(sd * 1e4))
+    rate = float(np.isin(decision, ["holds", "contradicted"]).mean())
+    mc = 3 * math.sqrt(0.05 * 0.95 / n)  # three Monte Carlo standard errors
+    assert rate <= 0.05 + mc, rate
+
+
+def test_peeking_at_the_t_interval_would_not_keep_the_rate():
+    """The same looks with the fixed-n t-interval: the simulation sees the inflation (so the test above
+    is not vacuous)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(0.0, 0.005, size=(2000, decide.MAX_SEEDS))
+    hit = np.zeros(2000, dtype=bool)
+    for n in decide.looks_schedule():
+        m, s = x[:, :n].mean(1), x[:, :n].std(1, ddof=1)
+        half = sps.t.ppf(0.975, n - 1) * s / math.sqrt(n)  # the 95% t-interval of each study
+        hit |= (m - half > 0) | (m + half < 0)
+    assert hit.mean() > 0.10
+
+
+def test_one_point_at_sd_half_a_point_holds_within_ten_seeds():
+    looks = [n for n in decide.looks_schedule() if n <= 10]  # 3, 5, 7, 9
+    decision, used = decide.simulate_sequential(0.01, 0.005, 2000, looks, seed=11)
+    share = float(((decision == "holds") & (used <= 10)).mean())
+    assert share >= 0.80, share
+    assert not np.any(decision == "contradicted")
+
+
+def test_equivalence_is_reached_and_kept_within_its_error():
+    looks = decide.looks_schedule()
+    # true difference 0, sd 0.2 points, region +-0.5 points: usually equivalent by the limit
+    decision, _ = decide.simulate_sequential(0.0, 0.002, 2000, looks, seed=3, delta=0.005)
+    assert float((decision == "equivalent").mean()) > 0.8
+    # true difference exactly delta: "equivalent" is an error, kept under alpha
+    decision, _ = decide.simulate_sequential(0.005, 0.005, 2000, looks, seed=4, delta=0.005)
+    assert float((decision == "equivalent").mean()) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000)
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def _cells(rows):
+    df = pd.DataFrame(rows)
+    for col, kind in CELL_COLUMNS.items():
+        if col not in df:
+            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
+    return df
+
+
+def test_comparison_carries_every_number():
+    rows = []
+    for seed, (a, b) in enumerate([(0.701, 0.700), (0.702, 0.700), (0.703, 0.700)]):
+        rows += [{"level": "semi-hard", "sampling": "semi-hard", "seed": seed, "knn_top1": a, "seconds": 60.0,
+                  "reused_from": ""},
+                 {"level": "hard", "sampling": "hard", "seed": seed, "knn_top1": b, "seconds": 120.0,
+                  "reused_from": "abc" if seed == 0 else ""}]
+    cells = _cells(rows)
+    spec = ComparisonSpec(lambda c: level_where(c, sampling="semi-hard"), lambda c: level_where(c, sampling="hard"))
+    r = evaluate_comparison(cells, spec, "knn_top1", delta=0.005)
+    assert r.verdict == "equivalent within ±0.50 pts"
+    assert r.tost_p == pytest.approx(0.017549, abs=1e-6)
+    assert r.improvement.p == 1.0 and r.cell_seconds == 540.0 and r.reused == 1
+    assert r.seeds_for_delta == decide.seeds_needed(0.005, 0.001)
+    seq = evaluate_comparison(cells, spec, "knn_top1", delta=0.005, rule="sequential")
+    assert seq.verdict == "inconclusive at n=3 seeds" and not math.isfinite(seq.cs_low)  # 3 seeds: whole line
+
+
+def test_report_shows_the_new_numbers():
+    from analysis.load import CURVE_COLUMNS, MISSING_COLUMNS, StudyData, _typed
+    from analysis.report import render_report, study_wall_seconds
+
+    rows = []
+    t0 = 1_700_000_000_000
+    for seed, (a, b) in enumerate([(0.701, 0.700), (0.702, 0.700), (0.703, 0.700)]):
+        for level, v in (("semi-hard", a), ("hard", b)):
+            # cells of 60 s; seed 0's two cells overlap (wall: the union of the intervals)
+            end = t0 + (seed * 120 + (30 if level == "hard" and seed == 0 else 0) + 60) * 1000
+            rows.append({"study": "sampling", "level": level, "sampling": level, "seed": seed, "knn_top1": v,
+                         "seconds": 60.0, "end_time": end, "reused_from": "", "preset": "cpu"})
+    cells = _cells(rows)
+    assert study_wall_seconds(cells) == pytest.approx(90 + 60 + 60)  # seed 0: [0, 60] u [30, 90]
+    data = StudyData(study="sampling", found=True, factors=("sampling",), metric="knn_top1", cells=cells,
+                     curves=_typed([], CURVE_COLUMNS), missing=_typed([], MISSING_COLUMNS),
+                     levels=("semi-hard", "hard"), preset="cpu", equivalence_delta=0.005)
+    page = render_report([data], {})
+    for words in ("statsmodels `ttost_paired`", "statsmodels `TTestPower`", "scipy `bootstrap`", "P(A > B)",
+                  "anytime-valid 95% CI", "**equivalent within ±0.50 pts**", "TOST p=0.0175",
+                  "P(semi-hard > hard) = 1.00 [1.00, 1.00]", "0.10 | 3.5 min |", "cost 0.10 cell-h",
+                  "Cost: 0.10 cell-hours, wall 3.5 min"):
+        assert words in page, words
