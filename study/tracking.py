@@ -212,12 +212,13 @@ class StudyTracker:
         return runs[0] if runs else None
 
     def live_driver(self) -> str | None:
-        """The ``driver`` tag of the parent run when a driver that still runs has it open, else None."""
+        """The ``driver`` tag of the parent run when another process that still runs has it open
+        (this process reopening its own study, as the adaptive loop does, is not another driver)."""
         parent = self.parent_run()
         if parent is None or parent.info.status != RUNNING:
             return None
         tag = parent.data.tags.get(DRIVER_TAG)
-        return tag if driver_alive(tag) else None
+        return tag if tag != driver_identity() and driver_alive(tag) else None
 
     # ------------------------------------------------------------- repairs
     def reconcile(self) -> int:

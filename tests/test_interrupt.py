@@ -109,11 +109,17 @@ def test_second_driver_on_a_running_study_is_refused(store):
     tmp_path, _ = store
     study = load_study(write_smoke_study(tmp_path, "busy"), "smoke")
     tracker = StudyTracker("busy")
-    _new_run(store_client(tmp_path), tracker.experiment_id, {"role": "parent", "driver": driver_identity()})
-    from study.runner import execute_study
+    other = subprocess.Popen(["sleep", "60"])  # a driver that still runs, in another process
+    try:
+        _new_run(store_client(tmp_path), tracker.experiment_id, {"role": "parent",
+                                                                 "driver": driver_identity(other.pid)})
+        from study.runner import execute_study
 
-    with pytest.raises(UserError, match=f"is being run now by process {os.getpid()}"):
-        execute_study(study, rerun_failed=False, backend="local")
+        with pytest.raises(UserError, match=f"is being run now by process {other.pid}"):
+            execute_study(study, rerun_failed=False, backend="local")
+    finally:
+        other.kill()
+        other.wait()
     assert not (tmp_path / "runs").exists()
 
 
