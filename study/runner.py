@@ -130,7 +130,32 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
     exit status is 130 (SIGINT) or 143 (SIGTERM). Runs a killed driver left RUNNING are marked
     KILLED at the next start (:meth:`StudyTracker.reconcile`).
     """
+    if backend != "local":
+        return _claim_and_execute(study, rerun_failed=rerun_failed, backend=backend,
+                                  experiment_name=experiment_name, restore=restore, stop=None, keep_ray=keep_ray)
+    with StopSignals() as stop:
+        tracker_box: list[StudyTracker] = []
+        try:
+            return _claim_and_execute(study, rerun_failed=rerun_failed, backend=backend,
+                                      experiment_name=experiment_name, restore=restore, stop=stop,
+                                      keep_ray=keep_ray, tracker_box=tracker_box)
+        except BaseException as err:
+            # the signal may surface as another exception: raised inside a C call of Ray's, it comes
+            # back as a SystemError whose context is the StudyInterrupted
+            tracker = tracker_box[0] if tracker_box else StudyTracker(study.name)
+            if stop.received is not None:
+                return _interrupted(study, tracker, study.cells, StudyInterrupted(stop.received), sets)
+            if isinstance(err, Exception) and not isinstance(err, UserError):  # the driver itself failed
+                _abandoned(study, tracker, study.cells, err, sets)
+            raise
+
+
+def _claim_and_execute(study: Study, *, rerun_failed: bool, backend: str, experiment_name: str | None,
+                       restore: bool, stop: StopSignals | None, keep_ray: bool,
+                       tracker_box: list | None = None) -> int:
     tracker = StudyTracker(study.name)
+    if tracker_box is not None:
+        tracker_box.append(tracker)
     # claim the study under the store's lock: a second driver started at the same moment sees the
     # parent run this one opened, with its live driver, and is refused
     with store_lock(tracker.uri):
@@ -154,21 +179,8 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: str, experiment_
         print(f"[{study.name}] linked {len(linked)} cells finished in other studies (tag reused_from), "
               "not trained again", flush=True)
     todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
-    if backend != "local":
-        return _execute(study, tracker, todo, done, backend=backend, experiment_name=experiment_name,
-                        restore=restore, stop=None, keep_ray=keep_ray)
-    with StopSignals() as stop:
-        try:
-            return _execute(study, tracker, todo, done, backend=backend, experiment_name=experiment_name,
-                            restore=restore, stop=stop, keep_ray=keep_ray)
-        except BaseException as err:
-            # the signal may surface as another exception: raised inside a C call of Ray's, it comes
-            # back as a SystemError whose context is the StudyInterrupted
-            if stop.received is not None:
-                return _interrupted(study, tracker, todo, StudyInterrupted(stop.received), sets)
-            if isinstance(err, Exception):  # the driver itself failed (Ray died, the store went away)
-                _abandoned(study, tracker, todo, err, sets)
-            raise
+    return _execute(study, tracker, todo, done, backend=backend, experiment_name=experiment_name,
+                    restore=restore, stop=stop, keep_ray=keep_ray)
 
 
 def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *, backend: str,

@@ -252,15 +252,17 @@ class StudyTracker:
         """On the way out of an interrupted driver: its RUNNING cell runs (and the parent) become
         KILLED with the tag ``interrupted`` = ``why``; returns how many cell runs were marked."""
         wanted = set(cell_ids)
+        me = driver_identity()
         n = 0
         for cid, runs in self.cell_runs().items():
             for run in runs:
-                if cid in wanted and run.info.status == RUNNING:
+                # only the runs this driver opened (another driver's are its own business)
+                if cid in wanted and run.info.status == RUNNING and run.data.tags.get(DRIVER_TAG) == me:
                     self.client.set_tag(run.info.run_id, "interrupted", why)
                     self.client.set_terminated(run.info.run_id, status=KILLED)
                     n += 1
         self._open.clear()
-        if parent_id is not None:
+        if parent_id is not None and self.client.get_run(parent_id).data.tags.get(DRIVER_TAG) == me:
             self.client.set_tag(parent_id, "interrupted", why)
             self.client.set_terminated(parent_id, status=KILLED)
         return n

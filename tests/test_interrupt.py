@@ -327,13 +327,15 @@ def _start_and_signal(path: Path, env: dict, tmp_path: Path, sig: int, group: bo
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     run_dirs = tmp_path / "runs" / path.stem
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # generous: a loaded machine starts Ray slowly
+    started = False
     try:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.3)
             if run_dirs.exists() and any((d / "checkpoint.pt").exists() for d in run_dirs.iterdir()):
+                started = True
                 break
-        assert proc.poll() is None, "the study ended before it could be interrupted"
+        assert started and proc.poll() is None, "the study ended (or never reached a cell) before the signal"
         if group:
             os.killpg(proc.pid, sig)  # what Ctrl-C does: the whole process group
         else:
