@@ -22,12 +22,37 @@ def parallel_slots(study: Study, num_cpus: int, num_gpus: int) -> int:
     return slots
 
 
+def check_local(study: Study) -> None:
+    """What Ray on this machine could never run, as one UserError before anything is written: a cell
+    asking more CPUs or GPUs than the machine has (its trial would wait forever), or a CUDA device
+    on a machine without one."""
+    from study.errors import UserError
+    from study.runner import local_cpus
+
+    cpus, gpus = local_cpus(), _gpu_count()
+    where = f"presets.{study.preset}.resources"
+    if study.resources.cpus > cpus:
+        raise UserError(f"a cell asks {study.resources.cpus} CPUs but this machine gives Ray {cpus} "
+                        f"(allowed: 1..{cpus})", source=str(study.path), key=f"{where}.cpus")
+    if study.resources.gpus > gpus:
+        raise UserError(f"a cell asks {study.resources.gpus:g} GPUs but this machine has {gpus} "
+                        f"(allowed: 0..{gpus})", source=str(study.path), key=f"{where}.gpus")
+    if gpus == 0 and any(c.config.device.startswith("cuda") for c in study.cells):
+        raise UserError("device 'cuda' but this machine has no GPU (allowed: auto, cpu)", source=str(study.path),
+                        key="device")
+
+
 def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-              run_root: Path, storage_path: Path, done_before: int, keep_ray: bool = False) -> int:
+              run_root: Path, storage_path: Path, done_before: int, keep_ray: bool = False, stop=None) -> int:
     """Run ``cells`` on a local Ray; returns the number of parallel slots used.
 
     ``keep_ray``: leave Ray running for the next call (the adaptive loop runs one batch per
-    call; it shuts Ray down at its end); a Ray already running is reused.
+    call; it shuts Ray down at its end); a Ray already running is reused. Ray is shut down
+    whenever this ends in an exception (an interruption included).
+
+    ``stop`` (a :class:`study.interrupt.StopSignals`) keeps SIGINT and SIGTERM with the driver:
+    Tune's own SIGINT handler (which ends in Ray's advice to call ``Tuner.restore``) is switched
+    off, and the handlers are installed again after ``ray.init``, which sets its own for SIGTERM.
     """
     import ray
 
@@ -42,16 +67,22 @@ def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
           f"{len(cells)} to run", flush=True)
     # per-epoch reports of many short trials trip this warning, which says nothing useful here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+    if stop is not None:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    ended = False
     try:
+        if not ray.is_initialized():
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        if stop is not None:
+            stop.install()
         name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_cells(study, cells, tracker, parent_id, run_root=run_root, storage_path=storage_path,
                   slots=slots, experiment_name=name, done_before=done_before)
+        ended = True
         return slots
     finally:
-        if not keep_ray:
+        if not keep_ray or not ended:
             ray.shutdown()
 
 
@@ -74,7 +105,7 @@ class LocalBackend:
         self.keep_ray = False  # True once a batch ran: one local Ray for every batch
 
     def check(self, study: Study) -> None:
-        pass  # nothing to check: the machine's CPUs and GPUs are what there is
+        check_local(study)  # what would wait or fail forever on this machine
 
     def describe(self, study: Study) -> None:
         return None
@@ -82,17 +113,21 @@ class LocalBackend:
     def launch(self, study: Study, *, sets: dict, rerun_failed: bool, wait: bool) -> int:
         from study.runner import execute_study
 
-        return execute_study(study, rerun_failed=rerun_failed, backend=self)
+        return execute_study(study, rerun_failed=rerun_failed, backend=self, sets=sets)
 
     def run_batch(self, study: Study, *, sets: dict, rerun_failed: bool) -> int:
+        from study.interrupt import EXIT_CODES
         from study.runner import execute_study
 
         self.keep_ray = True  # starting Ray again per batch costs tens of seconds
-        return execute_study(study, rerun_failed=rerun_failed, backend=self)
+        code = execute_study(study, rerun_failed=rerun_failed, backend=self, sets=sets)
+        if code in EXIT_CODES.values():  # interrupted (Ctrl-C, SIGTERM): the adaptive loop stops too
+            raise SystemExit(code)
+        return code
 
     def run_cells(self, study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-                  done_before: int, experiment_name: str | None, restore: bool) -> int:
+                  done_before: int, experiment_name: str | None, restore: bool, stop=None) -> int:
         from study.paths import ray_storage, run_root
 
         return run_local(study, cells, tracker, parent_id, run_root=run_root(study.name),
-                         storage_path=ray_storage(), done_before=done_before, keep_ray=self.keep_ray)
+                         storage_path=ray_storage(), done_before=done_before, keep_ray=self.keep_ray, stop=stop)

@@ -282,7 +282,13 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
                 verbose=0,
             ),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except tune.TuneError as err:
+        # Tuner.fit wraps what went wrong in advice to call Tuner.restore(...); this toolkit
+        # resumes a study by running the same command again (the runner says so)
+        cause = err.__cause__ or err
+        raise RuntimeError(f"Ray Tune failed: {type(cause).__name__}: {cause}") from cause
     out = {}
     for result in grid:
         cid = result.config["cell"]["cell_id"] if result.config else None

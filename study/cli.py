@@ -79,12 +79,16 @@ def _add_run(sub) -> None:
 def _slurm_options(args) -> dict:
     opts = {k[len("slurm_"):]: v for k, v in vars(args).items()
             if k.startswith("slurm_") and k not in ("slurm_config", "slurm_opt") and v is not None}
+    from study.files import parse_scalar
+
     extra = {}
     for item in args.slurm_opt:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"expected KEY=VALUE, got '{item}'", source="--slurm-opt")
-        extra[key] = value
+        # the same YAML 1.2 rules as `extra:` in a cluster config file: `exclusive=true` is a flag,
+        # `mail-type=END` and `requeue=yes` are strings
+        extra[key] = parse_scalar(value, f"--slurm-opt {key}")
     return {"config_file": args.slurm_config, "overrides": opts, "extra": extra}
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from study.errors import UserError
@@ -40,7 +40,8 @@ MarginType = Literal["none", "cosine", "arc"]
 class TrainConfig(BaseModel):
     """Every setting of one run. Defaults are the paper's recipe where it applies."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # no inf/nan: `lr: .inf` or `margin: .nan` would pass every range check and fail at run time
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     # --- method: MoCo v2 is the same trainer with the inter branch off
     method: Method = "interclr"
@@ -284,12 +285,12 @@ def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: YAML scalars (``3``, ``0.5``, ``-0.5``, ``true``, ``[1,2]``)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+def parse_value(text: str, source: str = "--set") -> Any:
+    """A ``--set`` value, read by the study files' YAML 1.2 rules (:func:`study.files.parse_scalar`):
+    ``3``, ``0.5``, ``1e-3``, ``-0.5``, ``true``, ``off`` (a string), ``[8, 16]``."""
+    from study.files import parse_scalar
+
+    return parse_scalar(text, source)
 
 
 def parse_sets(items: list[str] | None, *, source: str = "--set") -> dict[str, Any]:
@@ -301,7 +302,7 @@ def parse_sets(items: list[str] | None, *, source: str = "--set") -> dict[str, A
         if not sep or not key:
             raise UserError(f"expected key=value, got '{item}'", source=source)
         check_keys([key], source=source)
-        out[key] = parse_value(value)
+        out[key] = parse_value(value, f"{source} {key}")
     return out
 
 
@@ -353,6 +354,10 @@ def build_config(
     overrides = dict(overrides or {})
     check_keys(overrides, source=source)
     values.update(overrides)
+    if isinstance(values.get("data_root"), str) and values["data_root"].strip():
+        # absolute at load, relative to the command's working directory: Ray runs each trial in a
+        # directory of its own, where a relative path would name nothing
+        values["data_root"] = os.path.abspath(os.path.expanduser(values["data_root"]))
     # YAML gives ints for whole floats ("margin: 0"); accept them for float keys
     for key, field in TrainConfig.model_fields.items():
         if field.annotation is float and isinstance(values.get(key), int) and not isinstance(values.get(key), bool):
@@ -361,13 +366,34 @@ def build_config(
     if isinstance(values.get("channels_last"), bool):
         values["channels_last"] = "on" if values["channels_last"] else "off"
     try:
-        return TrainConfig(**values)
+        cfg = TrainConfig(**values)
     except ValidationError as err:
         msg, key = _pydantic_message(err)
         if key and msg.startswith("key '"):
             # invariant errors already name their key
             raise UserError(msg, source=source) from None
         raise UserError(msg, source=source, key=key) from None
+    check_without_data(cfg, source=source)
+    return cfg
+
+
+_DATA_HINTS = {
+    "fashion_mnist": "leave data_root unset to use the Debian package's files (sudo apt-get install "
+                     "dataset-fashion-mnist, under /usr/share/datasets/fashion-mnist), or give the folder "
+                     "holding the four IDX files",
+    "cifar10": "give the folder holding cifar-10-batches-py",
+    "stl10": "give the folder holding stl10_binary",
+    "imagefolder": "give the folder holding train/ and val/ class folders",
+}
+
+
+def check_without_data(cfg: TrainConfig, *, source: str = "config") -> None:
+    """What the trainer would reject that can be told without reading the data: a ``data_root``
+    that does not exist. (The size limits are checked by :class:`TrainConfig` when the bank size
+    is known from the config.)"""
+    if cfg.data_root is not None and not os.path.isdir(cfg.data_root):
+        what = "is not a directory" if os.path.exists(cfg.data_root) else "does not exist"
+        raise UserError(f"{cfg.data_root} {what}; {_DATA_HINTS[cfg.dataset]}", source=source, key="data_root")
 
 
 def check_data_invariants(cfg: TrainConfig, num_train: int) -> None:

@@ -28,7 +28,8 @@ from study.tracking import FINISHED, StudyTracker
 
 # tags that describe the cell's place in its own study: set for the link, never copied
 _OWN_TAGS = ("study", "role", "cell_id", "preset", "level", "factors", "error", "reused_from",
-             "reused_from_study", "mlflow.parentRunId", "mlflow.runName")
+             "reused_from_study", "mlflow.parentRunId", "mlflow.runName",
+             "filled", "driver", "interrupted")  # the link's own state (study.tracking), not the source's
 _METRICS_PER_BATCH = 1000  # MLflow's cap on metrics in one log_batch
 
 

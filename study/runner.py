@@ -3,20 +3,26 @@
 The store is the source of truth: a cell whose MLflow run is FINISHED is
 never trained again; any other cell is (re)run in its own run directory,
 from which the trainer resumes. Everything about the study file and the
-arguments is checked before anything is written.
+arguments is checked before anything is written. The backend (where the
+cells run) is chosen by the CLI and handed in: nothing here imports one.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import sys
 import time
+from pathlib import Path
 
-from study.errors import UserError
-from study.provenance import short_commit, study_link, ui_base
 from study.backends import Backend, load_backend
+from study.errors import UserError
+from study.interrupt import StopSignals, StudyInterrupted
 from study.paths import ray_storage, run_root  # noqa: F401 (the launchers take them from here)
+from study.provenance import short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
-from study.tracking import FAILED, FINISHED, RUNNING, StudyTracker
+from study.tracking import FAILED, FINISHED, KILLED, RUNNING, StudyTracker, store_lock
 
 
 def local_cpus() -> int:
@@ -50,11 +56,24 @@ def cells_to_run(study: Study, status: dict[str, str], rerun_failed: bool) -> tu
     return todo, done
 
 
+def rerun_command(study: Study, sets: dict | None = None, *extra: str) -> str:
+    """The command that resumes ``study``: ``python -m study run FILE --preset P [--set k=v ...]``."""
+    try:
+        path = str(study.path.relative_to(Path.cwd()))
+    except ValueError:
+        path = str(study.path)
+    words = ["python -m study run", shlex.quote(path), "--preset", study.preset]
+    for key, value in (sets or {}).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        words += ["--set", shlex.quote(f"{key}={text}")]
+    return " ".join(words + list(extra))
+
+
 def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | None = None,
               dry_run: bool = False, rerun_failed: bool = False, wait: bool = False) -> int:
     """Load the study, check ``backend``'s options, then list (``dry_run``) or launch its cells."""
     study = load_study(path, preset, sets)
-    backend.check(study)  # bad options fail here, before anything is written
+    backend.check(study)  # bad options, or what this machine could never run: before anything is written
     if dry_run:
         print(describe_cells(study))
         from study.cost import estimate_lines
@@ -68,47 +87,132 @@ def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | 
     return backend.launch(study, sets=sets or {}, rerun_failed=rerun_failed, wait=wait)
 
 
+def efficiency_line(name: str, wall: float, busy: float, slots: int) -> str | None:
+    """How well the slots were kept busy, from one attempt's times: ``busy`` = the seconds the cells
+    run in this attempt were open (:meth:`StudyTracker.attempt_seconds`), ``wall`` = this attempt's
+    wall time. At most ``slots`` cells run at once inside ``wall``, so wall/ideal >= 1.0 (1.0 = no
+    scheduling overhead at all). None when nothing ran."""
+    if busy <= 0 or slots < 1:
+        return None
+    ideal = busy / slots
+    return (f"[{name}] wall {wall:.0f}s; cells {busy:.0f}s in {slots} slots = ideal {ideal:.0f}s; "
+            f"wall/ideal {wall / ideal:.3f}")
+
+
 def execute_study(study: Study, *, rerun_failed: bool, backend: Backend | str, experiment_name: str | None = None,
-                  restore: bool = False) -> int:
-    """Run the study's unfinished cells on the Ray cluster of ``backend`` (or its registered name)."""
+                  restore: bool = False, sets: dict | None = None) -> int:
+    """Run the study's unfinished cells on the Ray cluster of ``backend``; the driver side.
+
+    Local backend: SIGINT (Ctrl-C) and SIGTERM stop the driver cleanly: Ray is shut down, the runs
+    it left unfinished (and the parent) are marked KILLED, the command to resume is printed, and the
+    exit status is 130 (SIGINT) or 143 (SIGTERM). Runs a killed driver left RUNNING are marked
+    KILLED at the next start (:meth:`StudyTracker.reconcile`).
+    """
     if isinstance(backend, str):
         backend = load_backend(backend)
+    if backend.name != "local":
+        return _claim_and_execute(study, rerun_failed=rerun_failed, backend=backend,
+                                  experiment_name=experiment_name, restore=restore, stop=None)
+    with StopSignals() as stop:
+        tracker_box: list[StudyTracker] = []
+        try:
+            return _claim_and_execute(study, rerun_failed=rerun_failed, backend=backend,
+                                      experiment_name=experiment_name, restore=restore, stop=stop,
+                                      tracker_box=tracker_box)
+        except BaseException as err:
+            # the signal may surface as another exception: raised inside a C call of Ray's, it comes
+            # back as a SystemError whose context is the StudyInterrupted
+            tracker = tracker_box[0] if tracker_box else StudyTracker(study.name)
+            if stop.received is not None:
+                return _interrupted(study, tracker, study.cells, StudyInterrupted(stop.received), sets)
+            if isinstance(err, Exception) and not isinstance(err, UserError):  # the driver itself failed
+                _abandoned(study, tracker, study.cells, err, sets)
+            raise
+
+
+def _claim_and_execute(study: Study, *, rerun_failed: bool, backend: Backend, experiment_name: str | None,
+                       restore: bool, stop: StopSignals | None, tracker_box: list | None = None) -> int:
     tracker = StudyTracker(study.name)
-    parent_id = tracker.parent_run_id({"factors": ",".join(study.factors), "metric": study.spec.metric,
-                                       "preset": study.preset, "file": study.path.name}, study.path)
-    tracker.client.set_tag(parent_id, "equivalence_delta", repr(study.spec.equivalence_delta))
+    if tracker_box is not None:
+        tracker_box.append(tracker)
+    # claim the study under the store's lock: a second driver started at the same moment sees the
+    # parent run this one opened, with its live driver, and is refused
+    with store_lock(tracker.uri):
+        if backend.name == "local":
+            other = tracker.live_driver()
+            if other:
+                host, _, rest = other.partition(":")
+                raise UserError(f"is being run now by process {rest.split(':')[0]} on {host}; wait for it to "
+                                "end or stop it (Ctrl-C, or kill -INT PID), then run this again",
+                                source=f"study '{study.name}'")
+        tracker.reconcile()
+        tracker.parent_id = tracker.parent_run_id(
+            {"factors": ",".join(study.factors), "metric": study.spec.metric, "preset": study.preset,
+             "file": study.path.name}, study.path)
+    tracker.client.set_tag(tracker.parent_id, "equivalence_delta", repr(study.spec.equivalence_delta))
+    tracker.repair(study.cells)
     from study.reuse import link_finished_cells
 
-    linked = link_finished_cells(study, tracker, parent_id)  # finished in another study: not trained again
+    linked = link_finished_cells(study, tracker, tracker.parent_id)  # finished in another study: not trained again
     if linked:
         print(f"[{study.name}] linked {len(linked)} cells finished in other studies (tag reused_from), "
               "not trained again", flush=True)
     todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
+    return _execute(study, tracker, todo, done, backend=backend, experiment_name=experiment_name,
+                    restore=restore, stop=stop)
+
+
+def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *, backend: Backend,
+             experiment_name: str | None, restore: bool, stop: StopSignals | None) -> int:
+    parent_id = tracker.parent_id
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
           + (f", {skipped_failed} failed (rerun with --rerun-failed)" if skipped_failed else ""), flush=True)
     start = time.time()
     if todo:
         slots = backend.run_cells(study, todo, tracker, parent_id, done_before=done,
-                                  experiment_name=experiment_name, restore=restore)
+                                  experiment_name=experiment_name, restore=restore, stop=stop)
         if slots is not None:
-            wall = time.time() - start
-            slots = min(len(todo), slots)
-            busy = tracker.cell_seconds(c.cell_id for c in todo)
-            if busy > 0:
-                # how well the slots were kept busy: 1.0 = no scheduling overhead at all
-                print(f"[{study.name}] wall {wall:.0f}s; cells {busy:.0f}s in {slots} slots = ideal "
-                      f"{busy / slots:.0f}s; wall/ideal {wall / (busy / slots):.3f}", flush=True)
+            line = efficiency_line(study.name, time.time() - start,
+                                   tracker.attempt_seconds(c.cell_id for c in todo), min(len(todo), slots))
+            if line:
+                print(line, flush=True)
     final = StudyTracker(study.name).cell_status()
     counts = summarise(study, final)
     all_done = counts[FINISHED] == len(study.cells)
     cost = tracker.log_study_cost(parent_id, time.time() - start)
     tracker.finish_parent(parent_id, FINISHED if all_done else FAILED)
     print(f"[{study.name}] finished {counts[FINISHED]}/{len(study.cells)}, failed {counts[FAILED]}, "
-          f"missing {counts['missing']}; {cost_text(cost)}", flush=True)
+          f"missing {counts['missing'] + counts[KILLED]}; {cost_text(cost)}", flush=True)
     print(f"[{study.name}] runs in the MLflow UI (make ui): "
           f"{study_link(tracker.experiment_id, ui_base(tracker.uri))}", flush=True)
     return 0 if all_done else 1
+
+
+def _abandoned(study: Study, tracker: StudyTracker, todo: list[Cell], err: Exception, sets: dict | None) -> None:
+    """The driver failed: mark what it left RUNNING (best effort: the store may be what failed)."""
+    try:
+        tracker.mark_interrupted([c.cell_id for c in todo], tracker.parent_id, f"driver error: {type(err).__name__}")
+    except Exception:  # the reconcile at the next start marks them instead
+        pass
+    print(f"\n[{study.name}] the driver failed ({type(err).__name__}; details below); finished cells are kept. "
+          f"To resume, run the same command again: {rerun_command(study, sets)}", file=sys.stderr, flush=True)
+
+
+def _interrupted(study: Study, tracker: StudyTracker, todo: list[Cell], sig: StudyInterrupted,
+                 sets: dict | None) -> int:
+    """The way out of an interrupted driver: mark its unfinished runs, say how to resume."""
+    parent_id = tracker.parent_id
+    if parent_id is None:  # interrupted while opening it
+        parent = tracker.parent_run()
+        parent_id = parent.info.run_id if parent is not None and parent.info.status == RUNNING else None
+    marked = tracker.mark_interrupted([c.cell_id for c in todo], parent_id, sig.name)
+    counts = summarise(study, tracker.cell_status())
+    print(f"\n[{study.name}] interrupted ({sig.name}): finished {counts[FINISHED]}/{len(study.cells)}; "
+          f"{marked} unfinished cell run(s) marked KILLED; their checkpoints are kept.\n"
+          f"[{study.name}] to resume, run the same command again: {rerun_command(study, sets)}",
+          file=sys.stderr, flush=True)
+    return sig.exit_code
 
 
 def cost_text(totals: dict) -> str:
@@ -123,10 +227,11 @@ def cost_text(totals: dict) -> str:
 
 
 def summarise(study: Study, status: dict[str, str]) -> dict[str, int]:
-    counts = {FINISHED: 0, RUNNING: 0, FAILED: 0, "missing": 0}
+    """Counts of the study's cells by status: FINISHED, RUNNING, FAILED, KILLED (interrupted), missing."""
+    counts = {FINISHED: 0, RUNNING: 0, FAILED: 0, KILLED: 0, "missing": 0}
     for c in study.cells:
         s = status.get(c.cell_id)
-        if s in (FINISHED, RUNNING, FAILED):
+        if s in (FINISHED, RUNNING, FAILED, KILLED):
             counts[s] += 1
         else:
             counts["missing"] += 1
@@ -134,17 +239,28 @@ def summarise(study: Study, status: dict[str, str]) -> dict[str, int]:
 
 
 def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) -> int:
+    """Print each cell's state (done, running, interrupted, failed, missing) and what to run next.
+
+    Writes nothing: a run left RUNNING by a driver that is gone shows as interrupted (the next
+    ``run`` marks it KILLED in the store)."""
     study = load_study(path, preset, sets)
     tracker = StudyTracker(study.name, create=False)
-    status = tracker.cell_status()
-    names = {FINISHED: "done", RUNNING: "running", FAILED: "failed"}
+    status = tracker.cell_status(live=True)
+    names = {FINISHED: "done", RUNNING: "running", FAILED: "failed", KILLED: "interrupted"}
     width = max(len(c.level) for c in study.cells)
     print(f"study '{study.name}', preset {study.preset}, store {tracker.uri}")
     for c in study.cells:
         print(f"  {c.cell_id}  {c.level:{width}}  seed {c.seed:<3} {names.get(status.get(c.cell_id), 'missing')}")
     counts = summarise(study, status)
-    print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, failed {counts[FAILED]}, "
-          f"missing {counts['missing']} (of {len(study.cells)})")
+    print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, interrupted {counts[KILLED]}, "
+          f"failed {counts[FAILED]}, missing {counts['missing']} (of {len(study.cells)})")
+    if tracker.live_driver():
+        print("a driver is running this study now")
+    elif counts[KILLED] or counts["missing"] or counts[RUNNING]:
+        what = "interrupted" if counts[KILLED] else "unfinished"
+        print(f"the study was {what}; to resume, run the same command again: {rerun_command(study, sets)}")
+    elif counts[FAILED]:
+        print(f"to rerun the failed cells: {rerun_command(study, sets, '--rerun-failed')}")
     prov = provenance_text(tracker, {c.cell_id for c in study.cells})
     if prov:
         print(prov)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -25,6 +27,24 @@ from study.canonical import canonical_config
 from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean
 from study.errors import UserError
 from study.files import read_yaml
+
+# ---- names that later stages take (checked at load, so a study that loads also runs)
+# A study name is an MLflow experiment name and a path component (runs/<name>, mlartifacts/<name>,
+# ray_results/<name>-<time>): letters, digits, '_', '.', '-', starting with a letter or digit.
+STUDY_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# A factor name is an MLflow param key (and the tag key 'factor.<name>'): MLflow allows letters,
+# digits, '_', '-', '.', ' ', ':', '/' (mlflow.utils.validation); '/' is left out here because
+# MLflow treats keys as file paths in places, ',' because the tag 'factors' joins the names with it.
+_FACTOR_NAME_RE = re.compile(r"^[\w.\- :]{1,200}$")
+# MLflow's limits (mlflow.utils.validation and the runs table): run names 250 characters,
+# param values 6,000, tag values 8,000
+MAX_RUN_NAME = 250
+MAX_PARAM_VALUE = 6000
+MAX_LABEL = 100
+# a factor may not be named like what the cell run already records under that name
+_RESERVED_FACTORS = ("seed",)
+# the cell metrics the analysis can rank a study by (analysis/load.py, metric_column)
+Metric = Literal["knn_top1", "final_knn_top1", "linear_top1", "nmi", "final_nmi", "ari", "knn_auc"]
 
 
 class Level(BaseModel):
@@ -55,13 +75,13 @@ class StudySpec(BaseModel):
     """The schema of a study file. Unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, pattern=STUDY_NAME_RE)
     description: str = ""
     finding: Optional[str] = None
     fixed: dict[str, Any] = Field(default_factory=dict)
     factors: dict[str, list[Union[str, int, float, bool, Level]]] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    metric: str = "knn_top1"
+    metric: Metric = "knn_top1"
     presets: dict[str, PresetSpec] = Field(default_factory=dict)
     max_failures: int = Field(default=1, ge=0)
     # half-width of the region of practical equivalence of the finding's comparisons, in the
@@ -72,9 +92,16 @@ class StudySpec(BaseModel):
     @classmethod
     def _levels(cls, factors: dict) -> dict:
         for name, levels in factors.items():
+            problem = factor_name_problem(name)
+            if problem:
+                raise ValueError(f"factor name {name!r} {problem}")
             if not levels:
                 raise ValueError(f"factor '{name}' has no levels")
             labels = [_label(name, lv) for lv in levels]
+            for lb in labels:
+                problem = label_problem(lb)
+                if problem:
+                    raise ValueError(f"factor '{name}': level label {lb!r} {problem}")
             dup = sorted({lb for lb in labels if labels.count(lb) > 1})
             if dup:
                 raise ValueError(f"factor '{name}' has duplicate levels: {', '.join(dup)}")
@@ -95,6 +122,30 @@ class StudySpec(BaseModel):
                 raise ValueError(f"unknown preset '{name}'{did_you_mean(name, tuple(PRESETS))} "
                                  f"(allowed: {', '.join(PRESETS)})")
         return presets
+
+
+def factor_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a factor (an MLflow param key), or None when it can."""
+    if not _FACTOR_NAME_RE.match(name):
+        return ("is not allowed: use 1-200 letters, digits, '_', '-', '.', ':' or spaces "
+                "(it becomes an MLflow param key)")
+    norm = posixpath.normpath(name)
+    if norm != name or norm in (".", "..") or name.strip() != name:
+        return "is not allowed: MLflow reads param keys as file paths (no leading/trailing '.', '..' or spaces)"
+    if name in _RESERVED_FACTORS:
+        return f"is taken: every cell run records its own '{name}' (set seeds with the top-level 'seeds')"
+    return None
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a level label (shown in run names and tags), or None when it can."""
+    if not label.strip():
+        return "is blank"
+    if len(label) > MAX_LABEL:
+        return f"is {len(label)} characters long (at most {MAX_LABEL})"
+    if any(not ch.isprintable() for ch in label):
+        return "holds a control character (newline, tab, ...)"
+    return None
 
 
 def _label(factor: str, level: Any) -> str:
@@ -145,6 +196,28 @@ class Study:
     @property
     def factors(self) -> list[str]:
         return list(self.spec.factors)
+
+
+def cell_params(cell: Cell) -> dict[str, str]:
+    """The MLflow params of a cell run: every key of its resolved config, and each factor
+    named after no config key (e.g. 'boundary') with its level label; values as strings."""
+    flat = cell.config.flat()
+    params = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flat.items()}
+    for factor, label in cell.levels.items():
+        params.setdefault(factor, label)
+    return params
+
+
+def _check_cell_for_store(cell: Cell, src: str) -> None:
+    """What MLflow would refuse when the cell's run is created: the run name and param values."""
+    if len(cell.name) > MAX_RUN_NAME:
+        raise UserError(f"the run name '{cell.name[:60]}...' of a cell is {len(cell.name)} characters long "
+                        f"(MLflow takes at most {MAX_RUN_NAME}); shorten the level labels", source=src,
+                        key="factors")
+    for key, value in cell_params(cell).items():
+        if len(value) > MAX_PARAM_VALUE:
+            raise UserError(f"the value is {len(value)} characters long (MLflow takes at most "
+                            f"{MAX_PARAM_VALUE} in a param)", source=src, key=key)
 
 
 def cell_hash(config: TrainConfig) -> str:
@@ -241,6 +314,8 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
                                 "same config (once the keys that cannot affect a run are left out; see "
                                 "study/canonical.py)", source=src, key="factors")
             seen[cid] = " / ".join(levels.values())
-            cells.append(Cell(spec.name, levels, seed, cfg, cid, preset))
+            cell = Cell(spec.name, levels, seed, cfg, cid, preset)
+            _check_cell_for_store(cell, src)
+            cells.append(cell)
     return Study(spec, path, preset, tuple(cells), pspec.resources,
                  pspec.max_failures if pspec.max_failures is not None else spec.max_failures)

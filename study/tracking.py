@@ -6,15 +6,27 @@ A child run is opened once and reused by every later attempt, and metric
 steps already in the store are never logged again, so a study killed at
 any moment and run again ends with each cell once, each epoch once.
 
+A run that exists is complete: a run is created with all its tags, then its
+params and ``config.json`` are logged, then the tag ``filled`` is set. A run
+found without ``filled`` (its driver was killed in between) is filled in by the
+next command that opens or repairs it.
+
+Every run the driver opens carries the tag ``driver`` (host:pid:process start
+time). A run left RUNNING whose driver is provably gone (same host, that
+process no longer exists) was interrupted: :meth:`StudyTracker.reconcile`
+marks it KILLED, and ``status`` shows it as interrupted.
+
 Only the driver process writes (the Tune callback in ``cluster/``); this
 module knows nothing of Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,13 +44,91 @@ def tracking_uri() -> str:
     return default_tracking_uri()
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]).resolve() if uri.startswith(prefix) else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Hold an exclusive lock (fcntl, ``<db>.lock`` beside a sqlite store) around a get-or-create.
+
+    MLflow creates a new sqlite store's tables on first use without a lock of its own: two
+    commands starting at once on a store that does not exist yet both try, and one dies with
+    ``table ... already exists``. The same holds for a study's experiment and its parent run
+    (the driver claims a study under this lock). Other stores (a server, PostgreSQL) get no lock.
+    """
+    db = _sqlite_file(uri)
+    if db is None or not db.parent.is_dir():
+        yield
+        return
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def client(uri: str | None = None):
+    """An MlflowClient on ``uri`` whose store is set up (its tables created once, under a lock)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    with store_lock(uri):
+        c = MlflowClient(tracking_uri=uri)
+        c.search_experiments(max_results=1)  # the first use creates a new store's tables
+    return c
+
+
+# ---------------------------------------------------------------- the driver of a run
+DRIVER_TAG = "driver"
+
+
+def _process_start(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot (Linux /proc), or '' if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # the command name (field 2) may hold spaces and ')': fields after the last ')' are fixed
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def driver_identity(pid: int | None = None) -> str:
+    """``host:pid:start`` of this process (or ``pid``): what the ``driver`` tag of a run holds."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+
+
+def driver_alive(identity: str | None) -> bool | None:
+    """Whether the driver named by a ``driver`` tag still runs: True, False, or None when it ran
+    on another host (a SLURM node) and cannot be checked from here. No tag: False (an old run)."""
+    if not identity:
+        return False
+    host, _, rest = identity.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname():
+        return None
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    now = _process_start(pid)
+    # a reused pid has another start time
+    return bool(now) and (not start or now == start)
+
+
+FILLED_TAG = "filled"  # set last when a run is created: without it the run is filled in again
+
+
+def _orphaned(run) -> bool:
+    """A RUNNING run whose driver is known to be gone."""
+    return run.info.status == RUNNING and driver_alive(run.data.tags.get(DRIVER_TAG)) is False
 
 
 def store_unreachable(err: BaseException, uri: str | None = None) -> "StoreUnreachable | None":
@@ -107,17 +197,21 @@ class StudyTracker:
         self.uri = uri or tracking_uri()
         self.client = client(self.uri)
         self.study = study_name
-        exp = self.client.get_experiment_by_name(study_name)
-        if exp is None and create:
-            # a tracking server keeps artifacts in its own artifact root (mlflow server
-            # --artifacts-destination); a file store gets STUDY_ARTIFACT_ROOT
-            location = (None if self.uri.startswith(("http://", "https://"))
-                        else (artifact_root() / study_name).as_uri())
-            self.experiment_id = self.client.create_experiment(study_name, artifact_location=location)
-        else:
-            self.experiment_id = exp.experiment_id if exp is not None else None
+        with store_lock(self.uri):  # two commands starting the same new study at once: one creates it
+            exp = self.client.get_experiment_by_name(study_name)
+            if exp is None and create:
+                # a tracking server keeps artifacts in its own artifact root (mlflow server
+                # --artifacts-destination); a file store gets STUDY_ARTIFACT_ROOT
+                location = (None if self.uri.startswith(("http://", "https://"))
+                            else (artifact_root() / study_name).as_uri())
+                self.experiment_id = self.client.create_experiment(study_name, artifact_location=location)
+            else:
+                self.experiment_id = exp.experiment_id if exp is not None else None
         self._open: dict[str, CellRun] = {}
         self.study_file: Path | None = None
+        self.parent_id: str | None = None  # set by the driver once the parent run is open
+        # cell_id -> [time the run was opened (None when closed), seconds open so far], this process only
+        self._attempts: dict[str, list] = {}
 
     # ------------------------------------------------------------- reading
     def cell_runs(self) -> dict[str, list]:
@@ -138,44 +232,116 @@ class StudyTracker:
             if not token:
                 return out
 
-    def cell_status(self) -> dict[str, str]:
-        """cell_id -> FINISHED / RUNNING / FAILED / KILLED (FINISHED wins if several)."""
+    def cell_status(self, *, live: bool = False) -> dict[str, str]:
+        """cell_id -> FINISHED / RUNNING / FAILED / KILLED (FINISHED wins if several).
+
+        With ``live``, a run left RUNNING by a driver that is gone counts as KILLED (what
+        :meth:`reconcile` would write), without writing anything."""
         status = {}
         for cid, runs in self.cell_runs().items():
-            states = {r.info.status for r in runs}
+            states = {KILLED if live and _orphaned(r) else r.info.status for r in runs}
             status[cid] = FINISHED if FINISHED in states else sorted(states)[0]
         return status
 
-    def cell_seconds(self, cell_ids) -> float:
-        """Sum of the wall times of these cells' runs (start to end), in seconds."""
-        total = 0.0
-        wanted = set(cell_ids)
+    def attempt_seconds(self, cell_ids) -> float:
+        """Sum over these cells of the seconds their runs were open in this process (this attempt),
+        from :meth:`open_cell` to :meth:`end_cell`. A run's own start time is its first attempt's,
+        which a resumed study would count again."""
+        return sum(self._attempts.get(c, (None, 0.0))[1] for c in cell_ids)
+
+    def parent_run(self):
+        """The study's parent run, or None."""
+        if self.experiment_id is None:
+            return None
+        from mlflow.entities import ViewType
+
+        runs = self.client.search_runs([self.experiment_id], filter_string="tags.role = 'parent'",
+                                       run_view_type=ViewType.ACTIVE_ONLY, max_results=1)
+        return runs[0] if runs else None
+
+    def live_driver(self) -> str | None:
+        """The ``driver`` tag of the parent run when another process that still runs has it open
+        (this process reopening its own study, as the adaptive loop does, is not another driver)."""
+        parent = self.parent_run()
+        if parent is None or parent.info.status != RUNNING:
+            return None
+        tag = parent.data.tags.get(DRIVER_TAG)
+        return tag if tag != driver_identity() and driver_alive(tag) else None
+
+    # ------------------------------------------------------------- repairs
+    def reconcile(self) -> int:
+        """Mark KILLED every run of the study left RUNNING by a driver that is gone (killed without
+        a chance to mark its runs: SIGKILL, a crash, a lost node on this host); returns how many."""
+        if self.experiment_id is None:
+            return 0
+        n = 0
+        runs = [r for rs in self.cell_runs().values() for r in rs]
+        parent = self.parent_run()
+        for run in runs + ([parent] if parent is not None else []):
+            if run.info.status == RUNNING and _orphaned(run):
+                self.client.set_tag(run.info.run_id, "interrupted", "driver gone")
+                self.client.set_terminated(run.info.run_id, status=KILLED)
+                n += 1
+        return n
+
+    def repair(self, cells) -> int:
+        """Fill in every run of these cells created but not filled (params, tags, config.json);
+        returns how many were repaired. Finished runs too: the analysis needs their params."""
+        by_id = {c.cell_id: c for c in cells}
+        n = 0
         for cid, runs in self.cell_runs().items():
-            if cid in wanted:
-                for r in runs:
-                    if r.info.end_time and r.info.start_time:
-                        total += (r.info.end_time - r.info.start_time) / 1000.0
-        return total
+            for run in runs:
+                if cid in by_id and run.data.tags.get(FILLED_TAG) != "1":
+                    self._fill_cell(run, by_id[cid])
+                    n += 1
+        return n
+
+    def mark_interrupted(self, cell_ids, parent_id: str | None, why: str) -> int:
+        """On the way out of an interrupted driver: its RUNNING cell runs (and the parent) become
+        KILLED with the tag ``interrupted`` = ``why``; returns how many cell runs were marked."""
+        wanted = set(cell_ids)
+        me = driver_identity()
+        n = 0
+        for cid, runs in self.cell_runs().items():
+            for run in runs:
+                # only the runs this driver opened (another driver's are its own business)
+                if cid in wanted and run.info.status == RUNNING and run.data.tags.get(DRIVER_TAG) == me:
+                    self.client.set_tag(run.info.run_id, "interrupted", why)
+                    self.client.set_terminated(run.info.run_id, status=KILLED)
+                    n += 1
+        self._open.clear()
+        if parent_id is not None and self.client.get_run(parent_id).data.tags.get(DRIVER_TAG) == me:
+            self.client.set_tag(parent_id, "interrupted", why)
+            self.client.set_terminated(parent_id, status=KILLED)
+        return n
 
     # ------------------------------------------------------------- writing
     def parent_run_id(self, spec_params: dict, study_file: Path | None = None) -> str:
-        """The study's parent run, created once and reused on resume."""
+        """The study's parent run, created once and reused on resume (filled in if a kill left it empty)."""
         self.study_file = study_file  # the cells' mlflow.source.name
-        runs = self.client.search_runs([self.experiment_id], filter_string="tags.role = 'parent'",
-                                       max_results=1)
-        if runs:
-            run_id = runs[0].info.run_id
-            if runs[0].info.status != RUNNING:
-                self.client.update_run(run_id, status=RUNNING)
-            return run_id
-        run = self.client.create_run(self.experiment_id, run_name=self.study,
-                                     tags={"study": self.study, "role": "parent"})
-        from mlflow.entities import Param
+        run = self.parent_run()
+        if run is None:
+            run = self.client.create_run(self.experiment_id, run_name=self.study,
+                                         tags={"study": self.study, "role": "parent",
+                                               DRIVER_TAG: driver_identity()})
+        run_id = run.info.run_id
+        self.client.set_tag(run_id, DRIVER_TAG, driver_identity())
+        if run.data.tags.get(FILLED_TAG) != "1":
+            from mlflow.entities import Param
 
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in spec_params.items()])
-        if study_file is not None:
-            self.client.log_artifact(run.info.run_id, str(study_file))
-        return run.info.run_id
+            have = self.client.get_run(run_id).data.params
+            missing = [Param(k, str(v)) for k, v in spec_params.items() if k not in have]
+            if missing:
+                self.client.log_batch(run_id, params=missing)
+            if study_file is not None and not self._has_artifact(run_id, study_file.name):
+                self.client.log_artifact(run_id, str(study_file))
+            self.client.set_tag(run_id, FILLED_TAG, "1")
+        if run.info.status != RUNNING:
+            self.client.update_run(run_id, status=RUNNING)
+        return run_id
+
+    def _has_artifact(self, run_id: str, name: str) -> bool:
+        return any(a.path == name for a in self.client.list_artifacts(run_id))
 
     def finish_parent(self, run_id: str, status: str = FINISHED) -> None:
         self.client.set_terminated(run_id, status=status)
@@ -192,37 +358,65 @@ class StudyTracker:
             steps = {m.step for m in self.client.get_metric_history(run_id, "knn_top1")}
             steps |= {m.step for m in self.client.get_metric_history(run_id, "loss")}
             final = "linear_top1" in run.data.metrics or "final_knn_top1" in run.data.metrics
+            self.client.set_tag(run_id, DRIVER_TAG, driver_identity())
+            if run.data.tags.get(FILLED_TAG) != "1":
+                self._fill_cell(run, cell, parent_id)
             if run.info.status != RUNNING and run.info.status != FINISHED:
                 self.client.update_run(run_id, status=RUNNING)
             cr = CellRun(run_id, RUNNING, steps, final)
         else:
-            tags = {
-                "study": self.study, "role": "cell", "cell_id": cell.cell_id,
-                "preset": getattr(cell, "preset", ""), "level": cell.level,
-                "factors": ",".join(cell.levels), "mlflow.parentRunId": parent_id,
-            }
-            tags.update({f"factor.{f}": lv for f, lv in cell.levels.items()})
+            tags = dict(self._cell_tags(cell, parent_id), **{DRIVER_TAG: driver_identity()})
             run = self.client.create_run(self.experiment_id, run_name=cell.name, tags=tags)
             cr = CellRun(run.info.run_id, RUNNING)
-            self._log_params(cr.run_id, cell)
+            self._fill_cell(run, cell, parent_id)
         self._open[cell.cell_id] = cr
         self.log_provenance(cr.run_id, cell)  # the code and data of this attempt
+        # a retried trial opens its cell again: its seconds add up
+        self._attempts[cell.cell_id] = [time.time(), self._attempts.get(cell.cell_id, (None, 0.0))[1]]
         return cr
 
-    def _log_params(self, run_id: str, cell) -> None:
-        from mlflow.entities import Param
+    def _cell_tags(self, cell, parent_id: str | None) -> dict[str, str]:
+        tags = {
+            "study": self.study, "role": "cell", "cell_id": cell.cell_id,
+            "preset": getattr(cell, "preset", ""), "level": cell.level,
+            "factors": ",".join(cell.levels),
+        }
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        tags.update({f"factor.{f}": lv for f, lv in cell.levels.items()})
+        return tags
 
-        flat = cell.config.flat()
-        params = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flat.items()}
-        for factor in cell.levels:  # a factor named after no config key (e.g. 'boundary')
-            params.setdefault(factor, cell.levels[factor])
-        items = sorted(params.items())
+    def _log_params(self, run_id: str, cell) -> None:
+        """Log this cell's params and its own ``config.json`` (replacing a copied one), then tag it
+        ``filled`` (for a run made by copying another study's, study/reuse.py)."""
+        self._fill_cell(self.client.get_run(run_id), cell, replace_config=True)
+
+    def _fill_cell(self, run, cell, parent_id: str | None = None, *, replace_config: bool = False) -> None:
+        """Log what ``run`` lacks of its cell's tags, params and ``config.json``, then tag it ``filled``.
+
+        Idempotent, so a run created by a driver killed before it got here is completed by the
+        next one: params already there are kept (MLflow params cannot change), missing ones logged.
+        """
+        from mlflow.entities import Param, RunTag
+
+        from study.studyfile import cell_params
+
+        run_id = run.info.run_id
+        have_tags = run.data.tags
+        parent_id = parent_id or have_tags.get("mlflow.parentRunId")
+        tags = [RunTag(k, v) for k, v in self._cell_tags(cell, parent_id).items() if have_tags.get(k) != v]
+        if tags:
+            self.client.log_batch(run_id, tags=tags)
+        have = self.client.get_run(run_id).data.params
+        items = sorted((k, v) for k, v in cell_params(cell).items() if k not in have)
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "config.json"
-            path.write_text(json.dumps(flat, indent=2, sort_keys=True))
-            self.client.log_artifact(run_id, str(path))
+        if replace_config or not self._has_artifact(run_id, "config.json"):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "config.json"
+                path.write_text(json.dumps(cell.config.flat(), indent=2, sort_keys=True))
+                self.client.log_artifact(run_id, str(path))
+        self.client.set_tag(run_id, FILLED_TAG, "1")
 
     def log_epoch(self, cell_id: str, epoch: int, metrics: dict) -> bool:
         """Log one epoch's metrics at step=epoch, unless that step is already stored."""
@@ -259,6 +453,9 @@ class StudyTracker:
         cr = self._open.pop(cell_id, None)
         if cr is None:
             return
+        if cell_id in self._attempts and self._attempts[cell_id][0] is not None:
+            opened, seconds = self._attempts[cell_id]
+            self._attempts[cell_id] = [None, seconds + time.time() - opened]
         if error:
             self.client.set_tag(cr.run_id, "error", error[:4000])
         elif status == FINISHED:

@@ -106,7 +106,7 @@ def test_smoke_study_through_tune(store):
     assert again.returncode == 0 and "4 finished, 0 to run" in again.stdout
     status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert "done 4, running 0, failed 0, missing 0" in status.stdout
+    assert "done 4, running 0, interrupted 0, failed 0, missing 0" in status.stdout
     _check_complete(client, "e2e", 4, 2)
 
 
@@ -159,7 +159,10 @@ def test_sigkill_then_rerun_finishes_each_cell_once(store):
 def test_failures_are_reported_and_rerun(store):
     tmp_path, env = store
     path = tmp_path / "f.yaml"
-    path.write_text(FAILING)
+    # a data folder that exists (checked at load) but holds no dataset (found only when a cell runs)
+    nodata = tmp_path / "nodata"
+    nodata.mkdir()
+    path.write_text(FAILING.replace("/nonexistent/fashion", str(nodata)))
     res = _study(str(path), "--preset", "smoke", env=env)
     assert res.returncode == 1, res.stdout + res.stderr
     client = _client(tmp_path)
@@ -167,7 +170,7 @@ def test_failures_are_reported_and_rerun(store):
     assert by_level["ok"].info.status == "FINISHED"
     assert by_level["nan"].info.status == "FAILED" and "loss is" in by_level["nan"].data.tags["error"]
     assert by_level["raises"].info.status == "FAILED"
-    assert "/nonexistent/fashion" in by_level["raises"].data.tags["error"]
+    assert str(nodata) in by_level["raises"].data.tags["error"]
     # without --rerun-failed nothing runs; with it only the two failed cells run (and fail again)
     again = _study(str(path), "--preset", "smoke", env=env)
     assert "1 finished, 0 to run, 2 failed" in again.stdout

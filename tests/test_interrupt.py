@@ -1,0 +1,404 @@
+"""The store stays truthful through interruptions and concurrent commands (issue 12, classes C-F).
+
+- C: SIGINT/SIGTERM stop the driver cleanly (runs marked KILLED, exit 130/143, the
+  toolkit's own resume command); runs a dead driver left RUNNING are reconciled;
+  ``status`` says "interrupted" and what to run.
+- D: two commands at once on a store that does not exist yet both succeed.
+- E: the printed wall/ideal ratio comes from one attempt's times.
+- F: a run created but not filled in is completed by the next command; stale
+  temporary checkpoint files are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import store_client, store_env, write_smoke_study
+from study.errors import UserError
+from study.interrupt import StopSignals, StudyInterrupted
+from study.studyfile import cell_params, load_study
+from study.tracking import FINISHED, KILLED, RUNNING, StudyTracker, driver_alive, driver_identity
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An isolated store in tmp_path, set in this process's environment too."""
+    env = store_env(tmp_path, STUDY_NUM_CPUS="2")
+    for key in ("MLFLOW_TRACKING_URI", "STUDY_RUN_ROOT", "STUDY_RAY_RESULTS", "STUDY_ARTIFACT_ROOT"):
+        monkeypatch.setenv(key, env[key])
+    return tmp_path, env
+
+
+def _dead_driver() -> str:
+    proc = subprocess.Popen(["sleep", "30"])
+    identity = driver_identity(proc.pid)
+    proc.kill()
+    proc.wait()
+    return identity
+
+
+def _new_run(client, exp_id, tags: dict, status=RUNNING, start_time=None):
+    run = client.create_run(exp_id, tags=tags, start_time=start_time)
+    if status != RUNNING:
+        client.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+# ---------------------------------------------------------------- C: signals and reconciling
+def test_driver_alive():
+    assert driver_alive(driver_identity()) is True
+    assert driver_alive(_dead_driver()) is False
+    host, pid, start = driver_identity().split(":")
+    assert driver_alive(f"{host}:{pid}:{int(start) + 1}") is False  # same pid, another process
+    assert driver_alive(f"not-{socket.gethostname()}:1:1") is None  # another host: cannot tell
+    assert driver_alive(None) is False and driver_alive("") is False
+
+
+def test_stop_signals_raise_once_then_restore():
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        with pytest.raises(StudyInterrupted) as err:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)
+        assert err.value.exit_code == 143 and err.value.name == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal while stopping is ignored
+        time.sleep(0.2)
+        assert stop.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is before
+    assert StudyInterrupted(signal.SIGINT).exit_code == 130
+
+
+def test_orphaned_runs_show_interrupted_and_are_reconciled(store, capsys):
+    tmp_path, _ = store
+    path = write_smoke_study(tmp_path, "orph")
+    study = load_study(path, "smoke")
+    tracker = StudyTracker("orph")
+    client = store_client(tmp_path)
+    dead, alive, elsewhere = _dead_driver(), driver_identity(), f"not-{socket.gethostname()}:1:1"
+    c = study.cells
+    ids = {}
+    for cell, driver in ((c[0], dead), (c[1], alive), (c[2], elsewhere)):
+        ids[cell.cell_id] = _new_run(client, tracker.experiment_id, {"role": "cell", "cell_id": cell.cell_id,
+                                                                     "driver": driver, "filled": "1"})
+    parent = _new_run(client, tracker.experiment_id, {"role": "parent", "driver": dead})
+    from study.runner import study_status
+
+    study_status(str(path), preset="smoke")
+    out = capsys.readouterr().out
+    assert f"{c[0].cell_id}  semi-hard  seed 0   interrupted" in out, out
+    assert "done 0, running 2, interrupted 1, failed 0, missing 1 (of 4)" in out, out
+    assert f"to resume, run the same command again: python -m study run {path} --preset smoke" in out
+    assert client.get_run(ids[c[0].cell_id]).info.status == RUNNING  # status writes nothing
+    assert tracker.reconcile() == 2  # the dead driver's cell run and the parent
+    states = {cid: client.get_run(rid).info.status for cid, rid in ids.items()}
+    assert states == {c[0].cell_id: KILLED, c[1].cell_id: RUNNING, c[2].cell_id: RUNNING}
+    assert client.get_run(parent).info.status == KILLED
+
+
+def test_second_driver_on_a_running_study_is_refused(store):
+    tmp_path, _ = store
+    study = load_study(write_smoke_study(tmp_path, "busy"), "smoke")
+    tracker = StudyTracker("busy")
+    other = subprocess.Popen(["sleep", "60"])  # a driver that still runs, in another process
+    try:
+        _new_run(store_client(tmp_path), tracker.experiment_id, {"role": "parent",
+                                                                 "driver": driver_identity(other.pid)})
+        from study.runner import execute_study
+
+        with pytest.raises(UserError, match=f"is being run now by process {other.pid}"):
+            execute_study(study, rerun_failed=False, backend="local")
+    finally:
+        other.kill()
+        other.wait()
+    assert not (tmp_path / "runs").exists()
+
+
+def _fake_run_local(then):
+    """A stand-in for cluster.local.run_local: opens the first cell, finishes the second, then ``then()``."""
+    def run_local(study, cells, tracker, parent_id, **kw):
+        tracker.open_cell(cells[0], parent_id)
+        tracker.open_cell(cells[1], parent_id)
+        tracker.log_final(cells[1].cell_id, {"epochs": 2, "knn_top1": 0.5})
+        tracker.end_cell(cells[1].cell_id, FINISHED)
+        then()
+        return 2
+    return run_local
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_in_the_driver_marks_runs_and_says_what_to_run(store, monkeypatch, capsys, sig, code):
+    tmp_path, _ = store
+    path = write_smoke_study(tmp_path, "sig", seeds="[0]")
+    study = load_study(path, "smoke")
+
+    def signal_self():
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("the signal did not stop the driver")
+
+    import cluster.local
+
+    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(signal_self))
+    from study.runner import execute_study
+
+    before = signal.getsignal(sig)
+    assert execute_study(study, rerun_failed=False, backend="local") == code
+    assert signal.getsignal(sig) is before
+    err = capsys.readouterr().err
+    name = signal.Signals(sig).name
+    assert f"interrupted ({name}): finished 1/2; 1 unfinished cell run(s) marked KILLED" in err, err
+    assert f"to resume, run the same command again: python -m study run {path} --preset smoke" in err
+    client = store_client(tmp_path)
+    runs = {r.data.tags.get("cell_id", "parent"): r for r in client.search_runs([StudyTracker("sig").experiment_id])}
+    assert runs[study.cells[0].cell_id].info.status == KILLED
+    assert runs[study.cells[0].cell_id].data.tags["interrupted"] == name
+    assert runs[study.cells[1].cell_id].info.status == FINISHED
+    assert runs["parent"].info.status == KILLED and runs["parent"].data.tags["interrupted"] == name
+
+
+def test_a_failing_driver_marks_its_runs(store, monkeypatch, capsys):
+    tmp_path, _ = store
+    path = write_smoke_study(tmp_path, "boom", seeds="[0]")
+    study = load_study(path, "smoke")
+
+    def fail():
+        raise RuntimeError("Ray Tune failed: the GCS is gone")
+
+    import cluster.local
+
+    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(fail))
+    from study.runner import execute_study
+
+    with pytest.raises(RuntimeError, match="GCS is gone"):
+        execute_study(study, rerun_failed=False, backend="local")
+    assert "To resume, run the same command again: python -m study run" in capsys.readouterr().err
+    client = store_client(tmp_path)
+    states = sorted(r.info.status for r in client.search_runs([StudyTracker("boom").experiment_id]))
+    assert states == [FINISHED, KILLED, KILLED]  # the finished cell, the open cell, the parent
+
+
+# ---------------------------------------------------------------- F: a run that exists is complete
+def test_empty_runs_are_filled_in(store):
+    tmp_path, _ = store
+    path = write_smoke_study(tmp_path, "empty")
+    study = load_study(path, "smoke")
+    tracker = StudyTracker("empty")
+    client = store_client(tmp_path)
+    # what a driver killed right after create_run leaves: a run with its creation tags only
+    cell, other = study.cells[0], study.cells[1]
+    rid = _new_run(client, tracker.experiment_id, {"role": "cell", "cell_id": cell.cell_id, "study": "empty"},
+                   status=FINISHED)
+    rid2 = _new_run(client, tracker.experiment_id, {"role": "cell", "cell_id": other.cell_id, "study": "empty"})
+    parent = _new_run(client, tracker.experiment_id, {"role": "parent", "study": "empty"}, status=KILLED)
+    assert tracker.repair(study.cells) == 2
+    for run_id, c in ((rid, cell), (rid2, other)):
+        run = client.get_run(run_id)
+        assert run.data.params == cell_params(c)
+        assert run.data.tags["level"] == c.level and run.data.tags["factor.sampling"] == c.levels["sampling"]
+        assert run.data.tags["filled"] == "1" and run.data.tags["preset"] == "smoke"
+        assert [a.path for a in client.list_artifacts(run_id)] == ["config.json"]
+    assert tracker.repair(study.cells) == 0  # filled runs are left alone
+    # a reused run is filled the same way when the driver opens it
+    assert tracker.parent_run_id({"factors": "sampling", "metric": "knn_top1"}, path) == parent
+    prun = client.get_run(parent)
+    assert prun.data.params == {"factors": "sampling", "metric": "knn_top1"} and prun.info.status == RUNNING
+    assert [a.path for a in client.list_artifacts(parent)] == [path.name]
+    assert prun.data.tags["driver"] == driver_identity()
+
+
+def test_stale_checkpoint_temp_files_are_removed(tmp_path):
+    import torch
+
+    from study import checkpoint
+
+    checkpoint.save({"epoch": 3, "w": torch.zeros(2)}, tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [tmp_path / f".checkpoint.pt.tmp{dead.pid}", tmp_path / f".metrics.jsonl.tmp{dead.pid}"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    keep = [tmp_path / ".hidden", tmp_path / f".config.json.tmp{os.getpid()}"]  # not ours; a live writer's
+    for p in keep:
+        p.write_text("keep")
+    state = checkpoint.load_latest(tmp_path)
+    assert state["epoch"] == 3
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+
+
+# ---------------------------------------------------------------- E: one attempt's times
+def test_wall_ideal_uses_this_attempts_times(store):
+    tmp_path, _ = store
+    study = load_study(write_smoke_study(tmp_path, "eff"), "smoke")
+    tracker = StudyTracker("eff")
+    cell = study.cells[0]
+    # the cell's run began an hour ago in an earlier attempt that was killed
+    hour_ago = int((time.time() - 3600) * 1000)
+    rid = _new_run(store_client(tmp_path), tracker.experiment_id,
+                   {"role": "cell", "cell_id": cell.cell_id, "filled": "1"}, status=KILLED, start_time=hour_ago)
+    assert tracker.open_cell(cell, "p").run_id == rid
+    time.sleep(0.05)
+    tracker.end_cell(cell.cell_id, FINISHED)
+    assert 0.05 <= tracker.attempt_seconds([cell.cell_id]) < 60  # not the hour of the earlier attempt
+    assert tracker.attempt_seconds([study.cells[1].cell_id]) == 0
+    first = tracker.attempt_seconds([cell.cell_id])
+    tracker.open_cell(cell, "p")  # a retried trial: its seconds add to the first try's
+    time.sleep(0.05)
+    tracker.end_cell(cell.cell_id, FINISHED)
+    assert first + 0.05 <= tracker.attempt_seconds([cell.cell_id]) < 60
+    from study.runner import efficiency_line
+
+    # hand computed: 150 s of cells in 2 slots = 75 s ideal; 100 s of wall -> 1.333
+    assert efficiency_line("eff", 100.0, 150.0, 2).endswith("ideal 75s; wall/ideal 1.333")
+    assert efficiency_line("eff", 100.0, 0.0, 2) is None
+
+
+def test_wall_ideal_is_never_below_one():
+    """Cells run in at most `slots` lanes inside the wall time: the ratio cannot drop below 1."""
+    import random
+
+    from study.runner import efficiency_line
+
+    rng = random.Random(0)
+    for _ in range(200):
+        slots = rng.randint(1, 4)
+        lanes = [0.0] * slots
+        busy = 0.0
+        for _ in range(rng.randint(1, 12)):
+            lane = min(range(slots), key=lanes.__getitem__)
+            start = lanes[lane] + rng.uniform(0, 2)
+            length = rng.uniform(0.1, 10)
+            lanes[lane] = start + length
+            busy += length
+        wall = max(lanes) + rng.uniform(0, 3)
+        ratio = float(efficiency_line("x", wall, busy, slots).rsplit(" ", 1)[1])
+        assert ratio >= 0.9995, ratio
+
+
+# ---------------------------------------------------------------- D: two commands at once
+def _open_store(uri: str, name: str, queue, create: bool) -> None:
+    try:
+        tracker = StudyTracker(name, uri, create=create)
+        queue.put(("ok", tracker.cell_status()))
+    except BaseException as err:  # report anything, the parent asserts
+        queue.put(("error", f"{type(err).__name__}: {err}"))
+
+
+def test_two_commands_at_once_on_a_new_store(tmp_path):
+    """What two `python -m study status` (or `run`) started together do first, in two processes
+    forked at once (MLflow already imported, so they reach the store's creation together)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    # without the store lock this failed 3 times out of 3 here (`duplicate column name`, `table ...
+    # already exists`, alembic's `Online migration expected to match one row`)
+    for attempt in range(3):
+        uri = f"sqlite:///{tmp_path / f'try{attempt}.db'}"
+        queue = ctx.Queue()
+        # two studies, or twice the same new study (whose experiment one of them creates)
+        names = ("a", "b") if attempt < 2 else ("a", "a")
+        procs = [ctx.Process(target=_open_store, args=(uri, name, queue, attempt == 2)) for name in names]
+        for p in procs:
+            p.start()
+        results = [queue.get(timeout=180) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert results == [("ok", {}), ("ok", {})], (attempt, results)
+
+
+# ---------------------------------------------------------------- end to end through Ray
+def _runs(client, name, role="cell"):
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.role = '{role}'", max_results=100)
+
+
+def _start_and_signal(path: Path, env: dict, tmp_path: Path, sig: int, group: bool):
+    """Start a study, send ``sig`` once a cell is mid-way; returns (exit status, output)."""
+    proc = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    run_dirs = tmp_path / "runs" / path.stem
+    deadline = time.time() + 900  # generous: a loaded machine starts Ray slowly
+    started = False
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            if run_dirs.exists() and any((d / "checkpoint.pt").exists() for d in run_dirs.iterdir()):
+                started = True
+                break
+        assert started and proc.poll() is None, "the study ended (or never reached a cell) before the signal"
+        if group:
+            os.killpg(proc.pid, sig)  # what Ctrl-C does: the whole process group
+        else:
+            os.kill(proc.pid, sig)  # the driver alone (kill PID, a batch system)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, out
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_runs_and_the_same_command_resumes(store):
+    tmp_path, env = store
+    path = write_smoke_study(tmp_path, "ctrlc", epochs=3, seeds="[0]")
+    code, out = _start_and_signal(path, env, tmp_path, signal.SIGINT, group=True)
+    assert code == 130, out
+    assert "interrupted (SIGINT)" in out and f"run the same command again: python -m study run {path}" in out
+    assert "Tuner.restore" not in out and "Traceback" not in out, out
+    client = store_client(tmp_path)
+    runs = _runs(client, "ctrlc")
+    assert runs and all(r.info.status in (FINISHED, KILLED) for r in runs), [r.info.status for r in runs]
+    assert all(r.data.tags.get("interrupted") == "SIGINT" for r in runs if r.info.status == KILLED)
+    assert _runs(client, "ctrlc", "parent")[0].info.status == KILLED
+    status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"], env=env,
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "interrupted" in status.stdout and "run the same command again" in status.stdout, status.stdout
+    res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = _runs(client, "ctrlc")
+    assert len(runs) == 2 and len({r.data.tags["cell_id"] for r in runs}) == 2
+    for r in runs:
+        assert r.info.status == FINISHED
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss"))
+        assert steps == [1, 2, 3], steps  # no epoch logged twice
+    assert "wall/ideal" in res.stdout
+    ratio = float(res.stdout.split("wall/ideal ")[1].split()[0])
+    assert ratio >= 1.0, res.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_driver_is_graceful_and_empty_runs_are_completed(store):
+    tmp_path, env = store
+    path = write_smoke_study(tmp_path, "term", epochs=2, seeds="[0]")
+    study = load_study(path, "smoke")
+    # a driver killed right after creating runs left the parent and a cell run empty
+    tracker = StudyTracker("term")
+    client = store_client(tmp_path)
+    empty = _new_run(client, tracker.experiment_id, {"role": "cell", "cell_id": study.cells[0].cell_id,
+                                                     "study": "term", "driver": _dead_driver()})
+    _new_run(client, tracker.experiment_id, {"role": "parent", "study": "term"})
+    code, out = _start_and_signal(path, env, tmp_path, signal.SIGTERM, group=False)
+    assert code == 143, out
+    assert "interrupted (SIGTERM)" in out and "Tuner.restore" not in out, out
+    assert all(r.info.status != RUNNING for r in _runs(client, "term")), out
+    res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = _runs(client, "term")
+    assert len(runs) == 2 and all(r.info.status == FINISHED for r in runs)
+    assert client.get_run(empty).data.params["seed"] == "0"
+    res = subprocess.run([sys.executable, "-m", "analysis", "--study", "term", "--out", str(tmp_path / "results")],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,0 +1,170 @@
+"""What a later stage would reject is rejected when the study loads (issue 12, class B).
+
+Names that MLflow, the file system or the analysis cannot take, relative paths
+and size limits are one error at load (exit 2, nothing written), so a study that
+passes ``--dry-run`` does not fail on its inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from study.errors import UserError
+from study.studyfile import cell_params, factor_name_problem, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+BADFACTOR = """name: badfactor
+fixed: {method: interclr, labels: online, sampling: semi-hard, epochs: 1}
+factors:
+  "margin (cos)":
+    - {label: "m-0.5", set: {margin_type: cosine, margin: -0.5}}
+    - {label: "m0", set: {margin_type: cosine, margin: 0.0}}
+seeds: [0]
+"""
+
+
+def _write(tmp_path, text, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _study(name="s", factor="sampling", levels="[hard]", extra=""):
+    return f"name: {name}\nfactors:\n  {factor}: {levels}\nseeds: [0]\n{extra}"
+
+
+@pytest.mark.parametrize("text, words", [
+    (BADFACTOR, ["margin (cos)", "MLflow param key"]),
+    (_study(factor='"a/b"', levels="[{label: x, set: {margin: 0.0}}]"), ["'a/b'", "not allowed"]),
+    (_study(factor='"a,b"', levels="[{label: x, set: {margin: 0.0}}]"), ["'a,b'", "not allowed"]),
+    (_study(factor='".."', levels="[{label: x, set: {margin: 0.0}}]"), ["'..'", "file paths"]),
+    (_study(factor='" pad"', levels="[{label: x, set: {margin: 0.0}}]"), ["' pad'", "file paths"]),
+    (_study(factor="seed", levels="[{label: x, set: {margin: 0.0}}]"), ["'seed'", "taken"]),
+    (_study(factor='"' + "f" * 201 + '"', levels="[{label: x, set: {margin: 0.0}}]"), ["not allowed"]),
+    # level labels: shown in run names and tags
+    (_study(factor="boundary", levels='[{label: "a\\nb", set: {margin: 0.0}}]'), ["control character"]),
+    (_study(factor="boundary", levels='[{label: "  ", set: {margin: 0.0}}]'), ["blank"]),
+    (_study(factor="boundary", levels='[{label: "' + "x" * 101 + '", set: {margin: 0.0}}]'), ["101 characters"]),
+    # study names: an MLflow experiment and a folder under runs/, mlartifacts/, ray_results/
+    (_study(name='".."'), ["name", "should match pattern"]),
+    (_study(name="a/b"), ["name", "should match pattern"]),
+    (_study(name="-x"), ["name", "should match pattern"]),
+    (_study(name="x" * 101), ["name", "should match pattern"]),
+    # the metric the analysis ranks by
+    (_study(extra="metric: knn_top5\n"), ["metric", "knn_top1"]),
+    # numbers that pass range checks and break training
+    (_study(extra="fixed: {lr: .inf}\n"), ["lr", "finite"]),
+    (_study(extra="fixed: {margin: .nan}\n"), ["margin", "finite"]),
+    # limits that train_subset already breaks
+    (_study(extra="fixed: {train_subset: 32, batch_size: 64}\n"), ["batch_size", "exceeds"]),
+    (_study(extra="fixed: {data_root: /nonexistent/fashion}\n"), ["data_root", "/nonexistent/fashion",
+                                                                    "does not exist"]),
+])
+def test_rejected_at_load(tmp_path, text, words):
+    path = _write(tmp_path, text)
+    with pytest.raises(UserError) as err:
+        load_study(path, "smoke")
+    msg = str(err.value)
+    assert str(path) in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_long_values_are_refused_before_mlflow(tmp_path):
+    # a param value over MLflow's 6,000 characters
+    study = _write(tmp_path, _study())
+    with pytest.raises(UserError, match="key 'device'.*6000"):
+        load_study(study, "smoke", {"device": "x" * 6001})
+    # a run name over 250 characters: three factors with 90-character labels
+    text = ("name: s\nfactors:\n  margin: " + '[{label: "' + "m" * 90
+            + '", set: {margin: 0.0}}]\n  intra_margin: [{label: "' + "i" * 90 + '", set: {intra_margin: 0.0}}]\n'
+            + '  temperature: [{label: "' + "t" * 90 + '", set: {temperature: 0.1}}]\nseeds: [0]\n')
+    with pytest.raises(UserError, match="run name.*250"):
+        load_study(_write(tmp_path, text, "long.yaml"), "smoke")
+
+
+def test_factor_rules_agree_with_mlflow():
+    """Every factor name we accept is a param key and a tag key MLflow accepts."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_param_name, _validate_tag_name
+
+    names = ["sampling", "boundary", "margin cos", "a.b", "a-b", "a:b", "x_1", "Größe", "margin (cos)", "a/b",
+             "a/../b", "..", ".", "/abs", "a,b", "a\nb", "seed", " pad", "pad ", "a//b", "./a", "f" * 200]
+    for name in names:
+        if factor_name_problem(name) is None:
+            _validate_param_name(name)
+            _validate_tag_name(f"factor.{name}")
+            assert len(f"factor.{name}") <= 250
+        else:
+            try:
+                _validate_param_name(name)
+            except MlflowException:
+                continue  # refused by both
+            # accepted by MLflow, refused by us for a reason of ours
+            assert name in ("a/b", "a,b", "seed", " pad", "pad ") or "/" in name, name
+
+
+def test_shipped_cells_fit_mlflow():
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, _validate_param_name
+
+    for name in ("labels", "sampling", "boundary", "final"):
+        for cell in load_study(REPO / "experiments" / f"{name}.yaml", "cpu").cells:
+            assert len(cell.name) <= 250
+            for key, value in cell_params(cell).items():
+                _validate_param_name(key)
+                assert len(value) <= MAX_PARAM_VAL_LENGTH
+
+
+def test_relative_data_root_is_made_absolute_at_load(tmp_path, monkeypatch):
+    (tmp_path / "reldata" / "fashion-mnist").mkdir(parents=True)
+    study = _write(tmp_path, _study(extra="fixed: {data_root: reldata/fashion-mnist}\n"))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_study(study.name, "smoke").cells[0].config
+    assert cfg.data_root == str(tmp_path / "reldata" / "fashion-mnist")
+    # --set too, and ~
+    from study.config import build_config
+
+    assert build_config("smoke", {"data_root": "reldata"}).data_root == str(tmp_path / "reldata")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert build_config("smoke", {"data_root": "~/reldata"}).data_root == str(tmp_path / "reldata")
+
+
+def test_cli_badfactor_dry_run_exit_2_nothing_written(tmp_path):
+    path = _write(tmp_path, BADFACTOR, "badfactor.yaml")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+               STUDY_RUN_ROOT=str(tmp_path / "runs"), STUDY_RAY_RESULTS=str(tmp_path / "ray"),
+               STUDY_ARTIFACT_ROOT=str(tmp_path / "artifacts"))
+    for extra in (["--dry-run"], []):
+        res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke", *extra],
+                             env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "margin (cos)" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not any(tmp_path.glob("mlflow.db*")) and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("presets: {smoke: {resources: {cpus: 64}}}\n", ["presets.smoke.resources.cpus", "64 CPUs", "1..2"]),
+    ("presets: {smoke: {resources: {gpus: 1}}}\n", ["presets.smoke.resources.gpus", "0..0"]),
+    ("fixed: {device: cuda}\n", ["device", "no GPU"]),
+])
+def test_local_runs_that_could_never_start(tmp_path, monkeypatch, extra, words):
+    """A cell asking more than this machine has would wait in Ray forever: refused before anything runs."""
+    from cluster import local
+    from study.runner import run_study
+
+    monkeypatch.setenv("STUDY_NUM_CPUS", "2")
+    monkeypatch.setattr(local, "_gpu_count", lambda: 0)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    path = _write(tmp_path, _study(extra=extra))
+    with pytest.raises(UserError) as err:
+        run_study(str(path), preset="smoke", dry_run=True)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+    assert not (tmp_path / "mlflow.db").exists()
