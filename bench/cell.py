@@ -212,7 +212,7 @@ def check_channels_last_equivalent() -> Check:
         runs = {}
         for layout in ("on", "off"):
             t = build_trainer("cpu", {**_TINY, "method": "mocov2", "channels_last": layout}, data)
-            feats = t._extract(t.moco.encoder_q, "train", None, neck=True)
+            feats = t.evaluator._extract(t.moco.encoder_q, "train", None, neck=True)
             stepper = Stepper(t, epoch_batches(256, 32, 0, 0)[:1], pin_step=None)
             stepper()
             runs[layout] = (t, feats, stepper.acc.loss)
@@ -278,22 +278,22 @@ def check_feature_memo() -> Check:
         t = build_trainer("cpu", ov, data)
         with_memo = t.run()
         off = build_trainer("cpu", ov, data)
-        off.feature_memo.get = lambda *a, **k: None  # every extraction computed afresh
+        off.evaluator.memo.get = lambda *a, **k: None  # every extraction computed afresh
         without = off.run()
         timing = ("epoch_time", "pairs_per_s")
         if {k: v for k, v in with_memo.items() if k not in timing} != \
                 {k: v for k, v in without.items() if k not in timing}:
             problems.append("final metrics differ with the memo")
         enc = t.moco.encoder_q
-        a = t._extract(enc, "test", None, neck=False)
-        if t._extract(enc, "test", None, neck=False) is not a:
+        a = t.evaluator._extract(enc, "test", None, neck=False)
+        if t.evaluator._extract(enc, "test", None, neck=False) is not a:
             problems.append("no memo hit at the same state")
-        t.feature_memo.clear()
-        if not torch.equal(t._extract(enc, "test", None, neck=False), a):
+        t.evaluator.memo.clear()
+        if not torch.equal(t.evaluator._extract(enc, "test", None, neck=False), a):
             problems.append("a fresh extraction differs from the stored one")
         with torch.no_grad():
             next(enc.backbone.parameters()).add_(0.5)
-        after = t._extract(enc, "test", None, neck=False)
+        after = t.evaluator._extract(enc, "test", None, neck=False)
         if after is a or torch.equal(after, a):
             problems.append("the memo served features of other weights")
     return Check("feature memo: a run's metrics equal a run without it; served only for the same weights",

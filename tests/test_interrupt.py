@@ -219,7 +219,7 @@ def test_empty_runs_are_filled_in(store):
 def test_stale_checkpoint_temp_files_are_removed(tmp_path):
     import torch
 
-    from study import checkpoint
+    from study.train import checkpoint
 
     checkpoint.save({"epoch": 3, "w": torch.zeros(2)}, tmp_path)
     dead = subprocess.Popen(["true"])

@@ -157,6 +157,7 @@ def test_cli_badfactor_dry_run_exit_2_nothing_written(tmp_path):
 def test_local_runs_that_could_never_start(tmp_path, monkeypatch, extra, words):
     """A cell asking more than this machine has would wait in Ray forever: refused before anything runs."""
     from cluster import local
+    from study.backends import load_backend
     from study.runner import run_study
 
     monkeypatch.setenv("STUDY_NUM_CPUS", "2")
@@ -164,7 +165,7 @@ def test_local_runs_that_could_never_start(tmp_path, monkeypatch, extra, words):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     path = _write(tmp_path, _study(extra=extra))
     with pytest.raises(UserError) as err:
-        run_study(str(path), preset="smoke", dry_run=True)
+        run_study(str(path), backend=load_backend("local"), preset="smoke", dry_run=True)
     for w in words:
         assert w in str(err.value), (w, str(err.value))
     assert not (tmp_path / "mlflow.db").exists()
