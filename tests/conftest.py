@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 
 def store_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a `python -m study` whose store, run dirs and Ray files live in tmp_path."""
@@ -40,3 +42,14 @@ def write_smoke_study(tmp_path: Path, name: str, epochs: int = 2, seeds: str = "
     path = tmp_path / f"{name}.yaml"
     path.write_text(template.format(name=name, epochs=epochs, seeds=seeds))
     return path
+
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    """The smoke preset's Fashion-MNIST subset, in memory (shared by the trainer-level tests)."""
+    from study.config import build_config
+    from study.data.datasets import load_dataset
+
+    cfg = build_config("smoke")
+    return load_dataset(cfg.dataset, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
+                        image_size=cfg.image_size, seed=0)

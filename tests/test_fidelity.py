@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from study.config import PRESETS, build_config
-from study.data.datasets import epoch_batches, load_dataset
+from study.data.datasets import epoch_batches
 from study.errors import UserError
 from study.method.kmeans import kmeans
 from study.method.labels import PseudoLabels
@@ -26,11 +26,6 @@ from study.method.sampling import STRATEGIES, cluster_index, inter_sample
 from study.train.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
-def smoke_data():
-    cfg = build_config("smoke")
-    return load_dataset(cfg.dataset, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
-                        image_size=cfg.image_size, seed=0)
 
 
 def _cfg(**kw):

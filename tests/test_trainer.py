@@ -8,17 +8,10 @@ import json
 import pytest
 import torch
 
-from study.train import checkpoint as ckpt
 from study.config import build_config
-from study.data.datasets import load_dataset
+from study.train import checkpoint as ckpt
 from study.train.trainer import Trainer, TrainingDiverged
 
-
-@pytest.fixture(scope="module")
-def smoke_data():
-    cfg = build_config("smoke")
-    return load_dataset(cfg.dataset, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
-                        image_size=cfg.image_size, seed=0)
 
 
 def _cfg(**kw):
