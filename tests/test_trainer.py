@@ -13,7 +13,6 @@ from study.train import checkpoint as ckpt
 from study.train.trainer import Trainer, TrainingDiverged
 
 
-
 def _cfg(**kw):
     return build_config("smoke", {"threads": 1, **kw})
 
