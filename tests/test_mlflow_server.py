@@ -132,6 +132,7 @@ def _check_artifacts(server, tmp_path, runs):
 
 @needs_server
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the first test of the module also waits for the server's new schema
 def test_smoke_study_against_the_server(tmp_path, server):
     path = write_smoke_study(tmp_path, "srv-local", epochs=1, seeds="[0]")
     res = _study(["run", str(path), "--preset", "smoke"], _env(tmp_path, server))
@@ -146,6 +147,7 @@ def test_smoke_study_against_the_server(tmp_path, server):
 @needs_server
 @needs_slurm
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a SLURM job (Ray start-up on the node) on top of the study
 def test_smoke_study_against_the_server_through_slurm(tmp_path, server, jobs):
     path = write_smoke_study(tmp_path, "srv-slurm", epochs=1, seeds="[0]")
     res = _study(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--wait", "--cpus-per-task", "2",
