@@ -580,20 +580,26 @@ def _kill_node(node: str, job_id: str) -> None:
 @pytest.mark.slow
 def test_node_lost_mid_study_is_named_and_resumable(store, jobs):
     """A 2-node study whose second node dies mid-study (slurmd and the job's processes there killed):
-    the head names the lost node and stops; with the node back, the same command (or SLURM's own
-    requeue of the job) finishes the study with every cell once."""
+    once Ray declares the node dead the head names it and stops; with the node back, the same command
+    (or SLURM's own requeue of the job) finishes the study with every cell once. When Tune's retry of
+    the killed trial on node0 finishes the study first, there is nothing lost: every cell ends once."""
     name = "slurm-2n-lost"
     tmp_path, env = store
     client, job_id, folder = _submit_until_mid_study(store, jobs, name, "--nodes", "2")
     log_path = folder / f"{job_id}_0_log.out"
     try:
         _kill_node("node1", job_id)
-        _wait_until(lambda: "lost node node1 mid-study" in log_path.read_text(), 120, "the head to name the node",
-                    lambda: log_path.read_text()[-2000:])
-        _wait_until(lambda: _state(job_id) != "RUNNING", 120, "the job to stop", lambda: _state(job_id))
+        # Ray declares a node dead after its health checks fail (tens of seconds); Tune may retry the
+        # killed trial on node0 and finish first. Either way the job must stop, and every cell end once.
+        _wait_until(lambda: _state(job_id) != "RUNNING", 240, "the job to stop",
+                    lambda: f"{_state(job_id)}; {log_path.read_text()[-2000:]}")
     finally:
         subprocess.run(["bash", str(REPO / "cluster" / "slurm_setup.sh"), "start-node", "node1"], check=True,
                        timeout=120)
+    if "lost node node1 mid-study" not in log_path.read_text():
+        # the study finished on node0 before node1 was declared dead: nothing to name, nothing lost
+        _check_complete(client, name, 4)
+        return
     assert any(r.info.status != "FINISHED" for r in _cell_runs(client, name))
     if _state(job_id) == "PENDING":  # SLURM requeued the job after the node failure: it restores
         log = _release_and_finish(job_id, folder)
