@@ -53,3 +53,12 @@ def smoke_data():
     cfg = build_config("smoke")
     return load_dataset(cfg.dataset, train_subset=cfg.train_subset, test_subset=cfg.test_subset,
                         image_size=cfg.image_size, seed=0)
+
+
+@pytest.fixture
+def isolated_store(tmp_path, monkeypatch):
+    """This process's MLflow store, run dirs, Ray files and artifacts in tmp_path (store_env's variables)."""
+    env = store_env(tmp_path)
+    for key in ("MLFLOW_TRACKING_URI", "STUDY_RUN_ROOT", "STUDY_RAY_RESULTS", "STUDY_ARTIFACT_ROOT"):
+        monkeypatch.setenv(key, env[key])
+    return tmp_path

@@ -33,10 +33,8 @@ presets:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("STUDY_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
-    return tmp_path
+def store(isolated_store):
+    return isolated_store
 
 
 def _write(tmp_path, name="adapt", seeds="[0, 1, 2]"):

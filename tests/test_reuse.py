@@ -89,12 +89,8 @@ presets:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("STUDY_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("STUDY_RUN_ROOT", str(tmp_path / "runs"))
-    monkeypatch.setenv("STUDY_RAY_RESULTS", str(tmp_path / "ray"))
-    return tmp_path
+def store(isolated_store):
+    return isolated_store
 
 
 def _write(tmp_path, name, extra="recluster_every: 1"):
