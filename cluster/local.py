@@ -105,7 +105,10 @@ class LocalBackend:
         self.keep_ray = False  # True once a batch ran: one local Ray for every batch
 
     def check(self, study: Study) -> None:
+        from cluster.tune_run import load_trial
+
         check_local(study)  # what would wait or fail forever on this machine
+        load_trial()  # a $STUDY_TRIAL that names nothing: an error now, not in every trial
 
     def describe(self, study: Study) -> None:
         return None

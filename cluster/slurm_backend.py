@@ -17,8 +17,10 @@ class SlurmBackend:
 
     def check(self, study: Study) -> None:
         from cluster.slurm import check_options
+        from cluster.tune_run import load_trial
 
         check_options(self.options)
+        load_trial()  # a $STUDY_TRIAL that names nothing: an error now, not in the job
 
     def describe(self, study: Study) -> str:
         from cluster.slurm import describe_submission

@@ -10,8 +10,11 @@ lazily, so parsing a study file never touches it.
   The checkpoint Tune persists is a small pointer (run directory, epoch);
   the payload is the trainer's own atomic checkpoint in the run directory,
   which saves copying a whole memory bank every epoch. A restored or retried
-  trial resumes from it, and a resumed trainer first replays its history,
-  so an epoch whose report was lost in a kill is reported again.
+  trial resumes from it. A trial first reports again the epochs its run
+  directory's ``metrics.jsonl`` holds (:meth:`TrialReporter.replay`), so an
+  epoch whose report was lost in a kill still reaches MLflow.
+- The trial function is a seam (:func:`load_trial`): ``$STUDY_TRIAL`` names
+  another one, such as the fake trial the scheduler tests run in seconds.
 - The MLflow writer is a driver-side Tune callback keyed by ``cell_id``
   (Ray's stock ``MLflowLoggerCallback`` opens a new run for every restored
   trial); it skips steps already stored. It tags each cell's run with the
@@ -104,44 +107,102 @@ class CostMeter:
         return out
 
 
+class TrialReporter:
+    """What every trial function reports through: one per trial attempt.
+
+    ``epoch(e, metrics)`` sends an epoch's metrics to Tune with a pointer checkpoint (run
+    directory, epoch) and saves the cost so far; ``final(metrics)`` sends the end result with
+    the cell's cost. ``replay()`` sends again every epoch the run directory's ``metrics.jsonl``
+    holds: an epoch whose report was lost when an earlier attempt was killed still reaches the
+    MLflow callback, which skips the steps it already stored.
+    """
+
+    def __init__(self, payload: dict, on_gpu: bool = False):
+        self.run_dir = Path(payload["run_dir"])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cost = CostMeter(self.run_dir, float(payload.get("gpus", 0.0)), on_gpu)
+        self.node = node_name()
+
+    def epoch(self, epoch: int, metrics: dict, _out=None) -> None:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(self.run_dir), "epoch": epoch}))
+            self.cost.save()
+            tune.report({**_numeric(metrics), "epoch": epoch, "final": 0, "node": self.node},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def replay(self) -> int:
+        """Report the epochs of ``metrics.jsonl`` again; how many there were."""
+        path = self.run_dir / METRICS_FILE
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in lines:
+            m = json.loads(line)
+            self.epoch(int(m["epoch"]), m)
+        return len(lines)
+
+    def final(self, metrics: dict) -> None:
+        from ray import tune
+
+        tune.report({**_numeric(metrics), **self.cost.save(), "final": 1, "node": self.node})
+
+
+METRICS_FILE = "metrics.jsonl"  # the trainer's per-epoch history (study.train.trainer), one JSON per line
+
+
 def cell_trial(config: dict) -> None:
     """The Tune function trainable: train one cell, reporting every epoch."""
     import torch
-    from ray import tune
 
     from study.config import TrainConfig
     from study.train.trainer import Trainer
 
     payload = config["cell"]
-    run_dir = Path(payload["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
     values = dict(payload["config"], threads=payload["threads"], progress=False)
     cfg = TrainConfig(**values)
     torch.set_num_threads(payload["threads"])
-    log_file = open(run_dir / "train.log", "a", buffering=1)
     on_gpu = payload.get("gpus", 0) > 0 and torch.cuda.is_available() and (cfg.device == "auto" or cfg.device.startswith("cuda"))
-    cost = CostMeter(run_dir, float(payload.get("gpus", 0.0)), on_gpu)
+    reporter = TrialReporter(payload, on_gpu)
+    reporter.replay()
+    log_file = open(reporter.run_dir / "train.log", "a", buffering=1)
 
     def log(msg: str) -> None:
         log_file.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
 
-    node = node_name()
-
-    def report(epoch: int, metrics: dict, _out) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(run_dir), "epoch": epoch}))
-            cost.save()
-            tune.report({**_numeric(metrics), "epoch": epoch, "final": 0, "node": node},
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
-
     try:
-        final = Trainer(cfg, run_dir, callback=report, log=log, replay=True).run()
+        final = Trainer(cfg, reporter.run_dir, callback=reporter.epoch, log=log).run()
     except Exception:
         log(traceback.format_exc())
         raise
     finally:
         log_file.close()
-    tune.report({**_numeric(final), **cost.save(), "final": 1, "node": node})
+    reporter.final(final)
+
+
+TRIAL_ENV = "STUDY_TRIAL"
+
+
+def load_trial(spec: str | None = None):
+    """The trial function Tune runs for every cell: :func:`cell_trial`, or ``spec`` / ``$STUDY_TRIAL``
+    given as ``module:function`` (the seam the scheduler tests use with
+    :func:`cluster.fake_trial.fake_trial`). The function takes the trial config ``{"cell": payload}``
+    (:func:`trial_payload`) and reports through a :class:`TrialReporter`.
+
+    Raises UserError naming ``$STUDY_TRIAL`` when the function cannot be imported."""
+    spec = spec if spec is not None else os.environ.get(TRIAL_ENV)
+    if not spec:
+        return cell_trial
+    import importlib
+
+    from study.errors import UserError
+
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UserError(f"cannot load the trial function '{spec}' ({err}); expected module:function",
+                        source=f"${TRIAL_ENV}") from None
+    return fn
 
 
 def _numeric(metrics: dict) -> dict:
@@ -259,7 +320,7 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
     param_space = {"cell": tune.grid_search([trial_payload(c, run_root / c.cell_id, threads, study.resources.gpus)
                                                for c in cells])}
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}
-    trainable = tune.with_resources(cell_trial, resources)
+    trainable = tune.with_resources(load_trial(), resources)
     callbacks = _tune_callbacks(study, tracker, parent_id, by_id, len(study.cells), done_before)
     exp_path = storage_path / experiment_name
     if restore and tune.Tuner.can_restore(str(exp_path)):

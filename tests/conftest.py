@@ -17,6 +17,14 @@ def store_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def fake_trial_env(env: dict[str, str], **behaviour) -> dict[str, str]:
+    """``env`` with the cells run by :func:`cluster.fake_trial.fake_trial` (made-up metrics, in
+    milliseconds) told ``behaviour`` (its keys: epoch_s, fail, fail_once, fail_epoch, hang, means, noise)."""
+    import json
+
+    return dict(env, STUDY_TRIAL="cluster.fake_trial:fake_trial", STUDY_FAKE_TRIAL=json.dumps(behaviour))
+
+
 def store_client(tmp_path: Path):
     from mlflow.tracking import MlflowClient
 

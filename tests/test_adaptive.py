@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import store_client, store_env
+from conftest import fake_trial_env, store_client, store_env
 from study import adaptive
 from study.studyfile import load_study
 from study.tracking import FINISHED, StudyTracker
@@ -166,9 +166,9 @@ def test_bad_limits_are_one_clear_error(store):
 
 @pytest.mark.slow
 def test_until_decided_through_tune(tmp_path):
-    """The real command: Ray Tune, the smoke preset, MLflow. One base seed, at most 2: the open comparison's
-    two levels get seed 1, the third level does not."""
-    env = store_env(tmp_path, STUDY_NUM_CPUS="2")
+    """The real command: Ray Tune, the smoke preset, MLflow, with the fake trial's cells. One base seed,
+    at most 2: the open comparison's two levels get seed 1, the third level does not."""
+    env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"))
     path = _write(tmp_path, "tuned", seeds="[0]")
     res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke", "--until-decided",
                           "--max-seeds", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import store_client, store_env, write_smoke_study
+from conftest import fake_trial_env, store_client, store_env, write_smoke_study
 from study.errors import UserError
 from study.interrupt import StopSignals, StudyInterrupted
 from study.studyfile import cell_params, load_study
@@ -332,7 +332,7 @@ def _start_and_signal(path: Path, env: dict, tmp_path: Path, sig: int, group: bo
     try:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.3)
-            if run_dirs.exists() and any((d / "checkpoint.pt").exists() for d in run_dirs.iterdir()):
+            if run_dirs.exists() and any((d / "metrics.jsonl").exists() for d in run_dirs.iterdir()):
                 started = True
                 break
         assert started and proc.poll() is None, "the study ended (or never reached a cell) before the signal"
@@ -351,6 +351,7 @@ def _start_and_signal(path: Path, env: dict, tmp_path: Path, sig: int, group: bo
 @pytest.mark.slow
 def test_ctrl_c_marks_runs_and_the_same_command_resumes(store):
     tmp_path, env = store
+    env = fake_trial_env(env, epoch_s=0.5)  # the driver's side is under test, not what a cell trains
     path = write_smoke_study(tmp_path, "ctrlc", epochs=3, seeds="[0]")
     code, out = _start_and_signal(path, env, tmp_path, signal.SIGINT, group=True)
     assert code == 130, out
@@ -381,6 +382,7 @@ def test_ctrl_c_marks_runs_and_the_same_command_resumes(store):
 @pytest.mark.slow
 def test_sigterm_to_the_driver_is_graceful_and_empty_runs_are_completed(store):
     tmp_path, env = store
+    env = fake_trial_env(env, epoch_s=0.5)
     path = write_smoke_study(tmp_path, "term", epochs=2, seeds="[0]")
     study = load_study(path, "smoke")
     # a driver killed right after creating runs left the parent and a cell run empty

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import store_env, write_smoke_study
+from conftest import fake_trial_env, store_env, write_smoke_study
 from test_slurm import (UNEVEN_STUDY, _cell_runs, _check_complete, _mid_study, _wait_until, jobs,  # noqa: F401
                         needs_slurm)
 
@@ -109,10 +109,12 @@ def server(tmp_path_factory):
 
 
 def _env(tmp_path, server, **extra):
+    """The store is the server; the cells are the fake trial's (what is under test is the store's
+    traffic, not what a cell trains), 2 s an epoch so a mid-study moment lasts seconds."""
     env = store_env(tmp_path, STUDY_SLURM_LOGS=str(tmp_path / "slurm_logs"), STUDY_SLURM_POLL="1", **extra)
     env["MLFLOW_TRACKING_URI"] = server.uri
     env.pop("STUDY_SLURM_CONFIG", None)
-    return env
+    return fake_trial_env(env, epoch_s=2.0)
 
 
 def _study(args, env, timeout=400):

@@ -9,6 +9,10 @@
   the running job mid-study; cancel a job and resume it by running the same
   command again. Each ends with every cell FINISHED exactly once and no
   metric step logged twice.
+
+The job and scheduler tests run the fake trial (:mod:`cluster.fake_trial`):
+what they test is the job, Ray and SLURM, not what a cell trains. One real
+study trains real cells on SLURM: the two-node study.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMOKE_STUDY, store_client, store_env, write_smoke_study
+from conftest import SMOKE_STUDY, fake_trial_env, store_client, store_env, write_smoke_study
 from study.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,12 +53,17 @@ SLURM_MISSING = _slurm_unavailable()
 needs_slurm = pytest.mark.skipif(SLURM_MISSING is not None, reason=str(SLURM_MISSING))
 
 
-@pytest.fixture
-def store(tmp_path):
+def _slurm_env(tmp_path, **fake) -> dict:
     env = store_env(tmp_path, STUDY_SLURM_LOGS=str(tmp_path / "slurm_logs"), STUDY_SLURM_POLL="1",
                     STUDY_RAY_JOIN_TIMEOUT="60")
     env.pop("STUDY_SLURM_CONFIG", None)
-    return tmp_path, env
+    # each epoch of a fake cell takes a second: the mid-study moments last seconds, not a poll's race
+    return fake_trial_env(env, **{"epoch_s": 1.0, **fake})
+
+
+@pytest.fixture
+def store(tmp_path):
+    return tmp_path, _slurm_env(tmp_path)
 
 
 # For the mid-study tests: short cells finish while long ones are still training, so the moment
@@ -297,7 +306,7 @@ def test_job_code_path_through_submitit_local_executor(store, monkeypatch):
 
     tmp_path, env = store
     for key in ("MLFLOW_TRACKING_URI", "STUDY_RUN_ROOT", "STUDY_RAY_RESULTS", "STUDY_ARTIFACT_ROOT",
-                "STUDY_RAY_JOIN_TIMEOUT"):
+                "STUDY_RAY_JOIN_TIMEOUT", "STUDY_TRIAL", "STUDY_FAKE_TRIAL"):
         monkeypatch.setenv(key, env[key])
     path = _write_study(tmp_path, "local-job", epochs=1)
     study = load_study(path, "smoke")
@@ -378,25 +387,6 @@ def jobs():
             shutil.rmtree(path, ignore_errors=True)
 
 
-@needs_slurm
-@pytest.mark.slow
-def test_submit_and_wait(store, jobs):
-    tmp_path, env = store
-    path = _write_study(tmp_path, "slurm-wait", epochs=2)
-    res = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--wait", "--cpus-per-task", "2",
-                "--time", "10"], env)
-    jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert jobs and "log:" in res.stdout and "python -m study status" in res.stdout
-    assert "finished 2/2" in res.stdout
-    log = Path(re.search(r"log:\s+(\S+)", res.stdout).group(1))
-    assert log.is_file() and str(log).startswith(str(tmp_path / "slurm_logs" / "slurm-wait"))
-    assert "Ray head with 2 CPUs" in log.read_text()
-    _check_complete(_client(tmp_path), "slurm-wait", 2, 2)
-    again = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--wait"], env)
-    assert again.returncode == 0 and "2 finished, nothing to submit" in again.stdout, again.stdout
-
-
 def _submit_until_mid_study(store, jobs, name, *extra):
     """Submit the uneven study and wait until one cell finished and another is mid-training."""
     tmp_path, env = store
@@ -425,41 +415,15 @@ def _release_and_finish(job_id, folder) -> str:
 
 @needs_slurm
 @pytest.mark.slow
-def test_requeue_mid_study_finishes_each_cell_once(store, jobs):
-    name = "slurm-requeue"
-    tmp_path = store[0]
-    client, job_id, folder = _submit_until_mid_study(store, jobs, name)
-    finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _cell_runs(client, name)
-                       if r.info.status == "FINISHED"}
-    trained_before = _trained_state(tmp_path, name, finished_before)
-    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
-    _wait_until(lambda: _state(job_id) == "PENDING", 60, "the requeued job to be pending")
-    log = _release_and_finish(job_id, folder)
-    assert f"job {job_id} attempt 0" in log and f"job {job_id} attempt 1" in log, log[-3000:]
-    runs = _check_complete(client, name, 4)
-    for r in runs:
-        cid = r.data.tags["cell_id"]
-        if cid in finished_before:  # the same run, not trained again
-            assert r.info.run_id == finished_before[cid]
-    assert _trained_state(tmp_path, name, finished_before) == trained_before
-
-
-@needs_slurm
-@pytest.mark.slow
-def test_usr2_signal_requeues_through_submitit(store, jobs):
-    """The signal SLURM sends ``signal_delay_s`` before the time limit (USR2, what submitit's
-    ``_interrupt(timeout=True)`` sends): the job checkpoints itself (resubmits the same job object),
-    requeues itself, and the next attempt restores the Tune experiment."""
-    _signals_requeue(store, jobs, "slurm-usr2", ["USR2"])
-
-
-@needs_slurm
-@pytest.mark.slow
 def test_preemption_sigterm_then_usr2_requeues(store, jobs):
     """Preemption as submitit's ``_interrupt(timeout=False)`` sends it: SIGTERM to every process of
     the job step (Ray's GCS, raylet and trial workers die with it), then USR2. The driver, whose
     Tune loop runs in a thread, handles both at once: the cells killed with Ray are not marked
-    failed, the job requeues itself and the next attempt restores, every cell once."""
+    failed, the job requeues itself and the next attempt restores, every cell once.
+
+    USR2 is also the signal SLURM sends ``signal_delay_s`` before the time limit (submitit's
+    ``_interrupt(timeout=True)``): its path (the job checkpoints itself, resubmits the same job
+    object, requeues, and the next attempt restores the Tune experiment) is the second half of this."""
     log = _signals_requeue(store, jobs, "slurm-preempt", ["TERM", "USR2"])
     assert "SIGTERM: SLURM is stopping this job" in log, log[-3000:]
 
@@ -517,18 +481,27 @@ needs_two_nodes = pytest.mark.skipif(SLURM_MISSING is not None or _slurm_nodes_u
 @pytest.mark.slow
 def test_two_node_study_uses_both_nodes(store, jobs):
     """``--nodes 2``: the Ray head on the first node, the second node's Ray joins it; the four
-    one-CPU cells fill both nodes' CPUs, so each node trains some (the `node` tag), every cell once."""
+    one-CPU cells fill both nodes' CPUs, so each node trains some (the `node` tag), every cell once.
+    The one SLURM study whose cells train for real (the trainer on SLURM, end to end)."""
     tmp_path, env = store
+    env = {k: v for k, v in env.items() if k not in ("STUDY_TRIAL", "STUDY_FAKE_TRIAL")}
     path = _write_study(tmp_path, "slurm-2n", epochs=1, seeds="[0, 1]")
     res = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--nodes", "2", "--wait",
                 "--cpus-per-task", "2", "--time", "10"], env)
     jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "2 node(s) x 2 CPUs" in res.stdout and "finished 4/4" in res.stdout, res.stdout
-    log = Path(re.search(r"log:\s+(\S+)", res.stdout).group(1)).read_text()
+    assert "log:" in res.stdout and "python -m study status" in res.stdout
+    log_path = Path(re.search(r"log:\s+(\S+)", res.stdout).group(1))
+    assert log_path.is_file() and str(log_path).startswith(str(tmp_path / "slurm_logs" / "slurm-2n"))
+    log = log_path.read_text()
+    assert "Ray head with 2 CPUs" in log
     assert "2 node(s), 4 CPUs" in log, log[-3000:]  # both Ray nodes joined before the study started
     runs = _check_complete(_client(tmp_path), "slurm-2n", 4, 1)
     assert {r.data.tags.get("node") for r in runs} == {"node0", "node1"}, [r.data.tags for r in runs]
+    # the same command again finds every cell finished and submits nothing
+    again = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--nodes", "2", "--wait"], env)
+    assert again.returncode == 0 and "4 finished, nothing to submit" in again.stdout, again.stdout
 
 
 @needs_two_nodes
@@ -543,7 +516,8 @@ def test_two_node_requeue_mid_study_finishes_each_cell_once(store, jobs):
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
     _wait_until(lambda: _state(job_id) == "PENDING", 60, "the requeued job to be pending")
     log = _release_and_finish(job_id, folder)
-    assert "attempt 1" in log and "restoring it" in log and "2 node(s), 4 CPUs" in log, log[-3000:]
+    assert f"job {job_id} attempt 0" in log and f"job {job_id} attempt 1" in log, log[-3000:]
+    assert "restoring it" in log and "2 node(s), 4 CPUs" in log, log[-3000:]
     runs = _check_complete(client, name, 4)
     for r in runs:
         if r.data.tags["cell_id"] in finished_before:
@@ -578,28 +552,28 @@ def _kill_node(node: str, job_id: str) -> None:
 
 @needs_two_nodes
 @pytest.mark.slow
-def test_node_lost_mid_study_is_named_and_resumable(store, jobs):
+def test_node_lost_mid_study_is_named_and_resumable(tmp_path, jobs):
     """A 2-node study whose second node dies mid-study (slurmd and the job's processes there killed):
     once Ray declares the node dead the head names it and stops; with the node back, the same command
-    (or SLURM's own requeue of the job) finishes the study with every cell once. When Tune's retry of
-    the killed trial on node0 finishes the study first, there is nothing lost: every cell ends once."""
+    (or SLURM's own requeue of the job) finishes the study with every cell once.
+
+    The cells are long (4 s an epoch) and Ray's health check short (a node is dead after 3 missed
+    checks 1 s apart, instead of about 30 s), so Ray declares the node dead long before Tune's retry of
+    the killed trial on node0 could finish the study: the head's naming path is the one taken."""
     name = "slurm-2n-lost"
-    tmp_path, env = store
-    client, job_id, folder = _submit_until_mid_study(store, jobs, name, "--nodes", "2")
+    env = dict(_slurm_env(tmp_path, epoch_s=4.0), RAY_health_check_period_ms="1000",
+               RAY_health_check_timeout_ms="1000", RAY_health_check_failure_threshold="3")
+    client, job_id, folder = _submit_until_mid_study((tmp_path, env), jobs, name, "--nodes", "2")
     log_path = folder / f"{job_id}_0_log.out"
     try:
         _kill_node("node1", job_id)
-        # Ray declares a node dead after its health checks fail (tens of seconds); Tune may retry the
-        # killed trial on node0 and finish first. Either way the job must stop, and every cell end once.
         _wait_until(lambda: _state(job_id) != "RUNNING", 240, "the job to stop",
                     lambda: f"{_state(job_id)}; {log_path.read_text()[-2000:]}")
     finally:
         subprocess.run(["bash", str(REPO / "cluster" / "slurm_setup.sh"), "start-node", "node1"], check=True,
                        timeout=120)
-    if "lost node node1 mid-study" not in log_path.read_text():
-        # the study finished on node0 before node1 was declared dead: nothing to name, nothing lost
-        _check_complete(client, name, 4)
-        return
+    log = log_path.read_text()
+    assert "lost node node1 mid-study" in log, log[-3000:]
     assert any(r.info.status != "FINISHED" for r in _cell_runs(client, name))
     if _state(job_id) == "PENDING":  # SLURM requeued the job after the node failure: it restores
         log = _release_and_finish(job_id, folder)

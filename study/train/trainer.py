@@ -155,12 +155,8 @@ class Trainer:
         callback: EpochCallback | None = None,
         data: ImageData | None = None,
         log: Callable[[str], None] | None = None,
-        replay: bool = False,
     ):
         self.cfg = cfg
-        # on resume, hand the stored history to the callback again (it dedupes by epoch),
-        # so an epoch whose report was lost in a kill still reaches the tracker
-        self.replay = replay
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else None
         self.callback = callback
         self.log = log or (lambda msg: print(msg, flush=True))
@@ -486,9 +482,11 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.out_dir is None or self.rank != 0:
             return
-        ckpt.save(self.state_dict(), self.out_dir)
+        # the history first: metrics.jsonl always holds every epoch the checkpoint holds, so a
+        # caller that reports it again on resume (cluster.tune_run.TrialReporter) misses none
         lines = "".join(json.dumps(m) + "\n" for m in self.history)
         ckpt.atomic_write_text(self.out_dir / "metrics.jsonl", lines)
+        ckpt.save(self.state_dict(), self.out_dir)
 
     # ------------------------------------------------------------------ run
     def _final(self) -> dict:
@@ -518,9 +516,6 @@ class Trainer:
                     self.history = list(state["history"])
                 else:
                     self.load_state_dict(state)
-                if self.replay and self.callback is not None and self.rank == 0:
-                    for m in self.history:
-                        self.callback(m["epoch"], m, self.out_dir)
                 if finished:
                     self.log(f"{self.out_dir}: already finished")
                     return json.loads(final_path.read_text())
