@@ -3,8 +3,8 @@ runs the study inside it (``python -m study run STUDY.yaml --cluster slurm``).
 
 The entry point of the SLURM backend; its parts, by concern:
 
-- :mod:`cluster.slurm_options`: the cluster config file and the flags, checked without
-  importing submitit or ray, and their mapping to sbatch;
+- :mod:`cluster.slurm_options`: the cluster config file and the flags (a strict pydantic
+  schema), checked without importing submitit or ray, and their mapping to sbatch;
 - :mod:`cluster.slurm_submit`: submitting the one job and following it (``--wait``);
 - :mod:`cluster.slurm_job`: what runs on the job's nodes (the Ray head and workers, the Tune
   driver, preemption and requeue, lost nodes).

@@ -172,6 +172,57 @@ def test_bad_options_are_one_user_error(tmp_path, body, overrides, extra, words)
         assert word in str(err.value), (word, str(err.value))
 
 
+@pytest.mark.parametrize("key, text", [("account", "0123"), ("partition", "123"), ("qos", "1.5"),
+                                       ("constraint", "7")])
+def test_a_number_where_a_name_belongs_says_to_quote_it(tmp_path, key, text):
+    """YAML 1.2 reads `account: 0123` as the number 123: the name as written is lost, so a number
+    for a name is one error that says to quote it; quoted, the text is kept exactly."""
+    from cluster.slurm_options import check_options
+
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"{key}: {text}\n")
+    with pytest.raises(UserError) as err:
+        check_options(_options(str(path)))
+    msg = str(err.value)
+    assert str(path) in msg and f"key '{key}'" in msg and "in quotes" in msg and "\n" not in msg, msg
+    path.write_text(f'{key}: "{text}"\n')
+    assert check_options(_options(str(path)))[key] == text
+
+
+def test_flag_values_are_strings_converted_by_the_schema(tmp_path):
+    """The command line gives strings: whole numbers, times and memory are converted, names keep
+    their exact text (--account 0123 stays 0123); the flag, not a key, is named in errors."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from cluster.slurm_options import check_options, executor_parameters
+
+    values = check_options(_options(overrides={"account": "0123", "partition": "123", "nodes": "2", "time": "45",
+                                               "mem": "16g", "cpus_per_task": "4"}))
+    assert (values["account"], values["partition"], values["nodes"], values["time"], values["mem"],
+            values["cpus_per_task"]) == ("0123", "123", 2, 45, "16G", 4)
+    script = _make_sbatch_string(command="python job.py", folder=tmp_path, **executor_parameters(values, "s"))
+    assert "#SBATCH --account=0123" in script.splitlines() and "#SBATCH --partition=123" in script.splitlines()
+    with pytest.raises(UserError, match=r"^--nodes: expected a whole number >= 1 \(got '0'\)$"):
+        check_options(_options(overrides={"nodes": "0"}))
+    with pytest.raises(UserError, match=r"^--partition: expected a name without spaces"):
+        check_options(_options(overrides={"partition": "a b"}))
+
+
+def test_options_schema_is_strict_and_keeps_its_help():
+    """One pydantic model: every key has its help text (the example config file shows each key),
+    and a value of the wrong type is refused even from Python (no silent conversion)."""
+    from pydantic import ValidationError
+
+    from cluster.slurm_options import OPTION_KEYS, SlurmOptions
+    from study.files import read_yaml
+
+    assert all(SlurmOptions.model_fields[k].description for k in OPTION_KEYS)
+    assert set(read_yaml(REPO / "cluster" / "slurm.example.yaml", "cluster config file")) == set(OPTION_KEYS)
+    for bad in ({"nodes": True}, {"nodes": "2"}, {"time": 0}, {"mem": 1.5}, {"partition": 5}, {"nodess": 2}):
+        with pytest.raises(ValidationError):
+            SlurmOptions.model_validate(bad)
+
+
 def test_cli_rejects_bad_options_before_writing_anything(store):
     """Exit 2, one line, no store and no log folder; and nothing of SLURM imported while checking."""
     tmp_path, env = store
@@ -184,6 +235,11 @@ def test_cli_rejects_bad_options_before_writing_anything(store):
     assert len(lines) == 1 and "cpu_per_task" in lines[0] and "did you mean 'cpus_per_task'" in lines[0], lines
     res = _run(["run", str(study), "--preset", "smoke", "--cluster", "slurm", "--time", "soon"], env)
     assert res.returncode == 2 and "--time" in res.stderr
+    (tmp_path / "c.yaml").write_text("account: 0123\n")
+    res = _run(["run", str(study), "--preset", "smoke", "--cluster", "slurm", "--slurm-config",
+                str(tmp_path / "c.yaml")], env)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "key 'account'" in lines[0] and "in quotes" in lines[0], lines
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "slurm_logs").exists()
     assert not (tmp_path / "runs").exists()
     probe = ("import sys\nfrom study.studyfile import load_study\nfrom cluster.slurm_options import check_options\n"
