@@ -285,6 +285,11 @@ def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def unknown_key(key: str, allowed: list[str] | tuple[str, ...]) -> str:
+    """The message for a key a schema does not have: a "did you mean" and the allowed keys."""
+    return f"unknown key{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})"
+
+
 def parse_value(text: str, source: str = "--set") -> Any:
     """A ``--set`` value, read by the study files' YAML 1.2 rules (:func:`study.files.parse_scalar`):
     ``3``, ``0.5``, ``1e-3``, ``-0.5``, ``true``, ``off`` (a string), ``[8, 16]``."""
@@ -309,19 +314,22 @@ def parse_sets(items: list[str] | None, *, source: str = "--set") -> dict[str, A
 def check_keys(keys, *, source: str) -> None:
     for key in keys:
         if key not in CONFIG_KEYS:
-            raise UserError(
-                f"unknown key{did_you_mean(key, CONFIG_KEYS)} "
-                f"(allowed: {', '.join(sorted(CONFIG_KEYS))})",
-                source=source,
-                key=key,
-            )
+            raise UserError(unknown_key(key, sorted(CONFIG_KEYS)), source=source, key=key)
 
 
-def _pydantic_message(err: ValidationError) -> tuple[str, str | None]:
-    """The first error of a pydantic ValidationError as (message, key)."""
-    first = err.errors()[0]
+def pydantic_message(err: ValidationError, allowed: list[str] | tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """The error of a pydantic ValidationError to report, as (message, key): an unknown key first
+    (``allowed``: the schema's keys, for its "did you mean"), else the first error.
+
+    The one message style of the toolkit's schemas (the run config, the SLURM options): the
+    key, what is allowed or the range, and the value given.
+    """
+    errors = err.errors()
+    first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
     loc = [str(p) for p in first.get("loc", ()) if not isinstance(p, int)]
     key = loc[0] if loc else None
+    if first.get("type") == "extra_forbidden" and key is not None:
+        return unknown_key(key, allowed), key
     msg = first.get("msg", str(err))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -368,7 +376,7 @@ def build_config(
     try:
         cfg = TrainConfig(**values)
     except ValidationError as err:
-        msg, key = _pydantic_message(err)
+        msg, key = pydantic_message(err, sorted(CONFIG_KEYS))
         if key and msg.startswith("key '"):
             # invariant errors already name their key
             raise UserError(msg, source=source) from None

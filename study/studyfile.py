@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from study.canonical import canonical_config
-from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean
+from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean, unknown_key
 from study.errors import UserError
 from study.files import read_yaml
 
@@ -240,7 +240,7 @@ def _format_validation(err: ValidationError) -> tuple[str, str]:
         options: tuple[str, ...] = tuple(parent.model_fields)
         if len(first["loc"]) > 1 and first["loc"][0] == "presets":
             options = tuple(PresetSpec.model_fields) + tuple(Resources.model_fields)
-        msg = f"unknown key{did_you_mean(field, options)} (allowed: {', '.join(options)})"
+        msg = unknown_key(field, options)
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         msg = f"{msg} (got {first['input']!r})"
     return msg, loc

@@ -181,11 +181,11 @@ def test_until_decided_through_tune(tmp_path):
 
 
 def test_a_slurm_job_runs_exactly_its_batch(tmp_path):
-    """The SLURM job of one batch (cluster.slurm.StudyJob, pickled to the job) expands the file at the
+    """The SLURM job of one batch (cluster.slurm_job.StudyJob, pickled to the job) expands the file at the
     batch's seeds and keeps only its cells."""
     import pickle
 
-    from cluster.slurm import StudyJob
+    from cluster.slurm_job import StudyJob
 
     path = _write(tmp_path)
     full = load_study(path, "smoke", seeds=[0, 1, 2, 3, 4])

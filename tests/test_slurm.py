@@ -124,7 +124,7 @@ def _options(config_file=None, overrides=None, extra=None):
 def test_example_config_and_overrides_map_to_sbatch(tmp_path):
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from cluster.slurm import check_options, executor_parameters
+    from cluster.slurm_options import check_options, executor_parameters
 
     values = check_options(_options(str(REPO / "cluster" / "slurm.example.yaml"),
                                     {"nodes": "3", "time": "1:30:00", "partition": "debug"},
@@ -143,7 +143,7 @@ def test_example_config_and_overrides_map_to_sbatch(tmp_path):
 @pytest.mark.parametrize("value, minutes", [(45, 45), ("45", 45), ("5:30", 6), ("2:00:00", 120), ("1-0", 1440),
                                             ("1-02:30", 1590), ("0-00:00:30", 1)])
 def test_time_limits(value, minutes):
-    from cluster.slurm import parse_time_minutes
+    from cluster.slurm_options import parse_time_minutes
 
     assert parse_time_minutes(value) == minutes
 
@@ -161,7 +161,7 @@ def test_time_limits(value, minutes):
     ("extra: {output: x.log}\n", {}, {}, ["'extra'", "set by submitit"]),
 ])
 def test_bad_options_are_one_user_error(tmp_path, body, overrides, extra, words):
-    from cluster.slurm import check_options
+    from cluster.slurm_options import check_options
 
     path = tmp_path / "cluster.yaml"
     if body is not None:
@@ -170,6 +170,57 @@ def test_bad_options_are_one_user_error(tmp_path, body, overrides, extra, words)
         check_options(_options(str(path), overrides, extra))
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+@pytest.mark.parametrize("key, text", [("account", "0123"), ("partition", "123"), ("qos", "1.5"),
+                                       ("constraint", "7")])
+def test_a_number_where_a_name_belongs_says_to_quote_it(tmp_path, key, text):
+    """YAML 1.2 reads `account: 0123` as the number 123: the name as written is lost, so a number
+    for a name is one error that says to quote it; quoted, the text is kept exactly."""
+    from cluster.slurm_options import check_options
+
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"{key}: {text}\n")
+    with pytest.raises(UserError) as err:
+        check_options(_options(str(path)))
+    msg = str(err.value)
+    assert str(path) in msg and f"key '{key}'" in msg and "in quotes" in msg and "\n" not in msg, msg
+    path.write_text(f'{key}: "{text}"\n')
+    assert check_options(_options(str(path)))[key] == text
+
+
+def test_flag_values_are_strings_converted_by_the_schema(tmp_path):
+    """The command line gives strings: whole numbers, times and memory are converted, names keep
+    their exact text (--account 0123 stays 0123); the flag, not a key, is named in errors."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from cluster.slurm_options import check_options, executor_parameters
+
+    values = check_options(_options(overrides={"account": "0123", "partition": "123", "nodes": "2", "time": "45",
+                                               "mem": "16g", "cpus_per_task": "4"}))
+    assert (values["account"], values["partition"], values["nodes"], values["time"], values["mem"],
+            values["cpus_per_task"]) == ("0123", "123", 2, 45, "16G", 4)
+    script = _make_sbatch_string(command="python job.py", folder=tmp_path, **executor_parameters(values, "s"))
+    assert "#SBATCH --account=0123" in script.splitlines() and "#SBATCH --partition=123" in script.splitlines()
+    with pytest.raises(UserError, match=r"^--nodes: expected a whole number >= 1 \(got '0'\)$"):
+        check_options(_options(overrides={"nodes": "0"}))
+    with pytest.raises(UserError, match=r"^--partition: expected a name without spaces"):
+        check_options(_options(overrides={"partition": "a b"}))
+
+
+def test_options_schema_is_strict_and_keeps_its_help():
+    """One pydantic model: every key has its help text (the example config file shows each key),
+    and a value of the wrong type is refused even from Python (no silent conversion)."""
+    from pydantic import ValidationError
+
+    from cluster.slurm_options import OPTION_KEYS, SlurmOptions
+    from study.files import read_yaml
+
+    assert all(SlurmOptions.model_fields[k].description for k in OPTION_KEYS)
+    assert set(read_yaml(REPO / "cluster" / "slurm.example.yaml", "cluster config file")) == set(OPTION_KEYS)
+    for bad in ({"nodes": True}, {"nodes": "2"}, {"time": 0}, {"mem": 1.5}, {"partition": 5}, {"nodess": 2}):
+        with pytest.raises(ValidationError):
+            SlurmOptions.model_validate(bad)
 
 
 def test_cli_rejects_bad_options_before_writing_anything(store):
@@ -184,9 +235,14 @@ def test_cli_rejects_bad_options_before_writing_anything(store):
     assert len(lines) == 1 and "cpu_per_task" in lines[0] and "did you mean 'cpus_per_task'" in lines[0], lines
     res = _run(["run", str(study), "--preset", "smoke", "--cluster", "slurm", "--time", "soon"], env)
     assert res.returncode == 2 and "--time" in res.stderr
+    (tmp_path / "c.yaml").write_text("account: 0123\n")
+    res = _run(["run", str(study), "--preset", "smoke", "--cluster", "slurm", "--slurm-config",
+                str(tmp_path / "c.yaml")], env)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "key 'account'" in lines[0] and "in quotes" in lines[0], lines
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "slurm_logs").exists()
     assert not (tmp_path / "runs").exists()
-    probe = ("import sys\nfrom study.studyfile import load_study\nfrom cluster.slurm import check_options\n"
+    probe = ("import sys\nfrom study.studyfile import load_study\nfrom cluster.slurm_options import check_options\n"
              f"load_study({str(study)!r}, 'smoke')\ncheck_options({{'config_file': None}})\n"
              "bad = [m for m in ('submitit', 'ray', 'mlflow') if m in sys.modules]\n"
              "assert not bad, bad\n")
@@ -206,7 +262,7 @@ def test_dry_run_shows_the_job_and_submits_nothing(store):
 
 
 def test_a_cell_bigger_than_a_node_is_refused(tmp_path):
-    from cluster.slurm import check_options, resolve_for_study
+    from cluster.slurm_options import check_options, resolve_for_study
     from study.studyfile import load_study
 
     study = load_study(_write_study(tmp_path, "big"), "smoke")
@@ -221,7 +277,7 @@ def test_job_follows_submitits_checkpoint_protocol():
     import cloudpickle
     from submitit.helpers import DelayedSubmission
 
-    from cluster.slurm import StudyJob
+    from cluster.slurm_job import StudyJob
 
     job = StudyJob("/x/s.yaml", "smoke", {"epochs": 1}, rerun_failed=False, env={"A": "1"}, options={"nodes": 1})
     delayed = job.checkpoint()
@@ -231,12 +287,12 @@ def test_job_follows_submitits_checkpoint_protocol():
 
 
 def test_driver_thread_hands_back_its_value_and_errors(monkeypatch):
-    from cluster import slurm
+    from cluster import slurm_job
 
-    monkeypatch.setattr(slurm, "_STOPPED_AT", [])
-    assert slurm._drive_in_thread(lambda: 7) == 7
+    monkeypatch.setattr(slurm_job, "_STOPPED_AT", [])
+    assert slurm_job._drive_in_thread(lambda: 7) == 7
     with pytest.raises(KeyError, match="boom"):
-        slurm._drive_in_thread(lambda: {}["boom"])
+        slurm_job._drive_in_thread(lambda: {}["boom"])
 
 
 def test_sigterm_while_driving_marks_the_stop_and_keeps_signals_live(monkeypatch, capsys):
@@ -245,12 +301,12 @@ def test_sigterm_while_driving_marks_the_stop_and_keeps_signals_live(monkeypatch
     the grace period the job ends with a resumable error instead of hanging on a dead Ray."""
     import threading
 
-    from cluster import slurm, tune_run
+    from cluster import slurm_job, tune_run
 
-    monkeypatch.setattr(slurm, "_STOPPED_AT", [])
+    monkeypatch.setattr(slurm_job, "_STOPPED_AT", [])
     monkeypatch.setenv("STUDY_SIGTERM_GRACE_S", "1")
     monkeypatch.setattr(tune_run, "STOPPING", threading.Event())
-    old = signal.signal(signal.SIGTERM, slurm._on_sigterm)
+    old = signal.signal(signal.SIGTERM, slurm_job._on_sigterm)
     release = threading.Event()
 
     def busy():  # a Tune loop stuck in a call that does not return (Ray's GCS is gone)
@@ -260,7 +316,7 @@ def test_sigterm_while_driving_marks_the_stop_and_keeps_signals_live(monkeypatch
 
     try:
         with pytest.raises(RuntimeError, match="SIGTERM and no requeue signal within 1s.*resumable"):
-            slurm._drive_in_thread(busy)
+            slurm_job._drive_in_thread(busy)
     finally:
         release.set()
         signal.signal(signal.SIGTERM, old)
@@ -269,7 +325,7 @@ def test_sigterm_while_driving_marks_the_stop_and_keeps_signals_live(monkeypatch
 
 
 def test_a_lost_node_is_named(monkeypatch):
-    from cluster import slurm
+    from cluster import slurm_job
 
     class FakeRay:
         nodes_now = [{"NodeID": "a", "NodeName": "node0", "Alive": True},
@@ -280,9 +336,9 @@ def test_a_lost_node_is_named(monkeypatch):
             return cls.nodes_now
 
     monkeypatch.setitem(sys.modules, "ray", FakeRay)
-    monkeypatch.setattr(slurm, "_STOPPED_AT", [])
+    monkeypatch.setattr(slurm_job, "_STOPPED_AT", [])
     monkeypatch.setenv("SLURM_JOB_ID", "42")
-    watch = slurm._NodeWatch()
+    watch = slurm_job._NodeWatch()
     watch.check()  # both alive: nothing
     FakeRay.nodes_now = [{"NodeID": "a", "NodeName": "node0", "Alive": True},
                          {"NodeID": "b", "NodeName": "node1", "Alive": False}]
@@ -290,7 +346,7 @@ def test_a_lost_node_is_named(monkeypatch):
 
     never = threading.Event()
     with pytest.raises(RuntimeError, match=r"lost node node1 mid-study.*squeue -j 42.*scancel 42"):
-        slurm._drive_in_thread(lambda: never.wait(30), watch, period=0.1)
+        slurm_job._drive_in_thread(lambda: never.wait(30), watch, period=0.1)
     never.set()
 
 
@@ -301,7 +357,9 @@ def test_job_code_path_through_submitit_local_executor(store, monkeypatch):
     second Ray node (two SLURM tasks on one machine), and the cells land in the store."""
     import submitit
 
-    from cluster.slurm import StudyJob, check_options, job_environment, resolve_for_study
+    from cluster.slurm_job import StudyJob
+    from cluster.slurm_options import check_options, resolve_for_study
+    from cluster.slurm_submit import job_environment
     from study.studyfile import load_study
 
     tmp_path, env = store
@@ -335,7 +393,7 @@ def _submit(path, env, *extra):
 
 
 def _state(job_id):
-    from cluster.slurm import job_state
+    from cluster.slurm_submit import job_state
 
     return job_state(job_id)
 

@@ -101,7 +101,7 @@ def test_duplicate_key_in_a_set_value():
 
 
 def test_cluster_config_file_uses_the_same_reader(tmp_path):
-    from cluster.slurm import check_options
+    from cluster.slurm_options import check_options
 
     path = tmp_path / "c.yaml"
     path.write_text("nodes: 1\npartition: gpu\npartition: cpu\n")
