@@ -30,6 +30,7 @@ import time
 import zlib
 
 FAKE_ENV = "STUDY_FAKE_TRIAL"
+NEG_SIM_OFFSETS = {"mean": 0.0, "std": 0.1, "q05": -0.2, "q25": -0.1, "q50": 0.0, "q75": 0.1, "q95": 0.2}
 STATE_FILE = "fake_state.json"
 
 
@@ -76,6 +77,8 @@ def fake_trial(config: dict) -> None:
         m = {"epoch": epoch, "knn_top1": final_value * epoch / max(1, epochs)}
         if epoch > 0:  # as the trainer: epoch 0 is the untrained network, evaluated only
             m["loss"] = 5.0 / epoch
+            # the sampled negatives' similarity statistics (the analysis draws them per level)
+            m.update({f"neg_sim_{k}": 0.1 * epoch / epochs + off for k, off in NEG_SIM_OFFSETS.items()})
         history.append(json.dumps(m))
         _write(history_path, "".join(line + "\n" for line in history))
         _write(state_path, json.dumps({"next_epoch": epoch + 1}))

@@ -272,7 +272,15 @@ def _drive_in_thread(run: Any, watch: "_NodeWatch | None" = None, period: float 
     thread = threading.Thread(target=target, name="tune-driver", daemon=True)
     thread.start()
     next_check = time.time() + period
-    while thread.is_alive() or (_STOPPED_AT and time.time() < _STOPPED_AT[0] + grace):
+
+    def waiting() -> bool:
+        # after a SIGTERM: until the grace period ends, whether the driver returned or is stuck in a
+        # call to the Ray that SIGTERM stopped (waiting for it would hang the job); else: the driver
+        if _STOPPED_AT:
+            return time.time() < _STOPPED_AT[0] + grace
+        return thread.is_alive()
+
+    while waiting():
         thread.join(0.2)
         if not thread.is_alive():
             time.sleep(0.2)

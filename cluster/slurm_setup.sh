@@ -132,6 +132,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+# schedule within seconds: the main loop and backfill every 2 s instead of every 60 s and 30 s, or a
+# job submitted just as a node frees up waits for the next pass (the tests submit dozens of jobs)
+SchedulerParameters=sched_interval=2,bf_interval=2
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd/%n

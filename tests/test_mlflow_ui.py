@@ -1,4 +1,4 @@
-"""MLflow as the study's window, on one real smoke study (Ray, the trainer, the store):
+"""MLflow as the study's window, on one smoke study (Ray, the fake trial's cells, the store):
 
 - provenance (commit, dirty flag, source, package versions, the dataset as an
   input with its digest) and cost metrics on every cell; the study's cost and
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import store_client, store_env, write_smoke_study
+from conftest import fake_trial_env, store_client, store_env, write_smoke_study
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "uistudy"
@@ -39,9 +39,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A finished 2-cell smoke study, and the analysis run twice over it."""
+    """A finished 2-cell smoke study (the fake trial's cells: what is under test is what MLflow shows),
+    and the analysis run twice over it."""
     tmp = tmp_path_factory.mktemp("ui_store")
-    env = store_env(tmp, STUDY_NUM_CPUS="2")
+    env = fake_trial_env(store_env(tmp, STUDY_NUM_CPUS="2"), epoch_s=0.05)
     path = write_smoke_study(tmp, NAME, epochs=1, seeds="[0]")
     res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
                          cwd=REPO, capture_output=True, text=True, timeout=600)

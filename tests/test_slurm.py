@@ -314,9 +314,12 @@ def test_sigterm_while_driving_marks_the_stop_and_keeps_signals_live(monkeypatch
         release.wait(30)
         return 0
 
+    start = time.time()
     try:
         with pytest.raises(RuntimeError, match="SIGTERM and no requeue signal within 1s.*resumable"):
             slurm_job._drive_in_thread(busy)
+        # the stuck driver thread is not waited for: the job ends after the grace period
+        assert time.time() - start < 15
     finally:
         release.set()
         signal.signal(signal.SIGTERM, old)
@@ -464,7 +467,9 @@ def _release_and_finish(job_id, folder) -> str:
     # SLURM holds a requeued job back for about two minutes (its BeginTime); release it now
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
     _wait_until(result.exists, 240, "the requeued job to finish")
-    _wait_until(lambda: _state(job_id) in ("COMPLETED", ""), 60, "the job to end")
+    # the job's end (SLURM's epilog, the node's report) can lag its result by a minute on a loaded machine
+    _wait_until(lambda: _state(job_id) in ("COMPLETED", ""), 180, "the job to end",
+                lambda: f"job {job_id} state {_state(job_id)!r}")
     from submitit.core.utils import pickle_load
 
     assert pickle_load(result) == ("success", 0)
