@@ -71,17 +71,3 @@ def isolated_store(tmp_path, monkeypatch):
         monkeypatch.setenv(key, env[key])
     return tmp_path
 
-
-# Under pytest-xdist (`make test` runs `-n 3 --dist loadgroup`): the tests of one module share a worker
-# (their module-scoped fixtures, such as a study or an MLflow server, are built once), and the tests of
-# tests/test_slurm.py run one at a time on one worker (their jobs would otherwise wait for each
-# other's nodes). Without xdist the marks do nothing.
-_GROUPS = {"test_slurm": "slurm"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if not any(m.name == "xdist_group" for m in item.iter_markers()):
-            item.add_marker(pytest.mark.xdist_group(_GROUPS.get(module, module)))

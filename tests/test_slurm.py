@@ -53,6 +53,16 @@ SLURM_MISSING = _slurm_unavailable()
 needs_slurm = pytest.mark.skipif(SLURM_MISSING is not None, reason=str(SLURM_MISSING))
 
 
+def _slurm_nodes_usable() -> int:
+    res = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=20)
+    return len({line.split()[0] for line in res.stdout.splitlines()
+                if line.split()[1].startswith(("idle", "mix", "alloc"))})
+
+
+needs_two_nodes = pytest.mark.skipif(SLURM_MISSING is not None or _slurm_nodes_usable() < 2,
+                                     reason="needs a SLURM of 2 nodes: `bash cluster/slurm_setup.sh` as root")
+
+
 def _slurm_env(tmp_path, **fake) -> dict:
     env = store_env(tmp_path, STUDY_SLURM_LOGS=str(tmp_path / "slurm_logs"), STUDY_SLURM_POLL="1",
                     STUDY_RAY_JOIN_TIMEOUT="60")
@@ -527,124 +537,3 @@ def test_cancel_then_run_again_resumes(store, jobs):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "finished 4/4" in res.stdout
     _check_complete(client, name, 4, 3)
-
-
-# ---------------------------------------------------------------- two SLURM nodes (slow)
-def _slurm_nodes_usable() -> int:
-    res = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=20)
-    return len({line.split()[0] for line in res.stdout.splitlines()
-                if line.split()[1].startswith(("idle", "mix", "alloc"))})
-
-
-needs_two_nodes = pytest.mark.skipif(SLURM_MISSING is not None or _slurm_nodes_usable() < 2,
-                                     reason="needs a SLURM of 2 nodes: `bash cluster/slurm_setup.sh` as root")
-
-
-@needs_two_nodes
-@pytest.mark.slow
-def test_two_node_study_uses_both_nodes(store, jobs):
-    """``--nodes 2``: the Ray head on the first node, the second node's Ray joins it; the four
-    one-CPU cells fill both nodes' CPUs, so each node trains some (the `node` tag), every cell once.
-    The one SLURM study whose cells train for real (the trainer on SLURM, end to end)."""
-    tmp_path, env = store
-    env = {k: v for k, v in env.items() if k not in ("STUDY_TRIAL", "STUDY_FAKE_TRIAL")}
-    path = _write_study(tmp_path, "slurm-2n", epochs=1, seeds="[0, 1]")
-    res = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--nodes", "2", "--wait",
-                "--cpus-per-task", "2", "--time", "10"], env)
-    jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "2 node(s) x 2 CPUs" in res.stdout and "finished 4/4" in res.stdout, res.stdout
-    assert "log:" in res.stdout and "python -m study status" in res.stdout
-    log_path = Path(re.search(r"log:\s+(\S+)", res.stdout).group(1))
-    assert log_path.is_file() and str(log_path).startswith(str(tmp_path / "slurm_logs" / "slurm-2n"))
-    log = log_path.read_text()
-    assert "Ray head with 2 CPUs" in log
-    assert "2 node(s), 4 CPUs" in log, log[-3000:]  # both Ray nodes joined before the study started
-    runs = _check_complete(_client(tmp_path), "slurm-2n", 4, 1)
-    assert {r.data.tags.get("node") for r in runs} == {"node0", "node1"}, [r.data.tags for r in runs]
-    # the same command again finds every cell finished and submits nothing
-    again = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--nodes", "2", "--wait"], env)
-    assert again.returncode == 0 and "4 finished, nothing to submit" in again.stdout, again.stdout
-
-
-@needs_two_nodes
-@pytest.mark.slow
-def test_two_node_requeue_mid_study_finishes_each_cell_once(store, jobs):
-    name = "slurm-2n-requeue"
-    tmp_path = store[0]
-    client, job_id, folder = _submit_until_mid_study(store, jobs, name, "--nodes", "2")
-    finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _cell_runs(client, name)
-                       if r.info.status == "FINISHED"}
-    trained_before = _trained_state(tmp_path, name, finished_before)
-    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
-    _wait_until(lambda: _state(job_id) == "PENDING", 60, "the requeued job to be pending")
-    log = _release_and_finish(job_id, folder)
-    assert f"job {job_id} attempt 0" in log and f"job {job_id} attempt 1" in log, log[-3000:]
-    assert "restoring it" in log and "2 node(s), 4 CPUs" in log, log[-3000:]
-    runs = _check_complete(client, name, 4)
-    for r in runs:
-        if r.data.tags["cell_id"] in finished_before:
-            assert r.info.run_id == finished_before[r.data.tags["cell_id"]]
-    assert _trained_state(tmp_path, name, finished_before) == trained_before
-    assert {r.data.tags.get("node") for r in runs} <= {"node0", "node1"}
-
-
-def _kill_node(node: str, job_id: str) -> None:
-    """What a node crash does to the job: SIGKILL to the node's slurmd, to the job's processes on
-    that node (its task, `ray start`, raylet, trial workers) and to the job step's slurmstepd there."""
-    pidfile = Path(f"/run/slurm/slurmd-{node}.pid")
-    victims = {int(pidfile.read_text())}
-    for proc in Path("/proc").iterdir():
-        try:
-            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
-        except (OSError, ValueError):
-            continue
-        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node:
-            victims.add(int(proc.name))
-            if env.get("SLURM_STEP_ID") == "0" and env.get("SLURM_PROCID"):  # the task: its parent is slurmstepd
-                stat = (proc / "stat").read_text()
-                parent = int(stat.rsplit(")", 1)[1].split()[1])
-                if "slurmstepd" in Path(f"/proc/{parent}/cmdline").read_text():
-                    victims.add(parent)
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-@needs_two_nodes
-@pytest.mark.slow
-def test_node_lost_mid_study_is_named_and_resumable(tmp_path, jobs):
-    """A 2-node study whose second node dies mid-study (slurmd and the job's processes there killed):
-    once Ray declares the node dead the head names it and stops; with the node back, the same command
-    (or SLURM's own requeue of the job) finishes the study with every cell once.
-
-    The cells are long (4 s an epoch) and Ray's health check short (a node is dead after 3 missed
-    checks 1 s apart, instead of about 30 s), so Ray declares the node dead long before Tune's retry of
-    the killed trial on node0 could finish the study: the head's naming path is the one taken."""
-    name = "slurm-2n-lost"
-    env = dict(_slurm_env(tmp_path, epoch_s=4.0), RAY_health_check_period_ms="1000",
-               RAY_health_check_timeout_ms="1000", RAY_health_check_failure_threshold="3")
-    client, job_id, folder = _submit_until_mid_study((tmp_path, env), jobs, name, "--nodes", "2")
-    log_path = folder / f"{job_id}_0_log.out"
-    try:
-        _kill_node("node1", job_id)
-        _wait_until(lambda: _state(job_id) != "RUNNING", 240, "the job to stop",
-                    lambda: f"{_state(job_id)}; {log_path.read_text()[-2000:]}")
-    finally:
-        subprocess.run(["bash", str(REPO / "cluster" / "slurm_setup.sh"), "start-node", "node1"], check=True,
-                       timeout=120)
-    log = log_path.read_text()
-    assert "lost node node1 mid-study" in log, log[-3000:]
-    assert any(r.info.status != "FINISHED" for r in _cell_runs(client, name))
-    if _state(job_id) == "PENDING":  # SLURM requeued the job after the node failure: it restores
-        log = _release_and_finish(job_id, folder)
-        assert "restoring it" in log, log[-3000:]
-    else:
-        subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
-        res = _run(["run", str(tmp_path / f"{name}.yaml"), "--preset", "smoke", "--cluster", "slurm", "--wait",
-                    "--nodes", "2", "--cpus-per-task", "2", "--time", "15"], env)
-        jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
-        assert res.returncode == 0, res.stdout + res.stderr
-    _check_complete(client, name, 4)
