@@ -98,6 +98,13 @@ def test_missing_root_raises_data_error_with_path_and_install_hint(tmp_path):
     message = str(info.value)
     assert str(missing) in message and "apt-get install dataset-fashion-mnist" in message
     assert isinstance(info.value, UserError) and info.value.exit_code == 2
+    # a folder that exists (the study file's check at load passes) but holds no dataset: found when a
+    # cell loads its data, with the folder named (the error a failed cell's run is tagged with)
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion_mnist", root=str(empty))
+    assert str(empty) in str(info.value)
 
 
 @pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason=f"{FMNIST_DIR} absent (apt-get install dataset-fashion-mnist)")
