@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from test_slurm import (REPO, SLURM_MISSING, _cell_runs, _check_complete, _client, _release_and_finish, _run,  # noqa: F401
-                        _slurm_env, _state, _submit_until_mid_study, _trained_state, _wait_until,
-                        _write_study, jobs, needs_two_nodes, store)
+from test_slurm import (_cell_runs, _check_complete, _client, _release_and_finish, _run, _state,
+                        _submit_until_mid_study, _trained_state, _wait_until, _write_study, jobs,  # noqa: F401 (fixture)
+                        needs_two_nodes, store)  # noqa: F401 (fixture)
 
 
 @needs_two_nodes
