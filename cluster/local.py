@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from study.errors import UserError
 from study.studyfile import Cell, Study
 from study.tracking import StudyTracker
 
@@ -101,12 +102,18 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, options: dict):
-        self.options = options  # the SLURM flags of the command line; unused here
+        self.options = options  # the SLURM flags of the command line: none may be given here
         self.keep_ray = False  # True once a batch ran: one local Ray for every batch
 
     def check(self, study: Study) -> None:
         from cluster.tune_run import load_trial
 
+        flags = ((["--slurm-config"] if self.options.get("config_file") else [])
+                 + ["--" + key.replace("_", "-") for key in self.options.get("overrides") or {}]
+                 + (["--slurm-opt"] if self.options.get("extra") else []))
+        if flags:  # SLURM options would be ignored here
+            raise UserError("is a SLURM option: it needs --cluster slurm (this run is --cluster local)",
+                            source=flags[0])
         check_local(study)  # what would wait or fail forever on this machine
         load_trial()  # a $STUDY_TRIAL that names nothing: an error now, not in every trial
 

@@ -38,7 +38,7 @@ import traceback
 from pathlib import Path
 
 from study.studyfile import Cell, Study
-from study.tracking import COST_METRICS, FAILED, FINISHED, StudyTracker
+from study.tracking import COST_METRICS, FAILED, FINISHED, TRIAL_ENV, StudyTracker, trial_function
 
 # set while the job is being stopped from outside (see the module docstring)
 STOPPING = threading.Event()
@@ -179,9 +179,6 @@ def cell_trial(config: dict) -> None:
     reporter.final(final)
 
 
-TRIAL_ENV = "STUDY_TRIAL"
-
-
 def load_trial(spec: str | None = None):
     """The trial function Tune runs for every cell: :func:`cell_trial`, or ``spec`` / ``$STUDY_TRIAL``
     given as ``module:function`` (the seam the scheduler tests use with
@@ -189,16 +186,20 @@ def load_trial(spec: str | None = None):
     (:func:`trial_payload`) and reports through a :class:`TrialReporter`.
 
     Raises UserError naming ``$STUDY_TRIAL`` when the function cannot be imported."""
-    spec = spec if spec is not None else os.environ.get(TRIAL_ENV)
+    spec = spec if spec is not None else trial_function()
     if not spec:
         return cell_trial
     import importlib
 
     from study.errors import UserError
 
-    module, _, name = spec.partition(":")
+    module, colon, name = spec.partition(":")
     try:
+        if not (colon and module and name):
+            raise ValueError("the ':function' part is missing" if not name else "the module is missing")
         fn = getattr(importlib.import_module(module), name)
+        if not callable(fn):
+            raise ValueError(f"{name} is a {type(fn).__name__}, not a function")
     except (ImportError, AttributeError, ValueError) as err:
         raise UserError(f"cannot load the trial function '{spec}' ({err}); expected module:function",
                         source=f"${TRIAL_ENV}") from None

@@ -193,15 +193,20 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
         batch = replace(study, cells=tuple(cells))
 
 
+def check_limits(max_seeds: int | None, budget_hours: float | None) -> None:
+    """The limits of ``--until-decided``, as one UserError naming the flag (a dry run checks them too)."""
+    if max_seeds is not None and max_seeds < 2:
+        raise UserError(f"must be >= 2 (got {max_seeds})", source="--max-seeds")
+    if budget_hours is not None and not budget_hours > 0:
+        raise UserError(f"must be > 0 (got {budget_hours})", source="--budget-hours")
+
+
 def run_adaptive(path: str, *, preset: str, backend: "Backend", sets: dict | None, rerun_failed: bool,
                  max_seeds: int | None, budget_hours: float | None) -> int:
     """``run --until-decided`` on either launcher: one runner call (local Ray, or one SLURM job
     followed to its end) per batch."""
     from analysis import decide
-    if max_seeds is not None and max_seeds < 2:
-        raise UserError(f"must be >= 2 (got {max_seeds})", source="--max-seeds")
-    if budget_hours is not None and not budget_hours > 0:
-        raise UserError(f"must be > 0 (got {budget_hours})", source="--budget-hours")
+    check_limits(max_seeds, budget_hours)
     backend.check(load_study(path, preset, sets))  # a bad study file or option fails here, before anything is written
     limits = Limits(max_seeds=max_seeds or decide.MAX_SEEDS, budget_hours=budget_hours, batch=decide.BATCH)
 

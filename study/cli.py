@@ -99,6 +99,10 @@ def cmd_run(args) -> int:
     if (args.max_seeds is not None or args.budget_hours is not None) and not args.until_decided:
         raise UserError("needs --until-decided", source="--max-seeds" if args.max_seeds is not None
                         else "--budget-hours")
+    if args.until_decided:
+        from study.adaptive import check_limits
+
+        check_limits(args.max_seeds, args.budget_hours)
     backend = load_backend(args.cluster, _slurm_options(args))  # the CLI picks, the runner uses
     if args.until_decided and not args.dry_run:
         from study.adaptive import run_adaptive

@@ -24,7 +24,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from study.tracking import FINISHED, StudyTracker
+from study.tracking import FINISHED, StudyTracker, trial_function
 
 # tags that describe the cell's place in its own study: set for the link, never copied
 _OWN_TAGS = ("study", "role", "cell_id", "preset", "level", "factors", "error", "reused_from",
@@ -40,6 +40,7 @@ def finished_elsewhere(tracker: StudyTracker, cell_ids) -> dict[str, object]:
     wanted = set(cell_ids)
     if not wanted:
         return {}
+    trial = trial_function()
     others = [e.experiment_id for e in tracker.client.search_experiments()
               if e.experiment_id != tracker.experiment_id]
     found: dict[str, object] = {}
@@ -52,7 +53,9 @@ def finished_elsewhere(tracker: StudyTracker, cell_ids) -> dict[str, object]:
                 order_by=["attributes.end_time ASC"])
             for run in page:
                 cid = run.data.tags.get("cell_id", "")
-                if cid in wanted and cid not in found:
+                # only a cell of the same trial function: a fake trial's made-up metrics never stand
+                # in for a trained cell, nor the reverse
+                if cid in wanted and cid not in found and run.data.tags.get("trial", "") == trial:
                     found[cid] = run
             token = page.token
             if not token:

@@ -190,6 +190,16 @@ class CellRun:
     final_logged: bool = False
 
 
+# the trial function Tune runs for every cell, when it is not the trainer: "module:function"
+# (cluster.tune_run.load_trial reads it; cell runs are tagged `trial` with it)
+TRIAL_ENV = "STUDY_TRIAL"
+
+
+def trial_function() -> str:
+    """``$STUDY_TRIAL``, or "" for the trainer (``cluster.tune_run.cell_trial``)."""
+    return os.environ.get(TRIAL_ENV, "").strip()
+
+
 class StudyTracker:
     """Reads and writes one study's runs in the store."""
 
@@ -381,6 +391,8 @@ class StudyTracker:
             "preset": getattr(cell, "preset", ""), "level": cell.level,
             "factors": ",".join(cell.levels),
         }
+        if trial_function():  # not the trainer (the fake trial of the tests): never mistaken for a trained cell
+            tags["trial"] = trial_function()
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         tags.update({f"factor.{f}": lv for f, lv in cell.levels.items()})

@@ -162,6 +162,11 @@ def test_bad_limits_are_one_clear_error(store):
                          env=store_env(store))
     assert res.returncode == 2 and "--max-seeds" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (store / "mlflow.db").exists()
+    # a dry run checks the limits too
+    for flags, word in ((["--max-seeds", "0"], "--max-seeds"), (["--budget-hours", "-1"], "--budget-hours")):
+        res = subprocess.run([sys.executable, "-m", "study", "run", str(_write(store)), "--until-decided", "--dry-run",
+                              *flags], cwd=REPO, capture_output=True, text=True, timeout=120, env=store_env(store))
+        assert res.returncode == 2 and word in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 @pytest.mark.slow

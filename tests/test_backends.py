@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import write_smoke_study
@@ -73,3 +75,22 @@ def test_execute_study_hands_the_unfinished_cells_to_the_backend(tmp_path, monke
     # nothing finished by the fake: every cell is missing and the study fails
     assert execute_study(study, rerun_failed=False, backend=backend, experiment_name="x", restore=True) == 1
     assert backend.calls == [("run_cells", [c.cell_id for c in study.cells], 0, "x", True)]
+
+
+def test_slurm_flags_with_the_local_backend_are_one_error(tmp_path):
+    """--nodes (or any SLURM flag) without --cluster slurm would be ignored: one error, exit 2, nothing written."""
+    import subprocess
+    import sys
+
+    from conftest import store_env
+
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nfixed: {method: interclr}\nfactors: {sampling: [hard, semi-hard]}\nseeds: [0]\n")
+    for flags, word in ((["--nodes", "2"], "--nodes"), (["--time", "5"], "--time"),
+                        (["--slurm-opt", "nice=1"], "--slurm-opt")):
+        res = subprocess.run([sys.executable, "-m", "study", "run", str(study), "--preset", "smoke", "--dry-run",
+                              *flags], capture_output=True, text=True, timeout=120, env=store_env(tmp_path),
+                             cwd=Path(__file__).resolve().parents[1])
+        assert res.returncode == 2 and word in res.stderr and "--cluster slurm" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()

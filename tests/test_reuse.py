@@ -187,3 +187,22 @@ def test_dry_run_estimates_cost_from_the_store(store):
     assert "1 at a time" in lines[1]
     # nothing left to train
     assert estimate_lines(a, slots=2)[0] == "cost: 0 cells to train, 0 to link from other studies, 2 finished here"
+
+
+def test_cells_of_another_trial_function_are_never_linked(store, monkeypatch, capsys):
+    """Cells run by the fake trial (tag `trial`) never stand in for trained ones, nor the reverse."""
+    a = load_study(_write(store, "first"), "smoke")
+    _finish_by_hand(a)  # trained cells (no `trial` tag)
+    monkeypatch.setenv("STUDY_TRIAL", "cluster.fake_trial:fake_trial")
+    from study.reuse import finished_elsewhere
+
+    b = load_study(_write(store, "second", extra="recluster_every: 3"), "smoke")
+    tracker = StudyTracker("second")
+    assert finished_elsewhere(tracker, [c.cell_id for c in b.cells]) == {}
+    _finish_by_hand(b)  # now fake cells, tagged
+    runs = _cells(store_client(store), "second")
+    assert {r.data.tags.get("trial") for r in runs} == {"cluster.fake_trial:fake_trial"}
+    monkeypatch.delenv("STUDY_TRIAL")
+    c = load_study(_write(store, "third"), "smoke")
+    linked = finished_elsewhere(StudyTracker("third"), [cell.cell_id for cell in c.cells])
+    assert {r.data.tags["study"] for r in linked.values()} == {"first"}  # the trained ones only

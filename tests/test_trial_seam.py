@@ -18,10 +18,12 @@ def test_load_trial_default_env_and_errors(monkeypatch):
     assert load_trial() is cell_trial
     monkeypatch.setenv("STUDY_TRIAL", "cluster.fake_trial:fake_trial")
     assert load_trial() is fake_trial.fake_trial
-    for bad in ("cluster.fake_trial:nothing", "no_such_module:f", "cluster.fake_trial"):
+    for bad, why in (("cluster.fake_trial:nothing", "nothing"), ("no_such_module:f", "no_such_module"),
+                     ("cluster.fake_trial", "':function' part is missing"), (":fake_trial", "module is missing"),
+                     ("cluster.fake_trial:FAKE_ENV", "not a function")):
         with pytest.raises(UserError) as err:
             load_trial(bad)
-        assert "$STUDY_TRIAL" in str(err.value) and bad in str(err.value)
+        assert "$STUDY_TRIAL" in str(err.value) and bad in str(err.value) and why in str(err.value)
 
 
 @pytest.fixture
