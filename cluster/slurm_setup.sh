@@ -114,10 +114,7 @@ fi
 
 # ---------------------------------------------------------------- slurm.conf
 HOST=$(hostname -s)
-# each node declares twice the machine's cores (SLURM_NODE_CPUS to change it), and slurmd trusts the
-# file (config_overrides): a 1-node job and a 2-node job of the tests then run side by side instead of
-# queueing for each other's nodes (the nodes share the machine's cores anyway)
-CPUS=${SLURM_NODE_CPUS:-$(( $(nproc) * 2 ))}
+CPUS=$(nproc)
 # the machine's memory shared by the nodes, less a little for the OS, so that SLURM never finds
 # a node short of what it declared
 MEM_MB=$(free -m | awk -v n="$NODES" '/^Mem:/ {print int($2 * 0.95 / n)}')
@@ -138,7 +135,6 @@ SchedulerType=sched/backfill
 # schedule within seconds: the main loop and backfill every 2 s instead of every 60 s and 30 s, or a
 # job submitted just as a node frees up waits for the next pass (the tests submit dozens of jobs)
 SchedulerParameters=sched_interval=2,bf_interval=2
-SlurmdParameters=config_overrides
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd/%n
