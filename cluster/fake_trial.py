@@ -29,6 +29,8 @@ import os
 import time
 import zlib
 
+from study.files import write_atomic
+
 FAKE_ENV = "STUDY_FAKE_TRIAL"
 NEG_SIM_OFFSETS = {"mean": 0.0, "std": 0.1, "q05": -0.2, "q25": -0.1, "q50": 0.0, "q75": 0.1, "q95": 0.2}
 STATE_FILE = "fake_state.json"
@@ -80,16 +82,10 @@ def fake_trial(config: dict) -> None:
             # the sampled negatives' similarity statistics (the analysis draws them per level)
             m.update({f"neg_sim_{k}": 0.1 * epoch / epochs + off for k, off in NEG_SIM_OFFSETS.items()})
         history.append(json.dumps(m))
-        _write(history_path, "".join(line + "\n" for line in history))
-        _write(state_path, json.dumps({"next_epoch": epoch + 1}))
+        write_atomic(history_path, "".join(line + "\n" for line in history))
+        write_atomic(state_path, json.dumps({"next_epoch": epoch + 1}))
         reporter.epoch(epoch, m)
     final = {"knn_top1": final_value, "linear_top1": final_value + 0.02, "nmi": 0.4, "ari": 0.3,
              "epochs": epochs, "steps": 10 * epochs}
-    _write(final_path, json.dumps(final))
+    write_atomic(final_path, json.dumps(final))
     reporter.final(final)
-
-
-def _write(path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

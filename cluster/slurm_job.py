@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from study.files import write_atomic
+
 class StudyJob:
     """What the SLURM job runs: a Ray cluster over the job's nodes, and the study's Tune driver.
 
@@ -131,7 +133,7 @@ class StudyJob:
             # submitit's USR2, whose handler requeues the job: see _drive_in_thread
             signal.signal(signal.SIGTERM, _on_sigterm)
             address = ray.get_runtime_context().gcs_address
-            _atomic_write(ctx.head_file, json.dumps({"address": address, "host": ctx.hostname}))
+            write_atomic(ctx.head_file, json.dumps({"address": address, "host": ctx.hostname}))
             if ctx.ntasks > 1:
                 _wait_for_nodes(ctx, timeout=float(os.environ.get("STUDY_RAY_JOIN_TIMEOUT", "300")))
             print(f"[slurm] Ray cluster at {address}: {_cluster_line()}", flush=True)
@@ -147,7 +149,7 @@ class StudyJob:
             # the Tune thread may still run (a requeue's SystemExit): what Ray's shutdown does to
             # its trials is no cell failure
             STOPPING.set()
-            _atomic_write(ctx.done_file, "done")
+            write_atomic(ctx.done_file, "done")
             if _STOPPED_AT:
                 # SLURM's SIGTERM stopped Ray's GCS: a clean ray.shutdown() would wait on it
                 _kill_own_ray(temp_dir)
@@ -179,7 +181,7 @@ class StudyJob:
                 time.sleep(1.0)
             if proc.returncode and not ctx.done_file.exists():
                 # tell the head not to wait for this node any longer
-                _atomic_write(ctx.folder / f"ray_join_failed.{ctx.attempt}.{ctx.rank}", str(proc.returncode))
+                write_atomic(ctx.folder / f"ray_join_failed.{ctx.attempt}.{ctx.rank}", str(proc.returncode))
                 print(f"[slurm] task {ctx.rank}: `ray start` exited with {proc.returncode}; see this task's "
                       "log", flush=True)
         finally:
@@ -340,7 +342,7 @@ def _tune_experiment(ctx: _JobContext, study_name: str) -> tuple[str, bool]:
         if (path / "tuner.pkl").exists() and any(path.glob("experiment_state-*.json")):
             return name, True
     name = f"{study_name}-slurm-{ctx.job_id}" + (f".{ctx.attempt}" if ctx.attempt else "")
-    _atomic_write(record, name)
+    write_atomic(record, name)
     return name, False
 
 
@@ -353,12 +355,6 @@ def _remove_stale_temp_dirs(job_id: str) -> None:
     """Temp dirs of an earlier attempt of this job on this node (killed without cleaning up)."""
     for path in Path("/tmp").glob(f"ray{job_id}.*"):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _use_job_token(ctx: _JobContext, create: bool) -> None:

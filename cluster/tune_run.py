@@ -30,13 +30,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
 
+from study.files import write_atomic
 from study.studyfile import Cell, Study
 from study.tracking import COST_METRICS, FAILED, FINISHED, TRIAL_ENV, StudyTracker, trial_function
 
@@ -101,9 +101,7 @@ class CostMeter:
 
     def save(self) -> dict[str, float]:
         out = self.total()
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(out))
         return out
 
 

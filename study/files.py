@@ -114,3 +114,15 @@ def parse_scalar(text: str, source: str) -> Any:
         if "given twice" in str(err):
             raise
         return text
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader (or a kill) sees the
+    old file or the new one, never half of one. Torch-free (the checkpoints' own writer is
+    ``study.train.checkpoint.atomic_write_text``)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
