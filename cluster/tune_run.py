@@ -36,6 +36,7 @@ import time
 import traceback
 from pathlib import Path
 
+from study import interrupt
 from study.files import write_atomic
 from study.studyfile import Cell, Study
 from study.tracking import COST_METRICS, FAILED, FINISHED, TRIAL_ENV, StudyTracker, trial_function
@@ -278,6 +279,9 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
         def on_trial_start(self, iteration, trials, trial, **info):
             self._line(trials, now=(trial, "RUNNING"))
 
+        def on_step_end(self, iteration, trials, **info):
+            interrupt.check()  # a Ctrl-C whose exception was swallowed ends the loop here
+
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trials, now=(trial, "TERMINATED"))
 
@@ -349,6 +353,7 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
         # resumes a study by running the same command again (the runner says so)
         cause = err.__cause__ or err
         raise RuntimeError(f"Ray Tune failed: {type(cause).__name__}: {cause}") from cause
+    interrupt.check()  # a signal during the loop's last step: the study was interrupted all the same
     out = {}
     for result in grid:
         cid = result.config["cell"]["cell_id"] if result.config else None

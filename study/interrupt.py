@@ -8,7 +8,10 @@ shell's 128 + signal number). Further signals while it does so are noted and
 ignored, so the runs do get marked.
 
 ``StudyInterrupted`` derives from ``BaseException`` like ``KeyboardInterrupt``:
-the ``except Exception`` blocks inside Ray and MLflow let it through.
+the ``except Exception`` blocks inside Ray and MLflow let it through. A signal
+can still arrive where Python swallows any exception (a garbage-collector or
+``__del__`` callback prints "Exception ignored" and goes on), so the driver's
+loop also calls :func:`check` at every step: the signal is never lost.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import signal
 import sys
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+_active: "StopSignals | None" = None  # the StopSignals whose block the driver is in
 
 
 class StudyInterrupted(BaseException):
@@ -60,10 +65,24 @@ class StopSignals:
             self._previous.setdefault(sig, previous)
 
     def __enter__(self) -> "StopSignals":
+        global _active
+        _active = self
         self.install()
         return self
 
     def __exit__(self, *exc) -> None:
+        global _active
+        _active = None
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+def check() -> None:
+    """Raise :class:`StudyInterrupted` if the active :class:`StopSignals` has received a signal.
+
+    Called at each step of the Tune loop and after it: the handler's own raise may have been
+    swallowed (see the module docstring). Outside a ``StopSignals`` block it does nothing.
+    """
+    if _active is not None and _active.received is not None:
+        raise StudyInterrupted(_active.received)

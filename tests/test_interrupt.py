@@ -135,6 +135,74 @@ def _fake_run_local(then):
     return run_local
 
 
+class _SignalsInDel:
+    """Sends ``sig`` to this process from ``__del__``, where Python swallows any exception
+    ("Exception ignored in ..."): how CI once lost a Ctrl-C inside SQLAlchemy's GC callback."""
+
+    def __init__(self, sig):
+        self.sig = sig
+
+    def __del__(self):
+        os.kill(os.getpid(), self.sig)
+        time.sleep(0.5)  # the handler runs (and its raise is swallowed) before __del__ returns
+
+
+def test_a_signal_whose_exception_was_swallowed_is_not_lost():
+    from study import interrupt
+
+    interrupt.check()  # outside a StopSignals block: nothing to do
+    with StopSignals() as stop:
+        obj = _SignalsInDel(signal.SIGINT)
+        del obj  # the StudyInterrupted raised in __del__ goes nowhere
+        assert stop.received == signal.SIGINT
+        with pytest.raises(StudyInterrupted) as err:
+            interrupt.check()
+        assert err.value.exit_code == 130
+    interrupt.check()  # the block is over
+
+
+class _SignalOnFirstStep:
+    """A Tune callback whose first loop step drops a :class:`_SignalsInDel` (made lazily: it must
+    subclass ``ray.tune.Callback``, and this module does not import Ray at collection)."""
+
+    @staticmethod
+    def make():
+        from ray import tune
+
+        class SignalOnFirstStep(tune.Callback):
+            def __init__(self):
+                self.sent = False
+
+            def on_step_begin(self, iteration, trials, **info):
+                if not self.sent and any(t.status == "RUNNING" for t in trials):
+                    self.sent = True
+                    _SignalsInDel(signal.SIGINT)  # made and dropped at once: its __del__ signals
+
+        return SignalOnFirstStep()
+
+
+@pytest.mark.slow
+def test_a_swallowed_signal_still_stops_the_study(store, monkeypatch, capsys):
+    """The Tune loop's step callback ends a study whose SIGINT landed where Python swallows it."""
+    tmp_path, _ = store
+    path = write_smoke_study(tmp_path, "swallowed", epochs=3, seeds="[0]")
+    study = load_study(path, "smoke")
+    for key, value in fake_trial_env({}, epoch_s=0.5).items():
+        monkeypatch.setenv(key, value)
+    from cluster import tune_run
+    from study.runner import execute_study
+
+    real = tune_run._tune_callbacks
+    monkeypatch.setattr(tune_run, "_tune_callbacks", lambda *a, **k: [_SignalOnFirstStep.make()] + real(*a, **k))
+    assert execute_study(study, rerun_failed=False, backend="local") == 130
+    err = capsys.readouterr().err
+    assert "interrupted (SIGINT)" in err, err
+    runs = store_client(tmp_path).search_runs([StudyTracker("swallowed").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("role") == "parent"]
+    assert parent and parent[0].info.status == KILLED
+    assert all(r.info.status == KILLED for r in runs), [r.info.status for r in runs]
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_in_the_driver_marks_runs_and_says_what_to_run(store, monkeypatch, capsys, sig, code):
     tmp_path, _ = store
