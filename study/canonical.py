@@ -6,12 +6,13 @@ within a study and across studies: a cell finished in one study is linked
 into another instead of being trained again (:mod:`study.reuse`).
 
 Which keys are dropped, and why (read off ``study/config.py`` and
-``study/trainer.py``; keep this list in step with them):
+``study/train/trainer.py``, and the registries' flags; keep this list in step with them):
 
 - always (execution only): ``progress`` (a progress bar), ``threads`` (CPU
   threads of one process), ``device`` (where it runs), ``loader_workers``
   (DataLoader processes; every streamed sample is seeded by its index).
-- ``method: mocov2``: the inter-image branch is never built
+- a method without the inter branch (``inter_branch=False`` in
+  study/train/registry.py: ``mocov2``): the inter-image branch is never built
   (``cfg.inter_enabled`` is False) and the loss is the intra loss alone, so
   every inter-branch key and both loss weights are dropped: ``labels``,
   ``sampling``, ``neg_num``, ``pool``, ``neg_search``, ``candidates``,
@@ -22,13 +23,13 @@ Which keys are dropped, and why (read off ``study/config.py`` and
   - ``labels: online``: ``recluster_every`` (only offline labels re-cluster);
   - ``labels: offline``: ``centroid_every`` and ``min_cluster`` (centroid
     updates and small-cluster splitting run only for online labels);
-  - ``sampling: random`` or ``hard``: ``pool`` (only semi-easy and
-    semi-hard draw from a pool);
-  - ``sampling: hard``: ``neg_search`` and ``candidates`` (hard negatives are
-    a global top-k over the whole bank in either search mode);
+  - a strategy without ``uses_pool`` (study/method/registry.py: ``random``,
+    ``hard``): ``pool`` (only semi-easy and semi-hard draw from a pool);
+  - a ``global_topk`` strategy (``hard``): ``neg_search`` and ``candidates``
+    (hard negatives are a global top-k over the whole bank in either search mode);
   - ``neg_search: exact``: ``candidates``;
-  - ``margin_type: none``: ``margin``.
-- ``intra_margin_type: none``: ``intra_margin``.
+  - a margin without ``uses_margin`` (``none``): ``margin``.
+- an intra margin without ``uses_margin`` (``none``): ``intra_margin``.
 
 Kept although they only matter on some hardware: ``amp`` and
 ``channels_last`` (they change the numbers on a GPU). Kept because they
@@ -41,6 +42,8 @@ from __future__ import annotations
 from typing import Any
 
 from study.config import EXECUTION_KEYS  # progress, threads, device, loader_workers: execution only
+from study.method.registry import MARGINS, SAMPLERS
+from study.train.registry import METHODS
 
 # every key of the inter-image branch, and the loss weights that only mix it in
 INTER_KEYS = ("labels", "sampling", "neg_num", "pool", "neg_search", "candidates", "margin_type", "margin",
@@ -51,21 +54,25 @@ INTER_KEYS = ("labels", "sampling", "neg_num", "pool", "neg_search", "candidates
 def irrelevant_keys(flat: dict[str, Any]) -> set[str]:
     """The keys of a resolved flat config (``TrainConfig.flat()``) that cannot affect its run."""
     out = set(EXECUTION_KEYS)
-    if flat.get("intra_margin_type") == "none":
+    # the flags come from the registries (an unknown name drops nothing)
+    method = METHODS.get(flat.get("method"))
+    sampler = SAMPLERS.get(flat.get("sampling"))
+    intra_margin, margin = MARGINS.get(flat.get("intra_margin_type")), MARGINS.get(flat.get("margin_type"))
+    if intra_margin is not None and not intra_margin.uses_margin:
         out.add("intra_margin")
-    if flat.get("method") == "mocov2":
+    if method is not None and not method.inter_branch:
         return out | set(INTER_KEYS)
     if flat.get("labels") == "online":
         out.add("recluster_every")
     elif flat.get("labels") == "offline":
         out |= {"centroid_every", "min_cluster"}
-    if flat.get("sampling") in ("random", "hard"):
+    if sampler is not None and not sampler.uses_pool:
         out.add("pool")
-    if flat.get("sampling") == "hard":
+    if sampler is not None and sampler.global_topk:
         out |= {"neg_search", "candidates"}
     if flat.get("neg_search") == "exact":
         out.add("candidates")
-    if flat.get("margin_type") == "none":
+    if margin is not None and not margin.uses_margin:
         out.add("margin")
     return out
 

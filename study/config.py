@@ -17,9 +17,19 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from study.data.registry import DATASETS
 from study.errors import UserError
+from study.method.registry import MARGINS, SAMPLERS
+from study.train.registry import METHODS
 
-Method = Literal["interclr", "mocov2"]
+# The choices of the study's factors and of the data, derived from the registries, where each
+# is named once (standard library only: loading a config imports no torch, so the CLI checks a
+# study file in well under a second). Literal takes the names as a tuple at run time.
+Method = Literal[tuple(METHODS)]  # study/train/registry.py
+Sampling = Literal[tuple(SAMPLERS)]  # study/method/registry.py
+MarginType = Literal[tuple(MARGINS)]  # study/method/registry.py
+DatasetName = Literal[tuple(DATASETS)]  # study/data/registry.py
+POOL_SAMPLINGS = tuple(name for name, s in SAMPLERS.items() if s.uses_pool)  # the strategies that draw from a pool
 
 # keys that change how a run is executed, not what it computes: they are not part of a
 # study cell's identity (cell_id), and a run resumes whatever their values
@@ -27,14 +37,8 @@ EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
 
 # Training images of the built-in datasets (the memory bank's size without a subset),
 # so that size invariants are checked at load; image folders are checked once scanned.
-TRAIN_SIZES: dict[str, int] = {"fashion_mnist": 60000, "cifar10": 50000, "stl10": 5000}
+TRAIN_SIZES: dict[str, int] = {name: d.train_size for name, d in DATASETS.items() if d.train_size is not None}
 LabelMode = Literal["online", "offline"]
-# The choices of the method's registries, spelled out here so that loading a config needs no
-# torch (the CLI checks a study file in well under a second); tests/test_config.py holds them
-# equal to study.method.sampling.SAMPLERS (and its uses_pool flags) and study.method.losses.MARGINS.
-Sampling = Literal["random", "semi-easy", "semi-hard", "hard"]
-POOL_SAMPLINGS = ("semi-easy", "semi-hard")  # the strategies that draw from a pool
-MarginType = Literal["none", "cosine", "arc"]
 
 
 class TrainConfig(BaseModel):
@@ -48,7 +52,7 @@ class TrainConfig(BaseModel):
 
     # --- data
     # the defaults are the paper's ImageNet recipe; the presets pick the data
-    dataset: Literal["fashion_mnist", "cifar10", "stl10", "imagefolder"] = "imagefolder"
+    dataset: DatasetName = "imagefolder"
     data_root: Optional[str] = None
     train_subset: Optional[int] = Field(default=None, ge=1)
     test_subset: Optional[int] = Field(default=None, ge=1)  # test images loaded (final metrics); None: all
@@ -60,7 +64,8 @@ class TrainConfig(BaseModel):
     blur_p: float = Field(default=0.5, ge=0.0, le=1.0)
     jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
     loader_workers: int = Field(default=4, ge=0)
-    stream: bool = False  # imagefolder only: decode from disk in workers instead of loading into memory
+    # a streamable dataset (imagefolder) only: decode from disk in workers instead of loading into memory
+    stream: bool = False
 
     # --- model (intra-image branch, MoCo v2)
     backbone: Literal["convnet", "resnet18", "resnet50"] = "resnet50"
@@ -125,7 +130,7 @@ class TrainConfig(BaseModel):
                 and self.train_subset > TRAIN_SIZES[self.dataset]:
             raise ValueError(f"key 'train_subset': must be <= {TRAIN_SIZES[self.dataset]}, the size of "
                              f"{self.dataset}'s training split (got {self.train_subset})")
-        if self.method == "interclr":
+        if self.inter_enabled:
             bank = self.bank_size
             if bank is not None:
                 check_data_invariants(self, bank)
@@ -136,18 +141,20 @@ class TrainConfig(BaseModel):
                 )
             if self.min_cluster * self.num_clusters > 10**9:
                 raise ValueError("key 'min_cluster': min_cluster * num_clusters is absurdly large")
-        if self.stream and (self.dataset != "imagefolder" or self.image_size is None):
-            raise ValueError("key 'stream': needs dataset 'imagefolder' and an image_size")
+        if self.stream and (not DATASETS[self.dataset].streamable or self.image_size is None):
+            streamable = " or ".join(repr(name) for name, d in DATASETS.items() if d.streamable)
+            raise ValueError(f"key 'stream': needs dataset {streamable} and an image_size")
         if self.batch_size % self.bn_splits:
             raise ValueError(f"key 'bn_splits': must divide batch_size {self.batch_size} (got {self.bn_splits})")
-        if self.intra_weight == 0 and (self.method == "mocov2" or self.inter_weight == 0):
+        if self.intra_weight == 0 and (not self.inter_enabled or self.inter_weight == 0):
             raise ValueError("key 'intra_weight': the loss would be zero")
         return self
 
     # ---- derived values, computed once
     @property
     def inter_enabled(self) -> bool:
-        return self.method == "interclr"
+        """Whether the method has the inter-image branch (MoCo v2 has not)."""
+        return METHODS[self.method].inter_branch
 
     @property
     def bank_size(self) -> Optional[int]:
@@ -158,7 +165,7 @@ class TrainConfig(BaseModel):
 
     def search_size(self, bank_size: int) -> int:
         """Bank entries ranked per step: ``candidates`` in candidates mode (not for ``hard``), else the bank."""
-        if self.neg_search == "candidates" and self.sampling != "hard":
+        if self.neg_search == "candidates" and not SAMPLERS[self.sampling].global_topk:
             return min(self.candidates, bank_size)
         return bank_size
 
@@ -166,7 +173,7 @@ class TrainConfig(BaseModel):
         """The semi-easy/semi-hard pool actually drawn from: ``pool`` scaled by search size / bank size.
 
         Candidates mode keeps the pool the same fraction of the searched entries
-        (:func:`study.sampling.scaled_pool`); exact search uses ``pool`` itself.
+        (:func:`study.method.sampling.scaled_pool`); exact search uses ``pool`` itself.
         """
         size = self.search_size(bank_size)
         if size >= bank_size:
@@ -385,23 +392,13 @@ def build_config(
     return cfg
 
 
-_DATA_HINTS = {
-    "fashion_mnist": "leave data_root unset to use the Debian package's files (sudo apt-get install "
-                     "dataset-fashion-mnist, under /usr/share/datasets/fashion-mnist), or give the folder "
-                     "holding the four IDX files",
-    "cifar10": "give the folder holding cifar-10-batches-py",
-    "stl10": "give the folder holding stl10_binary",
-    "imagefolder": "give the folder holding train/ and val/ class folders",
-}
-
-
 def check_without_data(cfg: TrainConfig, *, source: str = "config") -> None:
     """What the trainer would reject that can be told without reading the data: a ``data_root``
     that does not exist. (The size limits are checked by :class:`TrainConfig` when the bank size
     is known from the config.)"""
     if cfg.data_root is not None and not os.path.isdir(cfg.data_root):
         what = "is not a directory" if os.path.exists(cfg.data_root) else "does not exist"
-        raise UserError(f"{cfg.data_root} {what}; {_DATA_HINTS[cfg.dataset]}", source=source, key="data_root")
+        raise UserError(f"{cfg.data_root} {what}; {DATASETS[cfg.dataset].hint}", source=source, key="data_root")
 
 
 def check_data_invariants(cfg: TrainConfig, num_train: int) -> None:

@@ -76,14 +76,25 @@ def test_config_is_frozen_and_flat():
     assert flat["sampling"] == cfg.sampling and flat["widths"] == list(cfg.widths)
 
 
-def test_config_choices_are_the_method_registries():
-    """One place per rule: the config's sampling and margin choices are the method's registries."""
+def test_config_choices_are_derived_from_the_registries():
+    """Each choice is named once, in its registry; the config's types and derived values read them."""
     from typing import get_args
 
-    from study.config import POOL_SAMPLINGS, MarginType, Sampling
-    from study.method.losses import MARGINS
-    from study.method.sampling import SAMPLERS
+    from study import config
+    from study.data.registry import DATASETS
+    from study.method.registry import MARGINS, SAMPLERS
+    from study.train.registry import METHODS
 
-    assert set(get_args(Sampling)) == set(SAMPLERS)
-    assert set(POOL_SAMPLINGS) == {name for name, sampler in SAMPLERS.items() if sampler.uses_pool}
-    assert set(get_args(MarginType)) == set(MARGINS)
+    fields = config.TrainConfig.model_fields
+    for key, registry in (("method", METHODS), ("sampling", SAMPLERS), ("margin_type", MARGINS),
+                          ("intra_margin_type", MARGINS), ("dataset", DATASETS)):
+        assert get_args(fields[key].annotation) == tuple(registry), key
+    assert config.POOL_SAMPLINGS == ("semi-easy", "semi-hard")
+    assert config.POOL_SAMPLINGS == tuple(name for name, s in SAMPLERS.items() if s.uses_pool)
+    assert config.TRAIN_SIZES == {"fashion_mnist": 60000, "cifar10": 50000, "stl10": 5000}
+    assert build_config("smoke", {"method": "mocov2"}).inter_enabled is False
+    # a global top-k strategy searches the whole bank whatever neg_search says
+    cfg = build_config("smoke", {"sampling": "hard", "neg_search": "candidates", "candidates": 100})
+    assert cfg.search_size(1024) == 1024
+    assert build_config("smoke", {"sampling": "random", "neg_search": "candidates",
+                                  "candidates": 100}).search_size(1024) == 100

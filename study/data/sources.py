@@ -22,7 +22,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from study.data.datasets import FolderTwoViewDataset, ImageData, _decode_resized, _split_dirs, scan_image_folder
+from study.data.datasets import FolderTwoViewDataset, ImageData
+from study.data.formats.imagefolder import decode_resized, scan_image_folder, split_dirs
 
 
 class MemorySource:
@@ -72,7 +73,7 @@ class _FolderEval(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Tensor:
-        return torch.from_numpy(_decode_resized(self.paths[i], self.size))
+        return torch.from_numpy(decode_resized(self.paths[i], self.size))
 
 
 class FolderSource:
@@ -81,7 +82,7 @@ class FolderSource:
     streaming = True
 
     def __init__(self, root: str, image_size: int, crop_scale: tuple[float, float], seed: int, workers: int):
-        train_dir, test_dir = _split_dirs(root)
+        train_dir, test_dir = split_dirs(root)
         self.train_set = FolderTwoViewDataset(root, "train", out_size=image_size, crop_scale=crop_scale, seed=seed)
         self.test_paths, self.test_labels, _ = scan_image_folder(test_dir, self.train_set.classes)
         self.train_labels = self.train_set.labels

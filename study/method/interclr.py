@@ -37,11 +37,11 @@ class InterSettings:
     """The inter-image branch's settings (see the config's keys of the same names)."""
 
     labels: str  # "online" (relabelled every iteration) or "offline" (k-means every few epochs)
-    sampling: str  # a strategy of study.method.sampling.SAMPLERS
+    sampling: str  # a strategy of study.method.registry.SAMPLERS
     neg_num: int  # negatives per query
     pool: int  # semi-easy/semi-hard pool size
     candidates: Optional[int]  # bank entries searched per step; None: the whole bank
-    margin_type: str  # a margin of study.method.losses.MARGINS
+    margin_type: str  # a margin of study.method.registry.MARGINS
     margin: float
     num_clusters: int
     min_cluster: int

@@ -12,18 +12,21 @@ the boundary is "less stringent"; ``m > 0`` is more stringent.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from study.method import registry
 
-def _margin_none(cos: Tensor, margin: float) -> Tensor:
+
+def margin_none(cos: Tensor, margin: float) -> Tensor:
     """No margin: the cosine itself."""
     return cos
 
 
-def _margin_cosine(cos: Tensor, margin: float) -> Tensor:
+def margin_cosine(cos: Tensor, margin: float) -> Tensor:
     """Cosine margin ``cos - m`` (CosFace form)."""
     return cos - margin
 
@@ -41,7 +44,7 @@ def _safe_sin(cos: Tensor) -> Tensor:
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
 
 
-def _margin_arc(cos: Tensor, margin: float) -> Tensor:
+def margin_arc(cos: Tensor, margin: float) -> Tensor:
     """Additive angular margin ``cos(theta + m)`` (ArcFace form).
 
     ``cos(theta + m) = cos*cos(m) - sin*sin(m)``. It is monotonic in theta
@@ -65,9 +68,13 @@ def _margin_arc(cos: Tensor, margin: float) -> Tensor:
     return torch.where(cos > threshold, phi, cos - math.sin(math.pi - margin) * margin)
 
 
-# Registry: margin name -> function(cos, m). The study file names one of these.
-MARGINS = {"none": _margin_none, "cosine": _margin_cosine, "arc": _margin_arc}
-MARGIN_TYPES = tuple(MARGINS)  # ("none", "cosine", "arc")
+def _resolve_margin(entry: registry.Margin) -> Callable[[Tensor, float], Tensor]:
+    return registry.load(entry.fn)
+
+
+# margin name -> function(cos, m), resolved from study.method.registry.MARGINS (where a margin is named)
+MARGINS: Mapping[str, Callable[[Tensor, float], Tensor]] = registry.Resolved(registry.MARGINS, _resolve_margin)
+MARGIN_TYPES = tuple(registry.MARGINS)  # ("none", "cosine", "arc")
 
 
 def apply_margin(cos: Tensor, margin_type: str, margin: float) -> Tensor:
@@ -81,9 +88,9 @@ def apply_margin(cos: Tensor, margin_type: str, margin: float) -> Tensor:
     Returns:
         ``phi`` with the shape of ``cos``.
     """
-    fn = MARGINS.get(margin_type)
-    if fn is None:
-        raise ValueError(f"unknown margin type {margin_type!r}; allowed: {', '.join(MARGIN_TYPES)}")
+    if margin_type not in MARGINS:
+        raise ValueError(f"unknown margin type {margin_type!r}; allowed: {', '.join(MARGINS)}")
+    fn = MARGINS[margin_type]
     return fn(cos, float(margin))
 
 

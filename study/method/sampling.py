@@ -39,11 +39,14 @@ CPU crossover; at K = 4096 the matmul is several times cheaper).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
+
+from study.method import registry
 
 
 ClusterIndex = tuple[Tensor, Tensor, Tensor]  # (order (B,), starts (k,), counts (k,))
@@ -320,12 +323,13 @@ def _draw_excluding(
 
 
 # ---------------------------------------------------------------------------
-# Negative strategies: each maps (sim, labels) -> chosen columns
+# Negative strategies: each maps (sim, labels) -> chosen columns. Each is named once,
+# in study.method.registry.SAMPLERS, with its flags.
 # ---------------------------------------------------------------------------
 
 
-def _neg_random(sim: Optional[Tensor], col_labels: Tensor, q_labels: Tensor, neg_num: int, pool: int,
-                generator: torch.Generator) -> Tensor:
+def neg_random(sim: Optional[Tensor], col_labels: Tensor, q_labels: Tensor, neg_num: int, pool: int,
+               generator: torch.Generator) -> Tensor:
     """Uniform over all columns, same-label excluded. ``sim`` and ``pool`` unused."""
     return _draw_excluding(None, col_labels, q_labels, neg_num, generator)
 
@@ -343,8 +347,12 @@ def _neg_semi(largest: bool) -> Callable[..., Tensor]:
     return sample
 
 
-def _neg_hard(sim: Tensor, col_labels: Tensor, q_labels: Tensor, neg_num: int, pool: int,
-              generator: torch.Generator) -> Tensor:
+neg_semi_easy = _neg_semi(largest=False)
+neg_semi_hard = _neg_semi(largest=True)
+
+
+def neg_hard(sim: Tensor, col_labels: Tensor, q_labels: Tensor, neg_num: int, pool: int,
+             generator: torch.Generator) -> Tensor:
     """The ``neg_num`` most similar different-label columns (exact: mask, then top-k)."""
     same = col_labels.unsqueeze(0) == q_labels.unsqueeze(1)  # (N, S)
     masked = sim.masked_fill(same, float("-inf"))  # (N, S) copy; sim itself is untouched
@@ -358,7 +366,7 @@ def _neg_hard(sim: Tensor, col_labels: Tensor, q_labels: Tensor, neg_num: int, p
 
 
 class NegativeSampler(NamedTuple):
-    """One named negative strategy."""
+    """One named negative strategy: its function and the flags of its registry entry."""
 
     fn: Callable[..., Tensor]  # (sim (N,S) | None, col_labels (S,), q_labels (N,), neg_num, pool, gen) -> (N,K)
     needs_similarity: bool  # False: may be given sim=None
@@ -366,14 +374,13 @@ class NegativeSampler(NamedTuple):
     global_topk: bool  # True: always searches the whole bank (ignores candidates)
 
 
-# Registry: strategy name -> sampler. The study file names one of these.
-SAMPLERS: dict[str, NegativeSampler] = {
-    "random": NegativeSampler(_neg_random, needs_similarity=False, uses_pool=False, global_topk=False),
-    "semi-easy": NegativeSampler(_neg_semi(largest=False), needs_similarity=True, uses_pool=True, global_topk=False),
-    "semi-hard": NegativeSampler(_neg_semi(largest=True), needs_similarity=True, uses_pool=True, global_topk=False),
-    "hard": NegativeSampler(_neg_hard, needs_similarity=True, uses_pool=False, global_topk=True),
-}
-STRATEGIES = tuple(SAMPLERS)  # ("random", "semi-easy", "semi-hard", "hard")
+def _resolve_sampler(entry: registry.Sampler) -> NegativeSampler:
+    return NegativeSampler(registry.load(entry.fn), entry.needs_similarity, entry.uses_pool, entry.global_topk)
+
+
+# strategy name -> sampler, resolved from study.method.registry.SAMPLERS (where a strategy is named)
+SAMPLERS: Mapping[str, NegativeSampler] = registry.Resolved(registry.SAMPLERS, _resolve_sampler)
+STRATEGIES = tuple(registry.SAMPLERS)  # ("random", "semi-easy", "semi-hard", "hard")
 
 
 # ---------------------------------------------------------------------------
@@ -389,7 +396,7 @@ def validate_sampling(strategy: str, neg_num: int, pool: int, bank_size: int,
     semi-hard); ``candidates`` (None = exact search) must be >= 1.
     """
     if strategy not in SAMPLERS:
-        raise ValueError(f"unknown sampling strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
+        raise ValueError(f"unknown sampling strategy {strategy!r}; allowed: {', '.join(SAMPLERS)}")
     if neg_num < 1:
         raise ValueError(f"neg_num must be >= 1 (got {neg_num})")
     if neg_num > bank_size:

@@ -1,7 +1,8 @@
 """The training loop around the method (:class:`study.method.interclr.InterCLR`).
 
 :class:`Trainer` runs one configuration end to end: it picks the data source,
-builds the method unit (MoCo v2 is the unit with its inter branch off), and
+builds the method unit through the method registry (study/train/registry.py; MoCo v2
+is InterCLR's unit with its inter branch off), and
 keeps the loop, the learning-rate schedule, the optimizer, the random streams,
 the per-epoch evaluation, atomic checkpoints and resume. It imports neither Ray
 nor MLflow: per-epoch metrics go to an optional callback, to which the
@@ -39,11 +40,12 @@ from study.config import POOL_SAMPLINGS, TrainConfig, validate_against_data
 from study.data.augment import AugmentConfig, TwoViewAugment
 from study.data.datasets import ImageData, epoch_batches, load_dataset, mix_seed
 from study.data.sources import FolderSource, MemorySource
-from study.method.interclr import InterCLR, InterSettings
 from study.method.model import Encoder, build_backbone, split_batchnorm, use_channels_last
+from study.method.registry import load
 from study.train import checkpoint as ckpt
 from study.train import distributed as dist
 from study.train.evaluation import Evaluator, FeatureMemo, similarity_stats
+from study.train.registry import METHODS
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
 
@@ -80,18 +82,6 @@ class Generators:
     def load_state_dict(self, state: dict) -> None:
         for name in self.PURPOSES:
             getattr(self, name).set_state(state[name])
-
-
-def inter_settings(cfg: TrainConfig) -> InterSettings | None:
-    """The inter branch's settings of ``cfg``, or None for MoCo v2."""
-    if not cfg.inter_enabled:
-        return None
-    return InterSettings(
-        labels=cfg.labels, sampling=cfg.sampling, neg_num=cfg.neg_num, pool=cfg.pool,
-        candidates=None if cfg.neg_search == "exact" else cfg.candidates, margin_type=cfg.margin_type,
-        margin=cfg.margin, num_clusters=cfg.num_clusters, min_cluster=cfg.min_cluster,
-        centroid_every=cfg.centroid_every, kmeans_iters=cfg.kmeans_iters, bank_momentum=cfg.bank_momentum,
-        intra_weight=cfg.intra_weight, inter_weight=cfg.inter_weight)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -204,11 +194,10 @@ class Trainer:
                           cfg.feat_dim, cfg.hidden_dim)
         split_batchnorm(encoder, cfg.bn_splits)
         self.gens = Generators(cfg.seed, self.rank, self.device)
-        self.method = InterCLR(
-            encoder, num_samples=self.num_train, feat_dim=cfg.feat_dim, queue_size=cfg.queue_size,
-            key_momentum=cfg.key_momentum, temperature=cfg.temperature, intra_margin_type=cfg.intra_margin_type,
-            intra_margin=cfg.intra_margin, inter=inter_settings(cfg), queue_generator=self.gens.views,
-            device=self.device, gather=dist.all_gather_cat, rank=self.rank)
+        # the method's unit, from its builder in study/train/registry.py (MoCo v2: InterCLR, inter off)
+        build = load(METHODS[cfg.method].build)
+        self.method = build(cfg, encoder, num_samples=self.num_train, queue_generator=self.gens.views,
+                            device=self.device, gather=dist.all_gather_cat, rank=self.rank)
         # the method's parts, by their names (checkpoints, evaluation, tests)
         self.moco, self.queue = self.method.moco, self.method.queue
         self.bank, self.plabels = self.method.bank, self.method.plabels

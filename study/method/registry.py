@@ -1,0 +1,124 @@
+"""The method's named units, by name: negative samplers and margins (standard library only).
+
+This file is the one place where a sampling strategy or a margin is named. Each entry
+is a ``"package.module:attribute"`` reference to a pure function plus the flags that
+the config needs at load; the reference is imported on first use, so the config
+(study/config.py) derives its choices from here without importing torch. The heavy
+modules resolve their units from here (:data:`study.method.sampling.SAMPLERS`,
+:data:`study.method.losses.MARGINS`).
+
+Adding a strategy or a margin: write the function (in sampling.py, losses.py or a new
+module) and add one line below.
+
+:func:`load` and :class:`Resolved` are the registries' machinery, shared with the data
+(study/data/registry.py) and method-builder (study/train/registry.py) registries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A negative sampling strategy.
+
+    fn: ``(sim (N, S) | None, col_labels (S,), q_labels (N,), neg_num, pool, generator) -> (N, neg_num)``
+    columns of ``sim`` never sharing the query's label (see study/method/sampling.py).
+    """
+
+    fn: str  # "module:function"
+    needs_similarity: bool  # False: fn may be given sim=None (no similarity search)
+    uses_pool: bool  # draws from a pool of `pool` entries: the load-time pool checks apply
+    global_topk: bool  # always searches the whole bank (ignores neg_search/candidates)
+
+
+@dataclass(frozen=True)
+class Margin:
+    """A decision-boundary margin on the positive cosine: fn ``(cos (any shape), m) -> phi (same shape)``."""
+
+    fn: str  # "module:function"
+    uses_margin: bool = True  # False: the value m is ignored (and is not part of a cell's identity)
+
+
+# strategy name -> sampler; the study file's `sampling` names one of these
+SAMPLERS: dict[str, Sampler] = {
+    "random": Sampler("study.method.sampling:neg_random", needs_similarity=False, uses_pool=False, global_topk=False),
+    "semi-easy": Sampler("study.method.sampling:neg_semi_easy", needs_similarity=True, uses_pool=True,
+                         global_topk=False),
+    "semi-hard": Sampler("study.method.sampling:neg_semi_hard", needs_similarity=True, uses_pool=True,
+                         global_topk=False),
+    "hard": Sampler("study.method.sampling:neg_hard", needs_similarity=True, uses_pool=False, global_topk=True),
+}
+
+# margin name -> margin; the study file's `margin_type` and `intra_margin_type` name one of these
+MARGINS: dict[str, Margin] = {
+    "none": Margin("study.method.losses:margin_none", uses_margin=False),
+    "cosine": Margin("study.method.losses:margin_cosine"),
+    "arc": Margin("study.method.losses:margin_arc"),
+}
+
+
+# ---------------------------------------------------------------------------
+# Machinery
+# ---------------------------------------------------------------------------
+
+
+def load(ref: str) -> Any:
+    """The object a ``"package.module:attribute"`` reference names, its module imported now.
+
+    Raises ValueError naming the reference when the module or the attribute does not exist
+    (an import error inside an existing module propagates unchanged).
+    """
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"registry reference {ref!r} is not 'package.module:attribute'")
+    try:
+        obj = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name is not None and (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise ValueError(f"registry reference {ref!r}: no module {err.name!r}") from None
+        raise
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"registry reference {ref!r}: {module_name} has no attribute {attr!r}") from None
+    return obj
+
+
+E = TypeVar("E")
+T = TypeVar("T")
+
+
+class Resolved(Mapping[str, T], Generic[E, T]):
+    """A read-only view of a registry whose values are ``make(entry)``, built on first use.
+
+    It follows the registry it views: names, their order and a replaced entry (a test's
+    ``monkeypatch.setitem``) are read from it at each access.
+    """
+
+    def __init__(self, entries: Mapping[str, E], make: Callable[[E], T]):
+        self._entries = entries
+        self._make = make
+        self._cache: dict[str, tuple[E, T]] = {}
+
+    def __getitem__(self, name: str) -> T:
+        entry = self._entries[name]
+        hit = self._cache.get(name)
+        if hit is None or hit[0] is not entry:
+            hit = (entry, self._make(entry))
+            self._cache[name] = hit
+        return hit[1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Resolved({list(self._entries)})"
