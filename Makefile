@@ -35,7 +35,7 @@ browser:
 
 # the benchmarks' tests run the peer loop too: lightly (the bench extra) is installed for them
 test: setup browser $(VENV)/.bench
-	cd $(ROOT) && $(PY) -m pytest -q -n 4 --dist loadfile --durations=15
+	cd $(ROOT) && $(PY) -m pytest -q -n 6 --dist loadfile --durations=15
 
 # the peer library of the benchmarks (lightly) is installed here only, not by setup
 $(VENV)/.bench: $(VENV)/.done

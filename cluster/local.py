@@ -6,6 +6,7 @@ and as many trials run at once as the per-trial resources allow.
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from pathlib import Path
@@ -88,6 +89,10 @@ def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
 
 
 def _gpu_count() -> int:
+    """GPUs torch would see here. Without a GPU driver (no /dev/nvidia*, no ROCm's /dev/kfd) that is 0,
+    found without importing torch: the driver of a CPU study then starts ~2.5 CPU-s sooner."""
+    if not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")):
+        return 0
     try:
         import torch
 

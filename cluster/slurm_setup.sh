@@ -15,7 +15,12 @@
 # proctrack/linuxproc, task/none, one default partition.
 #
 # Usage: bash cluster/slurm_setup.sh        (SLURM_SETUP_FORCE=1 rewrites the
-#        configuration and restarts the daemons; SLURM_NODES=N for N nodes)
+#        configuration and restarts the daemons; SLURM_NODES=N for N nodes;
+#        SLURM_PARTITION_NODES=K puts K nodes in each partition: debug is the
+#        first K and the default, debug2 the next K, ...; default: one partition
+#        of every node. CI uses SLURM_NODES=6 SLURM_PARTITION_NODES=2 so that the
+#        SLURM test files each have nodes of their own and never queue behind
+#        each other, and the lost-node test kills a node no other test uses.)
 #        bash cluster/slurm_setup.sh start-node node1   (start one node's slurmd
 #        again, e.g. after a test stopped it, and mark the node usable)
 set -euo pipefail
@@ -24,6 +29,7 @@ CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
 PARTITION=${SLURM_PARTITION:-debug}
 NODES=${SLURM_NODES:-2}
+PER_PARTITION=${SLURM_PARTITION_NODES:-$NODES}
 BASE_PORT=17000
 log() { echo "[slurm_setup] $*"; }
 NODE_NAMES=$(for k in $(seq 0 $((NODES - 1))); do printf 'node%s ' "$k"; done)
@@ -60,7 +66,7 @@ wait_up() {  # wait until the nodes $* are usable, bringing back nodes remembere
                 *) ok=0 ;;
             esac
         done
-        if [ "$ok" = 1 ]; then log "nodes up: $(sinfo -h -o '%P %D %T %C %N' | head -n1)"; return 0; fi
+        if [ "$ok" = 1 ]; then log "nodes up: $(sinfo -h -o '%P %D %T %C %N' | paste -sd ';')"; return 0; fi
         sleep 1
     done
     echo "[slurm_setup] nodes $* did not become idle; see /var/log/slurm/slurmctld.log and slurmd-*.log" >&2
@@ -76,7 +82,7 @@ if [ "${1:-}" = start-node ]; then
 fi
 
 if [ "${SLURM_SETUP_FORCE:-0}" != 1 ] && command -v sinfo >/dev/null 2>&1 && all_up; then
-    log "SLURM is already up: $(sinfo -h -o '%P %D %T %C %N' | head -n1)"
+    log "SLURM is already up: $(sinfo -h -o '%P %D %T %C %N' | paste -sd ';')"
     exit 0
 fi
 
@@ -154,7 +160,11 @@ InactiveLimit=0
 $(for k in $(seq 0 $((NODES - 1))); do
     echo "NodeName=node$k NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((BASE_PORT + k)) CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN"
 done)
-PartitionName=$PARTITION Nodes=$(echo $NODE_NAMES | tr ' ' ',') Default=YES MaxTime=INFINITE State=UP
+$(for first in $(seq 0 "$PER_PARTITION" $((NODES - 1))); do
+    members=$(for k in $(seq "$first" $((first + PER_PARTITION - 1))); do if [ "$k" -lt "$NODES" ]; then printf 'node%s,' "$k"; fi; done)
+    if [ "$first" = 0 ]; then name=$PARTITION; default=YES; else name=$PARTITION$((first / PER_PARTITION + 1)); default=NO; fi
+    echo "PartitionName=$name Nodes=${members%,} Default=$default MaxTime=INFINITE State=UP"
+done)
 EOF
 changed=1
 if [ -f "$CONF" ] && cmp -s "$CONF" "$CONF.new"; then changed=0; fi

@@ -9,6 +9,44 @@ from pathlib import Path
 import pytest
 
 
+# The test files that take minutes, heaviest first (`make test` prints the slowest tests): they start
+# first, each on its own pytest-xdist worker, and the quick files fill the gaps behind them. Without
+# this, xdist orders files by their number of tests and the slowest (one or two tests each) start
+# last, on workers that have already queued a second heavy file.
+HEAVY_FILES = ("test_mlflow_server.py", "test_slurm.py", "test_interrupt_e2e.py", "test_mlflow_ui.py",
+               "test_slurm_nodes.py", "test_study_resume.py", "test_study_e2e.py", "test_slurm_lost_node.py",
+               "test_bench.py", "test_adaptive.py", "test_analysis.py", "test_interrupt.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Heavy files first, in :data:`HEAVY_FILES` order; the rest keep their order."""
+    rank = {name: k for k, name in enumerate(HEAVY_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Files in collection order, each worker given its next file only once it has at most one test of
+    its current file left (xdist's own scheduler hands out a file while two are left: a worker would
+    hold two heavy files of one or two tests each while another idles)."""
+    if config.getoption("dist") != "loadfile":
+        return None  # xdist's own scheduler for the other modes
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneFileAhead(LoadFileScheduling):
+        def _reschedule(self, node):
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
+
+    config.option.loadscopereorder = False  # keep HEAVY_FILES' order
+    return OneFileAhead(config, log)
+
+
 def store_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a `python -m study` whose store, run dirs and Ray files live in tmp_path."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",

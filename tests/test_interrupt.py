@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -381,94 +380,3 @@ def test_two_commands_at_once_on_a_new_store(tmp_path):
         for p in procs:
             p.join(timeout=60)
         assert results == [("ok", {}), ("ok", {})], (attempt, results)
-
-
-# ---------------------------------------------------------------- end to end through Ray
-def _runs(client, name, role="cell"):
-    exp = client.get_experiment_by_name(name)
-    return client.search_runs([exp.experiment_id], filter_string=f"tags.role = '{role}'", max_results=100)
-
-
-def _start_and_signal(path: Path, env: dict, tmp_path: Path, sig: int, group: bool):
-    """Start a study, send ``sig`` once a cell is mid-way; returns (exit status, output)."""
-    proc = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    run_dirs = tmp_path / "runs" / path.stem
-    deadline = time.time() + 900  # generous: a loaded machine starts Ray slowly
-    started = False
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            if run_dirs.exists() and any((d / "metrics.jsonl").exists() for d in run_dirs.iterdir()):
-                started = True
-                break
-        assert started and proc.poll() is None, "the study ended (or never reached a cell) before the signal"
-        if group:
-            os.killpg(proc.pid, sig)  # what Ctrl-C does: the whole process group
-        else:
-            os.kill(proc.pid, sig)  # the driver alone (kill PID, a batch system)
-        out, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode, out
-
-
-@pytest.mark.slow
-def test_ctrl_c_marks_runs_and_the_same_command_resumes(store):
-    tmp_path, env = store
-    env = fake_trial_env(env, epoch_s=0.5)  # the driver's side is under test, not what a cell trains
-    path = write_smoke_study(tmp_path, "ctrlc", epochs=3, seeds="[0]")
-    code, out = _start_and_signal(path, env, tmp_path, signal.SIGINT, group=True)
-    assert code == 130, out
-    assert "interrupted (SIGINT)" in out and f"run the same command again: python -m study run {path}" in out
-    assert "Tuner.restore" not in out and "Traceback" not in out, out
-    client = store_client(tmp_path)
-    runs = _runs(client, "ctrlc")
-    assert runs and all(r.info.status in (FINISHED, KILLED) for r in runs), [r.info.status for r in runs]
-    assert all(r.data.tags.get("interrupted") == "SIGINT" for r in runs if r.info.status == KILLED)
-    assert _runs(client, "ctrlc", "parent")[0].info.status == KILLED
-    status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"], env=env,
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert "interrupted" in status.stdout and "run the same command again" in status.stdout, status.stdout
-    res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    runs = _runs(client, "ctrlc")
-    assert len(runs) == 2 and len({r.data.tags["cell_id"] for r in runs}) == 2
-    for r in runs:
-        assert r.info.status == FINISHED
-        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss"))
-        assert steps == [1, 2, 3], steps  # no epoch logged twice
-    assert "wall/ideal" in res.stdout
-    ratio = float(res.stdout.split("wall/ideal ")[1].split()[0])
-    assert ratio >= 1.0, res.stdout
-
-
-@pytest.mark.slow
-def test_sigterm_to_the_driver_is_graceful_and_empty_runs_are_completed(store):
-    tmp_path, env = store
-    env = fake_trial_env(env, epoch_s=0.5)
-    path = write_smoke_study(tmp_path, "term", epochs=2, seeds="[0]")
-    study = load_study(path, "smoke")
-    # a driver killed right after creating runs left the parent and a cell run empty
-    tracker = StudyTracker("term")
-    client = store_client(tmp_path)
-    empty = _new_run(client, tracker.experiment_id, {"role": "cell", "cell_id": study.cells[0].cell_id,
-                                                     "study": "term", "driver": _dead_driver()})
-    _new_run(client, tracker.experiment_id, {"role": "parent", "study": "term"})
-    code, out = _start_and_signal(path, env, tmp_path, signal.SIGTERM, group=False)
-    assert code == 143, out
-    assert "interrupted (SIGTERM)" in out and "Tuner.restore" not in out, out
-    assert all(r.info.status != RUNNING for r in _runs(client, "term")), out
-    res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    runs = _runs(client, "term")
-    assert len(runs) == 2 and all(r.info.status == FINISHED for r in runs)
-    assert client.get_run(empty).data.params["seed"] == "0"
-    res = subprocess.run([sys.executable, "-m", "analysis", "--study", "term", "--out", str(tmp_path / "results")],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SMOKE_STUDY, fake_trial_env, store_client, store_env, write_smoke_study
+
 from study.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +59,27 @@ def _slurm_nodes_usable() -> int:
                 if line.split()[1].startswith(("idle", "mix", "alloc"))})
 
 
-needs_two_nodes = pytest.mark.skipif(SLURM_MISSING is not None or _slurm_nodes_usable() < 2,
-                                     reason="needs a SLURM of 2 nodes: `bash cluster/slurm_setup.sh` as root")
+TWO_NODES = SLURM_MISSING is None and _slurm_nodes_usable() >= 2
+needs_two_nodes = pytest.mark.skipif(not TWO_NODES, reason="needs a SLURM of 2 nodes: `bash cluster/slurm_setup.sh` as root")
+
+
+def partition(k: int) -> tuple[list[str], list[str]]:
+    """(flags, nodes) for the SLURM test file that owns partition ``debug<k>``.
+
+    CI starts SLURM with ``SLURM_NODES=6 SLURM_PARTITION_NODES=2`` (cluster/slurm_setup.sh):
+    partitions debug, debug2 and debug3 of two nodes each, so that the 2-node tests (whose jobs take
+    every CPU of their nodes) and the lost-node test (which kills a node) never queue behind or
+    disturb the other files' jobs. Where that partition does not exist: no flag, the default
+    partition's nodes (the tests then queue behind each other, and still pass).
+    """
+    name = f"debug{k}"
+    res = subprocess.run(["sinfo", "-h", "-p", name, "-N", "-o", "%N"], capture_output=True, text=True, timeout=20)
+    nodes = sorted(set(res.stdout.split())) if res.returncode == 0 else []
+    if len(nodes) >= 2:
+        return ["--partition", name], nodes
+    res = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %P"], capture_output=True, text=True, timeout=20)
+    default = sorted({line.split()[0] for line in res.stdout.splitlines() if line.split()[1].endswith("*")})
+    return [], default
 
 
 def _slurm_env(tmp_path, **fake) -> dict:

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from test_slurm import (REPO, _cell_runs, _check_complete, _run, _slurm_env, _state, _submit_until_mid_study,
-                        _wait_until, jobs, needs_two_nodes)  # noqa: F401 (jobs: a fixture)
+from test_slurm import (REPO, TWO_NODES, _cell_runs, _check_complete, _run, _slurm_env, _state,
+                        _submit_until_mid_study, _wait_until, jobs, needs_two_nodes,  # noqa: F401 (jobs: a fixture)
+                        partition)
+    needs_two_nodes,
+    partition,
+)
+
+# partition debug3 of CI's SLURM: the node this test kills runs no other test's job (see
+# test_slurm.partition)
+PARTITION, NODES = partition(3) if TWO_NODES else ([], [])
 
 
 def _kill_node(node: str, job_id: str) -> None:
@@ -51,23 +59,24 @@ def test_node_lost_mid_study_is_named_and_resumable(tmp_path, jobs):
 
     The cells are long (4 s an epoch) and Ray's health check short (a node is dead after 3 missed
     checks 1 s apart, instead of about 30 s), so Ray declares the node dead long before Tune's retry of
-    the killed trial on node0 could finish the study: the head's naming path is the one taken."""
+    the killed trial on the first node could finish the study: the head's naming path is the one taken."""
     name = "slurm-2n-lost"
     env = dict(_slurm_env(tmp_path, epoch_s=4.0), RAY_health_check_period_ms="1000",
                RAY_health_check_timeout_ms="1000", RAY_health_check_failure_threshold="3")
-    client, job_id, folder = _submit_until_mid_study((tmp_path, env), jobs, name, "--nodes", "2")
+    client, job_id, folder = _submit_until_mid_study((tmp_path, env), jobs, name, "--nodes", "2", *PARTITION)
     log_path = folder / f"{job_id}_0_log.out"
+    lost = NODES[1]  # the Ray head runs on the first node of the job's two
     try:
-        _kill_node("node1", job_id)
+        _kill_node(lost, job_id)
         _wait_until(lambda: _state(job_id) != "RUNNING", 240, "the job to stop",
                     lambda: f"{_state(job_id)}; {log_path.read_text()[-2000:]}")
     finally:
-        subprocess.run(["bash", str(REPO / "cluster" / "slurm_setup.sh"), "start-node", "node1"], check=True,
+        subprocess.run(["bash", str(REPO / "cluster" / "slurm_setup.sh"), "start-node", lost], check=True,
                        timeout=120)
     log = log_path.read_text()
-    assert "lost node node1 mid-study" in log, log[-3000:]
+    assert f"lost node {lost} mid-study" in log, log[-3000:]
     # SLURM has requeued the job after the node failure, or is about to. Its next attempt would reuse
-    # the job id and step id on node1, whose restarted slurmd still cleans up the killed attempt's step
+    # the job id and step id on the lost node, whose restarted slurmd still cleans up the killed attempt's step
     # 0 and can kill the new one's task there: cancel it and run the same command again (what the
     # head's message tells the user), a new job
     subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
@@ -75,7 +84,7 @@ def test_node_lost_mid_study_is_named_and_resumable(tmp_path, jobs):
                 "the job to be cancelled", lambda: f"job {job_id} state {_state(job_id)!r}")
     assert any(r.info.status != "FINISHED" for r in _cell_runs(client, name))
     res = _run(["run", str(tmp_path / f"{name}.yaml"), "--preset", "smoke", "--cluster", "slurm", "--wait",
-                "--nodes", "2", "--cpus-per-task", "2", "--time", "15"], env, timeout=600)
+                "--nodes", "2", "--cpus-per-task", "2", "--time", "15", *PARTITION], env, timeout=600)
     jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "finished 4/4" in res.stdout, res.stdout

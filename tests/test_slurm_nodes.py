@@ -13,9 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from test_slurm import (_cell_runs, _check_complete, _client, _release_and_finish, _run, _state,
+from test_slurm import (TWO_NODES, _cell_runs, _check_complete, _client, _release_and_finish, _run, _state,
                         _submit_until_mid_study, _trained_state, _wait_until, _write_study, jobs,  # noqa: F401 (fixture)
-                        needs_two_nodes, store)  # noqa: F401 (fixture)
+                        needs_two_nodes, partition, store)  # noqa: F401 (fixture)
+    _cell_runs,
+    _check_complete,
+    _client,
+    _release_and_finish,
+    _run,
+    _state,
+    _submit_until_mid_study,  # noqa: F401 (fixture)
+    _trained_state,
+    _wait_until,
+    _write_study,
+    needs_two_nodes,
+    partition,
+)
+
+# partition debug2 of CI's SLURM: this file's jobs take both its nodes (see test_slurm.partition)
+PARTITION, NODES = partition(2) if TWO_NODES else ([], [])
 
 
 @needs_two_nodes
@@ -28,7 +44,7 @@ def test_two_node_study_uses_both_nodes(store, jobs):
     env = {k: v for k, v in env.items() if k not in ("STUDY_TRIAL", "STUDY_FAKE_TRIAL")}
     path = _write_study(tmp_path, "slurm-2n", epochs=1, seeds="[0, 1]")
     res = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--nodes", "2", "--wait",
-                "--cpus-per-task", "2", "--time", "10"], env)
+                "--cpus-per-task", "2", "--time", "10", *PARTITION], env)
     jobs.extend(re.findall(r"submitted SLURM job (\d+)", res.stdout))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "2 node(s) x 2 CPUs" in res.stdout and "finished 4/4" in res.stdout, res.stdout
@@ -39,9 +55,9 @@ def test_two_node_study_uses_both_nodes(store, jobs):
     assert "Ray head with 2 CPUs" in log
     assert "2 node(s), 4 CPUs" in log, log[-3000:]  # both Ray nodes joined before the study started
     runs = _check_complete(_client(tmp_path), "slurm-2n", 4, 1)
-    assert {r.data.tags.get("node") for r in runs} == {"node0", "node1"}, [r.data.tags for r in runs]
+    assert {r.data.tags.get("node") for r in runs} == set(NODES[:2]), [r.data.tags for r in runs]
     # the same command again finds every cell finished and submits nothing
-    again = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--nodes", "2", "--wait"], env)
+    again = _run(["run", str(path), "--preset", "smoke", "--cluster", "slurm", "--nodes", "2", "--wait", *PARTITION], env)
     assert again.returncode == 0 and "4 finished, nothing to submit" in again.stdout, again.stdout
 
 
@@ -50,7 +66,7 @@ def test_two_node_study_uses_both_nodes(store, jobs):
 def test_two_node_requeue_mid_study_finishes_each_cell_once(store, jobs):
     name = "slurm-2n-requeue"
     tmp_path = store[0]
-    client, job_id, folder = _submit_until_mid_study(store, jobs, name, "--nodes", "2")
+    client, job_id, folder = _submit_until_mid_study(store, jobs, name, "--nodes", "2", *PARTITION)
     finished_before = {r.data.tags["cell_id"]: r.info.run_id for r in _cell_runs(client, name)
                        if r.info.status == "FINISHED"}
     trained_before = _trained_state(tmp_path, name, finished_before)
@@ -64,6 +80,6 @@ def test_two_node_requeue_mid_study_finishes_each_cell_once(store, jobs):
         if r.data.tags["cell_id"] in finished_before:
             assert r.info.run_id == finished_before[r.data.tags["cell_id"]]
     assert _trained_state(tmp_path, name, finished_before) == trained_before
-    assert {r.data.tags.get("node") for r in runs} <= {"node0", "node1"}
+    assert {r.data.tags.get("node") for r in runs} <= set(NODES[:2])
 
 
