@@ -17,9 +17,6 @@ import pytest
 from test_slurm import (REPO, TWO_NODES, _cell_runs, _check_complete, _run, _slurm_env, _state,
                         _submit_until_mid_study, _wait_until, jobs, needs_two_nodes,  # noqa: F401 (jobs: a fixture)
                         partition)
-    needs_two_nodes,
-    partition,
-)
 
 # partition debug3 of CI's SLURM: the node this test kills runs no other test's job (see
 # test_slurm.partition)

@@ -16,19 +16,6 @@ import pytest
 from test_slurm import (TWO_NODES, _cell_runs, _check_complete, _client, _release_and_finish, _run, _state,
                         _submit_until_mid_study, _trained_state, _wait_until, _write_study, jobs,  # noqa: F401 (fixture)
                         needs_two_nodes, partition, store)  # noqa: F401 (fixture)
-    _cell_runs,
-    _check_complete,
-    _client,
-    _release_and_finish,
-    _run,
-    _state,
-    _submit_until_mid_study,  # noqa: F401 (fixture)
-    _trained_state,
-    _wait_until,
-    _write_study,
-    needs_two_nodes,
-    partition,
-)
 
 # partition debug2 of CI's SLURM: this file's jobs take both its nodes (see test_slurm.partition)
 PARTITION, NODES = partition(2) if TWO_NODES else ([], [])
