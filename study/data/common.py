@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.errors import UserError
+from study.errors import DataError, UserError
 from study.paths import DATA_DIR
 
 # Images per chunk when resizing or computing statistics (bounds the float copies).
@@ -163,6 +163,18 @@ def find_subdir(root: str | None, subdir: str, marker: str) -> Path | None:
         if (candidate / marker).is_file():
             return candidate
     return None
+
+
+def require_subdir(root: str | None, subdir: str, marker: str, name: str, expected: str, url: str,
+                   extract: str = "") -> Path:
+    """:func:`find_subdir`, or a DataError saying where ``name`` was looked for, the files ``expected``
+    under ``<root>/<subdir>``, and where to download it (``extract``: how, e.g. a tar command)."""
+    folder = find_subdir(root, subdir, marker)
+    if folder is None:
+        where = Path(root).expanduser() if root is not None else DATA_DIR
+        raise DataError(f"{name} not found in {where}: expected {where / subdir}/{expected}; download {url} "
+                        f"and extract it there{extract.format(where=where)}")
+    return folder
 
 
 def present_files(folder: Path | None, names: list[str]) -> list[Path]:

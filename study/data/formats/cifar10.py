@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from study.data.common import ImageData, find_subdir, present_files, to_tensor
+from study.data.common import ImageData, find_subdir, present_files, require_subdir, to_tensor
 from study.errors import DataError
-from study.paths import DATA_DIR
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _SUBDIR, _MARKER = "cifar-10-batches-py", "data_batch_1"
@@ -40,14 +39,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load(root: str | None, image_size: int | None = None, unlabeled: bool = False) -> ImageData:
     """Both splits as stored: (N, 3, 32, 32) uint8 images, labels 0-9."""
-    folder = find_subdir(root, _SUBDIR, _MARKER)
-    if folder is None:
-        where = Path(root).expanduser() if root is not None else DATA_DIR
-        raise DataError(
-            f"CIFAR-10 not found in {where}: expected {where / 'cifar-10-batches-py'}/"
-            "{data_batch_1..5, test_batch, batches.meta}; download "
-            f"{CIFAR10_URL} and extract it there (tar xzf cifar-10-python.tar.gz -C {where})"
-        )
+    folder = require_subdir(root, _SUBDIR, _MARKER, "CIFAR-10", "{data_batch_1..5, test_batch, batches.meta}",
+                            CIFAR10_URL, " (tar xzf cifar-10-python.tar.gz -C {where})")
     parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     test_x, test_y = _read_cifar_batch(folder / "test_batch")
     classes = None

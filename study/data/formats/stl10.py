@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from study.data.common import CHUNK, ImageData, find_subdir, present_files, resize_images
+from study.data.common import CHUNK, ImageData, find_subdir, present_files, require_subdir, resize_images
 from study.errors import DataError
-from study.paths import DATA_DIR
 
 STL10_URL = "https://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 _SUBDIR, _MARKER = "stl10_binary", "train_X.bin"
@@ -55,14 +54,8 @@ def _stl_labels(path: Path, count: int) -> torch.Tensor:
 def load(root: str | None, image_size: int | None = None, unlabeled: bool = False) -> ImageData:
     """Both splits as stored, (N, 3, 96, 96) uint8; ``unlabeled`` adds the 100k unlabelled images
     (label -1) to train, resized to ``image_size`` while reading."""
-    folder = find_subdir(root, _SUBDIR, _MARKER)
-    if folder is None:
-        where = Path(root).expanduser() if root is not None else DATA_DIR
-        raise DataError(
-            f"STL-10 not found in {where}: expected {where / 'stl10_binary'}/"
-            "{train_X.bin, train_y.bin, test_X.bin, test_y.bin, optionally unlabeled_X.bin, "
-            f"class_names.txt}}; download {STL10_URL} and extract it there"
-        )
+    folder = require_subdir(root, _SUBDIR, _MARKER, "STL-10", "{train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
+                            "optionally unlabeled_X.bin, class_names.txt}", STL10_URL)
     train_x = _stl_images(folder / "train_X.bin")
     train_y = _stl_labels(folder / "train_y.bin", train_x.shape[0])
     test_x = _stl_images(folder / "test_X.bin")
