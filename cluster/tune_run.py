@@ -318,9 +318,6 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
     """
     from ray import tune
 
-    # no CSV, JSON or TensorBoard files per trial: MLflow holds every metric, and the TensorBoard
-    # logger alone costs the driver ~2 CPU-s at each start (it imports torch)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     by_id = {c.cell_id: c for c in cells}
     threads = study.resources.cpus
     param_space = {"cell": tune.grid_search([trial_payload(c, run_root / c.cell_id, threads, study.resources.gpus)
