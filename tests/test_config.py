@@ -89,9 +89,12 @@ def test_config_choices_are_derived_from_the_registries():
     for key, registry in (("method", METHODS), ("sampling", SAMPLERS), ("margin_type", MARGINS),
                           ("intra_margin_type", MARGINS), ("dataset", DATASETS)):
         assert get_args(fields[key].annotation) == tuple(registry), key
-    assert config.POOL_SAMPLINGS == ("semi-easy", "semi-hard")
+    # the paper's pool strategies and the built-in datasets' sizes are there; a newcomer's entries
+    # may be added beside them (one registry line each, nothing here to edit)
     assert config.POOL_SAMPLINGS == tuple(name for name, s in SAMPLERS.items() if s.uses_pool)
-    assert config.TRAIN_SIZES == {"fashion_mnist": 60000, "cifar10": 50000, "stl10": 5000}
+    assert {"semi-easy", "semi-hard"} <= set(config.POOL_SAMPLINGS) and not {"random", "hard"} & set(config.POOL_SAMPLINGS)
+    assert config.TRAIN_SIZES == {name: d.train_size for name, d in DATASETS.items() if d.train_size is not None}
+    assert {"fashion_mnist": 60000, "cifar10": 50000, "stl10": 5000}.items() <= config.TRAIN_SIZES.items()
     assert build_config("smoke", {"method": "mocov2"}).inter_enabled is False
     # a global top-k strategy searches the whole bank whatever neg_search says
     cfg = build_config("smoke", {"sampling": "hard", "neg_search": "candidates", "candidates": 100})

@@ -13,7 +13,7 @@ from study.method.losses import MARGIN_TYPES, apply_margin, contrastive_loss
 
 
 def test_margin_types_contract():
-    assert MARGIN_TYPES == ("none", "cosine", "arc")
+    assert MARGIN_TYPES[:3] == ("none", "cosine", "arc")  # the paper's three first; new ones may follow
 
 
 def test_none_margin_is_identity():

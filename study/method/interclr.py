@@ -39,7 +39,7 @@ class InterSettings:
     labels: str  # "online" (relabelled every iteration) or "offline" (k-means every few epochs)
     sampling: str  # a strategy of study.method.registry.SAMPLERS
     neg_num: int  # negatives per query
-    pool: int  # semi-easy/semi-hard pool size
+    pool: int  # pool size of the strategies that draw from one (registry flag uses_pool)
     candidates: Optional[int]  # bank entries searched per step; None: the whole bank
     margin_type: str  # a margin of study.method.registry.MARGINS
     margin: float

@@ -380,7 +380,7 @@ def _resolve_sampler(entry: registry.Sampler) -> NegativeSampler:
 
 # strategy name -> sampler, resolved from study.method.registry.SAMPLERS (where a strategy is named)
 SAMPLERS: Mapping[str, NegativeSampler] = registry.Resolved(registry.SAMPLERS, _resolve_sampler)
-STRATEGIES = tuple(registry.SAMPLERS)  # ("random", "semi-easy", "semi-hard", "hard")
+STRATEGIES = tuple(registry.SAMPLERS)  # the paper's four, then any added in study/method/registry.py
 
 
 # ---------------------------------------------------------------------------
