@@ -12,15 +12,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 
-from study.tracking import FINISHED, tracking_uri
-
-
-def _store_exists(uri: str) -> bool:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):].split("?")[0]).is_file()
-    return not uri.startswith("sqlite:")
+from study.tracking import FINISHED, store_exists, tracking_uri
 
 
 def finished_cells(uri: str, preset: str) -> list:
@@ -46,7 +39,7 @@ def finished_cells(uri: str, preset: str) -> list:
 def estimate_lines(study, slots: int, uri: str | None = None) -> list[str]:
     """Lines for ``--dry-run``: cells left to train, seconds per cell, cell-hours and wall time."""
     uri = uri or tracking_uri()
-    if not _store_exists(uri):
+    if not store_exists(uri):
         return [f"cost: no store at {uri} yet, so no measured seconds per cell at preset {study.preset}"]
     runs = finished_cells(uri, study.preset)
     done_here = {r.data.tags.get("cell_id") for r in runs if r.data.tags.get("study") == study.name}

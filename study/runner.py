@@ -22,7 +22,7 @@ from study.interrupt import StopSignals, StudyInterrupted
 from study.paths import ray_storage, run_root  # noqa: F401 (the launchers take them from here)
 from study.provenance import short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
-from study.tracking import FAILED, FINISHED, KILLED, RUNNING, StudyTracker, store_lock
+from study.tracking import FAILED, FINISHED, KILLED, RUNNING, StudyTracker, store_exists, store_lock, tracking_uri
 
 
 def local_cpus() -> int:
@@ -244,23 +244,28 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
     Writes nothing: a run left RUNNING by a driver that is gone shows as interrupted (the next
     ``run`` marks it KILLED in the store)."""
     study = load_study(path, preset, sets)
-    tracker = StudyTracker(study.name, create=False)
-    status = tracker.cell_status(live=True)
+    uri = tracking_uri()
+    tracker = StudyTracker(study.name, uri, create=False) if store_exists(uri) else None  # none: nothing ran
+    status = tracker.cell_status(live=True) if tracker is not None else {}
     names = {FINISHED: "done", RUNNING: "running", FAILED: "failed", KILLED: "interrupted"}
     width = max(len(c.level) for c in study.cells)
-    print(f"study '{study.name}', preset {study.preset}, store {tracker.uri}")
+    print(f"study '{study.name}', preset {study.preset}, store {uri}")
     for c in study.cells:
         print(f"  {c.cell_id}  {c.level:{width}}  seed {c.seed:<3} {names.get(status.get(c.cell_id), 'missing')}")
     counts = summarise(study, status)
     print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, interrupted {counts[KILLED]}, "
           f"failed {counts[FAILED]}, missing {counts['missing']} (of {len(study.cells)})")
-    if tracker.live_driver():
+    if tracker is not None and tracker.live_driver():
         print("a driver is running this study now")
+    elif counts["missing"] == len(study.cells):  # nothing of this preset (and these --set) has run
+        print(f"no cell of this study has run at preset {study.preset}; to start it: {rerun_command(study, sets)}")
     elif counts[KILLED] or counts["missing"] or counts[RUNNING]:
         what = "interrupted" if counts[KILLED] else "unfinished"
         print(f"the study was {what}; to resume, run the same command again: {rerun_command(study, sets)}")
     elif counts[FAILED]:
         print(f"to rerun the failed cells: {rerun_command(study, sets, '--rerun-failed')}")
+    if tracker is None:
+        return 0
     prov = provenance_text(tracker, {c.cell_id for c in study.cells})
     if prov:
         print(prov)

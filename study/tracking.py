@@ -44,6 +44,14 @@ def tracking_uri() -> str:
     return default_tracking_uri()
 
 
+def store_exists(uri: str) -> bool:
+    """False for an sqlite store whose file does not exist yet (reading it would create it); True
+    for any other store (a server answers for itself)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):].split("?")[0]).is_file()
+    return not uri.startswith("sqlite:")
+
+
 def _sqlite_file(uri: str) -> Path | None:
     prefix = "sqlite:///"
     return Path(uri[len(prefix):]).resolve() if uri.startswith(prefix) else None
@@ -168,7 +176,7 @@ def study_experiments(uri: str | None = None) -> list[tuple[str, str]]:
     An sqlite store whose file does not exist yet has no studies (and is not created).
     """
     uri = uri or tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].split("?")[0]).is_file():
+    if not store_exists(uri):
         return []
     c = client(uri)
     out = []

@@ -104,6 +104,20 @@ def test_orphaned_runs_show_interrupted_and_are_reconciled(store, capsys):
     assert client.get_run(parent).info.status == KILLED
 
 
+def test_status_of_a_study_never_run_says_start_not_resume(store, capsys):
+    tmp_path, _ = store
+    path = write_smoke_study(tmp_path, "fresh")
+    from study.runner import study_status
+
+    study_status(str(path), preset="smoke")
+    out = capsys.readouterr().out
+    assert "done 0, running 0, interrupted 0, failed 0, missing 4 (of 4)" in out, out
+    assert f"no cell of this study has run at preset smoke; to start it: python -m study run {path} --preset smoke" \
+        in out, out
+    assert "resume" not in out, out
+    assert not (tmp_path / "mlflow.db").exists()  # status writes nothing, not even a store
+
+
 def test_second_driver_on_a_running_study_is_refused(store):
     tmp_path, _ = store
     study = load_study(write_smoke_study(tmp_path, "busy"), "smoke")
