@@ -353,7 +353,6 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
         # resumes a study by running the same command again (the runner says so)
         cause = err.__cause__ or err
         raise RuntimeError(f"Ray Tune failed: {type(cause).__name__}: {cause}") from cause
-    interrupt.check()  # a signal during the loop's last step: the study was interrupted all the same
     out = {}
     for result in grid:
         cid = result.config["cell"]["cell_id"] if result.config else None

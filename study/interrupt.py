@@ -11,7 +11,8 @@ ignored, so the runs do get marked.
 the ``except Exception`` blocks inside Ray and MLflow let it through. A signal
 can still arrive where Python swallows any exception (a garbage-collector or
 ``__del__`` callback prints "Exception ignored" and goes on), so the driver's
-loop also calls :func:`check` at every step: the signal is never lost.
+loop calls :func:`check` at every step, and the runner once more after the launch
+returns: the signal is never lost.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from study import interrupt
 from study.backends import Backend, load_backend
 from study.errors import UserError
 from study.interrupt import StopSignals, StudyInterrupted
@@ -172,6 +173,9 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
     if todo:
         slots = backend.run_cells(study, todo, tracker, parent_id, done_before=done,
                                   experiment_name=experiment_name, restore=restore, stop=stop)
+        # a signal whose exception Python swallowed after the Tune loop's last step (during Ray's
+        # shutdown, say) still interrupts the study (study.interrupt.check)
+        interrupt.check()
         if slots is not None:
             line = efficiency_line(study.name, time.time() - start,
                                    tracker.attempt_seconds(c.cell_id for c in todo), min(len(todo), slots))

@@ -216,6 +216,20 @@ def test_a_swallowed_signal_still_stops_the_study(store, monkeypatch, capsys):
     assert all(r.info.status == KILLED for r in runs), [r.info.status for r in runs]
 
 
+def test_a_signal_swallowed_after_the_loop_still_interrupts(store, monkeypatch, capsys):
+    """The launch returns normally, but a SIGTERM landed in a __del__ on its way out (Ray's shutdown)."""
+    tmp_path, _ = store
+    path = write_smoke_study(tmp_path, "late", seeds="[0]")
+    study = load_study(path, "smoke")
+    import cluster.local
+
+    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(lambda: _SignalsInDel(signal.SIGTERM)))
+    from study.runner import execute_study
+
+    assert execute_study(study, rerun_failed=False, backend="local") == 143
+    assert "interrupted (SIGTERM): finished 1/2; 1 unfinished cell run(s) marked KILLED" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_in_the_driver_marks_runs_and_says_what_to_run(store, monkeypatch, capsys, sig, code):
     tmp_path, _ = store
