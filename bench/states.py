@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from study.method.bank import MemoryBank
-from study.config import build_config
+from study.config import TrainConfig, build_config
 from study.data.datasets import ImageData, load_dataset
 from study.errors import DataError
 from study.method.labels import PseudoLabels
@@ -114,12 +114,19 @@ def quiet(_msg: str) -> None:
     pass
 
 
+def bench_config(preset: str, overrides: dict, num_train: int) -> TrainConfig:
+    """The config a benchmark trainer gets: ``preset`` + ``overrides``, one thread, no progress bar.
+
+    ``train_subset`` is the number of images handed over, so the load-time
+    size checks (``check_data_invariants``) see the real bank. Raises
+    UserError where the config would reject the settings.
+    """
+    return build_config(preset, {"threads": 1, "progress": False, "train_subset": num_train, **overrides})
+
+
 def build_trainer(preset: str, overrides: dict, data: ImageData) -> Trainer:
     """A Trainer on ``data`` with ``preset`` + ``overrides`` (one thread, no progress bar, no output dir)."""
-    # train_subset = the images handed over, so the load-time size checks see the real bank
-    cfg = build_config(preset, {"threads": 1, "progress": False,
-                                "train_subset": int(data.train_images.shape[0]), **overrides})
-    return Trainer(cfg, None, data=data, log=quiet)
+    return Trainer(bench_config(preset, overrides, int(data.train_images.shape[0])), None, data=data, log=quiet)
 
 
 def state_from_trainer(trainer: Trainer, name: str) -> BankState:

@@ -91,7 +91,9 @@ FULL = StepScale(
         BankSpec("1.28M", 1_280_000, k=10_000, neg_num=_CPU["neg_num"], pool=128_000,
                  candidates=BENCH_CANDIDATES, repeats=3, slow_repeats=1, slow_warmup=0),
     ),
-    sweep=(1024, 2048, 4096, 8192, 16384),
+    # from 2,560 up: below it the pool within C (10 % of C) is smaller than neg_num (256),
+    # which the config rejects (check_data_invariants)
+    sweep=(2560, 4096, 8192, 16384),
 )
 QUICK = StepScale(
     preset="cpu",
@@ -289,14 +291,18 @@ def preset_as_configured(scale: StepScale, data, state: BankState, spec: BankSpe
     return [cfg.batch_size, m * 1e3, i * 1e3, i / m]
 
 
+def sweep_sizes(scale: StepScale, spec: BankSpec, bank_size: int) -> list[int]:
+    """The C of ``scale.sweep`` a run can use at this bank: below the bank's size, and with a
+    pool within C (:func:`scaled_pool`) of at least ``neg_num``, as the config requires."""
+    return [c for c in scale.sweep if c < bank_size and scaled_pool(spec.pool, c, bank_size) >= spec.neg_num]
+
+
 def sweep_candidates(scale: StepScale, data, state: BankState, spec: BankSpec, moco_step: Stepper,
                      batches) -> list[list]:
     """Semi-hard online in candidates mode at each C of ``scale.sweep``: [C, pool in C, MoCo ms, InterCLR ms, ratio]."""
     num_train = int(data.train_images.shape[0])
     rows = []
-    for c in scale.sweep:
-        if c >= state.size:
-            continue
+    for c in sweep_sizes(scale, spec, state.size):
         t = build_trainer(scale.preset, {**scale.overrides, **_inter_overrides(
             spec, num_train, "semi-hard", "online", "candidates"), "candidates": c}, data)
         inject_state(t, state, pool=spec.pool)

@@ -112,3 +112,36 @@ def test_kmeans_inertia_recomputed_identically():
     x = synthetic_state("k", 500, 5, dim=8, seed=0).feats.numpy()
     res = kmeans_bench.compare(x, 5, 3, kmeans_bench.random_init(x, 5, 0), ("ours",))
     assert res["ours"]["inertia"] == pytest.approx(res["ours"]["reported"], rel=1e-5)
+
+
+def test_full_scale_step_settings_are_ones_the_config_accepts():
+    """Every InterCLR setting `make bench` builds at full scale passes the config's load-time checks.
+
+    The quick run uses other sizes, so a full-scale setting that a config rule
+    rejects (the effective semi-hard pool below neg_num, say) would only fail
+    in `make bench` itself. And `sweep_sizes` keeps exactly the C the config
+    accepts.
+    """
+    from bench.states import bench_config
+    from study.errors import UserError
+
+    scale, num_train = step.FULL, 60_000  # the Fashion-MNIST train set the full run uses
+    for spec in scale.banks:
+        for strategy in step.STRATEGIES:
+            for labels in step.LABEL_MODES:
+                for search in step.SEARCHES:
+                    bench_config(scale.preset, {**scale.overrides, **step._inter_overrides(
+                        spec, num_train, strategy, labels, search)}, num_train)
+    first = scale.banks[0]
+    kept = step.sweep_sizes(scale, first, num_train)
+    assert kept == list(scale.sweep)  # the full sweep tries nothing the config would reject
+    probe = step.StepScale(preset=scale.preset, sweep=(512, 1024, 2048, 2559, 2560, 3000, 4096))
+    for c in probe.sweep:
+        ov = {**scale.overrides, **step._inter_overrides(first, num_train, "semi-hard", "online", "candidates"),
+              "candidates": c}
+        try:
+            bench_config(scale.preset, ov, num_train)
+            accepted = True
+        except UserError:
+            accepted = False
+        assert accepted == (c in step.sweep_sizes(probe, first, num_train)), c
