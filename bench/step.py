@@ -23,6 +23,7 @@ correctness checks (:func:`check_search_modes`, :func:`check_negative_gradients`
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -42,6 +43,7 @@ from bench.states import (
     synthetic_state,
 )
 from study.config import PRESETS, build_config
+from study.data.common import channel_stats, stratified_subset
 from study.data.datasets import epoch_batches
 from study.method.sampling import STRATEGIES, cluster_index, inter_sample, scaled_pool
 
@@ -74,6 +76,7 @@ class StepScale:
     batches: int = 4
     profile_steps: int = 3
     sweep: tuple[int, ...] = ()  # candidate counts tried with semi-hard online on the first bank
+    cell_overrides: dict = field(default_factory=dict)  # the preset's cell settings shrunk to the scale's data
 
 
 _CPU = PRESETS["cpu"]
@@ -108,6 +111,7 @@ QUICK = StepScale(
     batches=2,
     profile_steps=1,
     sweep=(64, 256),
+    cell_overrides={"train_subset": 256, "num_clusters": 8, "neg_num": 8, "pool": 64},
 )
 
 LABEL_MODES = ("online", "offline")
@@ -228,14 +232,11 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
         sec.notes.append(f"bank {spec.name}: the paper's recipe (semi-hard, online) costs {best[0]:.3f}x MoCo v2 "
                          f"with {best[1]} search.")
     first = scale.banks[0]
-    preset_cfg = build_config(scale.preset)
-    if scale.overrides.get("batch_size", preset_cfg.batch_size) != preset_cfg.batch_size:
-        with set_threads(1):
-            row = preset_as_configured(scale, data, states_cache[first.name], first)
-        sec.table(f"The `{scale.preset}` preset as configured (its batch {preset_cfg.batch_size}, "
-                  f"{preset_cfg.neg_search} search, C={preset_cfg.candidates:,}), bank {first.name}, semi-hard online.",
-                  ["batch", "MoCo v2 ms", "InterCLR ms", "ratio"], [row])
-        sec.data["preset_as_configured"] = row
+    with set_threads(1):
+        row, desc = preset_as_configured(scale, data)
+    sec.table(f"The `{scale.preset}` preset as its cells run it ({desc}), semi-hard online: the step a "
+              "study cell pays.", ["batch", "MoCo v2 ms", "InterCLR ms", "ratio"], [row])
+    sec.data["preset_as_configured"] = row
     if scale.sweep:
         with set_threads(1):
             sweep = sweep_candidates(scale, data, states_cache[first.name], first, moco_step, batches)
@@ -274,21 +275,36 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
     return sec
 
 
-def preset_as_configured(scale: StepScale, data, state: BankState, spec: BankSpec) -> list:
-    """MoCo v2 and InterCLR (semi-hard, online) with the preset's own batch and search settings."""
+def preset_as_configured(scale: StepScale, data) -> tuple[list, str]:
+    """MoCo v2 and InterCLR (semi-hard, online) as a cell of the preset runs them.
+
+    The preset's own bank (a stratified ``train_subset`` of the data, as
+    ``load_dataset`` draws it), batch, search, ``neg_num``, pool and k, and
+    the bank state from ``Trainer.init_inter_state`` on that subset (the
+    quick scale's ``cell_overrides`` shrink these to its tiny data).
+    Returns ``([batch, MoCo ms, InterCLR ms, ratio], settings described)``.
+    """
     num_train = int(data.train_images.shape[0])
     base = {k: v for k, v in scale.overrides.items() if k != "batch_size"}
-    cfg = build_config(scale.preset)
-    moco = build_trainer(scale.preset, {**base, "method": "mocov2"}, data)
-    inter_ov = {**_inter_overrides(spec, num_train, "semi-hard", "online", cfg.neg_search),
-                "candidates": cfg.candidates}
-    inter = build_trainer(scale.preset, {**base, **inter_ov}, data)
-    inject_state(inter, state, pool=spec.pool)
-    batches = epoch_batches(num_train, cfg.batch_size, cfg.seed, 0)[: scale.batches]
+    cfg = build_config(scale.preset, scale.cell_overrides)
+    n = min(cfg.train_subset or num_train, num_train)
+    idx = stratified_subset(data.train_labels, n, cfg.seed, key="train_subset")
+    sub = dataclasses.replace(data, train_images=data.train_images[idx], train_labels=data.train_labels[idx])
+    sub.mean, sub.std = channel_stats(sub.train_images)  # a cell's statistics are its subset's
+    inter_ov = {**scale.cell_overrides, "method": "interclr", "sampling": "semi-hard", "labels": "online"}
+    moco = build_trainer(scale.preset, {**base, **scale.cell_overrides, "method": "mocov2"}, sub)
+    inter = build_trainer(scale.preset, {**base, **inter_ov}, sub)
+    inter.init_inter_state()
+    batches = epoch_batches(n, cfg.batch_size, cfg.seed, 0)[: scale.batches]
+    spec = scale.banks[0]
     times = interleaved_times({"moco": Stepper(moco, batches), "inter": Stepper(inter, batches)},
                               repeats=spec.repeats, warmup=scale.warmup)
     m, i = median(times["moco"]), median(times["inter"])
-    return [cfg.batch_size, m * 1e3, i * 1e3, i / m]
+    c = inter.cfg
+    search = f"{c.neg_search} search" + (f" (C={c.candidates:,})" if c.neg_search == "candidates" else "")
+    desc = (f"bank {n:,} (its train_subset), batch {c.batch_size}, {search}, neg_num {c.neg_num:,}, "
+            f"pool {c.pool:,}, k {c.num_clusters}")
+    return [c.batch_size, m * 1e3, i * 1e3, i / m], desc
 
 
 def sweep_sizes(scale: StepScale, spec: BankSpec, bank_size: int) -> list[int]:

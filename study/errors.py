@@ -16,6 +16,7 @@ class UserError(Exception):
     def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
         self.source = source
         self.key = key
+        self.message = message  # without the source and key: for re-raising with another source
         parts = []
         if source:
             parts.append(str(source))

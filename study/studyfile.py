@@ -228,22 +228,51 @@ def cell_hash(config: TrainConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+# the members of the level union, as pydantic names them in an error's location
+_LEVEL_UNION = ("str", "int", "float", "bool", "Level")
+
+
 def _format_validation(err: ValidationError) -> tuple[str, str]:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()))
+    """(message, dotted key) of the first problem, in the study file's own terms.
+
+    A factor's level is a union (a plain value or a ``{label, set}`` mapping),
+    so pydantic reports one error per member; the member matching what was
+    written is the one named: a mapping's own problems (an unknown key: with
+    the allowed keys), anything else as "a level is a value or a mapping".
+    """
+    errors = err.errors()
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    cut = next((n for n, part in enumerate(loc) if loc[:1] == ("factors",) and part in _LEVEL_UNION), None)
+    if cut is not None:
+        where = loc[:cut]
+        mine = [e for e in errors if tuple(e["loc"])[:cut] == where and len(e["loc"]) > cut]
+        level_errors = [e for e in mine if e["loc"][cut] == "Level" and len(e["loc"]) > cut + 1]
+        if level_errors:  # a mapping: its own problem, unknown keys first
+            level_errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+            first = level_errors[0]
+            loc = where + tuple(first["loc"][cut + 1:])
+        else:
+            return (f"a level is a plain value (text, number, true/false) or a mapping "
+                    f"{{label: ..., set: {{key: value}}}} (got {first.get('input')!r})",
+                    ".".join(str(p) for p in where))
     msg = first.get("msg", str(err))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if first.get("type") == "extra_forbidden":
-        field = str(first["loc"][-1])
-        parent = StudySpec
-        options: tuple[str, ...] = tuple(parent.model_fields)
-        if len(first["loc"]) > 1 and first["loc"][0] == "presets":
-            options = tuple(PresetSpec.model_fields) + tuple(Resources.model_fields)
-        msg = unknown_key(field, options)
+        options: tuple[str, ...] = tuple(StudySpec.model_fields)
+        if cut is not None:
+            options = tuple(Level.model_fields)
+        elif "resources" in loc:
+            options = tuple(Resources.model_fields)
+        elif loc[:1] == ("presets",):
+            options = tuple(PresetSpec.model_fields)
+        msg = unknown_key(str(loc[-1]), options)
+    elif first.get("type") == "missing" and cut is not None:
+        msg = f"a level mapping needs the keys {', '.join(Level.model_fields)}; '{loc[-1]}' is missing"
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         msg = f"{msg} (got {first['input']!r})"
-    return msg, loc
+    return msg, ".".join(str(p) for p in loc)
 
 
 def read_study_file(path: str | Path) -> StudySpec:
@@ -269,6 +298,21 @@ def read_study_file(path: str | Path) -> StudySpec:
     for pname, p in spec.presets.items():
         _check_config_keys(p.set, src, f"presets.{pname}.set")
     return spec
+
+
+def _blame_sets(err: UserError, sets: dict[str, Any], where: str) -> UserError:
+    """The error of a cell's config, naming the ``--set`` it comes from when it names a key given there.
+
+    A ``--set`` applies to every cell, so its mistake is not the first level's:
+    ``--set margin=abc: key 'margin': ...`` rather than ``study.yaml (level
+    cosine +0.5, seed 0): ...``. Errors naming no ``--set`` key are unchanged.
+    """
+    named = ({err.key} if err.key else set()) | set(re.findall(r"'([a-z0-9_]+)'", err.message))
+    blamed = [k for k in sets if k in named]
+    if not blamed:
+        return err
+    given = " ".join(f"--set {k}={sets[k]}" for k in blamed)
+    return UserError(f"{err.message} (first cell it fails: {where})", source=given, key=err.key)
 
 
 def _check_config_keys(values: dict, src: str, where: str) -> None:
@@ -306,8 +350,11 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
         for seed in seeds:
             cell_values = dict(values, seed=seed)
             cell_values.update(sets or {})
-            where = f"{src} (level {' / '.join(levels.values())}, seed {seed})"
-            cfg = build_config(preset, cell_values, source=where)
+            cell_desc = f"level {' / '.join(levels.values())}, seed {seed}"
+            try:
+                cfg = build_config(preset, cell_values, source=f"{src} ({cell_desc})")
+            except UserError as err:
+                raise _blame_sets(err, sets or {}, f"{cell_desc} of {path.name}") from None
             cid = cell_hash(cfg)
             if cid in seen:
                 raise UserError(f"levels '{seen[cid]}' and '{' / '.join(levels.values())}' resolve to the "

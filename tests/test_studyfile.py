@@ -86,6 +86,14 @@ BAD = [
     ("", ["empty"]),
     ("- just\n- a list\n", ["mapping"]),
     ("factors: {sampling: [hard]}\n", ["name", "Field required"]),
+    # a level mapping: the union's member that matches what was written is the one named
+    ("name: x\nfactors: {b: [{label: a, sett: {margin: 0.5}}]}\n",
+     ["factors.b.0.sett", "did you mean 'set'", "allowed: label, set"]),
+    ("name: x\nfactors: {b: [{label: a}]}\n", ["factors.b.0.set", "needs the keys label, set", "missing"]),
+    ("name: x\nfactors: {b: [[1, 2]]}\n", ["factors.b.0'", "plain value", "mapping", "[1, 2]"]),
+    ("name: x\nfactors: {b: [{label: 3, set: {margin: 0.5}}]}\n", ["factors.b.0.label", "string", "got 3"]),
+    ("name: x\nfactors: {sampling: [hard]}\npresets: {cpu: {resources: {cpu: 1}}}\n",
+     ["presets.cpu.resources.cpu", "did you mean 'cpus'", "allowed: cpus, gpus"]),
 ]
 
 
@@ -98,6 +106,26 @@ def test_bad_study_files(tmp_path, text, words):
     assert str(path) in msg
     for w in words:
         assert w in msg, (w, msg)
+
+
+@pytest.mark.parametrize("sets, words", [
+    ({"margin": "abc"}, ["--set margin=abc", "key 'margin'", "valid number", "level random / cos -0.5, seed 0"]),
+    # fails only in the cells that use a pool: the first of them is named
+    ({"pool": 30000}, ["--set pool=30000", "'pool'", "exceeds the bank size 20000", "level"]),
+])
+def test_a_bad_set_is_blamed_on_the_set_not_on_a_level(tmp_path, sets, words):
+    """A --set value every cell gets is reported as that --set, not as the study file's first level."""
+    path = write(tmp_path, GOOD.replace("[random, hard]", "[random, semi-hard]"))
+    with pytest.raises(UserError) as err:
+        load_study(path, "cpu", sets)
+    msg = str(err.value)
+    assert msg.startswith("--set "), msg
+    for w in words:
+        assert w in msg, (w, msg)
+    # a level's own bad value still names the file and the level
+    bad_level = GOOD.replace("margin: 0.0", "margin: zero")
+    with pytest.raises(UserError, match=r"study.yaml \(level random / cos 0, seed 0\): key 'margin'"):
+        load_study(write(tmp_path, bad_level), "cpu", {"lr": 0.1})
 
 
 def test_missing_file(tmp_path):
@@ -121,6 +149,7 @@ def _cli(tmp_path, *args):
         (["run", "{good}", "--cluster", "moon"], ["--cluster", "invalid choice", "local", "slurm"]),
         (["run", "{good}", "--set", "negnum=1"], ["negnum", "did you mean 'neg_num'"]),
         (["run", "{good}", "--set", "sampling=hardest"], ["sampling", "semi-hard"]),
+        (["run", "{good}", "--set", "margin=abc"], ["--set margin=abc", "valid number", "first cell it fails"]),
         (["status", "{bad}"], ["seedz"]),
     ],
 )
