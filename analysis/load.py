@@ -337,8 +337,14 @@ def select_cells(cells: pd.DataFrame, preset: str) -> tuple[pd.DataFrame, pd.Dat
     return kept.reset_index(drop=True), excluded
 
 
-def find_missing(runs: pd.DataFrame, cells: pd.DataFrame, finished_ids: set[str]) -> pd.DataFrame:
-    """Cells with no finished run (their latest status), plus level x seed gaps among ``cells``."""
+def find_missing(runs: pd.DataFrame, cells: pd.DataFrame, finished_ids: set[str],
+                 planned_seeds: list[int] | None = None) -> pd.DataFrame:
+    """Cells with no finished run (their latest status), plus level x seed gaps among ``cells``.
+
+    ``planned_seeds``: the seeds every level runs (the parent's ``seeds`` tag); None: every
+    seed seen. A seed outside them was added by the adaptive loop to some levels only, so
+    a gap there counts only for a level that has a run at such a seed (one it extended).
+    """
     rows = []
     unfinished = runs[~runs["cell_id"].isin(finished_ids)]
     unfinished = unfinished.sort_values(["cell_id", "end_time", "run_id"], kind="mergesort")
@@ -349,8 +355,12 @@ def find_missing(runs: pd.DataFrame, cells: pd.DataFrame, finished_ids: set[str]
     listed = {(r["level"], r["seed"]) for r in rows}
     seeds = sorted(set(cells["seed"]) | {r["seed"] for r in rows})
     levels = sorted(set(cells["level"]) | {r["level"] for r in rows})
+    grid = set(seeds) if planned_seeds is None else set(planned_seeds)
+    extended = {level for level, seed in have | listed if seed not in grid}
     for level in levels:
         for seed in seeds:
+            if seed not in grid and level not in extended:
+                continue
             if (level, seed) not in have and (level, seed) not in listed:
                 rows.append({"cell_id": "", "level": level, "seed": seed, "status": "NOT IN STORE", "run_id": ""})
     df = _typed(rows, MISSING_COLUMNS)
@@ -431,7 +441,8 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     if preset is None:  # the preset of the latest finished cell, else of the latest run
         preset = choose_preset(finished if not finished.empty else all_runs)
     cells, excluded = select_cells(finished, preset)
-    missing = find_missing(all_runs[all_runs["preset"] == preset], cells, set(finished["cell_id"]))
+    missing = find_missing(all_runs[all_runs["preset"] == preset], cells, set(finished["cell_id"]),
+                           _planned_seeds(parent, study))
     curves = load_curves(client, cells)
     auc = curve_auc(curves)
     cells["knn_auc"] = cells["cell_id"].map(auc).astype("float64")
@@ -471,6 +482,18 @@ def _decision_settings(parent, study: str) -> dict:
                                 f"got {tags['stopping']!r}")
         out["stopping"] = tags["stopping"]
     return out
+
+
+def _planned_seeds(parent, study: str) -> list[int] | None:
+    """The parent's ``seeds`` tag (the seeds every level runs, written by the runner); None if absent."""
+    text = parent.data.tags.get("seeds", "") if parent is not None else ""
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ContractError(f"study {study!r}: parent tag seeds must be comma-separated integers, "
+                            f"got {text!r}") from None
 
 
 def _parent_fields(parent) -> dict:

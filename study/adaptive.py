@@ -142,10 +142,9 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
         raise UserError(f"must be at least the study's {len(base)} seeds (got {limits.max_seeds})",
                         source="--max-seeds")
     tracker = StudyTracker(study.name, tracking_uri)
-    parent = tracker.parent_run_id({"factors": ",".join(study.factors), "metric": study.spec.metric,
-                                    "preset": study.preset, "file": study.path.name}, study.path)
-    tracker.client.set_tag(parent, "stopping", "sequential")
-    tracker.client.set_tag(parent, "equivalence_delta", repr(study.spec.equivalence_delta))
+    parent = tracker.parent_run_id(study.parent_params(), study.path)
+    for key, value in {**study.parent_tags(), "stopping": "sequential"}.items():
+        tracker.client.set_tag(parent, key, value)
     print(f"[{study.name}] until decided: the study's {len(base)} seeds first, then {limits.batch} seeds per "
           f"look on the levels of open comparisons, at most {limits.max_seeds} seeds"
           + (f", budget {limits.budget_hours:g} cell-hours" if limits.budget_hours else ""), flush=True)

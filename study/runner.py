@@ -147,10 +147,9 @@ def _claim_and_execute(study: Study, *, rerun_failed: bool, backend: Backend, ex
                                 "end or stop it (Ctrl-C, or kill -INT PID), then run this again",
                                 source=f"study '{study.name}'")
         tracker.reconcile()
-        tracker.parent_id = tracker.parent_run_id(
-            {"factors": ",".join(study.factors), "metric": study.spec.metric, "preset": study.preset,
-             "file": study.path.name}, study.path)
-    tracker.client.set_tag(tracker.parent_id, "equivalence_delta", repr(study.spec.equivalence_delta))
+        tracker.parent_id = tracker.parent_run_id(study.parent_params(), study.path)
+    for key, value in study.parent_tags().items():
+        tracker.client.set_tag(tracker.parent_id, key, value)
     tracker.repair(study.cells)
     from study.reuse import link_finished_cells
 

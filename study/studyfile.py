@@ -197,6 +197,25 @@ class Study:
     def factors(self) -> list[str]:
         return list(self.spec.factors)
 
+    @property
+    def planned_seeds(self) -> list[int]:
+        """The study file's seeds at this preset: every level runs them (the adaptive loop adds
+        seeds to some levels only; those are not in this list)."""
+        pspec = self.spec.presets.get(self.preset)
+        return list((pspec.seeds if pspec is not None and pspec.seeds else None) or self.spec.seeds)
+
+    def parent_params(self) -> dict[str, str]:
+        """The params of the study's parent run (its identity in the store)."""
+        return {"factors": ",".join(self.factors), "metric": self.spec.metric, "preset": self.preset,
+                "file": self.path.name}
+
+    def parent_tags(self) -> dict[str, str]:
+        """Tags the analysis reads from the parent run: the equivalence margin, and the seeds
+        every level runs (a level x seed gap is listed only among these, and among the seeds the
+        adaptive loop gave the levels it extended)."""
+        return {"equivalence_delta": repr(self.spec.equivalence_delta),
+                "seeds": ",".join(map(str, self.planned_seeds))}
+
 
 def cell_params(cell: Cell) -> dict[str, str]:
     """The MLflow params of a cell run: every key of its resolved config, and each factor

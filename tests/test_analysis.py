@@ -66,6 +66,26 @@ def test_missing_cells_reported(data):
     assert not data["nope"].found and data["nope"].empty
 
 
+def test_seeds_the_adaptive_loop_added_are_gaps_only_for_the_levels_it_extended():
+    """After --until-decided, random and semi-easy keep the study's seeds 0-2 while semi-hard and
+    hard went on to seed 6: those seeds are not 'missing' for random and semi-easy, but a hole
+    in an extended level (hard seed 5, never started) still is, and so is one among seeds 0-2."""
+    import pandas as pd
+
+    from analysis.load import find_missing
+
+    have = [(lvl, s) for lvl in ("random", "semi-easy") for s in (0, 1, 2) if (lvl, s) != ("random", 1)]
+    have += [(lvl, s) for lvl in ("semi-hard", "hard") for s in range(7) if (lvl, s) != ("hard", 5)]
+    cells = pd.DataFrame({"level": [lvl for lvl, _ in have], "seed": [s for _, s in have]})
+    runs = pd.DataFrame({"cell_id": [f"{lvl}-{s}" for lvl, s in have], "level": cells["level"],
+                         "seed": cells["seed"], "status": "FINISHED", "run_id": "r", "end_time": 0.0})
+    finished = set(runs["cell_id"])
+    got = {(r.level, r.seed) for r in find_missing(runs, cells, finished, [0, 1, 2]).itertuples()}
+    assert got == {("random", 1), ("hard", 5)}
+    # without the parent's seeds (a store from before the tag): every seed is expected of every level
+    assert len(find_missing(runs, cells, finished, None)) == 2 + 2 * 4
+
+
 def test_level_with_only_failed_cells_keeps_its_place(data, outputs):
     b = data["boundary"]
     assert b.levels == ("cosine -1", "cosine -0.5", "cosine -0.25", "cosine 0", "cosine +0.5", "arc +0.3")
