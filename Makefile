@@ -45,7 +45,7 @@ $(VENV)/.bench: $(VENV)/.done
 bench: setup $(VENV)/.bench
 	cd $(ROOT) && $(PY) -m bench
 
-# one bounded script for a GPU machine (writes bench/RESULTS-gpu.md); on a CPU it says so and stops
+# one bounded script for a GPU machine (writes bench/RESULTS-gpu.md); without CUDA it says so and fails, writing nothing
 bench-gpu: setup
 	cd $(ROOT) && $(PY) -m bench.gpu --time-limit $${TIME_LIMIT:-480} --out bench/RESULTS-gpu.md
 

@@ -112,6 +112,13 @@ def verdict_cell(r: ComparisonResult) -> str:
             f"needs {need})")
 
 
+# the verdict table's columns and their Markdown alignment; verdict_rows writes one cell per column
+VERDICT_COLUMNS = (("Finding", "---"), ("Study", "---"), ("Finding's verdict", "---"), ("Comparison", "---"),
+                   ("Metric", "---"), ("mean d", "---:"), ("95% CI of d", "---"), ("anytime-valid 95% CI", "---"),
+                   ("p (paired t)", "---:"), ("n", "---:"), ("P(A > B)", "---"), ("Comparison's verdict", "---"),
+                   ("cell-h", "---:"), ("wall", "---:"))
+
+
 def verdict_rows(results: Sequence[FindingResult], walls: dict[str, float] | None = None) -> list[str]:
     """Rows of the verdict table: one per comparison; the finding's own verdict on its first row.
 
@@ -120,8 +127,9 @@ def verdict_rows(results: Sequence[FindingResult], walls: dict[str, float] | Non
     walls = walls or {}
     for f in results:
         head = f"{finding_name(f)} | {f.study} | **{f.verdict}**"
-        if not f.comparisons:
-            rows.append(f"| {head} | - | - | - | - | - | 0 | - | - | - | - |")
+        if not f.comparisons:  # every comparison column empty, n = 0
+            empty = ["0" if name == "n" else "-" for name, _ in VERDICT_COLUMNS[3:]]
+            rows.append(f"| {head} | " + " | ".join(empty) + " |")
             continue
         for j, r in enumerate(f.comparisons):
             c = r.comparison
@@ -251,9 +259,8 @@ def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]
              "finished cell runs; a cell logged twice counts once (its latest finished run). Accuracies are in %, "
              "± is the standard deviation over seeds, intervals are 95% t-intervals.", "",
              VERDICT_RULE, "", "## Verdicts", "",
-             "| Finding | Study | Finding's verdict | Comparison | Metric | mean d | 95% CI of d "
-             "| anytime-valid 95% CI | p (paired t) | n | P(A > B) | Comparison's verdict | cell-h | wall |",
-             "|---|---|---|---|---|---:|---|---|---:|---:|---|---|---:|---:|"]
+             "| " + " | ".join(name for name, _ in VERDICT_COLUMNS) + " |",
+             "|" + "|".join(align for _, align in VERDICT_COLUMNS) + "|"]
     all_results = [f for s in studies for f in results[s.study]]
     tested = {f.spec.key for f in all_results}
     all_results += [FindingResult(spec, "-", (), f"not run: no study in the store varies `{spec.factor}`")

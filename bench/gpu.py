@@ -10,19 +10,24 @@ benchmark. Interleaved medians after warm-up, stopped early by a time limit.
 
 As a script for a lent GPU machine (one command, bounded time)::
 
-    python -m bench.gpu --time-limit 240 --out "$OUT/RESULTS-gpu.md"
+    python -m bench.gpu --time-limit 480 --out "$OUT/RESULTS-gpu.md"
+
+(``make bench-gpu`` runs the same, writing ``bench/RESULTS-gpu.md``.)
 
 Then, in the time left, a `gpu`-preset cell end to end (Fashion-MNIST,
 ResNet-18, the preset's sizes) cut to ``CELL_EPOCHS`` epochs of
 ``CELL_STEPS`` steps, timed by phase like :mod:`bench.cell`.
 
-Without CUDA, :func:`run` records "not run: no GPU"; ``--tiny`` runs both
-parts on whatever device there is at tiny sizes (the tests do, on the CPU).
+Without CUDA, :func:`run` (a section of ``make bench``) records "not run: no
+GPU", and the script says so on stderr and exits 1 without writing ``--out``;
+``--tiny`` runs both parts on whatever device there is at tiny sizes (the
+tests do, on the CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -103,12 +108,15 @@ def gpu_cell(device: str, tiny: bool = False) -> dict:
     return cell_bench.time_cell("gpu", ov, out_dir=None, threads=None)
 
 
+GPU_COMMAND = "`make bench-gpu` (python -m bench.gpu --time-limit 480 --out bench/RESULTS-gpu.md)"
+
+
 def run(quick: bool = False, shared: Optional[dict] = None, time_limit: float = 300.0) -> Section:
     sec = Section("gpu", "6. GPU step: ResNet-50, 224 px, batch 256, bf16 autocast + channels_last")
     start = time.perf_counter()
     if not torch.cuda.is_available():
         sec.notes.append("not run: no GPU (torch.cuda.is_available() is False on this machine). "
-                         "On a GPU machine: `python -m bench.gpu --time-limit 240 --out RESULTS-gpu.md`.")
+                         f"On a GPU machine: {GPU_COMMAND}.")
         sec.seconds = time.perf_counter() - start
         return sec
     res = step_throughput("cuda", TINY if quick else FULL, time_limit=time_limit)
@@ -150,7 +158,7 @@ def _fill(sec: Section, res: dict, scale: GpuScale) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--time-limit", type=float, default=240.0,
+    parser.add_argument("--time-limit", type=float, default=480.0,
                         help="seconds; cells not started by then are skipped")
     parser.add_argument("--out", default=None, help="write the section (markdown) here")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (also runs on a CPU)")
@@ -162,6 +170,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         res = step_throughput(device, TINY, args.time_limit)
         _fill(sec, res, TINY)
         _cell_part(sec, device, True, args.time_limit - (time.perf_counter() - start))
+    elif not torch.cuda.is_available():
+        print(f"bench.gpu: no GPU here (torch.cuda.is_available() is False); nothing written. "
+              f"Run it on a GPU machine ({GPU_COMMAND}), or with --tiny to try it on the CPU.", file=sys.stderr)
+        return 1
     else:
         sec = run(time_limit=args.time_limit)
     text = "\n".join([markdown_table(["", ""], [[k, v] for k, v in machine_info().items()]), "", sec.markdown()])

@@ -220,6 +220,19 @@ def run_adaptive(path: str, *, preset: str, backend: "Backend", sets: dict | Non
             ray.shutdown()
 
 
+def with_added_seeds(study: Study, tracker: StudyTracker, sets: dict | None = None) -> Study:
+    """``study`` plus the cells at seeds the adaptive loop added that the store holds (they are not
+    in the study file's seeds, so ``status`` would not list them otherwise)."""
+    runs = tracker.cell_runs()
+    base = study.planned_seeds
+    added = sorted({int(s) for rs in runs.values() for r in rs
+                    if (s := r.data.params.get("seed", "")).lstrip("-").isdigit()} - set(base))
+    if not added:
+        return study
+    full = load_study(study.path, study.preset, sets, seeds=base + added)
+    return replace(study, cells=tuple(c for c in full.cells if c.seed in base or c.cell_id in runs))
+
+
 def status_lines(study: Study, tracker: StudyTracker, sets: dict | None = None,
                  max_seeds: int | None = None) -> list[str]:
     """For ``status``: each comparison's anytime-valid interval and the cells ``--until-decided`` would run
@@ -235,7 +248,7 @@ def status_lines(study: Study, tracker: StudyTracker, sets: dict | None = None,
         return []
     if not results:
         return []
-    base = list(dict.fromkeys(c.seed for c in study.cells))
+    base = study.planned_seeds
     plan = plan_next(results, base, Limits(max_seeds or decide.MAX_SEEDS, None, decide.BATCH))
     longest = max([len(s) for s in plan.values()] + [len(base)])
     full = load_study(study.path, study.preset, sets, seeds=seed_sequence(base, longest))

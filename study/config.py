@@ -314,6 +314,11 @@ def parse_sets(items: list[str] | None, *, source: str = "--set") -> dict[str, A
         if not sep or not key:
             raise UserError(f"expected key=value, got '{item}'", source=source)
         check_keys([key], source=source)
+        if key in out:
+            raise UserError(f"is given twice ({key}={out[key]!r}, then {item.strip()}): give it once",
+                            source=source, key=key)
+        if not value.strip():
+            raise UserError(f"expected a value after '=' (write {key}=null for none)", source=source, key=key)
         out[key] = parse_value(value, f"{source} {key}")
     return out
 

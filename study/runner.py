@@ -250,6 +250,10 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
     uri = tracking_uri()
     tracker = StudyTracker(study.name, uri, create=False) if store_exists(uri) else None  # none: nothing ran
     status = tracker.cell_status(live=True) if tracker is not None else {}
+    if tracker is not None:  # the seeds --until-decided added to some levels
+        from study.adaptive import with_added_seeds
+
+        study = with_added_seeds(study, tracker, sets)
     names = {FINISHED: "done", RUNNING: "running", FAILED: "failed", KILLED: "interrupted"}
     width = max(len(c.level) for c in study.cells)
     print(f"study '{study.name}', preset {study.preset}, store {uri}")

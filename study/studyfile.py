@@ -316,7 +316,35 @@ def read_study_file(path: str | Path) -> StudySpec:
             _check_config_keys(keys, src, f"factors.{fname}" + (f"[{i}].set" if isinstance(lv, Level) else ""))
     for pname, p in spec.presets.items():
         _check_config_keys(p.set, src, f"presets.{pname}.set")
+    # a level overrides 'fixed' and a preset's 'set': a key given in both would be silently lost
+    owned = factor_keys(spec)
+    for where, values in [("fixed", spec.fixed)] + [(f"presets.{n}.set", p.set) for n, p in spec.presets.items()]:
+        for key in values:
+            if key in owned:
+                raise UserError(f"is set by the levels of factor '{owned[key]}', which override {where}: "
+                                f"remove it from {where}", source=src, key=f"{where}.{key}")
+    if spec.finding is not None:
+        _check_finding(spec, src)
     return spec
+
+
+def factor_keys(spec: StudySpec) -> dict[str, str]:
+    """Every config key some factor's levels set -> that factor."""
+    return {key: fname for fname, levels in spec.factors.items() for lv in levels for key in _level_sets(fname, lv)}
+
+
+def _check_finding(spec: StudySpec, src: str) -> None:
+    """``finding`` names one of the paper's findings (analysis.findings) whose factor the study varies."""
+    from analysis.findings import FINDINGS
+
+    factor_of = {f.key: f.factor for f in FINDINGS}
+    if spec.finding not in factor_of:
+        raise UserError(f"unknown finding '{spec.finding}'{did_you_mean(spec.finding, tuple(factor_of))} "
+                        f"(allowed: {', '.join(factor_of)})", source=src, key="finding")
+    if factor_of[spec.finding] not in spec.factors:
+        raise UserError(f"finding '{spec.finding}' compares levels of factor '{factor_of[spec.finding]}', "
+                        f"which this study does not vary (its factors: {', '.join(spec.factors)})",
+                        source=src, key="finding")
 
 
 def _blame_sets(err: UserError, sets: dict[str, Any], where: str) -> UserError:
@@ -343,6 +371,20 @@ def _check_config_keys(values: dict, src: str, where: str) -> None:
             raise UserError("set seeds with the top-level 'seeds' list", source=src, key=f"{where}.seed")
 
 
+def _check_sets(spec: StudySpec, sets: dict[str, Any]) -> None:
+    """A ``--set`` applies to every cell: it may not set the seed or a key the levels vary
+    (every cell would then run the same value under its level's label)."""
+    owned = factor_keys(spec)
+    for key, value in sets.items():
+        if key == "seed":
+            raise UserError("the seeds are the study file's 'seeds' list (or --until-decided's); a --set "
+                            "cannot give one seed to every cell", source=f"--set {key}={value}", key=key)
+        if key in owned:
+            raise UserError(f"is what the levels of factor '{owned[key]}' vary: a --set would give every "
+                            "level the same value under its own label; change the levels in the study "
+                            "file instead", source=f"--set {key}={value}", key=key)
+
+
 def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | None = None,
                out_root: Path | None = None, seeds: list[int] | None = None) -> Study:
     """Read, validate and expand a study file into its cells (nothing is written).
@@ -355,6 +397,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
     if preset not in PRESETS:
         raise UserError(f"unknown preset '{preset}'{did_you_mean(preset, tuple(PRESETS))} "
                         f"(allowed: {', '.join(PRESETS)})", source="--preset")
+    _check_sets(spec, sets or {})
     pspec = spec.presets.get(preset, PresetSpec())
     seeds = list(seeds) if seeds is not None else (pspec.seeds or spec.seeds)
     factor_names = list(spec.factors)

@@ -142,6 +142,14 @@ def test_stops_at_the_seed_limit_and_says_what_is_left(store, capsys):
     lines = adaptive.status_lines(study, StudyTracker("adapt", create=False))
     assert any("semi-hard - hard" in ln and "anytime-valid 95% interval" in ln and "to run: semi-hard seeds 5, 6"
                in ln for ln in lines), lines
+    # ... and lists every cell the store holds: 3 levels x seeds 0-2, and semi-hard, hard at seeds 3, 4
+    from study.runner import study_status
+
+    capsys.readouterr()
+    assert study_status(str(path), preset="smoke") == 0
+    out = capsys.readouterr().out
+    assert "done 13, running 0, interrupted 0, failed 0, missing 0 (of 13)" in out, out
+    assert "semi-hard  seed 4" in out and "random     seed 3" not in out, out
 
 
 def test_kill_mid_batch_then_resume_runs_every_cell_once(store):

@@ -256,6 +256,10 @@ def test_report(outputs):
     assert "](sampling/negatives_similarity.png)" in rep and "](boundary/margin_sweep.pdf)" in rep
     assert "## Study `ghost`" in rep and "No finished cells" in rep
     assert "Finished cells left out (1): online seed 0 (run " in rep and "preset cpu, not smoke" in rep
+    # the verdict table: every row has the header's cells, the rows of findings with no comparison too
+    table = rep.split("## Verdicts", 1)[1].split("\n\n")[1].splitlines()
+    widths = {len(row.split(" | ")) for row in table if row.startswith("| ")}
+    assert len(widths) == 1 and any("| **not run" in row for row in table), table
 
 
 def test_builds_are_byte_identical(outputs):

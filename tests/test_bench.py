@@ -62,6 +62,15 @@ def test_bench_gpu_script_runs_tiny_on_cpu(tmp_path):
         assert title in text, title
 
 
+def test_bench_gpu_script_without_cuda_fails_and_writes_nothing(tmp_path, capsys):
+    """Without CUDA, `make bench-gpu` says why on stderr, exits 1, and leaves no half-made results file."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would run the real benchmark")
+    out = tmp_path / "gpu.md"
+    assert gpu.main(["--out", str(out)]) == 1
+    assert "no GPU here" in capsys.readouterr().err and not out.exists()
+
+
 def test_peer_loop_learns_like_ours():
     """The peer's documented loop runs on our data and gives a MoCo loss of the same size as ours."""
     from bench import peer

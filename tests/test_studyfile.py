@@ -94,6 +94,16 @@ BAD = [
     ("name: x\nfactors: {b: [{label: 3, set: {margin: 0.5}}]}\n", ["factors.b.0.label", "string", "got 3"]),
     ("name: x\nfactors: {sampling: [hard]}\npresets: {cpu: {resources: {cpu: 1}}}\n",
      ["presets.cpu.resources.cpu", "did you mean 'cpus'", "allowed: cpus, gpus"]),
+    # a key the levels vary, also given where the levels override it: it would be silently lost
+    ("name: x\nfixed: {sampling: hard}\nfactors: {sampling: [random, hard]}\n",
+     ["fixed.sampling", "factor 'sampling'", "remove it from fixed"]),
+    ("name: x\nfactors: {b: [{label: a, set: {margin: 0.5}}]}\npresets: {cpu: {set: {margin: 0.1}}}\n",
+     ["presets.cpu.set.margin", "factor 'b'", "override"]),
+    # 'finding' names one of the paper's findings, one this study's factors can test
+    ("name: x\nfinding: samplin\nfactors: {sampling: [hard]}\n",
+     ["'finding'", "did you mean 'sampling'", "allowed: labels, sampling, boundary, method"]),
+    ("name: x\nfinding: boundary\nfactors: {sampling: [hard]}\n",
+     ["'finding'", "factor 'boundary'", "does not vary", "its factors: sampling"]),
 ]
 
 
@@ -109,7 +119,7 @@ def test_bad_study_files(tmp_path, text, words):
 
 
 @pytest.mark.parametrize("sets, words", [
-    ({"margin": "abc"}, ["--set margin=abc", "key 'margin'", "valid number", "level random / cos -0.5, seed 0"]),
+    ({"lr": "abc"}, ["--set lr=abc", "key 'lr'", "valid number", "level random / cos -0.5, seed 0"]),
     # fails only in the cells that use a pool: the first of them is named
     ({"pool": 30000}, ["--set pool=30000", "'pool'", "exceeds the bank size 20000", "level"]),
 ])
@@ -126,6 +136,21 @@ def test_a_bad_set_is_blamed_on_the_set_not_on_a_level(tmp_path, sets, words):
     bad_level = GOOD.replace("margin: 0.0", "margin: zero")
     with pytest.raises(UserError, match=r"study.yaml \(level random / cos 0, seed 0\): key 'margin'"):
         load_study(write(tmp_path, bad_level), "cpu", {"lr": 0.1})
+
+
+@pytest.mark.parametrize("sets, words", [
+    # every level would run arc under its 'cos ...' label
+    ({"margin": 0.5}, ["--set margin=0.5", "factor 'boundary'", "change the levels"]),
+    ({"sampling": "hard"}, ["--set sampling=hard", "factor 'sampling'"]),
+    ({"seed": 5}, ["--set seed=5", "'seeds' list"]),
+])
+def test_a_set_may_not_override_what_the_levels_vary(tmp_path, sets, words):
+    with pytest.raises(UserError) as err:
+        load_study(write(tmp_path, GOOD), "cpu", sets)
+    msg = str(err.value)
+    for w in words:
+        assert w in msg, (w, msg)
+    load_study(write(tmp_path, GOOD), "cpu", {"margin_type": "arc"})  # a fixed key: the --set's purpose
 
 
 def test_missing_file(tmp_path):
@@ -148,8 +173,12 @@ def _cli(tmp_path, *args):
         (["run", "{good}", "--preset", "huge"], ["--preset", "unknown preset 'huge'"]),
         (["run", "{good}", "--cluster", "moon"], ["--cluster", "invalid choice", "local", "slurm"]),
         (["run", "{good}", "--set", "negnum=1"], ["negnum", "did you mean 'neg_num'"]),
-        (["run", "{good}", "--set", "sampling=hardest"], ["sampling", "semi-hard"]),
-        (["run", "{good}", "--set", "margin=abc"], ["--set margin=abc", "valid number", "first cell it fails"]),
+        (["run", "{good}", "--set", "labels=sometimes"], ["labels", "online", "offline"]),
+        (["run", "{good}", "--set", "lr=0.1", "--set", "lr=0.2"], ["--set", "'lr'", "given twice"]),
+        (["run", "{good}", "--set", "lr="], ["--set", "'lr'", "expected a value"]),
+        (["run", "{good}", "--set", "boundary=1", "--dry-run"], ["--set", "'boundary'", "unknown key"]),
+        (["run", "{good}", "--set", "sampling=hard", "--dry-run"], ["--set sampling=hard", "levels"]),
+        (["run", "{good}", "--set", "lr=abc"], ["--set lr=abc", "valid number", "first cell it fails"]),
         (["status", "{bad}"], ["seedz"]),
     ],
 )
