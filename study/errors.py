@@ -8,6 +8,18 @@ one message on stderr and exit status 2, before anything is written.
 from __future__ import annotations
 
 
+def key_path(parts) -> str:
+    """A key's place in a file as errors write it: names joined by dots, list items by index.
+
+    ``("factors", "sampling", 1, "set")`` -> ``"factors.sampling[1].set"`` (pydantic's
+    error locations and the YAML duplicate finder both go through here).
+    """
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 class UserError(Exception):
     """Bad input from the user: reported as one message, exit status 2."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from study.errors import UserError
+from study.errors import UserError, key_path
 
 
 def _loader():
@@ -35,7 +35,7 @@ def _key_text(node) -> str:
     return str(node.value) if not isinstance(node.value, list) else node.tag
 
 
-def _find_duplicate(node, path: tuple[str, ...] = ()) -> tuple[str, str, str] | None:
+def _find_duplicate(node, path: tuple[str | int, ...] = ()) -> tuple[str, str, str] | None:
     """(dotted key path, first place, second place) of the first key given twice, depth first;
     a place is 'line N' (or 'line N, column M' when both copies share a line)."""
     from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
@@ -52,14 +52,14 @@ def _find_duplicate(node, path: tuple[str, ...] = ()) -> tuple[str, str, str] | 
                         places = [f"line {m.line + 1}, column {m.column + 1}" for m in (first, mark)]
                     else:
                         places = [f"line {m.line + 1}" for m in (first, mark)]
-                    return ".".join(path + (key_node.value,)), places[0], places[1]
+                    return key_path(path + (key_node.value,)), places[0], places[1]
                 seen[ident] = mark
             found = _find_duplicate(value_node, path + (_key_text(key_node),))
             if found:
                 return found
     elif isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
-            found = _find_duplicate(item, path[:-1] + (f"{path[-1]}[{i}]",) if path else (f"[{i}]",))
+            found = _find_duplicate(item, path + (i,))
             if found:
                 return found
     return None

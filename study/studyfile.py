@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from study.canonical import canonical_config
 from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean, unknown_key
-from study.errors import UserError
+from study.errors import UserError, key_path
 from study.files import read_yaml
 
 # ---- names that later stages take (checked at load, so a study that loads also runs)
@@ -274,7 +274,7 @@ def _format_validation(err: ValidationError) -> tuple[str, str]:
         else:
             return (f"a level is a plain value (text, number, true/false) or a mapping "
                     f"{{label: ..., set: {{key: value}}}} (got {first.get('input')!r})",
-                    ".".join(str(p) for p in where))
+                    key_path(where))
     msg = first.get("msg", str(err))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -291,7 +291,7 @@ def _format_validation(err: ValidationError) -> tuple[str, str]:
         msg = f"a level mapping needs the keys {', '.join(Level.model_fields)}; '{loc[-1]}' is missing"
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         msg = f"{msg} (got {first['input']!r})"
-    return msg, ".".join(str(p) for p in loc)
+    return msg, key_path(loc)
 
 
 def read_study_file(path: str | Path) -> StudySpec:

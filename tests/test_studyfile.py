@@ -88,10 +88,10 @@ BAD = [
     ("factors: {sampling: [hard]}\n", ["name", "Field required"]),
     # a level mapping: the union's member that matches what was written is the one named
     ("name: x\nfactors: {b: [{label: a, sett: {margin: 0.5}}]}\n",
-     ["factors.b.0.sett", "did you mean 'set'", "allowed: label, set"]),
-    ("name: x\nfactors: {b: [{label: a}]}\n", ["factors.b.0.set", "needs the keys label, set", "missing"]),
-    ("name: x\nfactors: {b: [[1, 2]]}\n", ["factors.b.0'", "plain value", "mapping", "[1, 2]"]),
-    ("name: x\nfactors: {b: [{label: 3, set: {margin: 0.5}}]}\n", ["factors.b.0.label", "string", "got 3"]),
+     ["factors.b[0].sett", "did you mean 'set'", "allowed: label, set"]),
+    ("name: x\nfactors: {b: [{label: a}]}\n", ["factors.b[0].set", "needs the keys label, set", "missing"]),
+    ("name: x\nfactors: {b: [[1, 2]]}\n", ["factors.b[0]'", "plain value", "mapping", "[1, 2]"]),
+    ("name: x\nfactors: {b: [{label: 3, set: {margin: 0.5}}]}\n", ["factors.b[0].label", "string", "got 3"]),
     ("name: x\nfactors: {sampling: [hard]}\npresets: {cpu: {resources: {cpu: 1}}}\n",
      ["presets.cpu.resources.cpu", "did you mean 'cpus'", "allowed: cpus, gpus"]),
     # a key the levels vary, also given where the levels override it: it would be silently lost
