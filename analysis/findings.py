@@ -5,18 +5,13 @@ compare, picked by their params (not by their labels, which studies may
 spell differently): the claimed-better level first, so a positive paired
 difference is what the paper says.
 
-1. labels:   online vs offline, on the study's metric and on the mean kNN
-             top-1 over epochs ("converge faster").
-2. sampling: semi-hard vs hard.
-3. boundary: the reference margin cosine -0.5 vs cosine 0, and vs the most
-             stringent positive cosine margin in the study.
-4. method:   InterCLR vs MoCo v2.
+The findings themselves (factor, compared levels) are :mod:`analysis.claims`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,27 +20,9 @@ from . import decide
 from .load import DEFAULT_DELTA, StudyData
 from .stats import (CONFIDENCE, HOLDS, CONTRADICTED, PairedComparison, combine_verdicts, equivalent, inconclusive,
                     paired_compare, verdict)
+from .claims import (FINDINGS, ComparisonSpec, FindingSpec, Selector, level_where, most_stringent_cosine,  # noqa: F401
+                     selector_text, unformable)
 from .tables import spec
-
-Selector = Callable[[pd.DataFrame], "str | None"]
-
-
-@dataclass(frozen=True)
-class ComparisonSpec:
-    better: Selector  # cells -> the level claimed better (None if the study lacks it)
-    worse: Selector
-    metric: str | None = None  # None: the study's primary metric
-    what: str = ""  # e.g. "convergence"
-
-
-@dataclass(frozen=True)
-class FindingSpec:
-    key: str
-    factor: str
-    title: str
-    claim: str
-    comparisons: tuple[ComparisonSpec, ...]
-
 
 @dataclass(frozen=True)
 class ComparisonResult:
@@ -79,61 +56,6 @@ class FindingResult:
     study: str
     comparisons: tuple[ComparisonResult, ...]
     verdict: str
-
-
-# --------------------------------------------------------------------------- level selection
-
-
-def level_where(cells: pd.DataFrame, **params) -> str | None:
-    """The first level (in frame order) whose cells have all these param values."""
-    mask = pd.Series(True, index=cells.index)
-    for key, value in params.items():
-        if key not in cells.columns:
-            return None
-        if isinstance(value, float):
-            mask &= np.isclose(cells[key].to_numpy(dtype=float), value)
-        else:
-            mask &= cells[key] == value
-    hits = cells.loc[mask, "level"]
-    return None if hits.empty else str(hits.iloc[0])
-
-
-def _where(**params) -> Selector:
-    return lambda cells: level_where(cells, **params)
-
-
-def most_stringent_cosine(cells: pd.DataFrame) -> str | None:
-    """The cosine level with the largest positive margin (the hardest boundary)."""
-    cos = cells[(cells["margin_type"] == "cosine") & (cells["margin"] > 0)]
-    if cos.empty:
-        return None
-    return level_where(cells, margin_type="cosine", margin=float(cos["margin"].max()))
-
-
-FINDINGS: tuple[FindingSpec, ...] = (
-    FindingSpec(
-        "labels", "labels", "Pseudo-label maintenance",
-        "online labels converge faster and perform better than offline labels",
-        (ComparisonSpec(_where(labels="online"), _where(labels="offline")),
-         ComparisonSpec(_where(labels="online"), _where(labels="offline"), metric="knn_auc", what="convergence")),
-    ),
-    FindingSpec(
-        "sampling", "sampling", "Negative sampling",
-        "semi-hard negatives are more reliable and less biased than hard negatives",
-        (ComparisonSpec(_where(sampling="semi-hard"), _where(sampling="hard")),),
-    ),
-    FindingSpec(
-        "boundary", "boundary", "Decision boundary",
-        "a less stringent boundary (cosine margin -0.5) is better for inter-image learning",
-        (ComparisonSpec(_where(margin_type="cosine", margin=-0.5), _where(margin_type="cosine", margin=0.0)),
-         ComparisonSpec(_where(margin_type="cosine", margin=-0.5), most_stringent_cosine)),
-    ),
-    FindingSpec(
-        "method", "method", "InterCLR vs MoCo v2",
-        "InterCLR (online labels, semi-hard negatives, less stringent margin) improves over MoCo v2",
-        (ComparisonSpec(_where(method="interclr"), _where(method="mocov2")),),
-    ),
-)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -248,6 +248,17 @@ def _cell_row(run, study: str) -> dict:
     return row
 
 
+def _int64_or_missing(value) -> int:
+    """An int column's value, or -1 (missing) for one that is absent, not a whole number or beyond
+    int64: a run the toolkit could not have written (a hand-made or older store) must not stop
+    the reading of every other run."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return -1
+    return number if -2**63 <= number < 2**63 else -1
+
+
 def _typed(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col, kind in columns.items():
@@ -256,7 +267,7 @@ def _typed(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
         if kind == "str":
             df[col] = df[col].fillna("").astype(str)
         elif kind == "int":
-            df[col] = df[col].fillna(-1).astype("int64")
+            df[col] = df[col].map(_int64_or_missing).astype("int64")
         else:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     extra = [c for c in df.columns if c not in columns]

@@ -27,6 +27,7 @@ tests do, on the CPU).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import torch
 from bench import cell as cell_bench
 from bench.common import Section, interleaved_times, machine_info, markdown_table, median
 from bench.states import Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
+from study.config import PRESETS
 from study.data.datasets import epoch_batches
 
 
@@ -134,7 +136,8 @@ def _cell_part(sec: Section, device: str, tiny: bool, time_left: float) -> None:
     cfg = res["config"]
     sec.table(f"A `gpu`-preset cell end to end on {device}{' (tiny sizes)' if tiny else ''}: {cfg.backbone} at "
               f"{cfg.image_size} px, batch {cfg.batch_size}, {res['epochs']} epochs x "
-              f"{res['steps'] // max(1, res['epochs'])} steps (cut from the preset's {cfg.epochs} epochs); seconds.",
+              f"{res['steps'] // max(1, res['epochs'])} steps (cut from the preset's {PRESETS['gpu']['epochs']} "
+              f"epochs); seconds.",
               ["phase", "wall s", "% of wall", "CPU s"], cell_bench.breakdown_rows(res))
     if res["wall"]["train"] > 0:
         sec.notes.append(f"gpu cell: {res['steps'] * cfg.batch_size / res['wall']['train']:.0f} pairs/s in training "
@@ -163,6 +166,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="write the section (markdown) here")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (also runs on a CPU)")
     args = parser.parse_args(argv)
+    # checked before the benchmark: a bad --out or limit found after it would waste the GPU's time
+    if not args.time_limit > 0:
+        parser.error(f"--time-limit must be a number of seconds > 0 (got {args.time_limit:g})")
+    if args.out:
+        out = os.path.abspath(args.out)
+        if os.path.isdir(out) or not os.path.isdir(os.path.dirname(out)):
+            parser.error(f"--out {args.out}: " + ("is a directory" if os.path.isdir(out) else
+                                                  f"no directory {os.path.dirname(out)}") + " (give a file path)")
     sec = Section("gpu", "6. GPU step")
     if args.tiny:
         start = time.perf_counter()
@@ -170,6 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         res = step_throughput(device, TINY, args.time_limit)
         _fill(sec, res, TINY)
         _cell_part(sec, device, True, args.time_limit - (time.perf_counter() - start))
+        sec.seconds = time.perf_counter() - start
     elif not torch.cuda.is_available():
         print(f"bench.gpu: no GPU here (torch.cuda.is_available() is False); nothing written. "
               f"Run it on a GPU machine ({GPU_COMMAND}), or with --tiny to try it on the CPU.", file=sys.stderr)

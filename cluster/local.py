@@ -28,6 +28,7 @@ def check_local(study: Study) -> None:
     """What Ray on this machine could never run, as one UserError before anything is written: a cell
     asking more CPUs or GPUs than the machine has (its trial would wait forever), or a CUDA device
     on a machine without one."""
+    from study.config import check_device
     from study.errors import UserError
     from study.runner import local_cpus
 
@@ -39,9 +40,8 @@ def check_local(study: Study) -> None:
     if study.resources.gpus > gpus:
         raise UserError(f"a cell asks {study.resources.gpus:g} GPUs but this machine has {gpus} "
                         f"(allowed: 0..{gpus})", source=str(study.path), key=f"{where}.gpus")
-    if gpus == 0 and any(c.config.device.startswith("cuda") for c in study.cells):
-        raise UserError("device 'cuda' but this machine has no GPU (allowed: auto, cpu)", source=str(study.path),
-                        key="device")
+    for device in sorted({c.config.device for c in study.cells}):
+        check_device(device, gpus, source=f"{study.path} (or its --set)")
 
 
 def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,

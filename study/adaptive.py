@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from study.backends import Backend  # noqa: F401 (the backend's interface, in annotations)
+from study.config import MAX_SEED
 from study.errors import UserError
 from study.studyfile import Study, load_study
 from study.tracking import FINISHED, StudyTracker
@@ -79,13 +80,20 @@ def plan_next(results, base: Sequence[int], limits: Limits) -> dict[str, list[in
     return plan
 
 
-def evaluate(study_name: str, preset: str, tracking_uri: str | None = None):
-    """The study's comparisons from the store, decided by the sequential rule (a list of ComparisonResult)."""
+def evaluate(study: Study, tracker: StudyTracker, sets: dict | None = None):
+    """The study's comparisons from the store, decided by the sequential rule (a list of ComparisonResult).
+
+    Only the cells of this config count (the study file with these ``--set``, at the file's seeds
+    and the ones the loop added): a store holding the same study run with ``--set lr=0.1`` would
+    otherwise decide this one with those cells.
+    """
     from analysis.findings import findings_for
     from analysis.load import load_study as load_data
 
-    data = load_data(study_name, tracking_uri=tracking_uri, preset=preset)
-    data = replace(data, stopping="sequential")
+    data = load_data(study.name, tracking_uri=tracker.uri, preset=study.preset)
+    ours = {c.cell_id for c in with_added_seeds(study, tracker, sets).cells}
+    cells = data.cells[data.cells["cell_id"].isin(ours)].reset_index(drop=True)
+    data = replace(data, cells=cells, stopping="sequential")
     return [r for f in findings_for(data) for r in f.comparisons], data
 
 
@@ -155,7 +163,7 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
         before = sum(1 for s in tracker.cell_status().values() if s == FINISHED)
         if batch.cells:
             rc = run_batch(batch)
-        results, _ = evaluate(study.name, preset, tracker.uri)
+        results, _ = evaluate(study, tracker, sets)
         if not results:
             print(f"[{study.name}] no finding's comparison to decide in this study", flush=True)
             return rc
@@ -226,7 +234,7 @@ def with_added_seeds(study: Study, tracker: StudyTracker, sets: dict | None = No
     runs = tracker.cell_runs()
     base = study.planned_seeds
     added = sorted({int(s) for rs in runs.values() for r in rs
-                    if (s := r.data.params.get("seed", "")).lstrip("-").isdigit()} - set(base))
+                    if (s := r.data.params.get("seed", "")).isdigit() and int(s) <= MAX_SEED} - set(base))
     if not added:
         return study
     full = load_study(study.path, study.preset, sets, seeds=base + added)
@@ -243,7 +251,7 @@ def status_lines(study: Study, tracker: StudyTracker, sets: dict | None = None,
     if tracker.experiment_id is None:
         return []
     try:
-        results, _ = evaluate(study.name, study.preset, tracker.uri)
+        results, _ = evaluate(study, tracker, sets)
     except (StoreError, ContractError):
         return []
     if not results:

@@ -33,13 +33,17 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from study.config import build_config, parse_sets
+    from study.config import build_config, check_device, parse_sets
 
     cfg = build_config(args.preset, parse_sets(args.sets), source="--set")
     out = Path(args.out).resolve()
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a directory", source=str(out))
+    import torch
+
     from study.train.trainer import Trainer
+
+    check_device(cfg.device, torch.cuda.device_count(), source="--set")
 
     # the trainer loads and checks the data before creating the directory
     trainer = Trainer(cfg, out)
@@ -103,6 +107,9 @@ def cmd_run(args) -> int:
         from study.adaptive import check_limits
 
         check_limits(args.max_seeds, args.budget_hours)
+    if args.wait and args.cluster != "slurm":
+        raise UserError(f"follows a SLURM job: only with --cluster slurm (--cluster {args.cluster} runs the study "
+                        "in this command, which already waits for it)", source="--wait")
     backend = load_backend(args.cluster, _slurm_options(args))  # the CLI picks, the runner uses
     if args.until_decided and not args.dry_run:
         from study.adaptive import run_adaptive

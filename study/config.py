@@ -39,6 +39,9 @@ EXECUTION_KEYS = ("progress", "threads", "device", "loader_workers")
 # so that size invariants are checked at load; image folders are checked once scanned.
 TRAIN_SIZES: dict[str, int] = {name: d.train_size for name, d in DATASETS.items() if d.train_size is not None}
 LabelMode = Literal["online", "offline"]
+# seeds are 0 .. 2^32 - 1: numpy's seed range, and an int64 in every store and table
+MAX_SEED = 2**32 - 1
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 
 class TrainConfig(BaseModel):
@@ -117,8 +120,9 @@ class TrainConfig(BaseModel):
     linear_epochs: int = Field(default=100, ge=0)  # 0: no linear probe
 
     # --- runtime
-    seed: int = 0
-    device: str = "auto"
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    # auto (a GPU when there is one), cpu, cuda or cuda:N
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     threads: Optional[int] = Field(default=None, ge=1)
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
@@ -144,6 +148,15 @@ class TrainConfig(BaseModel):
         if self.stream and (not DATASETS[self.dataset].streamable or self.image_size is None):
             streamable = " or ".join(repr(name) for name, d in DATASETS.items() if d.streamable)
             raise ValueError(f"key 'stream': needs dataset {streamable} and an image_size")
+        for type_key, value_key in (("margin_type", "margin"), ("intra_margin_type", "intra_margin")):
+            margin = MARGINS[getattr(self, type_key)]
+            value = getattr(self, value_key)
+            if margin.limit is not None and abs(value) > margin.limit:
+                raise ValueError(f"key '{value_key}': must lie in {margin.limit_text} with {type_key} "
+                                 f"{getattr(self, type_key)} (got {value})")
+        if self.inter_enabled and self.inter_weight > 0 and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"key 'warmup_epochs': {self.warmup_epochs} intra-only epochs of {self.epochs} "
+                             f"leave the inter-image branch no epoch to train (allowed: 0..{self.epochs - 1})")
         if self.batch_size % self.bn_splits:
             raise ValueError(f"key 'bn_splits': must divide batch_size {self.batch_size} (got {self.bn_splits})")
         if self.intra_weight == 0 and (not self.inter_enabled or self.inter_weight == 0):
@@ -288,8 +301,10 @@ CONFIG_KEYS: tuple[str, ...] = tuple(TrainConfig.model_fields)
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    """"; did you mean 'x'?" for the closest option (case ignored: ``LR`` finds ``lr``), or ""."""
+    by_lower = {o.lower(): o for o in reversed(list(options))}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean '{by_lower[close[0]]}'?" if close else ""
 
 
 def unknown_key(key: str, allowed: list[str] | tuple[str, ...]) -> str:
@@ -329,6 +344,17 @@ def check_keys(keys, *, source: str) -> None:
             raise UserError(unknown_key(key, sorted(CONFIG_KEYS)), source=source, key=key)
 
 
+# what a pattern-checked string may be, in words (pydantic would show the regex)
+PATTERN_WORDS: dict[str, str] = {DEVICE_PATTERN: "must be auto, cpu, cuda or cuda:N"}
+
+
+def pattern_message(error: dict, msg: str) -> str:
+    """A pydantic ``string_pattern_mismatch`` error in words (:data:`PATTERN_WORDS`), else ``msg``."""
+    if error.get("type") != "string_pattern_mismatch":
+        return msg
+    return PATTERN_WORDS.get((error.get("ctx") or {}).get("pattern", ""), msg)
+
+
 def pydantic_message(err: ValidationError, allowed: list[str] | tuple[str, ...] = ()) -> tuple[str, str | None]:
     """The error of a pydantic ValidationError to report, as (message, key): an unknown key first
     (``allowed``: the schema's keys, for its "did you mean"), else the first error.
@@ -348,6 +374,7 @@ def pydantic_message(err: ValidationError, allowed: list[str] | tuple[str, ...] 
     ctx = first.get("ctx") or {}
     if first.get("type") == "literal_error" and "expected" in ctx:
         msg = f"must be one of {ctx['expected']}"
+    msg = pattern_message(first, msg)
     got = first.get("input")
     if key is not None and not isinstance(got, dict):
         msg = f"{msg} (got {got!r})"
@@ -367,8 +394,7 @@ def build_config(
             raise UserError(
                 f"unknown preset '{preset}'{did_you_mean(preset, tuple(PRESETS))} "
                 f"(allowed: {', '.join(PRESETS)})",
-                source=source,
-                key="preset",
+                source="--preset",
             )
         values.update(PRESETS[preset])
     overrides = dict(overrides or {})
@@ -404,6 +430,18 @@ def check_without_data(cfg: TrainConfig, *, source: str = "config") -> None:
     if cfg.data_root is not None and not os.path.isdir(cfg.data_root):
         what = "is not a directory" if os.path.exists(cfg.data_root) else "does not exist"
         raise UserError(f"{cfg.data_root} {what}; {DATASETS[cfg.dataset].hint}", source=source, key="data_root")
+
+
+def check_device(device: str, gpus: int, *, source: str) -> None:
+    """A ``cuda`` or ``cuda:N`` device this machine has (``gpus``: how many torch sees); UserError otherwise."""
+    if not device.startswith("cuda"):
+        return
+    index = int(device.partition(":")[2] or 0)
+    if index >= gpus:
+        allowed = "auto, cpu" + (f", cuda, cuda:0..{gpus - 1}" if gpus else "")
+        have = f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU"
+        raise UserError(f"device '{device}' but this machine has {have} "
+                        f"(allowed: {allowed})", source=source, key="device")
 
 
 def check_data_invariants(cfg: TrainConfig, num_train: int) -> None:

@@ -76,12 +76,12 @@ def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | 
     study = load_study(path, preset, sets)
     backend.check(study)  # bad options, or what this machine could never run: before anything is written
     if dry_run:
+        extra = backend.describe(study)  # first: what it refuses (a job SLURM cannot place) ends the plan unprinted
         print(describe_cells(study))
         from study.cost import estimate_lines
 
         for line in estimate_lines(study, slots=max(1, local_cpus() // study.resources.cpus)):
             print(line)
-        extra = backend.describe(study)
         if extra:
             print(extra)
         return 0
@@ -255,13 +255,22 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
 
         study = with_added_seeds(study, tracker, sets)
     names = {FINISHED: "done", RUNNING: "running", FAILED: "failed", KILLED: "interrupted"}
+    # a missing cell finished in another study is linked, not trained, by the next run (as --dry-run counts)
+    from study.reuse import finished_elsewhere
+
+    elsewhere = (finished_elsewhere(tracker, [c.cell_id for c in study.cells if c.cell_id not in status])
+                 if tracker is not None else {})
     width = max(len(c.level) for c in study.cells)
     print(f"study '{study.name}', preset {study.preset}, store {uri}")
     for c in study.cells:
-        print(f"  {c.cell_id}  {c.level:{width}}  seed {c.seed:<3} {names.get(status.get(c.cell_id), 'missing')}")
+        state = names.get(status.get(c.cell_id), "missing")
+        if c.cell_id in elsewhere:
+            state += f" (finished in study '{elsewhere[c.cell_id].data.tags.get('study', '?')}': the next run links it)"
+        print(f"  {c.cell_id}  {c.level:{width}}  seed {c.seed:<3} {state}")
     counts = summarise(study, status)
     print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, interrupted {counts[KILLED]}, "
-          f"failed {counts[FAILED]}, missing {counts['missing']} (of {len(study.cells)})")
+          f"failed {counts[FAILED]}, missing {counts['missing']}"
+          + (f" ({len(elsewhere)} to link from other studies)" if elsewhere else "") + f" (of {len(study.cells)})")
     if tracker is not None and tracker.live_driver():
         print("a driver is running this study now")
     elif counts["missing"] == len(study.cells):  # nothing of this preset (and these --set) has run

@@ -24,7 +24,8 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from study.canonical import canonical_config
-from study.config import CONFIG_KEYS, PRESETS, TrainConfig, build_config, did_you_mean, unknown_key
+from study.config import (CONFIG_KEYS, MAX_SEED, PATTERN_WORDS, PRESETS, TrainConfig, build_config, did_you_mean,
+                          pattern_message, unknown_key)
 from study.errors import UserError, key_path
 from study.files import read_yaml
 
@@ -32,6 +33,8 @@ from study.files import read_yaml
 # A study name is an MLflow experiment name and a path component (runs/<name>, mlartifacts/<name>,
 # ray_results/<name>-<time>): letters, digits, '_', '.', '-', starting with a letter or digit.
 STUDY_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+PATTERN_WORDS[STUDY_NAME_RE] = ("must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or "
+                                "digit (it names the MLflow experiment and the results folder)")
 # A factor name is an MLflow param key (and the tag key 'factor.<name>'): MLflow allows letters,
 # digits, '_', '-', '.', ' ', ':', '/' (mlflow.utils.validation); '/' is left out here because
 # MLflow treats keys as file paths in places, ',' because the tag 'factors' joins the names with it.
@@ -63,12 +66,27 @@ class Resources(BaseModel):
     gpus: float = Field(default=0.0, ge=0.0)
 
 
+def check_seeds(seeds: list[int]) -> list[int]:
+    """A seeds list: distinct integers in 0..MAX_SEED (the run config's range); ValueError otherwise."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"duplicate seeds in {seeds}")
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ValueError(f"seeds must lie in 0..{MAX_SEED} (got {bad[0]})")
+    return seeds
+
+
 class PresetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     set: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     seeds: Optional[list[int]] = Field(default=None, min_length=1)
     max_failures: Optional[int] = Field(default=None, ge=0)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: Optional[list[int]]) -> Optional[list[int]]:
+        return None if seeds is None else check_seeds(seeds)
 
 
 class StudySpec(BaseModel):
@@ -110,9 +128,7 @@ class StudySpec(BaseModel):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"duplicate seeds in {seeds}")
-        return seeds
+        return check_seeds(seeds)
 
     @field_validator("presets")
     @classmethod
@@ -275,7 +291,7 @@ def _format_validation(err: ValidationError) -> tuple[str, str]:
             return (f"a level is a plain value (text, number, true/false) or a mapping "
                     f"{{label: ..., set: {{key: value}}}} (got {first.get('input')!r})",
                     key_path(where))
-    msg = first.get("msg", str(err))
+    msg = pattern_message(first, first.get("msg", str(err)))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if first.get("type") == "extra_forbidden":
@@ -287,6 +303,10 @@ def _format_validation(err: ValidationError) -> tuple[str, str]:
         elif loc[:1] == ("presets",):
             options = tuple(PresetSpec.model_fields)
         msg = unknown_key(str(loc[-1]), options)
+    elif first.get("type") in ("model_type", "dict_type"):
+        msg = f"expected a mapping of keys (got {first.get('input')!r})"
+    elif first.get("type") == "too_short" and loc == ("factors",):
+        msg = "needs at least one factor (factor name: [its levels])"
     elif first.get("type") == "missing" and cut is not None:
         msg = f"a level mapping needs the keys {', '.join(Level.model_fields)}; '{loc[-1]}' is missing"
     elif "input" in first and not isinstance(first["input"], (dict, list)):
@@ -334,8 +354,8 @@ def factor_keys(spec: StudySpec) -> dict[str, str]:
 
 
 def _check_finding(spec: StudySpec, src: str) -> None:
-    """``finding`` names one of the paper's findings (analysis.findings) whose factor the study varies."""
-    from analysis.findings import FINDINGS
+    """``finding`` names one of the paper's findings (analysis.claims) whose factor the study varies."""
+    from analysis.claims import FINDINGS
 
     factor_of = {f.key: f.factor for f in FINDINGS}
     if spec.finding not in factor_of:
@@ -347,17 +367,44 @@ def _check_finding(spec: StudySpec, src: str) -> None:
                         source=src, key="finding")
 
 
-def _blame_sets(err: UserError, sets: dict[str, Any], where: str) -> UserError:
-    """The error of a cell's config, naming the ``--set`` it comes from when it names a key given there.
+def _check_finding_levels(spec: StudySpec, cells: list[Cell], src: str) -> None:
+    """The finding's comparisons can be formed from the study's levels (the analysis would
+    otherwise report the finding as not run, after every cell has been paid for)."""
+    import pandas as pd
+
+    from analysis.claims import FINDINGS, unformable
+
+    finding = next(f for f in FINDINGS if f.key == spec.finding)
+    first = {}
+    for cell in cells:
+        first.setdefault(cell.level, {**cell.config.flat(), "level": cell.level})
+    lacking = unformable(finding, pd.DataFrame(list(first.values())))
+    if lacking:
+        raise UserError(f"finding '{spec.finding}' cannot be tested by these levels ({'; '.join(lacking)}); "
+                        f"add the levels it compares or remove 'finding'", source=src, key="finding")
+
+
+def _blame_sets(err: UserError, preset: str, values: dict[str, Any], sets: dict[str, Any], where: str
+                ) -> UserError:
+    """The error of a cell's config, naming the ``--set`` it comes from when the cell builds without them.
 
     A ``--set`` applies to every cell, so its mistake is not the first level's:
     ``--set margin=abc: key 'margin': ...`` rather than ``study.yaml (level
-    cosine +0.5, seed 0): ...``. Errors naming no ``--set`` key are unchanged.
+    cosine +0.5, seed 0): ...``, also when the error names another key (``--set
+    train_subset=100`` makes ``min_cluster`` too large). The ``--set`` named are
+    those that fail on their own, else all of them. A cell that fails without
+    any ``--set`` is the study file's error, unchanged.
     """
-    named = ({err.key} if err.key else set()) | set(re.findall(r"'([a-z0-9_]+)'", err.message))
-    blamed = [k for k in sets if k in named]
-    if not blamed:
+    def fails(extra: dict[str, Any]) -> bool:
+        try:
+            build_config(preset, {**values, **extra}, source="")
+        except UserError:
+            return True
+        return False
+
+    if not sets or fails({}):
         return err
+    blamed = [k for k in sets if fails({k: sets[k]})] or list(sets)
     given = " ".join(f"--set {k}={sets[k]}" for k in blamed)
     return UserError(f"{err.message} (first cell it fails: {where})", source=given, key=err.key)
 
@@ -416,7 +463,8 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
             try:
                 cfg = build_config(preset, cell_values, source=f"{src} ({cell_desc})")
             except UserError as err:
-                raise _blame_sets(err, sets or {}, f"{cell_desc} of {path.name}") from None
+                raise _blame_sets(err, preset, dict(values, seed=seed), sets or {},
+                                  f"{cell_desc} of {path.name}") from None
             cid = cell_hash(cfg)
             if cid in seen:
                 raise UserError(f"levels '{seen[cid]}' and '{' / '.join(levels.values())}' resolve to the "
@@ -426,5 +474,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
             cell = Cell(spec.name, levels, seed, cfg, cid, preset)
             _check_cell_for_store(cell, src)
             cells.append(cell)
+    if spec.finding is not None:
+        _check_finding_levels(spec, cells, src)
     return Study(spec, path, preset, tuple(cells), pspec.resources,
                  pspec.max_failures if pspec.max_failures is not None else spec.max_failures)

@@ -16,7 +16,7 @@ import pytest
 from conftest import fake_trial_env, store_client, store_env
 from study import adaptive
 from study.studyfile import load_study
-from study.tracking import FINISHED, StudyTracker
+from study.tracking import FINISHED, StudyTracker, tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,8 +117,13 @@ def test_a_clear_difference_is_decided_and_only_its_levels_get_seeds(store, caps
     assert len(fake.trained) == len(set(fake.trained)) == 3 + 2 * n
     assert "semi-hard - hard: mean +" in out and ": holds" in out
     # the parent says how the study was decided; the report decides it the same way
-    results, data = adaptive.evaluate("adapt", "smoke")
+    study = load_study(store / "adapt.yaml", "smoke")
+    tracker = StudyTracker(study.name, tracking_uri())
+    results, data = adaptive.evaluate(study, tracker)
     assert data.stopping == "sequential" and results[0].verdict == "holds" and results[0].cs_low > 0
+    # the same study with a --set is another config: none of these cells decides it
+    other, _ = adaptive.evaluate(load_study(store / "adapt.yaml", "smoke", {"lr": 0.1}), tracker, {"lr": 0.1})
+    assert all(not r.seeds and r.verdict.startswith("inconclusive") for r in other), other
     from analysis.load import load_study as load_data
 
     data = load_data("adapt")

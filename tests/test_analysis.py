@@ -56,6 +56,15 @@ def test_load_excludes_duplicates_and_failed(data):
     assert list(hard2["cell_id"]) == [cell_id("sampling", "hard", 2)]  # failed first, then finished: counted
 
 
+def test_an_int_column_beyond_int64_reads_as_missing():
+    """One run with a seed no int64 holds (a hand-made store) must not stop the reading of the others."""
+    from analysis.load import _typed
+
+    df = _typed([{"seed": 10**20}, {"seed": 3}, {"seed": None}, {"seed": float("nan")}, {"seed": -(2**63)}],
+                {"seed": "int"})
+    assert df["seed"].dtype == "int64" and df["seed"].tolist() == [-1, 3, -1, -1, -(2**63)]
+
+
 def test_missing_cells_reported(data):
     m = data["sampling"].missing
     got = {(r.level, r.seed, r.status) for r in m.itertuples()}

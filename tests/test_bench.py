@@ -71,6 +71,16 @@ def test_bench_gpu_script_without_cuda_fails_and_writes_nothing(tmp_path, capsys
     assert "no GPU here" in capsys.readouterr().err and not out.exists()
 
 
+def test_bench_gpu_script_checks_its_options_before_it_runs(tmp_path):
+    """A bad --out or --time-limit is exit 2 at once, not after the benchmark has spent the GPU's time."""
+    for argv in (["--tiny", "--out", str(tmp_path / "none" / "g.md")], ["--tiny", "--out", str(tmp_path)],
+                 ["--tiny", "--time-limit", "0"], ["--tiny", "--time-limit", "-5"]):
+        with pytest.raises(SystemExit) as err:
+            gpu.main(argv)
+        assert err.value.code == 2, argv
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_peer_loop_learns_like_ours():
     """The peer's documented loop runs on our data and gives a MoCo loss of the same size as ours."""
     from bench import peer

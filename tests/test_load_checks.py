@@ -52,10 +52,10 @@ def _study(name="s", factor="sampling", levels="[hard]", extra=""):
     (_study(factor="boundary", levels='[{label: "  ", set: {margin: 0.0}}]'), ["blank"]),
     (_study(factor="boundary", levels='[{label: "' + "x" * 101 + '", set: {margin: 0.0}}]'), ["101 characters"]),
     # study names: an MLflow experiment and a folder under runs/, mlartifacts/, ray_results/
-    (_study(name='".."'), ["name", "should match pattern"]),
-    (_study(name="a/b"), ["name", "should match pattern"]),
-    (_study(name="-x"), ["name", "should match pattern"]),
-    (_study(name="x" * 101), ["name", "should match pattern"]),
+    (_study(name='".."'), ["name", "letters, digits"]),
+    (_study(name="a/b"), ["name", "letters, digits"]),
+    (_study(name="-x"), ["name", "letters, digits"]),
+    (_study(name="x" * 101), ["name", "letters, digits"]),
     # the metric the analysis ranks by
     (_study(extra="metric: knn_top5\n"), ["metric", "knn_top1"]),
     # numbers that pass range checks and break training
@@ -65,6 +65,24 @@ def _study(name="s", factor="sampling", levels="[hard]", extra=""):
     (_study(extra="fixed: {train_subset: 32, batch_size: 64}\n"), ["batch_size", "exceeds"]),
     (_study(extra="fixed: {data_root: /nonexistent/fashion}\n"), ["data_root", "/nonexistent/fashion",
                                                                     "does not exist"]),
+    # seeds: an int64 in the store and numpy's range, at the top and in a preset
+    ("name: s\nfactors: {sampling: [hard]}\nseeds: [99999999999999999999]\n", ["seeds", "0..4294967295"]),
+    ("name: s\nfactors: {sampling: [hard]}\nseeds: [-1]\n", ["seeds", "0..4294967295", "-1"]),
+    (_study(extra="presets: {smoke: {seeds: [1, 1]}}\n"), ["presets.smoke.seeds", "duplicate seeds"]),
+    (_study(extra="presets: {smoke: {seeds: [4294967296]}}\n"), ["presets.smoke.seeds", "0..4294967295"]),
+    # a device no trainer could use
+    (_study(extra="fixed: {device: tpu}\n"), ["device", "auto, cpu, cuda or cuda:N", "tpu"]),
+    # a margin past its meaningful range, and a warm-up that leaves the inter branch no epoch
+    (_study(extra="fixed: {margin_type: cosine, margin: 10}\n"), ["margin", "[-2, 2]", "10.0"]),
+    (_study(extra="fixed: {margin_type: arc, margin: -3.5}\n"), ["margin", "[-pi, pi]"]),
+    (_study(extra="fixed: {intra_margin_type: arc, intra_margin: 4}\n"), ["intra_margin", "[-pi, pi]"]),
+    (_study(extra="fixed: {warmup_epochs: 2}\n"), ["warmup_epochs", "no epoch", "0..1"]),
+    # a finding whose comparisons these levels cannot form
+    ("name: s\nfinding: sampling\nfactors: {sampling: [random, hard]}\nseeds: [0]\n",
+     ["finding", "sampling: semi-hard vs sampling: hard", "no level with sampling: semi-hard"]),
+    ("name: s\nfinding: boundary\nfactors:\n  boundary:\n    - {label: a, set: {margin: -0.5}}\n"
+     "    - {label: b, set: {margin: -0.25}}\nseeds: [0]\n", ["finding", "no level with margin_type: cosine, margin: 0.0",
+                                                              "margin > 0"]),
 ])
 def test_rejected_at_load(tmp_path, text, words):
     path = _write(tmp_path, text)
@@ -79,8 +97,8 @@ def test_rejected_at_load(tmp_path, text, words):
 def test_long_values_are_refused_before_mlflow(tmp_path):
     # a param value over MLflow's 6,000 characters
     study = _write(tmp_path, _study())
-    with pytest.raises(UserError, match="key 'device'.*6000"):
-        load_study(study, "smoke", {"device": "x" * 6001})
+    with pytest.raises(UserError, match="key 'widths'.*6000"):
+        load_study(study, "smoke", {"widths": [16] * 1600})
     # a run name over 250 characters: three factors with 90-character labels
     text = ("name: s\nfactors:\n  margin: " + '[{label: "' + "m" * 90
             + '", set: {margin: 0.0}}]\n  intra_margin: [{label: "' + "i" * 90 + '", set: {intra_margin: 0.0}}]\n'
@@ -153,6 +171,7 @@ def test_cli_badfactor_dry_run_exit_2_nothing_written(tmp_path):
     ("presets: {smoke: {resources: {cpus: 64}}}\n", ["presets.smoke.resources.cpus", "64 CPUs", "1..2"]),
     ("presets: {smoke: {resources: {gpus: 1}}}\n", ["presets.smoke.resources.gpus", "0..0"]),
     ("fixed: {device: cuda}\n", ["device", "no GPU"]),
+    ("fixed: {device: \"cuda:1\"}\n", ["device", "'cuda:1'", "no GPU", "allowed: auto, cpu"]),
 ])
 def test_local_runs_that_could_never_start(tmp_path, monkeypatch, extra, words):
     """A cell asking more than this machine has would wait in Ray forever: refused before anything runs."""
@@ -169,3 +188,39 @@ def test_local_runs_that_could_never_start(tmp_path, monkeypatch, extra, words):
     for w in words:
         assert w in str(err.value), (w, str(err.value))
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_set_is_blamed_when_the_cell_builds_without_it(tmp_path):
+    """A --set that breaks a limit named by another key (train_subset makes min_cluster too large) is
+    reported as that --set, not as the study file's first level."""
+    path = _write(tmp_path, "name: s\nfactors: {sampling: [random, hard]}\nseeds: [0]\n")
+    with pytest.raises(UserError) as err:
+        load_study(path, "smoke", {"train_subset": 100, "lr": 0.1})
+    msg = str(err.value)
+    assert msg.startswith("--set train_subset=100: key 'min_cluster'") and "lr" not in msg.split(":")[0], msg
+    # the study file's own mistake stays the study file's, whatever --set is given
+    bad = _write(tmp_path, "name: s\nfactors: {sampling: [random, hard]}\nfixed: {train_subset: 100}\n"
+                           "seeds: [0]\n", "bad.yaml")
+    with pytest.raises(UserError) as err:
+        load_study(bad, "smoke", {"lr": 0.1})
+    assert str(err.value).startswith(str(bad)), str(err.value)
+
+
+def test_check_device():
+    from study.config import check_device
+
+    check_device("cpu", 0, source="x")
+    check_device("cuda:1", 2, source="x")
+    with pytest.raises(UserError, match="'cuda:2' but this machine has 2 GPUs .allowed: auto, cpu, cuda, cuda:0..1"):
+        check_device("cuda:2", 2, source="x")
+
+
+def test_train_refuses_a_device_it_does_not_have_and_an_unknown_preset(tmp_path):
+    for args, words in ((["--set", "device=cuda:99"], ["--set: key 'device'", "'cuda:99' but this machine has"]),
+                        (["--preset", "smok"], ["--preset: unknown preset 'smok'", "did you mean 'smoke'"])):
+        res = subprocess.run([sys.executable, "-m", "study", "train", "--preset", "smoke", *args,
+                              "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        for w in words:
+            assert w in res.stderr, (w, res.stderr)
+    assert not (tmp_path / "out").exists()

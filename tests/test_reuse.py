@@ -123,6 +123,13 @@ def test_finished_cells_are_linked_once_not_retrained(store, capsys):
     # differs only in recluster_every, which online labels never use: the same cells
     b = load_study(_write(store, "second", extra="recluster_every: 3"), "smoke")
     assert [c.cell_id for c in b.cells] == [c.cell_id for c in a.cells]
+    # before it runs, status says so (as --dry-run's cost does), not just "missing"
+    from study.runner import study_status
+
+    study_status(str(b.path), preset="smoke")
+    out = capsys.readouterr().out
+    assert out.count("missing (finished in study 'first': the next run links it)") == 2, out
+    assert "missing 2 (2 to link from other studies)" in out, out
     # every cell is linked, so nothing is left to train (no Ray starts) and the study finishes
     assert execute_study(b, rerun_failed=False, backend="local") == 0
     out = capsys.readouterr().out

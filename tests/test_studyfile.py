@@ -73,6 +73,8 @@ def test_cell_id_is_stable_and_sensitive(tmp_path):
 
 
 BAD = [
+    ("name: x\nfactors: {sampling: [hard]}\npresets: {smoke: ~}\n", ["presets.smoke", "expected a mapping", "None"]),
+    ("name: x\nfactors: {}\n", ["factors", "at least one factor"]),
     ("name: x\nfactors: {sampling: [random]}\nseedz: [0]\n", ["seedz", "did you mean 'seeds'"]),
     ("name: x\nfactors: {sampling: [random, hardest]}\n", ["sampling", "hardest", "semi-hard"]),
     ("name: x\nfactors: {sampling: []}\n", ["factors", "sampling", "no levels"]),
@@ -180,6 +182,9 @@ def _cli(tmp_path, *args):
         (["run", "{good}", "--set", "sampling=hard", "--dry-run"], ["--set sampling=hard", "levels"]),
         (["run", "{good}", "--set", "lr=abc"], ["--set lr=abc", "valid number", "first cell it fails"]),
         (["status", "{bad}"], ["seedz"]),
+        (["run", "{good}", "--set", "LR=0.1"], ["'LR'", "did you mean 'lr'"]),
+        (["run", "{good}", "--wait"], ["--wait", "only with --cluster slurm"]),
+        (["status", "{good}", "--set", "device=tpu"], ["--set device=tpu", "auto, cpu, cuda or cuda:N"]),
     ],
 )
 def test_cli_bad_input_writes_nothing(tmp_path, args, words):

@@ -42,6 +42,9 @@ class Margin:
 
     fn: str  # "module:function"
     uses_margin: bool = True  # False: the value m is ignored (and is not part of a cell's identity)
+    # the largest |m| with a meaning (checked at load), and that range in words
+    limit: float | None = None
+    limit_text: str = ""
 
 
 # strategy name -> sampler; the study file's `sampling` names one of these
@@ -57,8 +60,11 @@ SAMPLERS: dict[str, Sampler] = {
 # margin name -> margin; the study file's `margin_type` and `intra_margin_type` name one of these
 MARGINS: dict[str, Margin] = {
     "none": Margin("study.method.losses:margin_none", uses_margin=False),
-    "cosine": Margin("study.method.losses:margin_cosine"),
-    "arc": Margin("study.method.losses:margin_arc"),
+    # cos(theta) - m: past |m| = 2 the shifted positive lies beyond every cosine in [-1, 1]
+    "cosine": Margin("study.method.losses:margin_cosine", limit=2.0, limit_text="[-2, 2]"),
+    # cos(theta + m), m in radians: past |m| = pi the angle has gone round
+    "arc": Margin("study.method.losses:margin_arc", limit=3.141592653589793,
+                  limit_text="[-pi, pi] (radians)"),
 }
 
 
