@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
 from .pipeline import build_all, default_out_dir
-from .load import ContractError, StoreError, default_tracking_uri
+from .load import ContractError, StoreError, default_tracking_uri, list_studies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-log", action="store_true",
                    help="do not put the outputs and verdicts on the studies' parent runs in the store")
     args = p.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out}: exists and is not a directory")
     try:
+        if args.study:  # an absent study gets its "not run" section; a likely typo is said too
+            known = list_studies(args.tracking_uri)
+            for name in args.study:
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    print(f"analysis: no study '{name}' in the store (reported as not run)"
+                          + (f"; did you mean '{close[0]}'?" if close else "")
+                          + f" (studies: {', '.join(known) or 'none'})", file=sys.stderr)
         paths = build_all(args.study, args.tracking_uri, args.out, log_to_store=not args.no_log)
     except (StoreError, ContractError) as exc:
         print(f"analysis: {exc}", file=sys.stderr)

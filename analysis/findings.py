@@ -127,10 +127,10 @@ def evaluate_comparison(cells: pd.DataFrame, cmp: ComparisonSpec, metric: str, d
 
 
 def findings_for(data: StudyData) -> list[FindingResult]:
-    """Every finding whose factor this study varies (usually one)."""
+    """The finding the study file names, else every finding whose factor this study varies (usually one)."""
     out = []
     for f in FINDINGS:
-        if f.factor not in data.factors:
+        if f.factor not in data.factors or (data.finding and f.key != data.finding):
             continue
         results = []
         if not data.empty:

@@ -116,6 +116,7 @@ class StudyData:
     study_wall_s: float = math.nan  # the study's wall time, summed over its invocations (parent metric)
     equivalence_delta: float = DEFAULT_DELTA  # half-width of the region of practical equivalence (metric units)
     stopping: str = "fixed"  # "fixed" (t-interval) or "sequential" (seeds added until decided)
+    finding: str = ""  # the finding the study file names ("": every finding whose factor it varies)
 
     @property
     def empty(self) -> bool:
@@ -140,6 +141,11 @@ def _sqlite_path(uri: str) -> Path | None:
 def client_for(tracking_uri: str | None = None):
     """An MlflowClient on an existing store; StoreError if there is none."""
     uri = tracking_uri or default_tracking_uri()
+    from .uri import uri_problem
+
+    problem = uri_problem(uri)
+    if problem:
+        raise StoreError(f"MLFLOW_TRACKING_URI: {problem}")
     db = _sqlite_path(uri)
     if db is not None and (str(db) == ":memory:" or not db.is_file()):
         raise StoreError(f"no MLflow store at {uri} (file {db} does not exist); run a study first")
@@ -478,7 +484,8 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
 
 
 def _decision_settings(parent, study: str) -> dict:
-    """The parent's ``equivalence_delta`` and ``stopping`` tags (written by the runner) as StudyData fields."""
+    """The parent's ``equivalence_delta``, ``stopping`` and ``finding`` tags (written by the runner) as StudyData
+    fields."""
     out: dict = {}
     tags = parent.data.tags
     if tags.get("equivalence_delta"):
@@ -492,6 +499,8 @@ def _decision_settings(parent, study: str) -> dict:
             raise ContractError(f"study {study!r}: parent tag stopping must be 'fixed' or 'sequential', "
                                 f"got {tags['stopping']!r}")
         out["stopping"] = tags["stopping"]
+    if tags.get("finding"):
+        out["finding"] = tags["finding"]
     return out
 
 

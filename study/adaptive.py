@@ -40,7 +40,7 @@ from study.backends import Backend  # noqa: F401 (the backend's interface, in an
 from study.config import MAX_SEED
 from study.errors import UserError
 from study.studyfile import Study, load_study
-from study.tracking import FINISHED, StudyTracker
+from study.tracking import FINISHED, StudyTracker, check_same_study
 
 BatchRunner = Callable[[Study], int]
 
@@ -53,11 +53,17 @@ class Limits:
 
 
 def seed_sequence(base: Sequence[int], length: int) -> list[int]:
-    """The study's seeds in file order, then max + 1, max + 2, ... up to ``length`` seeds."""
+    """The study's seeds in file order, then max + 1, max + 2, ... up to ``length`` seeds; past
+    MAX_SEED (the largest seed a config takes) it goes on from 0, skipping the study's seeds."""
     out = list(dict.fromkeys(base))
+    taken = set(out)
     nxt = max(out) + 1
     while len(out) < length:
-        out.append(nxt)
+        if nxt > MAX_SEED:
+            nxt = 0
+        if nxt not in taken:
+            out.append(nxt)
+            taken.add(nxt)
         nxt += 1
     return out[:max(length, 0)]
 
@@ -145,10 +151,8 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
     (the real runner, or a fake in tests). Returns 0 when every comparison is decided or at a
     limit (seeds, budget), 1 when failed cells stop it."""
     study = load_study(path, preset, sets)
+    check_study(study, limits.max_seeds)
     base = list(dict.fromkeys(c.seed for c in study.cells))
-    if limits.max_seeds < len(base):
-        raise UserError(f"must be at least the study's {len(base)} seeds (got {limits.max_seeds})",
-                        source="--max-seeds")
     tracker = StudyTracker(study.name, tracking_uri)
     parent = tracker.parent_run_id(study.parent_params(), study.path)
     for key, value in {**study.parent_tags(), "stopping": "sequential"}.items():
@@ -183,6 +187,10 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
                   flush=True)
             return 0  # decided, or at the limit: both are outcomes (REPORT.md says which)
         todo = [c for c in cells if status.get(c.cell_id) != FINISHED]
+        if not todo:  # every cell the plan asks for has finished, and still too few pairs
+            print(f"[{study.name}] stopped: the open comparisons' cells have all finished but give fewer paired "
+                  f"values of the metric than seeds (a level that does not record it?)", flush=True)
+            return 1
         after = sum(1 for s in status.values() if s == FINISHED)
         todo_ids = {c.cell_id for c in todo}
         if todo_ids and todo_ids <= tried and after == before:
@@ -200,6 +208,19 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
         batch = replace(study, cells=tuple(cells))
 
 
+def check_study(study: Study, max_seeds: int) -> None:
+    """What ``--until-decided`` needs of a study, as one UserError (a dry run checks it too): a
+    finding to decide, and room for more seeds than the study file's."""
+    from analysis.claims import FINDINGS
+
+    if not any(f.factor in study.factors and (study.spec.finding in (None, f.key)) for f in FINDINGS):
+        raise UserError(f"study '{study.name}' varies no factor of the paper's findings "
+                        f"({', '.join(f.factor for f in FINDINGS)}): no comparison to decide", source="--until-decided")
+    base = study.planned_seeds
+    if max_seeds < len(base):
+        raise UserError(f"must be at least the study's {len(base)} seeds (got {max_seeds})", source="--max-seeds")
+
+
 def check_limits(max_seeds: int | None, budget_hours: float | None) -> None:
     """The limits of ``--until-decided``, as one UserError naming the flag (a dry run checks them too)."""
     if max_seeds is not None and max_seeds < 2:
@@ -214,7 +235,9 @@ def run_adaptive(path: str, *, preset: str, backend: "Backend", sets: dict | Non
     followed to its end) per batch."""
     from analysis import decide
     check_limits(max_seeds, budget_hours)
-    backend.check(load_study(path, preset, sets))  # a bad study file or option fails here, before anything is written
+    study = load_study(path, preset, sets)
+    backend.check(study)  # a bad study file or option fails here, before anything is written
+    check_same_study(study)
     limits = Limits(max_seeds=max_seeds or decide.MAX_SEEDS, budget_hours=budget_hours, batch=decide.BATCH)
 
     def run_batch(batch: Study) -> int:

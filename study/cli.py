@@ -7,6 +7,7 @@ anything is written (no directory, no MLflow run).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -36,9 +37,15 @@ def cmd_train(args) -> int:
     from study.config import build_config, check_device, parse_sets
 
     cfg = build_config(args.preset, parse_sets(args.sets), source="--set")
+    if not args.out.strip():
+        raise UserError("give a directory for the run (it is created)", source="--out")
     out = Path(args.out).resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError("exists and is not a directory", source=str(out))
+    # the nearest existing folder on the way must be a writable directory: found now, not after the data loads
+    above = next(p for p in (out, *out.parents) if p.exists())
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        what = "exists and is not a directory" if above == out else f"cannot be created: {above} is " + (
+            "not a directory" if not above.is_dir() else "not writable")
+        raise UserError(what, source=f"--out {args.out}")
     import torch
 
     from study.train.trainer import Trainer
@@ -118,6 +125,13 @@ def cmd_run(args) -> int:
                             sets=parse_sets(args.sets, source="--set"), rerun_failed=args.rerun_failed,
                             max_seeds=args.max_seeds, budget_hours=args.budget_hours)
 
+    if args.until_decided:  # a dry run: what the loop would refuse, refused now
+        from analysis.decide import MAX_SEEDS
+        from study.adaptive import check_study
+        from study.studyfile import load_study
+
+        check_study(load_study(args.study_file, args.preset, parse_sets(args.sets, source="--set")),
+                    args.max_seeds or MAX_SEEDS)
     return run_study(args.study_file, backend=backend, preset=args.preset,
                      sets=parse_sets(args.sets, source="--set"), dry_run=args.dry_run,
                      rerun_failed=args.rerun_failed, wait=args.wait)
@@ -150,8 +164,6 @@ def _add_ui(sub) -> None:
 
 
 def cmd_ui(args) -> int:
-    import os
-
     from study.provenance import study_link, ui_base
     from study.tracking import study_experiments, tracking_uri
 

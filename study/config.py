@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -72,7 +72,9 @@ class TrainConfig(BaseModel):
 
     # --- model (intra-image branch, MoCo v2)
     backbone: Literal["convnet", "resnet18", "resnet50"] = "resnet50"
-    widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    # the convnet's channels per stage (resnets ignore it): 1..4096 each
+    widths: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [16, 32, 64], min_length=1,
+                                                             max_length=16)
     feat_dim: int = Field(default=128, ge=1)
     hidden_dim: Optional[int] = Field(default=None, ge=1)  # None: the backbone's width
     queue_size: int = Field(default=65536, ge=1)
@@ -134,11 +136,11 @@ class TrainConfig(BaseModel):
                 and self.train_subset > TRAIN_SIZES[self.dataset]:
             raise ValueError(f"key 'train_subset': must be <= {TRAIN_SIZES[self.dataset]}, the size of "
                              f"{self.dataset}'s training split (got {self.train_subset})")
+        bank = self.bank_size
+        if bank is not None:  # the batch for every method; the bank's limits for the inter branch
+            check_data_invariants(self, bank)
         if self.inter_enabled:
-            bank = self.bank_size
-            if bank is not None:
-                check_data_invariants(self, bank)
-            elif self.sampling in POOL_SAMPLINGS and self.pool < self.neg_num:
+            if bank is None and self.sampling in POOL_SAMPLINGS and self.pool < self.neg_num:
                 raise ValueError(
                     f"key 'pool': must be >= neg_num ({self.neg_num}) for sampling "
                     f"'{self.sampling}' (got {self.pool})"

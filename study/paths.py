@@ -12,6 +12,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # datasets found without a configured root (Fashion-MNIST, CIFAR-10, STL-10 files)
 DATA_DIR = REPO_ROOT / "data"
+# the files the analysis writes at the top of results/, beside one folder per study (so no study
+# may take one of these names)
+RESULTS_TOP_FILES = ("REPORT.md", "ablation.md", "ablation.tex", "ablation.csv")
 
 
 def run_root(study: str) -> Path:

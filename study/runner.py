@@ -23,7 +23,8 @@ from study.interrupt import StopSignals, StudyInterrupted
 from study.paths import ray_storage, run_root  # noqa: F401 (the launchers take them from here)
 from study.provenance import short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
-from study.tracking import FAILED, FINISHED, KILLED, RUNNING, StudyTracker, store_exists, store_lock, tracking_uri
+from study.tracking import (FAILED, FINISHED, KILLED, RUNNING, StudyTracker, check_same_study, store_exists, store_lock,
+                            tracking_uri)
 
 
 def local_cpus() -> int:
@@ -75,6 +76,7 @@ def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | 
     """Load the study, check ``backend``'s options, then list (``dry_run``) or launch its cells."""
     study = load_study(path, preset, sets)
     backend.check(study)  # bad options, or what this machine could never run: before anything is written
+    check_same_study(study)
     if dry_run:
         extra = backend.describe(study)  # first: what it refuses (a job SLURM cannot place) ends the plan unprinted
         print(describe_cells(study))

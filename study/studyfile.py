@@ -19,7 +19,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -28,10 +28,13 @@ from study.config import (CONFIG_KEYS, MAX_SEED, PATTERN_WORDS, PRESETS, TrainCo
                           pattern_message, unknown_key)
 from study.errors import UserError, key_path
 from study.files import read_yaml
+from study.paths import RESULTS_TOP_FILES
 
 # ---- names that later stages take (checked at load, so a study that loads also runs)
 # A study name is an MLflow experiment name and a path component (runs/<name>, mlartifacts/<name>,
 # ray_results/<name>-<time>): letters, digits, '_', '.', '-', starting with a letter or digit.
+# a cell's level name: its factors' labels joined by this (so no label may hold it)
+LEVEL_SEPARATOR = " / "
 STUDY_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 PATTERN_WORDS[STUDY_NAME_RE] = ("must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or "
                                 "digit (it names the MLflow experiment and the results folder)")
@@ -130,6 +133,14 @@ class StudySpec(BaseModel):
     def _seeds(cls, seeds: list[int]) -> list[int]:
         return check_seeds(seeds)
 
+    @field_validator("name")
+    @classmethod
+    def _name_free(cls, name: str) -> str:
+        if name.lower() in {f.lower() for f in RESULTS_TOP_FILES}:
+            raise ValueError(f"'{name}' is taken: the analysis writes results/{name} "
+                             f"(taken: {', '.join(RESULTS_TOP_FILES)})")
+        return name
+
     @field_validator("presets")
     @classmethod
     def _presets_known(cls, presets: dict) -> dict:
@@ -161,6 +172,8 @@ def label_problem(label: str) -> str | None:
         return f"is {len(label)} characters long (at most {MAX_LABEL})"
     if any(not ch.isprintable() for ch in label):
         return "holds a control character (newline, tab, ...)"
+    if LEVEL_SEPARATOR in label:
+        return f"holds '{LEVEL_SEPARATOR}', which joins the labels of several factors into one level's name"
     return None
 
 
@@ -189,7 +202,7 @@ class Cell:
     @property
     def level(self) -> str:
         """A human label of the cell's level(s), e.g. 'semi-hard' or 'online / hard'."""
-        return " / ".join(self.levels.values())
+        return LEVEL_SEPARATOR.join(self.levels.values())
 
     @property
     def name(self) -> str:
@@ -228,9 +241,10 @@ class Study:
     def parent_tags(self) -> dict[str, str]:
         """Tags the analysis reads from the parent run: the equivalence margin, and the seeds
         every level runs (a level x seed gap is listed only among these, and among the seeds the
-        adaptive loop gave the levels it extended)."""
+        adaptive loop gave the levels it extended), and the finding the study file names (only
+        that one is tested; "" when it names none: every finding whose factor it varies)."""
         return {"equivalence_delta": repr(self.spec.equivalence_delta),
-                "seeds": ",".join(map(str, self.planned_seeds))}
+                "seeds": ",".join(map(str, self.planned_seeds)), "finding": self.spec.finding or ""}
 
 
 def cell_params(cell: Cell) -> dict[str, str]:
@@ -367,6 +381,28 @@ def _check_finding(spec: StudySpec, src: str) -> None:
                         source=src, key="finding")
 
 
+def metric_unrecorded(metric: str, cfg: TrainConfig) -> str | None:
+    """Why a run of ``cfg`` records no ``metric`` (a study's primary metric), or None when it does:
+    NMI and ARI score the pseudo-labels, which only the inter-image branch has; the linear
+    probe runs only with ``linear_epochs`` > 0."""
+    if metric in ("nmi", "final_nmi", "ari") and not cfg.inter_enabled:
+        return f"method {cfg.method} has no pseudo-labels to score"
+    if metric == "linear_top1" and cfg.linear_epochs == 0:
+        return "linear_epochs is 0 (no linear probe)"
+    return None
+
+
+def _check_metric_recorded(spec: StudySpec, cells: list[Cell], src: str) -> None:
+    """Every cell records the study's metric: a level without it pairs no seed, and no amount of
+    seeds would decide its comparison."""
+    for cell in cells:
+        why = metric_unrecorded(spec.metric, cell.config)
+        if why:
+            usable = [m for m in get_args(Metric) if metric_unrecorded(m, cell.config) is None]
+            raise UserError(f"'{spec.metric}' is not recorded by level '{cell.level}' ({why}; allowed for it: "
+                            f"{', '.join(usable)})", source=src, key="metric")
+
+
 def _check_finding_levels(spec: StudySpec, cells: list[Cell], src: str) -> None:
     """The finding's comparisons can be formed from the study's levels (the analysis would
     otherwise report the finding as not run, after every cell has been paid for)."""
@@ -459,7 +495,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
         for seed in seeds:
             cell_values = dict(values, seed=seed)
             cell_values.update(sets or {})
-            cell_desc = f"level {' / '.join(levels.values())}, seed {seed}"
+            cell_desc = f"level {LEVEL_SEPARATOR.join(levels.values())}, seed {seed}"
             try:
                 cfg = build_config(preset, cell_values, source=f"{src} ({cell_desc})")
             except UserError as err:
@@ -467,13 +503,14 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
                                   f"{cell_desc} of {path.name}") from None
             cid = cell_hash(cfg)
             if cid in seen:
-                raise UserError(f"levels '{seen[cid]}' and '{' / '.join(levels.values())}' resolve to the "
+                raise UserError(f"levels '{seen[cid]}' and '{LEVEL_SEPARATOR.join(levels.values())}' resolve to the "
                                 "same config (once the keys that cannot affect a run are left out; see "
                                 "study/canonical.py)", source=src, key="factors")
-            seen[cid] = " / ".join(levels.values())
+            seen[cid] = LEVEL_SEPARATOR.join(levels.values())
             cell = Cell(spec.name, levels, seed, cfg, cid, preset)
             _check_cell_for_store(cell, src)
             cells.append(cell)
+    _check_metric_recorded(spec, cells, src)
     if spec.finding is not None:
         _check_finding_levels(spec, cells, src)
     return Study(spec, path, preset, tuple(cells), pspec.resources,

@@ -40,8 +40,15 @@ FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else sqlite at the repository root (absolute path)."""
-    return default_tracking_uri()
+    """``MLFLOW_TRACKING_URI``, else sqlite at the repository root (absolute path); UserError for a URI
+    this toolkit cannot use (:func:`analysis.uri.uri_problem`)."""
+    from analysis.uri import uri_problem
+
+    uri = default_tracking_uri()
+    problem = uri_problem(uri)
+    if problem:
+        raise UserError(problem, source="MLFLOW_TRACKING_URI")
+    return uri
 
 
 def store_exists(uri: str) -> bool:
@@ -529,3 +536,21 @@ class StudyTracker:
 
 
 COST_METRICS = ("cost_wall_s", "cost_cpu_s", "cost_gpu_s")
+
+
+def check_same_study(study) -> None:
+    """``study`` (a :class:`study.studyfile.Study`): a study name already in the store must belong to a study of the same factors: another file
+    that kept the name (a copy being edited, say) would mix its cells into that study's tables
+    and verdicts. UserError naming both; nothing is written."""
+    uri = tracking_uri()
+    if not store_exists(uri):
+        return
+    parent = StudyTracker(study.name, uri, create=False).parent_run()
+    if parent is None:
+        return
+    theirs = parent.data.params.get("factors", "")
+    ours = study.parent_params()["factors"]
+    if theirs and theirs != ours:
+        raise UserError(f"the store already holds a study '{study.name}' varying {theirs.replace(',', ', ')} (from "
+                        f"{parent.data.params.get('file', 'another file')}); this file varies {ours.replace(',', ', ')}: "
+                        f"give it another name", source=str(study.path), key="name")

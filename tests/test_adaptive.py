@@ -217,3 +217,41 @@ def test_a_slurm_job_runs_exactly_its_batch(tmp_path):
     assert [(c.level, c.seed) for c in job.load().cells] == [(c.level, c.seed) for c in batch]
     plain = StudyJob(str(path), "smoke", {}, rerun_failed=False, env={}, options={})
     assert len(plain.load().cells) == 9  # the file's cells
+
+
+def test_seeds_go_on_from_zero_past_the_largest_seed():
+    from study.config import MAX_SEED
+
+    assert adaptive.seed_sequence([MAX_SEED - 1, MAX_SEED], 4) == [MAX_SEED - 1, MAX_SEED, 0, 1]
+    assert adaptive.seed_sequence([MAX_SEED, 0], 3) == [MAX_SEED, 0, 1]
+
+
+def test_a_level_without_the_metric_stops_the_loop_instead_of_spinning(store, capsys, monkeypatch):
+    """Every planned cell finished, yet no seed pairs (as when one level's metric is missing or NaN):
+    more looks cannot help, so the loop stops instead of looking again forever."""
+    from dataclasses import replace
+
+    real = adaptive.evaluate
+
+    def no_pairs(*args, **kwargs):
+        results, data = real(*args, **kwargs)
+        return [replace(r, seeds=(), verdict="inconclusive at n=0 seeds") for r in results], data
+
+    monkeypatch.setattr(adaptive, "evaluate", no_pairs)
+    fake = FakeTrial({"semi-hard": 0.01}, sd=0.001)
+    rc = adaptive.until_decided(str(_write(store)), preset="smoke", sets=None, limits=_limits(), run_batch=fake)
+    out = capsys.readouterr().out
+    assert rc == 1 and "stopped: the open comparisons' cells have all finished" in out, out
+    assert len(fake.trained) == 9  # the study's cells, once; no look ran another batch
+
+
+def test_until_decided_refuses_what_it_cannot_decide_even_in_a_dry_run(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: plain\nfactors: {temperature: [0.1, 0.2]}\nseeds: [0, 1, 2]\n")
+    cases = ((plain, [], "--until-decided", "varies no factor of the paper's findings"),
+             (_write(tmp_path), ["--max-seeds", "2"], "--max-seeds", "at least the study's 3 seeds"))
+    for path, extra, flag, words in cases:
+        res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke", "--until-decided",
+                              "--dry-run", *extra], env=store_env(tmp_path), capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 2 and res.stderr.startswith(f"error: {flag}: ") and words in res.stderr, res.stderr

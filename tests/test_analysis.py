@@ -36,6 +36,15 @@ def outputs(uri, tmp_path_factory):
     return a, b, first
 
 
+def test_top_of_results_holds_only_the_reserved_files_and_study_folders(outputs):
+    """No study may be named like a file the analysis writes beside the study folders (study.paths)."""
+    from study.paths import RESULTS_TOP_FILES
+
+    a, _, _ = outputs
+    files = {p.name for p in a.iterdir() if p.is_file()}
+    assert files <= set(RESULTS_TOP_FILES) and "REPORT.md" in files, files
+
+
 # --------------------------------------------------------------------------- load
 
 
@@ -302,3 +311,10 @@ def test_contract_error_exits_2(uri, tmp_path, monkeypatch, capsys):
 
 def test_uri_never_defaults_to_repo_store(uri):
     assert Path(uri[len("sqlite:///"):]).parent != Path(__file__).resolve().parents[1]
+
+
+def test_an_unknown_study_is_said_with_a_did_you_mean(uri, tmp_path, capsys):
+    name = list_studies(uri)[0]
+    assert main(["--study", name + "x", "--tracking-uri", uri, "--out", str(tmp_path / "o"), "--no-log"]) == 0
+    err = capsys.readouterr().err
+    assert f"no study '{name}x' in the store (reported as not run)" in err and f"did you mean '{name}'" in err, err

@@ -219,3 +219,22 @@ def test_report_shows_the_new_numbers():
                   "P(semi-hard > hard) = 1.00 [1.00, 1.00]", "0.10 | 3.5 min |", "cost 0.10 cell-h",
                   "Cost: 0.10 cell-hours, wall 3.5 min"):
         assert words in page, words
+
+
+def test_only_the_finding_the_study_file_names_is_tested():
+    """A study varying labels and sampling whose file names `finding: sampling` tests that finding only."""
+    from dataclasses import replace
+
+    from analysis.findings import findings_for
+    from analysis.load import empty_study
+
+    rows = []
+    for seed in range(3):
+        for labels in ("online", "offline"):
+            for sampling in ("semi-hard", "hard"):
+                rows.append({"level": f"{labels} / {sampling}", "labels": labels, "sampling": sampling, "seed": seed,
+                             "knn_top1": 0.70 + 0.01 * (sampling == "semi-hard") + 0.001 * seed,
+                             "seconds": 60.0, "reused_from": ""})
+    data = replace(empty_study("multi", found=True), factors=("labels", "sampling"), cells=_cells(rows))
+    assert [f.spec.key for f in findings_for(data)] == ["labels", "sampling"]  # no finding named: each varied one
+    assert [f.spec.key for f in findings_for(replace(data, finding="sampling"))] == ["sampling"]

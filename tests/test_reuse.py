@@ -213,3 +213,19 @@ def test_cells_of_another_trial_function_are_never_linked(store, monkeypatch, ca
     c = load_study(_write(store, "third"), "smoke")
     linked = finished_elsewhere(StudyTracker("third"), [cell.cell_id for cell in c.cells])
     assert {r.data.tags["study"] for r in linked.values()} == {"first"}  # the trained ones only
+
+
+def test_a_file_that_kept_another_studys_name_is_refused(store):
+    """Two files named alike but varying other factors would mix their cells: refused before anything is written."""
+    from study.errors import UserError
+    from study.runner import run_study
+    from study.backends import load_backend
+
+    a = load_study(_write(store, "first"), "smoke")
+    _finish_by_hand(a)
+    other = store / "copy.yaml"
+    other.write_text("name: first\nfactors: {temperature: [0.1, 0.3]}\nseeds: [0]\n")
+    before = len(_cells(store_client(store), "first"))
+    with pytest.raises(UserError, match="already holds a study 'first' varying sampling .*this file varies temperature"):
+        run_study(str(other), backend=load_backend("local"), preset="smoke", dry_run=True)
+    assert len(_cells(store_client(store), "first")) == before

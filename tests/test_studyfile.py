@@ -208,3 +208,14 @@ def test_dry_run_prints_cells_and_writes_nothing(tmp_path):
     assert "12 cells = 4 levels x 3 seeds" in res.stdout and "1 CPU" in res.stdout
     assert res.stdout.count("semi-hard") == 3
     assert not (tmp_path / "store" / "mlflow.db").exists()
+
+
+def test_the_parent_carries_the_finding_and_the_analysis_reads_it():
+    from types import SimpleNamespace
+
+    from analysis.load import _decision_settings
+
+    tags = load_study(EXPERIMENTS / "sampling.yaml", "cpu").parent_tags()
+    assert tags["finding"] == "sampling" and tags["seeds"] == "0,1,2"
+    parent = SimpleNamespace(data=SimpleNamespace(tags=tags), info=SimpleNamespace(run_id="p"))
+    assert _decision_settings(parent, "sampling")["finding"] == "sampling"
