@@ -133,7 +133,8 @@ def findings_for(data: StudyData) -> list[FindingResult]:
         if f.factor not in data.factors or (data.finding and f.key != data.finding):
             continue
         results = []
-        if not data.empty:
+        crossed = len(data.factors) > 1  # level_where would take one stratum of the other factors
+        if not data.empty and not crossed:
             results = [r for c in f.comparisons
                        if (r := evaluate_comparison(data.cells, c, data.metric, data.equivalence_delta,
                                                     data.stopping))]
@@ -141,6 +142,9 @@ def findings_for(data: StudyData) -> list[FindingResult]:
             v = "not run"
         elif data.empty:
             v = "not run: no finished cells"
+        elif crossed:
+            v = (f"not tested: the study crosses {', '.join(data.factors)}, and a comparison of one factor's "
+                 f"levels would take one stratum of the others (run one factor per study)")
         elif not results:
             v = "not tested: the study lacks the levels to compare"
         else:

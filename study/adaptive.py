@@ -213,6 +213,9 @@ def check_study(study: Study, max_seeds: int) -> None:
     finding to decide, and room for more seeds than the study file's."""
     from analysis.claims import FINDINGS
 
+    if len(study.factors) > 1:
+        raise UserError(f"study '{study.name}' crosses {', '.join(study.factors)}: its findings are not tested "
+                        f"(one factor per study), so there is no comparison to decide", source="--until-decided")
     if not any(f.factor in study.factors and (study.spec.finding in (None, f.key)) for f in FINDINGS):
         raise UserError(f"study '{study.name}' varies no factor of the paper's findings "
                         f"({', '.join(f.factor for f in FINDINGS)}): no comparison to decide", source="--until-decided")

@@ -65,8 +65,12 @@ def rerun_command(study: Study, sets: dict | None = None, *extra: str) -> str:
     except ValueError:
         path = str(study.path)
     words = ["python -m study run", shlex.quote(path), "--preset", study.preset]
+    from study.config import parse_value
+
     for key, value in (sets or {}).items():
         text = value if isinstance(value, str) else json.dumps(value)
+        if isinstance(value, str) and parse_value(value, "") != value:  # "2024", "true": quoted, to stay strings
+            text = json.dumps(value)
         words += ["--set", shlex.quote(f"{key}={text}")]
     return " ".join(words + list(extra))
 

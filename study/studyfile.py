@@ -172,6 +172,8 @@ def label_problem(label: str) -> str | None:
         return f"is {len(label)} characters long (at most {MAX_LABEL})"
     if any(not ch.isprintable() for ch in label):
         return "holds a control character (newline, tab, ...)"
+    if "|" in label:
+        return "holds '|', which would split the cells of the report's Markdown tables"
     if LEVEL_SEPARATOR in label:
         return f"holds '{LEVEL_SEPARATOR}', which joins the labels of several factors into one level's name"
     return None
@@ -375,6 +377,10 @@ def _check_finding(spec: StudySpec, src: str) -> None:
     if spec.finding not in factor_of:
         raise UserError(f"unknown finding '{spec.finding}'{did_you_mean(spec.finding, tuple(factor_of))} "
                         f"(allowed: {', '.join(factor_of)})", source=src, key="finding")
+    if len(spec.factors) > 1:
+        raise UserError(f"a finding compares the levels of one factor; this study crosses {', '.join(spec.factors)} "
+                        f"(a comparison would take one stratum of the others): run one factor per study, or "
+                        f"remove 'finding'", source=src, key="finding")
     if factor_of[spec.finding] not in spec.factors:
         raise UserError(f"finding '{spec.finding}' compares levels of factor '{factor_of[spec.finding]}', "
                         f"which this study does not vary (its factors: {', '.join(spec.factors)})",

@@ -221,8 +221,9 @@ def test_report_shows_the_new_numbers():
         assert words in page, words
 
 
-def test_only_the_finding_the_study_file_names_is_tested():
-    """A study varying labels and sampling whose file names `finding: sampling` tests that finding only."""
+def test_only_the_finding_the_study_file_names_is_tested_and_never_on_one_stratum():
+    """A study tests the finding its file names only; a study crossing two factors tests none (a
+    comparison of one factor's levels would take the first stratum of the other)."""
     from dataclasses import replace
 
     from analysis.findings import findings_for
@@ -235,6 +236,13 @@ def test_only_the_finding_the_study_file_names_is_tested():
                 rows.append({"level": f"{labels} / {sampling}", "labels": labels, "sampling": sampling, "seed": seed,
                              "knn_top1": 0.70 + 0.01 * (sampling == "semi-hard") + 0.001 * seed,
                              "seconds": 60.0, "reused_from": ""})
+    one = replace(empty_study("one", found=True), factors=("sampling",),
+                  cells=_cells([r for r in rows if r["labels"] == "online"]))
+    assert [f.spec.key for f in findings_for(one)] == ["sampling"]
+    assert [f.spec.key for f in findings_for(replace(one, finding="labels"))] == []
+    # crossed factors: each varied factor's finding is listed, and none is tested on one stratum
     data = replace(empty_study("multi", found=True), factors=("labels", "sampling"), cells=_cells(rows))
-    assert [f.spec.key for f in findings_for(data)] == ["labels", "sampling"]  # no finding named: each varied one
-    assert [f.spec.key for f in findings_for(replace(data, finding="sampling"))] == ["sampling"]
+    found = findings_for(data)
+    assert [f.spec.key for f in found] == ["labels", "sampling"]
+    assert all(not f.comparisons and f.verdict.startswith("not tested: the study crosses labels, sampling")
+               for f in found)

@@ -51,6 +51,7 @@ def _study(name="s", factor="sampling", levels="[hard]", extra=""):
     (_study(factor="boundary", levels='[{label: "a\\nb", set: {margin: 0.0}}]'), ["control character"]),
     (_study(factor="boundary", levels='[{label: "  ", set: {margin: 0.0}}]'), ["blank"]),
     (_study(factor="boundary", levels='[{label: "a / b", set: {margin: 0.0}}]'), ["' / '", "joins"]),
+    (_study(factor="boundary", levels='[{label: "a|b", set: {margin: 0.0}}]'), ["'|'", "Markdown"]),
     (_study(factor="boundary", levels='[{label: "' + "x" * 101 + '", set: {margin: 0.0}}]'), ["101 characters"]),
     # study names: an MLflow experiment and a folder under runs/, mlartifacts/, ray_results/
     (_study(name='".."'), ["name", "letters, digits"]),
@@ -72,6 +73,8 @@ def _study(name="s", factor="sampling", levels="[hard]", extra=""):
     ("name: s\nfactors: {sampling: [hard]}\nseeds: [-1]\n", ["seeds", "0..4294967295", "-1"]),
     (_study(extra="presets: {smoke: {seeds: [1, 1]}}\n"), ["presets.smoke.seeds", "duplicate seeds"]),
     (_study(extra="presets: {smoke: {seeds: [4294967296]}}\n"), ["presets.smoke.seeds", "0..4294967295"]),
+    ("name: s\nfinding: sampling\nfactors: {labels: [online, offline], sampling: [semi-hard, hard]}\nseeds: [0]\n",
+     ["finding", "crosses labels, sampling", "one factor per study"]),
     # a metric some level never records: its comparison would pair no seed
     ("name: s\nmetric: nmi\nfactors: {method: [interclr, mocov2]}\nseeds: [0]\n",
      ["metric", "'nmi' is not recorded by level 'mocov2'", "no pseudo-labels", "knn_top1"]),

@@ -154,3 +154,16 @@ def test_cli_duplicate_keys_exit_2_and_write_nothing(tmp_path):
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1 and "key 'fixed.margin': given twice" in err, err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_resume_command_reads_back_the_same_sets():
+    """The printed resume command quotes a string YAML would read as another type ("2024", "true")."""
+    import shlex
+
+    from study.runner import rerun_command
+    from study.studyfile import load_study
+
+    study = load_study(REPO / "experiments" / "sampling.yaml", "smoke")
+    sets = {"data_root": "2024", "amp": "off", "lr": 0.1, "widths": [8, 16], "test_subset": None, "stream": False}
+    words = shlex.split(rerun_command(study, sets))
+    assert parse_sets([words[i + 1] for i, w in enumerate(words) if w == "--set"]) == sets
