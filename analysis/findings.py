@@ -145,6 +145,8 @@ def findings_for(data: StudyData) -> list[FindingResult]:
         elif crossed:
             v = (f"not tested: the study crosses {', '.join(data.factors)}, and a comparison of one factor's "
                  f"levels would take one stratum of the others (run one factor per study)")
+        elif not results and not data.missing.empty:
+            v = f"not tested yet: the study is incomplete ({len(data.missing)} cells missing)"
         elif not results:
             v = "not tested: the study lacks the levels to compare"
         else:

@@ -355,12 +355,14 @@ def select_cells(cells: pd.DataFrame, preset: str) -> tuple[pd.DataFrame, pd.Dat
 
 
 def find_missing(runs: pd.DataFrame, cells: pd.DataFrame, finished_ids: set[str],
-                 planned_seeds: list[int] | None = None) -> pd.DataFrame:
+                 planned_seeds: list[int] | None = None, planned_levels: list[str] | None = None) -> pd.DataFrame:
     """Cells with no finished run (their latest status), plus level x seed gaps among ``cells``.
 
     ``planned_seeds``: the seeds every level runs (the parent's ``seeds`` tag); None: every
     seed seen. A seed outside them was added by the adaptive loop to some levels only, so
     a gap there counts only for a level that has a run at such a seed (one it extended).
+    ``planned_levels`` (the parent's ``levels`` tag): levels of the study that may have no run
+    at all yet (an interrupted study); their planned seeds are gaps too.
     """
     rows = []
     unfinished = runs[~runs["cell_id"].isin(finished_ids)]
@@ -370,8 +372,8 @@ def find_missing(runs: pd.DataFrame, cells: pd.DataFrame, finished_ids: set[str]
                      "run_id": r["run_id"]})
     have = set(zip(cells["level"], cells["seed"]))
     listed = {(r["level"], r["seed"]) for r in rows}
-    seeds = sorted(set(cells["seed"]) | {r["seed"] for r in rows})
-    levels = sorted(set(cells["level"]) | {r["level"] for r in rows})
+    seeds = sorted(set(cells["seed"]) | {r["seed"] for r in rows} | set(planned_seeds or ()))
+    levels = sorted(set(cells["level"]) | {r["level"] for r in rows} | set(planned_levels or ()))
     grid = set(seeds) if planned_seeds is None else set(planned_seeds)
     extended = {level for level, seed in have | listed if seed not in grid}
     for level in levels:
@@ -459,7 +461,7 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
         preset = choose_preset(finished if not finished.empty else all_runs)
     cells, excluded = select_cells(finished, preset)
     missing = find_missing(all_runs[all_runs["preset"] == preset], cells, set(finished["cell_id"]),
-                           _planned_seeds(parent, study))
+                           _planned_seeds(parent, study), _planned_levels(parent, study))
     curves = load_curves(client, cells)
     auc = curve_auc(curves)
     cells["knn_auc"] = cells["cell_id"].map(auc).astype("float64")
@@ -514,6 +516,22 @@ def _planned_seeds(parent, study: str) -> list[int] | None:
     except ValueError:
         raise ContractError(f"study {study!r}: parent tag seeds must be comma-separated integers, "
                             f"got {text!r}") from None
+
+
+def _planned_levels(parent, study: str) -> list[str] | None:
+    """The parent's ``levels`` tag (a JSON list of the study's level names, written by the runner); None if absent."""
+    import json
+
+    text = parent.data.tags.get("levels", "") if parent is not None else ""
+    if not text:
+        return None
+    try:
+        levels = json.loads(text)
+    except ValueError:
+        levels = None
+    if not isinstance(levels, list) or not all(isinstance(x, str) for x in levels):
+        raise ContractError(f"study {study!r}: parent tag levels must be a JSON list of names, got {text[:80]!r}")
+    return levels
 
 
 def _parent_fields(parent) -> dict:

@@ -155,7 +155,9 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
     base = list(dict.fromkeys(c.seed for c in study.cells))
     tracker = StudyTracker(study.name, tracking_uri)
     parent = tracker.parent_run_id(study.parent_params(), study.path)
-    for key, value in {**study.parent_tags(), "stopping": "sequential"}.items():
+    limit_tags = {"stopping": "sequential", "max_seeds": str(limits.max_seeds),
+                  "budget_hours": "none" if limits.budget_hours is None else f"{limits.budget_hours:g}"}
+    for key, value in {**study.parent_tags(), **limit_tags}.items():
         tracker.client.set_tag(parent, key, value)
     print(f"[{study.name}] until decided: the study's {len(base)} seeds first, then {limits.batch} seeds per "
           f"look on the levels of open comparisons, at most {limits.max_seeds} seeds"

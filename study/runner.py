@@ -58,8 +58,26 @@ def cells_to_run(study: Study, status: dict[str, str], rerun_failed: bool) -> tu
     return todo, done
 
 
-def rerun_command(study: Study, sets: dict | None = None, *extra: str) -> str:
-    """The command that resumes ``study``: ``python -m study run FILE --preset P [--set k=v ...]``."""
+def adaptive_flags(tracker: StudyTracker | None) -> list[str]:
+    """``--until-decided`` and its limits when the study was last run with them (the parent's tags,
+    written by the adaptive loop), so that the command to resume runs the loop again; else []."""
+    try:
+        parent = tracker.parent_run() if tracker is not None else None
+    except Exception:  # the store may be what failed: the plain command is still right for the cells
+        return []
+    tags = parent.data.tags if parent is not None else {}
+    if tags.get("stopping") != "sequential":
+        return []
+    flags = ["--until-decided"]
+    for flag, tag in (("--max-seeds", "max_seeds"), ("--budget-hours", "budget_hours")):
+        if tags.get(tag, "none") != "none":
+            flags += [flag, tags[tag]]
+    return flags
+
+
+def rerun_command(study: Study, sets: dict | None = None, *extra: str, tracker: StudyTracker | None = None) -> str:
+    """The command that resumes ``study``: ``python -m study run FILE --preset P [--set k=v ...]``, with
+    the adaptive loop's flags when ``tracker``'s study was run with them (:func:`adaptive_flags`)."""
     try:
         path = str(study.path.relative_to(Path.cwd()))
     except ValueError:
@@ -72,7 +90,7 @@ def rerun_command(study: Study, sets: dict | None = None, *extra: str) -> str:
         if isinstance(value, str) and parse_value(value, "") != value:  # "2024", "true": quoted, to stay strings
             text = json.dumps(value)
         words += ["--set", shlex.quote(f"{key}={text}")]
-    return " ".join(words + list(extra))
+    return " ".join(words + adaptive_flags(tracker) + list(extra))
 
 
 def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | None = None,
@@ -205,7 +223,8 @@ def _abandoned(study: Study, tracker: StudyTracker, todo: list[Cell], err: Excep
     except Exception:  # the reconcile at the next start marks them instead
         pass
     print(f"\n[{study.name}] the driver failed ({type(err).__name__}; details below); finished cells are kept. "
-          f"To resume, run the same command again: {rerun_command(study, sets)}", file=sys.stderr, flush=True)
+          f"To resume, run the same command again: {rerun_command(study, sets, tracker=tracker)}",
+          file=sys.stderr, flush=True)
 
 
 def _interrupted(study: Study, tracker: StudyTracker, todo: list[Cell], sig: StudyInterrupted,
@@ -219,7 +238,7 @@ def _interrupted(study: Study, tracker: StudyTracker, todo: list[Cell], sig: Stu
     counts = summarise(study, tracker.cell_status())
     print(f"\n[{study.name}] interrupted ({sig.name}): finished {counts[FINISHED]}/{len(study.cells)}; "
           f"{marked} unfinished cell run(s) marked KILLED; their checkpoints are kept.\n"
-          f"[{study.name}] to resume, run the same command again: {rerun_command(study, sets)}",
+          f"[{study.name}] to resume, run the same command again: {rerun_command(study, sets, tracker=tracker)}",
           file=sys.stderr, flush=True)
     return sig.exit_code
 
@@ -283,9 +302,10 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
         print(f"no cell of this study has run at preset {study.preset}; to start it: {rerun_command(study, sets)}")
     elif counts[KILLED] or counts["missing"] or counts[RUNNING]:
         what = "interrupted" if counts[KILLED] else "unfinished"
-        print(f"the study was {what}; to resume, run the same command again: {rerun_command(study, sets)}")
+        print(f"the study was {what}; to resume, run the same command again: "
+              f"{rerun_command(study, sets, tracker=tracker)}")
     elif counts[FAILED]:
-        print(f"to rerun the failed cells: {rerun_command(study, sets, '--rerun-failed')}")
+        print(f"to rerun the failed cells: {rerun_command(study, sets, '--rerun-failed', tracker=tracker)}")
     if tracker is None:
         return 0
     prov = provenance_text(tracker, {c.cell_id for c in study.cells})

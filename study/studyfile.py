@@ -46,6 +46,7 @@ _FACTOR_NAME_RE = re.compile(r"^[\w.\- :]{1,200}$")
 # param values 6,000, tag values 8,000
 MAX_RUN_NAME = 250
 MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 5000  # well under MLflow's limit on a tag's value
 MAX_LABEL = 100
 # a factor may not be named like what the cell run already records under that name
 _RESERVED_FACTORS = ("seed",)
@@ -245,8 +246,13 @@ class Study:
         every level runs (a level x seed gap is listed only among these, and among the seeds the
         adaptive loop gave the levels it extended), and the finding the study file names (only
         that one is tested; "" when it names none: every finding whose factor it varies)."""
-        return {"equivalence_delta": repr(self.spec.equivalence_delta),
+        tags = {"equivalence_delta": repr(self.spec.equivalence_delta),
                 "seeds": ",".join(map(str, self.planned_seeds)), "finding": self.spec.finding or ""}
+        # the levels every seed runs, so that the analysis lists a level no cell of which has started
+        levels = json.dumps(list(dict.fromkeys(c.level for c in self.cells)))
+        if len(levels) <= MAX_TAG_VALUE:
+            tags["levels"] = levels
+        return tags
 
 
 def cell_params(cell: Cell) -> dict[str, str]:

@@ -539,13 +539,24 @@ COST_METRICS = ("cost_wall_s", "cost_cpu_s", "cost_gpu_s")
 
 
 def check_same_study(study) -> None:
-    """``study`` (a :class:`study.studyfile.Study`): a study name already in the store must belong to a study of the same factors: another file
-    that kept the name (a copy being edited, say) would mix its cells into that study's tables
-    and verdicts. UserError naming both; nothing is written."""
+    """What the store's own state refuses for ``study`` (a :class:`study.studyfile.Study`), as one
+    UserError before anything is written:
+
+    - its experiment deleted (MLflow keeps a deleted experiment's name, and would refuse every run);
+    - its name held by a study of other factors: another file that kept the name (a copy being
+      edited, say) would mix its cells into that study's tables and verdicts.
+    """
     uri = tracking_uri()
     if not store_exists(uri):
         return
-    parent = StudyTracker(study.name, uri, create=False).parent_run()
+    tracker = StudyTracker(study.name, uri, create=False)
+    exp = tracker.client.get_experiment_by_name(study.name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise UserError(f"the store holds study '{study.name}' as a deleted MLflow experiment (id {exp.experiment_id}): "
+                        f"restore it (mlflow experiments restore --experiment-id {exp.experiment_id}) or remove it for "
+                        f"good (mlflow gc --backend-store-uri {uri} --experiment-ids {exp.experiment_id})",
+                        source=str(study.path), key="name")
+    parent = tracker.parent_run()
     if parent is None:
         return
     theirs = parent.data.params.get("factors", "")

@@ -121,6 +121,10 @@ def test_a_clear_difference_is_decided_and_only_its_levels_get_seeds(store, caps
     tracker = StudyTracker(study.name, tracking_uri())
     results, data = adaptive.evaluate(study, tracker)
     assert data.stopping == "sequential" and results[0].verdict == "holds" and results[0].cs_low > 0
+    # the command to resume runs the loop again, with its limits (the parent's tags)
+    from study.runner import rerun_command
+
+    assert rerun_command(study, tracker=tracker).endswith("--preset smoke --until-decided --max-seeds 20")
     # the same study with a --set is another config: none of these cells decides it
     other, _ = adaptive.evaluate(load_study(store / "adapt.yaml", "smoke", {"lr": 0.1}), tracker, {"lr": 0.1})
     assert all(not r.seeds and r.verdict.startswith("inconclusive") for r in other), other

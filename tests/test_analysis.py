@@ -102,6 +102,10 @@ def test_seeds_the_adaptive_loop_added_are_gaps_only_for_the_levels_it_extended(
     assert got == {("random", 1), ("hard", 5)}
     # without the parent's seeds (a store from before the tag): every seed is expected of every level
     assert len(find_missing(runs, cells, finished, None)) == 2 + 2 * 4
+    # a level the study plans but no cell of which has started (an interrupted study): all its seeds
+    got = {(r.level, r.seed) for r in find_missing(runs, cells, finished, [0, 1, 2],
+                                                   ["random", "semi-easy", "semi-hard", "hard", "x"]).itertuples()}
+    assert got == {("random", 1), ("hard", 5), ("x", 0), ("x", 1), ("x", 2)}
 
 
 def test_level_with_only_failed_cells_keeps_its_place(data, outputs):

@@ -246,3 +246,22 @@ def test_only_the_finding_the_study_file_names_is_tested_and_never_on_one_stratu
     assert [f.spec.key for f in found] == ["labels", "sampling"]
     assert all(not f.comparisons and f.verdict.startswith("not tested: the study crosses labels, sampling")
                for f in found)
+
+
+def test_an_incomplete_study_is_not_called_one_that_lacks_its_levels():
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from analysis.findings import findings_for
+    from analysis.load import MISSING_COLUMNS, _typed, empty_study
+
+    rows = [{"level": "random", "sampling": "random", "seed": s, "knn_top1": 0.7, "seconds": 1.0, "reused_from": ""}
+            for s in range(3)]
+    missing = _typed([{"cell_id": "", "level": "hard", "seed": s, "status": "NOT IN STORE", "run_id": ""}
+                      for s in range(3)], MISSING_COLUMNS)
+    data = replace(empty_study("s", found=True), factors=("sampling",), cells=_cells(rows))
+    assert findings_for(data)[0].verdict == "not tested: the study lacks the levels to compare"
+    assert findings_for(replace(data, missing=missing))[0].verdict == \
+        "not tested yet: the study is incomplete (3 cells missing)"
+    assert isinstance(missing, pd.DataFrame)

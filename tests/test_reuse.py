@@ -229,3 +229,18 @@ def test_a_file_that_kept_another_studys_name_is_refused(store):
     with pytest.raises(UserError, match="already holds a study 'first' varying sampling .*this file varies temperature"):
         run_study(str(other), backend=load_backend("local"), preset="smoke", dry_run=True)
     assert len(_cells(store_client(store), "first")) == before
+
+
+def test_a_deleted_experiment_is_one_error_before_anything_runs(store):
+    from study.backends import load_backend
+    from study.errors import UserError
+    from study.runner import run_study
+
+    a = load_study(_write(store, "first"), "smoke")
+    _finish_by_hand(a)
+    client = store_client(store)
+    exp = client.get_experiment_by_name("first")
+    client.delete_experiment(exp.experiment_id)
+    for dry in (True, False):
+        with pytest.raises(UserError, match=f"deleted MLflow experiment .id {exp.experiment_id}.: restore it"):
+            run_study(str(a.path), backend=load_backend("local"), preset="smoke", dry_run=dry)

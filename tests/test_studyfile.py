@@ -217,5 +217,6 @@ def test_the_parent_carries_the_finding_and_the_analysis_reads_it():
 
     tags = load_study(EXPERIMENTS / "sampling.yaml", "cpu").parent_tags()
     assert tags["finding"] == "sampling" and tags["seeds"] == "0,1,2"
+    assert tags["levels"] == '["random", "semi-easy", "semi-hard", "hard"]'  # what the analysis lists as missing
     parent = SimpleNamespace(data=SimpleNamespace(tags=tags), info=SimpleNamespace(run_id="p"))
     assert _decision_settings(parent, "sampling")["finding"] == "sampling"
