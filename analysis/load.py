@@ -225,6 +225,7 @@ def _cell_row(run, study: str) -> dict:
         "level": level,
         "seed": _num(params["seed"], "int", rid, "seed"),
         "preset": tags.get("preset", ""),
+        "variant": tags.get("variant", ""),
         "method": params.get("method", ""),
         "labels": params.get("labels", ""),
         "sampling": params.get("sampling", ""),
@@ -334,19 +335,36 @@ def choose_preset(cells: pd.DataFrame) -> str:
     return str(last["preset"])
 
 
-def select_cells(cells: pd.DataFrame, preset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep one preset and one cell per (level, seed); return (kept, excluded with a reason).
+def latest_variant(cells: pd.DataFrame, preset: str) -> str:
+    """The ``variant`` tag (the study's settings: fixed, preset, --set) of the latest finished cell
+    of ``preset``; "" when the cells carry none (a store from before the tag)."""
+    same = cells[cells["preset"] == preset]
+    if "variant" not in same.columns or same.empty:
+        return ""
+    return str(same.sort_values(["end_time", "run_id"], kind="mergesort")["variant"].iloc[-1])
 
-    A store can hold a study run under two presets (smoke, then cpu), or a level re-run
-    with another config (a new cell_id) under the same seed; mixing them would pair
-    unrelated runs, so only the latest run of each level and seed of the chosen preset counts.
+
+def select_cells(cells: pd.DataFrame, preset: str, variant: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep one preset, one variant and one cell per (level, seed); return (kept, excluded with a reason).
+
+    A store can hold a study run under two presets (smoke, then cpu), under two settings at one
+    preset (a run with ``--set epochs=3`` after the plain one: another ``variant``), or a level
+    re-run with another config (a new cell_id) under the same seed; mixing them would pair
+    unrelated runs, so only the latest run of each level and seed of the chosen preset and
+    variant counts (``variant`` "": any).
     """
+    other_variant = (cells["preset"] == preset) & (cells["variant"] != variant) if variant else None
+    rows = [dict(r, reason=f"another variant of the study's settings ({r['variant'] or 'untagged'}, not {variant}: "
+                           f"a --set or an edited file)")
+            for r in cells[other_variant].to_dict("records")] if variant else []
+    if variant:
+        cells = cells[~other_variant]
     other = cells[cells["preset"] != preset]
     same = cells[cells["preset"] == preset].sort_values(["level", "seed", "end_time", "run_id"], kind="mergesort")
     superseded = same[same.duplicated(["level", "seed"], keep="last")]
     kept = same.drop_duplicates(["level", "seed"], keep="last")
-    rows = [dict(r, reason=f"preset {r['preset'] or '(none)'}, not {preset or '(none)'}") for r in
-            other.to_dict("records")]
+    rows += [dict(r, reason=f"preset {r['preset'] or '(none)'}, not {preset or '(none)'}") for r in
+             other.to_dict("records")]
     rows += [dict(r, reason="superseded by a later run of the same level and seed") for r in
              superseded.to_dict("records")]
     excluded = _typed(rows, EXCLUDED_COLUMNS)[list(EXCLUDED_COLUMNS)]
@@ -459,8 +477,10 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     finished = dedupe_cells(all_runs)
     if preset is None:  # the preset of the latest finished cell, else of the latest run
         preset = choose_preset(finished if not finished.empty else all_runs)
-    cells, excluded = select_cells(finished, preset)
-    missing = find_missing(all_runs[all_runs["preset"] == preset], cells, set(finished["cell_id"]),
+    variant = latest_variant(finished, preset)
+    cells, excluded = select_cells(finished, preset, variant)
+    of_variant = (all_runs["preset"] == preset) & ((all_runs["variant"] == variant) if variant else True)
+    missing = find_missing(all_runs[of_variant], cells, set(finished["cell_id"]),
                            _planned_seeds(parent, study), _planned_levels(parent, study))
     curves = load_curves(client, cells)
     auc = curve_auc(curves)

@@ -92,7 +92,8 @@ def link_cell(tracker: StudyTracker, cell, parent_id: str, source) -> str:
     tags = {k: v for k, v in src.data.tags.items()
             if k not in _OWN_TAGS and not k.startswith("factor.")}
     tags.update({"study": tracker.study, "role": "cell", "cell_id": cell.cell_id, "preset": cell.preset,
-                 "level": cell.level, "factors": ",".join(cell.levels), "mlflow.parentRunId": parent_id,
+                 "level": cell.level, "factors": ",".join(cell.levels), "variant": cell.variant,
+                 "mlflow.parentRunId": parent_id,
                  "reused_from": origin, "reused_from_study": origin_study})
     tags.update({f"factor.{f}": lv for f, lv in cell.levels.items()})
     run = client.create_run(tracker.experiment_id, start_time=src.info.start_time, tags=tags, run_name=cell.name)

@@ -24,8 +24,8 @@ from typing import Any, Literal, Optional, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from study.canonical import canonical_config
-from study.config import (CONFIG_KEYS, MAX_SEED, PATTERN_WORDS, PRESETS, TrainConfig, build_config, did_you_mean,
-                          pattern_message, unknown_key)
+from study.config import (CONFIG_KEYS, EXECUTION_KEYS, MAX_SEED, PATTERN_WORDS, PRESETS, TrainConfig, build_config,
+                          did_you_mean, pattern_message, unknown_key)
 from study.errors import UserError, key_path
 from study.files import read_yaml
 from study.paths import RESULTS_TOP_FILES
@@ -201,6 +201,9 @@ class Cell:
     config: TrainConfig
     cell_id: str
     preset: str
+    # the study's settings this cell ran under (fixed, preset, --set; not its levels or seed), as a
+    # hash: the analysis compares only cells of one variant (tag ``variant``); "" when unknown
+    variant: str = ""
 
     @property
     def level(self) -> str:
@@ -277,12 +280,25 @@ def _check_cell_for_store(cell: Cell, src: str) -> None:
                             f"{MAX_PARAM_VALUE} in a param)", source=src, key=key)
 
 
+def _digest(flat: dict[str, Any]) -> str:
+    """12 hex digits of a flat config, stable across runs and machines (sorted JSON, SHA-256)."""
+    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def variant_hash(config: TrainConfig, level_keys) -> str:
+    """The settings a cell shares with the other cells of its study run: the resolved config less
+    the seed, the keys the levels set (``level_keys``) and the execution-only keys, digested. Two
+    runs of one study file with different ``--set`` (or an edited ``fixed``) get different variants.
+    (Not the canonical config: which keys it drops depends on the level, e.g. ``pool``.)"""
+    return _digest({k: v for k, v in config.flat().items()
+                    if k != "seed" and k not in level_keys and k not in EXECUTION_KEYS})
+
+
 def cell_hash(config: TrainConfig) -> str:
     """A stable hash of the canonical config (:mod:`study.canonical`: the resolved config, seed
     included, less the keys that cannot affect the run)."""
-    flat = canonical_config(config.flat())
-    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return _digest(canonical_config(config.flat()))
 
 
 # the members of the level union, as pydantic names them in an error's location
@@ -498,6 +514,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
     factor_names = list(spec.factors)
     cells = []
     seen: dict[str, str] = {}
+    owned = factor_keys(spec)
     for combo in itertools.product(*(spec.factors[f] for f in factor_names)):
         levels = {f: _label(f, lv) for f, lv in zip(factor_names, combo)}
         values: dict[str, Any] = dict(spec.fixed)
@@ -519,7 +536,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
                                 "same config (once the keys that cannot affect a run are left out; see "
                                 "study/canonical.py)", source=src, key="factors")
             seen[cid] = LEVEL_SEPARATOR.join(levels.values())
-            cell = Cell(spec.name, levels, seed, cfg, cid, preset)
+            cell = Cell(spec.name, levels, seed, cfg, cid, preset, variant_hash(cfg, owned))
             _check_cell_for_store(cell, src)
             cells.append(cell)
     _check_metric_recorded(spec, cells, src)

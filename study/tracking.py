@@ -404,7 +404,7 @@ class StudyTracker:
         tags = {
             "study": self.study, "role": "cell", "cell_id": cell.cell_id,
             "preset": getattr(cell, "preset", ""), "level": cell.level,
-            "factors": ",".join(cell.levels),
+            "factors": ",".join(cell.levels), "variant": getattr(cell, "variant", ""),
         }
         if trial_function():  # not the trainer (the fake trial of the tests): never mistaken for a trained cell
             tags["trial"] = trial_function()

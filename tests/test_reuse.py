@@ -244,3 +244,27 @@ def test_a_deleted_experiment_is_one_error_before_anything_runs(store):
     for dry in (True, False):
         with pytest.raises(UserError, match=f"deleted MLflow experiment .id {exp.experiment_id}.: restore it"):
             run_study(str(a.path), backend=load_backend("local"), preset="smoke", dry_run=dry)
+
+
+def test_the_analysis_counts_one_variant_of_the_study_settings(store):
+    """The same study run again with a --set at the same preset is another variant: its cells and the
+    earlier ones are never mixed in one table or verdict (the latest variant counts; the other is listed
+    as excluded with why), and the missing list is that variant's."""
+    from analysis.load import load_study as load_data
+
+    path = _write(store, "first")
+    plain = load_study(path, "smoke")
+    _finish_by_hand(plain)
+    other = load_study(path, "smoke", {"lr": 0.1})
+    assert {c.variant for c in plain.cells} != {c.variant for c in other.cells}
+    assert len({c.variant for c in plain.cells}) == 1  # one variant across the levels (pool etc. included)
+    tracker = StudyTracker("first")
+    parent = tracker.parent_run_id({"factors": "sampling", "metric": "knn_top1"})
+    cell = other.cells[0]
+    tracker.open_cell(cell, parent)
+    tracker.log_final(cell.cell_id, {"epochs": 2, "knn_top1": 0.9})
+    tracker.end_cell(cell.cell_id, FINISHED)
+    data = load_data("first")
+    assert list(data.cells["cell_id"]) == [cell.cell_id]
+    assert len(data.excluded) == 2 and data.excluded["reason"].str.startswith("another variant").all()
+    assert cell.cell_id not in set(data.missing["cell_id"]) and (data.missing["level"] != cell.level).all()
