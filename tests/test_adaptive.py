@@ -249,13 +249,17 @@ def test_a_level_without_the_metric_stops_the_loop_instead_of_spinning(store, ca
     assert len(fake.trained) == 9  # the study's cells, once; no look ran another batch
 
 
-def test_until_decided_refuses_what_it_cannot_decide_even_in_a_dry_run(tmp_path):
+def test_until_decided_refuses_what_it_cannot_decide_even_in_a_dry_run(tmp_path, monkeypatch, capsys):
+    from study.cli import main
+
+    for key, value in store_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
     plain = tmp_path / "plain.yaml"
     plain.write_text("name: plain\nfactors: {temperature: [0.1, 0.2]}\nseeds: [0, 1, 2]\n")
     cases = ((plain, [], "--until-decided", "varies no factor of the paper's findings"),
              (_write(tmp_path), ["--max-seeds", "2"], "--max-seeds", "at least the study's 3 seeds"))
     for path, extra, flag, words in cases:
-        res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke", "--until-decided",
-                              "--dry-run", *extra], env=store_env(tmp_path), capture_output=True, text=True,
-                             timeout=120)
-        assert res.returncode == 2 and res.stderr.startswith(f"error: {flag}: ") and words in res.stderr, res.stderr
+        assert main(["run", str(path), "--preset", "smoke", "--until-decided", "--dry-run", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag}: ") and words in err, err
+    assert not (tmp_path / "mlflow.db").exists()

@@ -232,14 +232,16 @@ def test_check_device():
         check_device("cuda:2", 2, source="x")
 
 
-def test_train_refuses_a_device_it_does_not_have_and_an_unknown_preset(tmp_path):
+def test_train_refuses_a_device_it_does_not_have_and_an_unknown_preset(tmp_path, capsys):
+    from study.cli import main
+
     for args, words in ((["--set", "device=cuda:99"], ["--set: key 'device'", "'cuda:99' but this machine has"]),
                         (["--preset", "smok"], ["--preset: unknown preset 'smok'", "did you mean 'smoke'"])):
-        res = subprocess.run([sys.executable, "-m", "study", "train", "--preset", "smoke", *args,
-                              "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=REPO)
-        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert main(["train", "--preset", "smoke", *args, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
         for w in words:
-            assert w in res.stderr, (w, res.stderr)
+            assert w in err, (w, err)
     assert not (tmp_path / "out").exists()
 
 
@@ -247,23 +249,33 @@ def test_train_refuses_a_device_it_does_not_have_and_an_unknown_preset(tmp_path)
     ("/tmp/a/plain/path", ["must be sqlite:///"]), ("file:///tmp/x", ["must be sqlite:///", "file:///tmp/x"]),
     ("bogus://x", ["must be sqlite:///"]), ("postgresql+nodriver://u@h/db", ["needs the Python module nodriver"]),
 ])
-def test_a_store_uri_the_toolkit_cannot_use_is_one_error(tmp_path, uri, words):
-    """MLFLOW_TRACKING_URI is checked before MLflow would fail on it with a traceback (run, status, analysis)."""
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
-    for cmd in (["study", "status", str(REPO / "experiments" / "sampling.yaml")],
-                ["study", "run", str(REPO / "experiments" / "sampling.yaml"), "--dry-run"], ["analysis"]):
-        res = subprocess.run([sys.executable, "-m", *cmd], env=env, capture_output=True, text=True, timeout=120,
-                             cwd=tmp_path)
-        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, (cmd, res.stderr)
-        assert "MLFLOW_TRACKING_URI" in res.stderr and all(w in res.stderr for w in words), res.stderr
+def test_a_store_uri_the_toolkit_cannot_use_is_one_error(tmp_path, monkeypatch, capsys, uri, words):
+    """MLFLOW_TRACKING_URI is checked before MLflow would fail on it with a traceback (run, status, analysis;
+    the commands' own main functions, in this process)."""
+    from analysis.__main__ import main as analysis_main
+    from study.cli import main as study_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    study_file = str(REPO / "experiments" / "sampling.yaml")
+    for main, args in ((study_main, ["status", study_file]), (study_main, ["run", study_file, "--dry-run"]),
+                       (analysis_main, ["--out", str(tmp_path / "out")])):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, (args, err)
+        assert "MLFLOW_TRACKING_URI" in err and all(w in err for w in words), err
+    assert not (tmp_path / "out").exists()
 
 
-def test_train_and_analysis_refuse_an_out_they_cannot_write_before_any_work(tmp_path):
+def test_train_and_analysis_refuse_an_out_they_cannot_write_before_any_work(tmp_path, capsys):
+    from analysis.__main__ import main as analysis_main
+    from study.cli import main as study_main
+
     afile = tmp_path / "afile"
     afile.write_text("x")
-    for cmd, words in ((["study", "train", "--preset", "smoke", "--out", str(afile / "sub")], "is not a directory"),
-                       (["study", "train", "--preset", "smoke", "--out", ""], "give a directory"),
-                       (["analysis", "--out", str(afile)], "exists and is not a directory")):
-        res = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, timeout=120, cwd=REPO)
-        assert res.returncode == 2 and words in res.stderr, (cmd, res.stderr)
+    for args, words in ((["train", "--preset", "smoke", "--out", str(afile / "sub")], "is not a directory"),
+                        (["train", "--preset", "smoke", "--out", ""], "give a directory")):
+        assert study_main(args) == 2 and words in capsys.readouterr().err, args
+    with pytest.raises(SystemExit) as err:  # argparse's error: exit 2
+        analysis_main(["--out", str(afile)])
+    assert err.value.code == 2 and "exists and is not a directory" in capsys.readouterr().err
     assert afile.read_text() == "x"
