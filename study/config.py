@@ -350,11 +350,12 @@ def check_keys(keys, *, source: str) -> None:
 PATTERN_WORDS: dict[str, str] = {DEVICE_PATTERN: "must be auto, cpu, cuda or cuda:N"}
 
 
-def pattern_message(error: dict, msg: str) -> str:
-    """A pydantic ``string_pattern_mismatch`` error in words (:data:`PATTERN_WORDS`), else ``msg``."""
+def pattern_message(error: dict, msg: str, words: dict[str, str] = PATTERN_WORDS) -> str:
+    """A pydantic ``string_pattern_mismatch`` error in words (``words``: pattern -> text; by default
+    :data:`PATTERN_WORDS`, the run config's), else ``msg``."""
     if error.get("type") != "string_pattern_mismatch":
         return msg
-    return PATTERN_WORDS.get((error.get("ctx") or {}).get("pattern", ""), msg)
+    return words.get((error.get("ctx") or {}).get("pattern", ""), msg)
 
 
 def pydantic_message(err: ValidationError, allowed: list[str] | tuple[str, ...] = ()) -> tuple[str, str | None]:

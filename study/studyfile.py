@@ -36,8 +36,10 @@ from study.paths import RESULTS_TOP_FILES
 # a cell's level name: its factors' labels joined by this (so no label may hold it)
 LEVEL_SEPARATOR = " / "
 STUDY_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-PATTERN_WORDS[STUDY_NAME_RE] = ("must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or "
-                                "digit (it names the MLflow experiment and the results folder)")
+# the study file's patterns in words (with the run config's: a level's values are config values)
+STUDY_PATTERN_WORDS = {**PATTERN_WORDS,
+                       STUDY_NAME_RE: "must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or "
+                                      "digit (it names the MLflow experiment and the results folder)"}
 # A factor name is an MLflow param key (and the tag key 'factor.<name>'): MLflow allows letters,
 # digits, '_', '-', '.', ' ', ':', '/' (mlflow.utils.validation); '/' is left out here because
 # MLflow treats keys as file paths in places, ',' because the tag 'factors' joins the names with it.
@@ -329,7 +331,7 @@ def _format_validation(err: ValidationError) -> tuple[str, str]:
             return (f"a level is a plain value (text, number, true/false) or a mapping "
                     f"{{label: ..., set: {{key: value}}}} (got {first.get('input')!r})",
                     key_path(where))
-    msg = pattern_message(first, first.get("msg", str(err)))
+    msg = pattern_message(first, first.get("msg", str(err)), STUDY_PATTERN_WORDS)
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if first.get("type") == "extra_forbidden":
