@@ -6,11 +6,43 @@ import difflib
 import sys
 from pathlib import Path
 
-from .pipeline import build_all, default_out_dir
-from .load import ContractError, StoreError, default_tracking_uri, list_studies
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM reached the analysis. Raised where the signal lands: the analysis writes whole
+    files only (analysis.atomic), its store writes are single transactions that the exit which follows
+    rolls back if one was open, and it rebuilds everything when run again, so stopping it anywhere loses
+    nothing but its own time. (The study's driver, which goes on writing after a signal, never raises in
+    its handlers: study.interrupt.)"""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _main(argv)
+    except Stopped as stop:
+        print(f"analysis: stopped by {signal.Signals(stop.signum).name}; the files it wrote are whole; run it again "
+              "to rebuild the rest", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    # imported here, after the stop handlers are in place (pandas and matplotlib take a second)
+    from .load import ContractError, StoreError, default_tracking_uri, list_studies
+    from .pipeline import build_all, default_out_dir
+
     p = argparse.ArgumentParser(
         prog="python -m analysis",
         description="Rebuild tables, figures and REPORT.md from the MLflow store (no training).")

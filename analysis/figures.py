@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .atomic import replacing  # noqa: E402
 from .load import StudyData  # noqa: E402
 from .stats import summarize  # noqa: E402
 
@@ -277,6 +278,7 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
     with matplotlib.rc_context(STYLE):
         for ext, meta in (("png", PNG_METADATA), ("pdf", PDF_METADATA)):
             path = stem.with_suffix(f".{ext}")
-            fig.savefig(path, format=ext, metadata=meta)
+            with replacing(path) as tmp:
+                fig.savefig(tmp, format=ext, metadata=meta)
             paths.append(path)
     return paths

@@ -153,6 +153,9 @@ def client_for(tracking_uri: str | None = None):
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     from mlflow import MlflowClient
 
+    from .uri import use_sqlite_policy
+
+    use_sqlite_policy()
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)

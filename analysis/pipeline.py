@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import figures as F
+from .atomic import replacing
 from .findings import findings_for
 from .publish import publish
 from .load import REPO, StudyData, client_for, list_studies, load_study
@@ -24,8 +25,8 @@ def default_out_dir() -> Path:
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8", newline="\n")
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="\n")
     return path
 
 

@@ -1,9 +1,27 @@
-"""Which tracking URIs the toolkit can use (standard library only: the CLI and the analysis check
-``MLFLOW_TRACKING_URI`` with it before MLflow would fail on it with a traceback)."""
+"""Which tracking URIs the toolkit can use, and how it talks to an sqlite store.
+
+Standard library only at import: the CLI and the analysis check ``MLFLOW_TRACKING_URI`` with
+:func:`uri_problem` before MLflow would fail on it with a traceback.
+
+The sqlite policy (:func:`use_sqlite_policy`, applied by every client the toolkit makes): a
+study's driver is the store's one writer of cell runs (the analysis writes its parent run's
+results, another study its own runs); writes are short transactions. Each sqlite connection
+waits up to :data:`SQLITE_BUSY_TIMEOUT_S` for a lock another process holds (MLflow sets 20 s on
+each of its sessions; the hook here sets the same on every connection, the ones opened outside
+a session included, instead of sqlite's 5 s), and the database is put in write-ahead-log mode
+when it lies on a local file system, so that readers (``status``, the analysis, ``make ui``)
+and the writer never block each other. WAL needs memory shared between the processes that open
+the file, which a network file system (NFS, Lustre, GPFS, ...) does not give: there the
+database keeps sqlite's rollback journal, and a cluster is better served by a tracking server
+(``make mlflow-server``). A process killed inside a transaction leaves it rolled back in both
+modes. No transaction is left open by a signal: handlers only record (``study.interrupt``).
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import threading
 
 # database schemes -> the module of the driver SQLAlchemy (as MLflow calls it) picks when the URI names none
 DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "MySQLdb"}
@@ -29,3 +47,58 @@ def uri_problem(uri: str) -> str | None:
         return None
     return ("must be sqlite:///<absolute path of a file>, postgresql://..., mysql://... or http(s)://<server> "
             f"(got {uri!r})")
+
+
+SQLITE_BUSY_TIMEOUT_S = 20  # MLflow's own value for its sessions (mlflow.store.db.utils)
+# file systems whose locking or shared memory WAL cannot rely on (fstype as /proc/mounts names it)
+NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "glusterfs",
+                        "fuse.glusterfs", "ceph", "fuse.ceph", "fuse.sshfs", "9p", "afs", "ocfs2")
+_policy_lock = threading.Lock()
+_policy_on = False
+
+
+def file_system(path: str) -> str:
+    """The type of the file system holding ``path`` (the longest mount point above it in
+    /proc/mounts), or '' where that cannot be read."""
+    try:
+        with open("/proc/mounts") as fh:
+            mounts = [line.split()[1:3] for line in fh if len(line.split()) >= 3]
+    except OSError:
+        return ""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    for point, fstype in mounts:
+        point = point.replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fstype
+    return kind
+
+
+def _on_connect(dbapi_connection, connection_record) -> None:
+    import sqlite3
+
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+        files = [row[2] for row in cursor.execute("PRAGMA database_list") if row[1] == "main" and row[2]]
+        if files and file_system(files[0]) not in NETWORK_FILE_SYSTEMS:
+            cursor.execute("PRAGMA journal_mode = WAL")  # persistent: a no-op once the file is in WAL mode
+    finally:
+        cursor.close()
+
+
+def use_sqlite_policy() -> None:
+    """Apply the sqlite policy of the module docstring to every SQLAlchemy connection this process
+    opens from now on (an event listener on all engines; idempotent)."""
+    global _policy_on
+    with _policy_lock:
+        if _policy_on:
+            return
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "connect", _on_connect)
+        _policy_on = True

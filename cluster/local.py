@@ -7,6 +7,7 @@ and as many trials run at once as the per-trial resources allow.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import time
 from pathlib import Path
@@ -45,21 +46,25 @@ def check_local(study: Study) -> None:
 
 
 def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-              run_root: Path, storage_path: Path, done_before: int, keep_ray: bool = False, stop=None) -> int:
+              run_root: Path, storage_path: Path, done_before: int, keep_ray: bool = False) -> int:
     """Run ``cells`` on a local Ray; returns the number of parallel slots used.
 
     ``keep_ray``: leave Ray running for the next call (the adaptive loop runs one batch per
     call; it shuts Ray down at its end); a Ray already running is reused. Ray is shut down
     whenever this ends in an exception (an interruption included).
 
-    ``stop`` (a :class:`study.interrupt.StopSignals`) keeps SIGINT and SIGTERM with the driver:
-    Tune's own SIGINT handler (which ends in Ray's advice to call ``Tuner.restore``) is switched
-    off, and the handlers are installed again after ``ray.init``, which sets its own for SIGTERM.
+    Runs in the driver thread of :func:`study.interrupt.drive`: signals stay with the main thread.
+    ``ray.init`` outside the main thread sets no Python SIGTERM handler (it says so in a warning,
+    filtered here); its core worker's C-level failure-signal handler is switched off, and the main
+    thread installs the stop handlers again after Ray's start all the same
+    (:func:`study.interrupt.reclaim`); Tune's own SIGINT handler, which ends in Ray's advice to
+    call ``Tuner.restore``, is switched off.
     """
     import ray
 
     from cluster.tune_run import run_cells
 
+    from study import interrupt
     from study.runner import local_cpus
 
     num_cpus = local_cpus()
@@ -69,15 +74,19 @@ def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
           f"{len(cells)} to run", flush=True)
     # per-epoch reports of many short trials trip this warning, which says nothing useful here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if stop is not None:
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Ray's C++ failure-signal handler (absl's) would take SIGTERM from the moment its core worker
+    # starts in this process: it prints a stack, and once it has handled one signal a later Ray of
+    # the same process may abort on the next. The stop handlers are the driver's (study.interrupt).
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     ended = False
     try:
         if not ray.is_initialized():
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        if stop is not None:
-            stop.install()
+            with _no_thread_warning():
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            interrupt.reclaim()  # Ray's core worker took SIGTERM at the C level: the stop handlers again
+        interrupt.check()  # Ray's start is the longest stretch without a safe point
         name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_cells(study, cells, tracker, parent_id, run_root=run_root, storage_path=storage_path,
                   slots=slots, experiment_name=name, done_before=done_before)
@@ -86,6 +95,23 @@ def run_local(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
     finally:
         if not keep_ray or not ended:
             ray.shutdown()
+
+
+class _no_thread_warning:
+    """Hide ``ray.init``'s warning that it sets no SIGTERM handler outside the main thread (the driver
+    thread wants none: signals are the main thread's, study.interrupt)."""
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "SIGTERM handler is not set" not in record.getMessage()
+
+    def __enter__(self):
+        self.filter = self._Filter()
+        self.logger = logging.getLogger("ray._private.worker")
+        self.logger.addFilter(self.filter)
+
+    def __exit__(self, *exc):
+        self.logger.removeFilter(self.filter)
 
 
 def _gpu_count() -> int:
@@ -141,8 +167,8 @@ class LocalBackend:
         return code
 
     def run_cells(self, study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-                  done_before: int, experiment_name: str | None, restore: bool, stop=None) -> int:
+                  done_before: int, experiment_name: str | None, restore: bool) -> int:
         from study.paths import ray_storage, run_root
 
         return run_local(study, cells, tracker, parent_id, run_root=run_root(study.name),
-                         storage_path=ray_storage(), done_before=done_before, keep_ray=self.keep_ray, stop=stop)
+                         storage_path=ray_storage(), done_before=done_before, keep_ray=self.keep_ray)

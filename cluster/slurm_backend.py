@@ -48,7 +48,7 @@ class SlurmBackend:
                             subset=True)
 
     def run_cells(self, study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-                  done_before: int, experiment_name: str | None, restore: bool, stop=None) -> None:
+                  done_before: int, experiment_name: str | None, restore: bool) -> None:
         """On the job's node 0, with Ray already started across the allocation."""
         from cluster.tune_run import run_cells
         from study.paths import ray_storage, run_root

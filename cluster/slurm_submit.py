@@ -145,7 +145,7 @@ def _wait_for_end(job_id: str, timeout: float) -> None:
 
 
 def _store_counts(study) -> dict | None:
-    from study.runner import summarise
+    from study.resume import summarise
     from study.tracking import StudyTracker
 
     try:

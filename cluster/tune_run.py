@@ -217,16 +217,23 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
     metric = study.spec.metric
 
     class MLflowCellCallback(tune.Callback):
-        """The single MLflow writer: one child run per cell_id, reused on restore."""
+        """The single MLflow writer: one child run per cell_id, reused on restore.
+
+        Each method begins at a safe point (:func:`study.interrupt.check`, before any write): after
+        a stop signal nothing more is written here, and a trial that fails because the signal
+        reached it too (Ctrl-C goes to the whole process group) is not recorded as a failed cell.
+        """
 
         def __init__(self):
             self.nodes: dict[str, str] = {}  # cell_id -> the node tag written
 
         def on_trial_start(self, iteration, trials, trial, **info):
+            interrupt.check()
             cid = trial.config["cell"]["cell_id"]
             tracker.open_cell(cells[cid], parent_id)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            interrupt.check()
             cid = trial.config["cell"]["cell_id"]
             run = tracker.open_cell(cells[cid], parent_id)
             node = result.get("node")
@@ -241,9 +248,11 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
                 tracker.log_epoch(cid, int(result["epoch"]), keep)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            interrupt.check()
             tracker.end_cell(trial.config["cell"]["cell_id"], FINISHED)
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            interrupt.check()
             if stopping():  # killed with the job's Ray: resumed by the next attempt, not failed
                 return
             tracker.end_cell(trial.config["cell"]["cell_id"], FAILED, error=_trial_error(trial))
@@ -279,8 +288,11 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
         def on_trial_start(self, iteration, trials, trial, **info):
             self._line(trials, now=(trial, "RUNNING"))
 
+        def on_step_begin(self, iteration, trials, **info):
+            interrupt.check()  # a safe point of the Tune loop (it steps at least every second)
+
         def on_step_end(self, iteration, trials, **info):
-            interrupt.check()  # a Ctrl-C whose exception was swallowed ends the loop here
+            interrupt.check()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trials, now=(trial, "TERMINATED"))

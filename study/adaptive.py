@@ -38,7 +38,10 @@ from typing import Callable, Sequence
 
 from study.backends import Backend  # noqa: F401 (the backend's interface, in annotations)
 from study.config import MAX_SEED
+from study import interrupt
 from study.errors import UserError
+from study.interrupt import StudyInterrupted
+from study.resume import interrupted_exit
 from study.studyfile import Study, load_study
 from study.tracking import FINISHED, StudyTracker, check_same_study
 
@@ -154,22 +157,33 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
     check_study(study, limits.max_seeds)
     base = list(dict.fromkeys(c.seed for c in study.cells))
     tracker = StudyTracker(study.name, tracking_uri)
-    parent = tracker.parent_run_id(study.parent_params(), study.path)
-    limit_tags = {"stopping": "sequential", "max_seeds": str(limits.max_seeds),
-                  "budget_hours": "none" if limits.budget_hours is None else f"{limits.budget_hours:g}"}
-    for key, value in {**study.parent_tags(), **limit_tags}.items():
-        tracker.client.set_tag(parent, key, value)
-    print(f"[{study.name}] until decided: the study's {len(base)} seeds first, then {limits.batch} seeds per "
-          f"look on the levels of open comparisons, at most {limits.max_seeds} seeds"
-          + (f", budget {limits.budget_hours:g} cell-hours" if limits.budget_hours else ""), flush=True)
+    try:
+        parent = tracker.parent_id = tracker.parent_run_id(study.parent_params(), study.path)
+        limit_tags = {"stopping": "sequential", "max_seeds": str(limits.max_seeds),
+                      "budget_hours": "none" if limits.budget_hours is None else f"{limits.budget_hours:g}"}
+        for key, value in {**study.parent_tags(), **limit_tags}.items():
+            tracker.client.set_tag(parent, key, value)
+        print(f"[{study.name}] until decided: the study's {len(base)} seeds first, then {limits.batch} seeds per "
+              f"look on the levels of open comparisons, at most {limits.max_seeds} seeds"
+              + (f", budget {limits.budget_hours:g} cell-hours" if limits.budget_hours else ""), flush=True)
+        return _loop(study, tracker, path, preset=preset, sets=sets, limits=limits, run_batch=run_batch, base=base)
+    except StudyInterrupted as sig:  # at a safe point outside a batch (a batch's runner handles its own)
+        return interrupted_exit(study, tracker, study.cells, sig, sets)
+
+
+def _loop(study: Study, tracker: StudyTracker, path: str, *, preset: str, sets: dict | None, limits: Limits,
+          run_batch: BatchRunner, base: list[int]) -> int:
     batch = study
     rc = 0
     tried: set[str] = set()
     while True:
+        interrupt.check()
         before = sum(1 for s in tracker.cell_status().values() if s == FINISHED)
         if batch.cells:
             rc = run_batch(batch)
+        interrupt.check()
         results, _ = evaluate(study, tracker, sets)
+        interrupt.check()
         if not results:
             print(f"[{study.name}] no finding's comparison to decide in this study", flush=True)
             return rc

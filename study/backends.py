@@ -40,12 +40,9 @@ class Backend(Protocol):
         Resources may be kept for the next batch (the adaptive loop releases Ray at its end)."""
 
     def run_cells(self, study: "Study", cells: "list[Cell]", tracker: "StudyTracker", parent_id: str, *,
-                  done_before: int, experiment_name: Optional[str], restore: bool,
-                  stop=None) -> Optional[int]:
+                  done_before: int, experiment_name: Optional[str], restore: bool) -> Optional[int]:
         """Run ``cells`` on this backend's Ray; the number of parallel slots used, if known.
-
-        ``stop``: the driver's :class:`study.interrupt.StopSignals` (local driver), to install again
-        after starting Ray, which sets its own handlers; None where the driver handles signals itself."""
+        Called in the driver thread (study.interrupt.drive): it sets no signal handler."""
 
 
 def backend_names() -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from study.backends import backend_names, load_backend
 from study.errors import UserError
+from study.interrupt import StudyInterrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,6 +105,23 @@ def _slurm_options(args) -> dict:
 
 
 def cmd_run(args) -> int:
+    """``run``: the whole command in the driver thread (study.interrupt.drive), so that SIGINT and
+    SIGTERM stop it at a safe point, wherever it is (loading, a batch, a look of the adaptive loop)."""
+    from study import interrupt
+
+    return interrupt.drive(_run, args)
+
+
+def _run(args) -> int:
+    from study import interrupt
+
+    code = _run_command(args)
+    if code not in interrupt.EXIT_CODES.values():
+        interrupt.check()  # a signal that came as the work ended still ends the command with its status
+    return code
+
+
+def _run_command(args) -> int:
     from study.config import parse_sets
     from study.runner import run_study
 
@@ -204,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except StudyInterrupted as sig:  # stopped at a safe point where no run of this command was open
+        print(f"interrupted ({sig.name}): no run was left open; run the same command again to go on",
+              file=sys.stderr, flush=True)
+        return sig.exit_code
     except Exception as err:
         from study.tracking import store_unreachable
 

@@ -13,20 +13,18 @@ from __future__ import annotations
 import math
 import statistics
 
-from study.tracking import FINISHED, store_exists, tracking_uri
+from study.tracking import FINISHED, client, store_exists, tracking_uri
 
 
 def finished_cells(uri: str, preset: str) -> list:
     """Every FINISHED cell run of ``preset`` in the store (all experiments)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
+    store = client(uri)
+    ids = [e.experiment_id for e in store.search_experiments()]
     runs = []
     for i in range(0, len(ids), 100):
         token = None
         while True:
-            page = client.search_runs(ids[i:i + 100], filter_string=f"tags.role = 'cell' and attributes.status = "
+            page = store.search_runs(ids[i:i + 100], filter_string=f"tags.role = 'cell' and attributes.status = "
                                       f"'{FINISHED}' and tags.preset = '{preset}'", max_results=1000,
                                       page_token=token)
             runs.extend(page)

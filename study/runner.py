@@ -9,17 +9,14 @@ cells run) is chosen by the CLI and handed in: nothing here imports one.
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import sys
 import time
-from pathlib import Path
 
 from study import interrupt
 from study.backends import Backend, load_backend
 from study.errors import UserError
-from study.interrupt import StopSignals, StudyInterrupted
+from study.interrupt import StudyInterrupted
+from study.resume import abandoned, interrupted_exit, rerun_command, summarise  # noqa: F401 (re-exported)
 from study.paths import ray_storage, run_root  # noqa: F401 (the launchers take them from here)
 from study.provenance import short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
@@ -58,41 +55,6 @@ def cells_to_run(study: Study, status: dict[str, str], rerun_failed: bool) -> tu
     return todo, done
 
 
-def adaptive_flags(tracker: StudyTracker | None) -> list[str]:
-    """``--until-decided`` and its limits when the study was last run with them (the parent's tags,
-    written by the adaptive loop), so that the command to resume runs the loop again; else []."""
-    try:
-        parent = tracker.parent_run() if tracker is not None else None
-    except Exception:  # the store may be what failed: the plain command is still right for the cells
-        return []
-    tags = parent.data.tags if parent is not None else {}
-    if tags.get("stopping") != "sequential":
-        return []
-    flags = ["--until-decided"]
-    for flag, tag in (("--max-seeds", "max_seeds"), ("--budget-hours", "budget_hours")):
-        if tags.get(tag, "none") != "none":
-            flags += [flag, tags[tag]]
-    return flags
-
-
-def rerun_command(study: Study, sets: dict | None = None, *extra: str, tracker: StudyTracker | None = None) -> str:
-    """The command that resumes ``study``: ``python -m study run FILE --preset P [--set k=v ...]``, with
-    the adaptive loop's flags when ``tracker``'s study was run with them (:func:`adaptive_flags`)."""
-    try:
-        path = str(study.path.relative_to(Path.cwd()))
-    except ValueError:
-        path = str(study.path)
-    words = ["python -m study run", shlex.quote(path), "--preset", study.preset]
-    from study.config import parse_value
-
-    for key, value in (sets or {}).items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        if isinstance(value, str) and parse_value(value, "") != value:  # "2024", "true": quoted, to stay strings
-            text = json.dumps(value)
-        words += ["--set", shlex.quote(f"{key}={text}")]
-    return " ".join(words + adaptive_flags(tracker) + list(extra))
-
-
 def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | None = None,
               dry_run: bool = False, rerun_failed: bool = False, wait: bool = False) -> int:
     """Load the study, check ``backend``'s options, then list (``dry_run``) or launch its cells."""
@@ -128,38 +90,46 @@ def execute_study(study: Study, *, rerun_failed: bool, backend: Backend | str, e
                   restore: bool = False, sets: dict | None = None) -> int:
     """Run the study's unfinished cells on the Ray cluster of ``backend``; the driver side.
 
-    Local backend: SIGINT (Ctrl-C) and SIGTERM stop the driver cleanly: Ray is shut down, the runs
-    it left unfinished (and the parent) are marked KILLED, the command to resume is printed, and the
-    exit status is 130 (SIGINT) or 143 (SIGTERM). Runs a killed driver left RUNNING are marked
-    KILLED at the next start (:meth:`StudyTracker.reconcile`).
+    Local backend: the driver runs under :func:`study.interrupt.drive`, so SIGINT (Ctrl-C) and
+    SIGTERM stop it at its next safe point: Ray is shut down, the runs it left unfinished (and the
+    parent) are marked KILLED, the command to resume is printed, and the exit status is 130
+    (SIGINT) or 143 (SIGTERM). Runs a killed driver left RUNNING are marked KILLED at the next
+    start (:meth:`StudyTracker.reconcile`).
     """
     if isinstance(backend, str):
         backend = load_backend(backend)
     if backend.name != "local":
         return _claim_and_execute(study, rerun_failed=rerun_failed, backend=backend,
-                                  experiment_name=experiment_name, restore=restore, stop=None)
-    with StopSignals() as stop:
-        tracker_box: list[StudyTracker] = []
-        try:
-            return _claim_and_execute(study, rerun_failed=rerun_failed, backend=backend,
-                                      experiment_name=experiment_name, restore=restore, stop=stop,
-                                      tracker_box=tracker_box)
-        except BaseException as err:
-            # the signal may surface as another exception: raised inside a C call of Ray's, it comes
-            # back as a SystemError whose context is the StudyInterrupted
-            tracker = tracker_box[0] if tracker_box else StudyTracker(study.name)
-            if stop.received is not None:
-                return _interrupted(study, tracker, study.cells, StudyInterrupted(stop.received), sets)
-            if isinstance(err, Exception) and not isinstance(err, UserError):  # the driver itself failed
-                _abandoned(study, tracker, study.cells, err, sets)
-            raise
+                                  experiment_name=experiment_name, restore=restore)
+    return interrupt.drive(_execute_stoppable, study, rerun_failed=rerun_failed, backend=backend,
+                           experiment_name=experiment_name, restore=restore, sets=sets)
+
+
+def _execute_stoppable(study: Study, *, rerun_failed: bool, backend: Backend, experiment_name: str | None,
+                       restore: bool, sets: dict | None) -> int:
+    """:func:`_claim_and_execute` in the driver thread, its way out after a signal or a failure."""
+    tracker_box: list[StudyTracker] = []
+    try:
+        return _claim_and_execute(study, rerun_failed=rerun_failed, backend=backend,
+                                  experiment_name=experiment_name, restore=restore, tracker_box=tracker_box)
+    except BaseException as err:
+        # after a signal, whatever ended the run (StudyInterrupted at a safe point, or a trial's
+        # Ray call failing as Ctrl-C reached it too) is the interruption
+        signum = interrupt.received()
+        tracker = tracker_box[0] if tracker_box else None
+        if signum is not None:
+            return interrupted_exit(study, tracker, study.cells, StudyInterrupted(signum), sets)
+        if isinstance(err, Exception) and not isinstance(err, UserError):  # the driver itself failed
+            abandoned(study, tracker or StudyTracker(study.name), study.cells, err, sets)
+        raise
 
 
 def _claim_and_execute(study: Study, *, rerun_failed: bool, backend: Backend, experiment_name: str | None,
-                       restore: bool, stop: StopSignals | None, tracker_box: list | None = None) -> int:
+                       restore: bool, tracker_box: list | None = None) -> int:
     tracker = StudyTracker(study.name)
     if tracker_box is not None:
         tracker_box.append(tracker)
+    interrupt.check()  # (not before: the way out marks the parent an adaptive loop may have opened)
     # claim the study under the store's lock: a second driver started at the same moment sees the
     # parent run this one opened, with its live driver, and is refused
     with store_lock(tracker.uri):
@@ -172,22 +142,25 @@ def _claim_and_execute(study: Study, *, rerun_failed: bool, backend: Backend, ex
                                 source=f"study '{study.name}'")
         tracker.reconcile()
         tracker.parent_id = tracker.parent_run_id(study.parent_params(), study.path)
+    interrupt.check()
     for key, value in study.parent_tags().items():
         tracker.client.set_tag(tracker.parent_id, key, value)
     tracker.repair(study.cells)
+    interrupt.check()
     from study.reuse import link_finished_cells
 
     linked = link_finished_cells(study, tracker, tracker.parent_id)  # finished in another study: not trained again
     if linked:
         print(f"[{study.name}] linked {len(linked)} cells finished in other studies (tag reused_from), "
               "not trained again", flush=True)
+    interrupt.check()
     todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
     return _execute(study, tracker, todo, done, backend=backend, experiment_name=experiment_name,
-                    restore=restore, stop=stop)
+                    restore=restore)
 
 
 def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *, backend: Backend,
-             experiment_name: str | None, restore: bool, stop: StopSignals | None) -> int:
+             experiment_name: str | None, restore: bool) -> int:
     parent_id = tracker.parent_id
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
@@ -195,10 +168,8 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
     start = time.time()
     if todo:
         slots = backend.run_cells(study, todo, tracker, parent_id, done_before=done,
-                                  experiment_name=experiment_name, restore=restore, stop=stop)
-        # a signal whose exception Python swallowed after the Tune loop's last step (during Ray's
-        # shutdown, say) still interrupts the study (study.interrupt.check)
-        interrupt.check()
+                                  experiment_name=experiment_name, restore=restore)
+        interrupt.check()  # a signal during the loop's last step or Ray's shutdown
         if slots is not None:
             line = efficiency_line(study.name, time.time() - start,
                                    tracker.attempt_seconds(c.cell_id for c in todo), min(len(todo), slots))
@@ -216,33 +187,6 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
     return 0 if all_done else 1
 
 
-def _abandoned(study: Study, tracker: StudyTracker, todo: list[Cell], err: Exception, sets: dict | None) -> None:
-    """The driver failed: mark what it left RUNNING (best effort: the store may be what failed)."""
-    try:
-        tracker.mark_interrupted([c.cell_id for c in todo], tracker.parent_id, f"driver error: {type(err).__name__}")
-    except Exception:  # the reconcile at the next start marks them instead
-        pass
-    print(f"\n[{study.name}] the driver failed ({type(err).__name__}; details below); finished cells are kept. "
-          f"To resume, run the same command again: {rerun_command(study, sets, tracker=tracker)}",
-          file=sys.stderr, flush=True)
-
-
-def _interrupted(study: Study, tracker: StudyTracker, todo: list[Cell], sig: StudyInterrupted,
-                 sets: dict | None) -> int:
-    """The way out of an interrupted driver: mark its unfinished runs, say how to resume."""
-    parent_id = tracker.parent_id
-    if parent_id is None:  # interrupted while opening it
-        parent = tracker.parent_run()
-        parent_id = parent.info.run_id if parent is not None and parent.info.status == RUNNING else None
-    marked = tracker.mark_interrupted([c.cell_id for c in todo], parent_id, sig.name)
-    counts = summarise(study, tracker.cell_status())
-    print(f"\n[{study.name}] interrupted ({sig.name}): finished {counts[FINISHED]}/{len(study.cells)}; "
-          f"{marked} unfinished cell run(s) marked KILLED; their checkpoints are kept.\n"
-          f"[{study.name}] to resume, run the same command again: {rerun_command(study, sets, tracker=tracker)}",
-          file=sys.stderr, flush=True)
-    return sig.exit_code
-
-
 def cost_text(totals: dict) -> str:
     """'cells 812 CPU-s (0.23 CPU-h), 430 s wall; study 460 s wall' from the parent's cost totals
     (CPU- and GPU-hours from 0.01 h on)."""
@@ -252,18 +196,6 @@ def cost_text(totals: dict) -> str:
     if totals.get("cost_gpu_s_total"):
         out += f", {totals['cost_gpu_s_total'] / 3600:.2f} GPU-h"
     return out + f"; study {totals.get('study_wall_s', 0.0):.0f} s wall"
-
-
-def summarise(study: Study, status: dict[str, str]) -> dict[str, int]:
-    """Counts of the study's cells by status: FINISHED, RUNNING, FAILED, KILLED (interrupted), missing."""
-    counts = {FINISHED: 0, RUNNING: 0, FAILED: 0, KILLED: 0, "missing": 0}
-    for c in study.cells:
-        s = status.get(c.cell_id)
-        if s in (FINISHED, RUNNING, FAILED, KILLED):
-            counts[s] += 1
-        else:
-            counts["missing"] += 1
-    return counts
 
 
 def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) -> int:

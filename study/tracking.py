@@ -92,6 +92,9 @@ def client(uri: str | None = None):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from analysis.uri import use_sqlite_policy
+
+    use_sqlite_policy()
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):

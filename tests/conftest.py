@@ -13,7 +13,7 @@ import pytest
 # first, each on its own pytest-xdist worker, and the quick files fill the gaps behind them. Without
 # this, xdist orders files by their number of tests and the slowest (one or two tests each) start
 # last, on workers that have already queued a second heavy file.
-HEAVY_FILES = ("test_mlflow_server.py", "test_slurm.py", "test_interrupt_e2e.py", "test_mlflow_ui.py",
+HEAVY_FILES = ("test_mlflow_server.py", "test_interrupt_stress.py", "test_slurm.py", "test_interrupt_e2e.py", "test_mlflow_ui.py",
                "test_slurm_nodes.py", "test_study_resume.py", "test_study_e2e.py", "test_slurm_lost_node.py",
                "test_bench.py", "test_adaptive.py", "test_analysis.py", "test_interrupt.py")
 
@@ -109,3 +109,23 @@ def isolated_store(tmp_path, monkeypatch):
         monkeypatch.setenv(key, env[key])
     return tmp_path
 
+
+
+@pytest.fixture
+def busy_cores():
+    """Every core kept busy for the test's length: tests of signals, locks and timeouts must pass on a
+    loaded machine, as a study leaves it. Starts one CPU-bound process (nice 0) per core that the
+    1-minute load average leaves idle: all of them when the test runs alone, few or none inside
+    `make test`, whose workers keep the cores busy already. Yields the number started."""
+    import subprocess
+    import sys
+
+    cores = os.cpu_count() or 1
+    idle = max(0, cores - int(os.getloadavg()[0]))
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(idle)]
+    try:
+        yield len(procs)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

@@ -34,7 +34,7 @@ class FakeBackend:
         self.calls.append(("launch", sets, rerun_failed, wait))
         return 7
 
-    def run_cells(self, study, cells, tracker, parent_id, *, done_before, experiment_name, restore, stop=None):
+    def run_cells(self, study, cells, tracker, parent_id, *, done_before, experiment_name, restore):
         self.calls.append(("run_cells", [c.cell_id for c in cells], done_before, experiment_name, restore))
         return None
 

@@ -63,18 +63,97 @@ def test_driver_alive():
     assert driver_alive(None) is False and driver_alive("") is False
 
 
-def test_stop_signals_raise_once_then_restore():
+def test_stop_signals_record_and_check_raises_at_the_safe_point():
+    """The handler only records: no exception where the signal lands; check() raises where it is called."""
+    from study import interrupt
+
     before = signal.getsignal(signal.SIGINT)
     with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler has run (the main thread takes it between bytecodes) and raised nothing
+        assert stop.received == signal.SIGTERM and interrupt.received() == signal.SIGTERM
         with pytest.raises(StudyInterrupted) as err:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(2)
+            interrupt.check()
         assert err.value.exit_code == 143 and err.value.name == "SIGTERM"
-        os.kill(os.getpid(), signal.SIGINT)  # a second signal while stopping is ignored
-        time.sleep(0.2)
-        assert stop.received == signal.SIGTERM
     assert signal.getsignal(signal.SIGINT) is before
+    assert interrupt.received() is None
+    interrupt.check()  # outside a block: nothing to do
     assert StudyInterrupted(signal.SIGINT).exit_code == 130
+
+
+def test_drive_runs_the_work_in_a_driver_thread_and_hands_back_its_result():
+    import threading
+
+    from study import interrupt
+
+    assert interrupt.drive(lambda: threading.current_thread().name) == "study-driver"
+    with pytest.raises(ValueError, match="boom"):
+        interrupt.drive(lambda: (_ for _ in ()).throw(ValueError("boom")))
+
+    def nested():  # a batch of the adaptive loop: already in the driver thread
+        return interrupt.drive(lambda: threading.current_thread().name)
+
+    assert interrupt.drive(nested) == "study-driver"
+
+
+def _signal_then_reach_a_safe_point(sig) -> None:
+    """Signal this process while "writing" (a sleep the handler must not interrupt), then reach safe points."""
+    from study import interrupt
+
+    os.kill(os.getpid(), sig)
+    time.sleep(0.3)  # a write in flight: the handler raises nothing here
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        interrupt.check()
+        time.sleep(0.02)
+    raise AssertionError("the signal did not stop the driver")
+
+
+SECOND_SIGNAL = """
+import os, signal, subprocess, sys, time
+from study import interrupt
+
+def work():
+    child = subprocess.Popen(["sleep", "300"])  # a process of the study (Ray's, a trial)
+    print(child.pid, flush=True)
+    while True:  # never reaches a safe point: only a second signal ends it
+        time.sleep(0.05)
+
+interrupt.drive(work)
+"""
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_second_signal_stops_at_once_and_kills_the_children(sig, code):
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", SECOND_SIGNAL], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        child = int(proc.stdout.readline())
+        proc.send_signal(sig)
+        time.sleep(1.0)
+        assert proc.poll() is None  # the first signal waits for a safe point
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    name = signal.Signals(sig).name
+    assert proc.returncode == code, err
+    assert f"{name}: stopping at the next safe point" in err and f"{name} again: stopping now" in err, err
+    assert "Traceback" not in err, err
+    deadline = time.time() + 10
+    while time.time() < deadline and Path(f"/proc/{child}").exists() and "Z" not in _state(child):
+        time.sleep(0.1)
+    assert not Path(f"/proc/{child}").exists() or "Z" in _state(child), "the study's child process survived"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def test_orphaned_runs_show_interrupted_and_are_reconciled(store, capsys):
@@ -195,7 +274,7 @@ class _SignalOnFirstStep:
 
 
 @pytest.mark.slow
-def test_a_swallowed_signal_still_stops_the_study(store, monkeypatch, capsys):
+def test_a_swallowed_signal_still_stops_the_study(store, monkeypatch, capsys, busy_cores):
     """The Tune loop's step callback ends a study whose SIGINT landed where Python swallows it."""
     tmp_path, _ = store
     path = write_smoke_study(tmp_path, "swallowed", epochs=3, seeds="[0]")
@@ -236,14 +315,9 @@ def test_signal_in_the_driver_marks_runs_and_says_what_to_run(store, monkeypatch
     path = write_smoke_study(tmp_path, "sig", seeds="[0]")
     study = load_study(path, "smoke")
 
-    def signal_self():
-        os.kill(os.getpid(), sig)
-        time.sleep(5)  # the handler raises before this ends
-        raise AssertionError("the signal did not stop the driver")
-
     import cluster.local
 
-    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(signal_self))
+    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(lambda: _signal_then_reach_a_safe_point(sig)))
     from study.runner import execute_study
 
     before = signal.getsignal(sig)
@@ -408,3 +482,66 @@ def test_two_commands_at_once_on_a_new_store(tmp_path):
         for p in procs:
             p.join(timeout=60)
         assert results == [("ok", {}), ("ok", {})], (attempt, results)
+
+
+# ---------------------------------------------------------------- the sqlite connection policy
+def _pragma(db: Path, name: str):
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def test_sqlite_stores_wait_for_locks_and_use_wal_on_local_disks(tmp_path):
+    from analysis.uri import SQLITE_BUSY_TIMEOUT_S, file_system
+    from study.tracking import client
+
+    c = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert _pragma(tmp_path / "mlflow.db", "journal_mode") == "wal"  # persistent, seen by any connection
+    with c._tracking_client.store.engine.connect() as conn:  # each connection of MLflow's engine waits
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == SQLITE_BUSY_TIMEOUT_S * 1000 > 5000
+    assert file_system(str(tmp_path)) not in ("", "nfs")
+
+
+def test_sqlite_stores_on_a_network_file_system_keep_the_rollback_journal(tmp_path, monkeypatch):
+    import analysis.uri
+    from study.tracking import client
+
+    monkeypatch.setattr(analysis.uri, "file_system", lambda path: "nfs4")
+    client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert _pragma(tmp_path / "mlflow.db", "journal_mode") == "delete"
+
+
+def test_file_system_reads_the_longest_mount_point(tmp_path, monkeypatch):
+    import builtins
+    import io
+
+    from analysis.uri import file_system
+
+    mounts = "rootfs / ext4 rw 0 0\nserver:/home /home nfs4 rw 0 0\nx /home/a\\040b fuse.sshfs rw 0 0\n"
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: io.StringIO(mounts) if p == "/proc/mounts"
+                        else real_open(p, *a, **k))
+    monkeypatch.setattr("os.path.realpath", lambda p: p)
+    assert file_system("/home/me/mlflow.db") == "nfs4"
+    assert file_system("/home/a b/mlflow.db") == "fuse.sshfs"
+    assert file_system("/homework/mlflow.db") == "ext4"  # /home is not a prefix of /homework
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_analysis_with_one_line(tmp_path, monkeypatch, capsys, sig, code):
+    import analysis.pipeline
+    from analysis.__main__ import main
+
+    def build_all(*a, **k):
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+        raise AssertionError("the signal did not stop the analysis")
+
+    monkeypatch.setattr(analysis.pipeline, "build_all", build_all)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    before = signal.getsignal(sig)
+    assert main(["--out", str(tmp_path / "results")]) == code
+    assert signal.getsignal(sig) is before
+    err = capsys.readouterr().err
+    assert f"analysis: stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err, err

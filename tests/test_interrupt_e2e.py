@@ -1,5 +1,6 @@
 """A study's driver stopped by Ctrl-C (SIGINT) or SIGTERM, through `python -m study run` and Ray:
-the runs are marked, the exit status is 130 or 143, and the same command resumes.
+the runs are marked, the exit status is 130 or 143, and the same command resumes. On a loaded
+machine (the busy_cores fixture), as a study leaves it.
 
 Fixtures and helpers come from tests/test_interrupt.py. A file of its own so that pytest-xdist
 (`make test`: one file per worker) runs these two slow tests beside that file's fast ones.
@@ -55,7 +56,7 @@ def _start_and_signal(path: Path, env: dict, tmp_path: Path, sig: int, group: bo
 
 
 @pytest.mark.slow
-def test_ctrl_c_marks_runs_and_the_same_command_resumes(store):
+def test_ctrl_c_marks_runs_and_the_same_command_resumes(store, busy_cores):
     tmp_path, env = store
     env = fake_trial_env(env, epoch_s=0.5)  # the driver's side is under test, not what a cell trains
     path = write_smoke_study(tmp_path, "ctrlc", epochs=3, seeds="[0]")
@@ -86,7 +87,7 @@ def test_ctrl_c_marks_runs_and_the_same_command_resumes(store):
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_driver_is_graceful_and_empty_runs_are_completed(store):
+def test_sigterm_to_the_driver_is_graceful_and_empty_runs_are_completed(store, busy_cores):
     tmp_path, env = store
     env = fake_trial_env(env, epoch_s=0.5)
     path = write_smoke_study(tmp_path, "term", epochs=2, seeds="[0]")
