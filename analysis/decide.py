@@ -190,6 +190,73 @@ def confidence_sequence(d: Sequence[float], alpha: float = ALPHA, rho: float = C
     return (m - h, m + h)
 
 
+# decision codes of the vectorised sequential rule (0: still open)
+OPEN, HOLDS_CODE, CONTRADICTED_CODE, EQUIVALENT_CODE = 0, 1, 2, 3
+
+
+def running_intervals(values, alpha: float = ALPHA, rho: float = CS_RHO) -> tuple[np.ndarray, np.ndarray]:
+    """The running intersection of the confidence sequence over the prefixes of ``values``.
+
+    ``values``: per-seed contrast values in the order the seeds were added, shape (N,) or (S, N)
+    (S studies). Returns (low, high) of the same shape: at index k-1 the intersection of the
+    sequence's intervals at 2, 3, ..., k seeds (the whole line before 2). Just as valid as each
+    interval (the sequence covers the mean at every n at once, with probability 1 - alpha) and it
+    never widens, so a decision taken on it is never undone by later seeds (unless the
+    intersection empties, an event of probability at most alpha).
+    """
+    x = np.asarray(values, dtype=float)
+    flat = x.ndim == 1
+    x = np.atleast_2d(x)
+    n = np.arange(1, x.shape[1] + 1, dtype=float)
+    mean = np.cumsum(x, axis=1) / n
+    var = np.maximum(np.cumsum(x * x, axis=1) - n * mean * mean, 0.0) / np.maximum(n - 1, 1)
+    h = cs_halfwidth(n, np.sqrt(var), alpha, rho)
+    with np.errstate(invalid="ignore"):
+        low = np.maximum.accumulate(np.where(np.isfinite(h), mean - h, -np.inf), axis=1)
+        high = np.minimum.accumulate(np.where(np.isfinite(h), mean + h, np.inf), axis=1)
+    return (low[0], high[0]) if flat else (low, high)
+
+
+def interval_codes(low, high, delta: float, equivalence: bool = False) -> np.ndarray:
+    """The decision code of each interval: a claim of a difference holds when the interval lies above 0,
+    is contradicted below 0, is equivalent inside (-delta, delta); a claim of equality is equivalent
+    inside (-delta, delta) and contradicted when the interval lies outside it."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    inside = (low > -delta) & (high < delta)
+    codes = np.full(low.shape, OPEN)
+    if equivalence:
+        codes[(low > delta) | (high < -delta)] = CONTRADICTED_CODE
+        codes[inside] = EQUIVALENT_CODE
+        return codes
+    codes[inside] = EQUIVALENT_CODE
+    codes[low > 0] = HOLDS_CODE
+    codes[high < 0] = CONTRADICTED_CODE
+    return codes
+
+
+def conjunction_codes(parts) -> np.ndarray:
+    """The code of a conjunction of parts (same shapes): the rule of analysis.stats.combine_parts."""
+    stack = np.stack([np.asarray(p) for p in parts])
+    out = np.full(stack.shape[1:], OPEN)
+    decided = (stack != OPEN).all(axis=0)
+    out[decided] = EQUIVALENT_CODE
+    out[(stack == HOLDS_CODE).all(axis=0)] = HOLDS_CODE
+    out[(stack == CONTRADICTED_CODE).any(axis=0)] = CONTRADICTED_CODE
+    return out
+
+
+def first_decision(codes, at=None) -> tuple[np.ndarray, np.ndarray]:
+    """(code, seeds) of the first decided prefix of each row of ``codes`` (S, N), looking only at the
+    prefix lengths in ``at`` (default: all): the decision is kept from then on. Rows never decided give
+    (OPEN, N)."""
+    codes = np.atleast_2d(np.asarray(codes))
+    lengths = np.arange(1, codes.shape[1] + 1)
+    mask = (codes != OPEN) & (np.isin(lengths, list(at)) if at is not None else True)
+    hit = mask.any(axis=1)
+    idx = np.where(hit, mask.argmax(axis=1), codes.shape[1] - 1)
+    return np.where(hit, codes[np.arange(len(codes)), idx], OPEN), idx + 1
+
+
 def interval_decision(low: float, high: float, delta: float | None) -> str:
     """"holds" / "contradicted" / "equivalent" / "open" from an interval of the oriented difference."""
     if low > 0:

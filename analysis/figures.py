@@ -255,6 +255,32 @@ def margin_figure(cells: pd.DataFrame, metric: str = "knn_top1", reference: floa
     return fig
 
 
+def interaction_figure(frame: pd.DataFrame, x: str, line: str, design, metric: str) -> Figure:
+    """The interaction plot of a crossed study: ``metric`` against the levels of ``x``, one line per level of
+    ``line`` (the other factors averaged within a seed), band = +-1 std over seeds. Parallel lines: no
+    interaction; lines that diverge or cross: the effect of one factor depends on the other."""
+    from .anova import interaction_series
+
+    fig, (ax,) = _new_figure()
+    label, scale = AXIS.get(metric, (metric, 1.0))
+    pal = colors(list(design.levels[line]))
+    xs = list(design.levels[x])
+    with matplotlib.rc_context(STYLE):
+        for lb, series in interaction_series(frame, x, line, design).items():
+            pos = np.arange(len(xs), dtype=float)
+            y = series["mean"].to_numpy(dtype=float) * scale
+            n = int(series["n"].max()) if len(series) else 0
+            ax.plot(pos, y, marker="o", markersize=4, color=pal[lb], label=f"{line} = {lb} (n={n})")
+            sd = np.nan_to_num(series["std"].to_numpy(dtype=float) * scale)
+            ax.fill_between(pos, y - sd, y + sd, color=pal[lb], alpha=BAND_ALPHA, linewidth=0)
+        ax.set_xticks(np.arange(len(xs)), xs)
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"final {label}")
+        ax.set_title(f"{x} × {line} (band: ±1 std over seeds)")
+        legend_below(fig, [ax])
+    return fig
+
+
 def study_figures(data: StudyData) -> dict[str, Figure]:
     """The figures of one study, by file stem (which ones depends on the study's factor)."""
     if data.empty:
@@ -266,8 +292,20 @@ def study_figures(data: StudyData) -> dict[str, Figure]:
         figs["label_dynamics"] = label_dynamics_figure(data.curves, data.levels)
     if "sampling" in data.factors:
         figs["negatives_similarity"] = negatives_figure(data.curves, data.levels)
-    if "boundary" in data.factors:
+    crossed = data.design is not None and data.design.crossed
+    if "boundary" in data.factors and not crossed:
         figs["margin_sweep"] = margin_figure(data.cells, data.metric)
+    if crossed:
+        from .anova import blocks
+        from .report import INTERACTION_PREFIX, safe_name
+
+        frame = blocks(data.cells, data.design, data.metric)
+        if not frame.empty:
+            f = data.design.factors
+            for i, a in enumerate(f):
+                for b in f[i + 1:]:
+                    figs[f"{INTERACTION_PREFIX}{safe_name(a)}_x_{safe_name(b)}"] = interaction_figure(
+                        frame, a, b, data.design, data.metric)
     return figs
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .hypotheses import Design, HypothesisSpec, from_tags
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_METRIC = "knn_top1"
 DEFAULT_DELTA = 0.005  # 0.5 points of an accuracy stored as a fraction (same as the study file's default)
@@ -116,7 +118,11 @@ class StudyData:
     study_wall_s: float = math.nan  # the study's wall time, summed over its invocations (parent metric)
     equivalence_delta: float = DEFAULT_DELTA  # half-width of the region of practical equivalence (metric units)
     stopping: str = "fixed"  # "fixed" (t-interval) or "sequential" (seeds added until decided)
-    finding: str = ""  # the finding the study file names ("": every finding whose factor it varies)
+    finding: str = ""  # a store from before hypotheses: the finding its study file named
+    hypotheses: tuple = ()  # the study's hypotheses (analysis.hypotheses.HypothesisSpec), in file order
+    design: "Design | None" = None  # the study's grid (analysis.hypotheses.Design)
+    planned_seeds: tuple[int, ...] = ()  # the seeds every level runs (the order the loop adds seeds from)
+    description: str = ""  # the study file's description
 
     @property
     def empty(self) -> bool:
@@ -474,8 +480,9 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     for r in raw_rows:
         r.pop("_factors")
     if not raw_rows:
-        return replace(empty_study(study, found=True), factors=factors, metric=metric_column(metric),
+        base = replace(empty_study(study, found=True), factors=factors, metric=metric_column(metric),
                        **decide, **_parent_fields(parent))
+        return replace(base, **_plan(parent, study, base, None))
     all_runs = _typed(raw_rows, {**CELL_COLUMNS, "status": "str"})
     finished = dedupe_cells(all_runs)
     if preset is None:  # the preset of the latest finished cell, else of the latest run
@@ -503,9 +510,52 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     if mcol not in cells.columns:
         raise ContractError(f"study {study!r}: primary metric {metric!r} is not a cell metric "
                             f"(known: knn_top1, linear_top1, nmi, ari, knn_auc)")
-    return StudyData(study=study, found=True, factors=factors, metric=mcol, cells=cells, curves=curves,
+    data = StudyData(study=study, found=True, factors=factors, metric=mcol, cells=cells, curves=curves,
                      missing=missing, levels=levels, preset=preset, excluded=excluded, **decide,
                      **_parent_fields(parent))
+    return replace(data, **_plan(parent, study, data, all_runs[all_runs["preset"] == preset]))
+
+
+def _plan(parent, study: str, data: StudyData, runs: pd.DataFrame | None) -> dict:
+    """The study's design, hypotheses, planned seeds and description, from the parent run's tags (written
+    by the runner from the study file). A store from before hypotheses were data: the design is read
+    off the cells and the hypotheses are the paper's finding for the factor the study varies."""
+    from .paper import FINDING_FACTORS, finding_hypotheses
+
+    tags = parent.data.tags if parent is not None else {}
+    try:
+        raw_design = from_tags(tags, "design")
+        raw_hyps = from_tags(tags, "hypotheses")
+        design = Design.load(raw_design) if raw_design is not None else _design_from_runs(data.factors, runs)
+        hyps = tuple(HypothesisSpec.model_validate(h) for h in raw_hyps) if raw_hyps is not None else None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ContractError(f"study {study!r}: parent tags design.* / hypotheses.* are not what the runner "
+                            f"writes ({str(err).splitlines()[0]})") from None
+    if hyps is None:  # a store from before: the paper's finding of the one factor it varies
+        keys = ([data.finding] if data.finding in FINDING_FACTORS else
+                [k for k, f in FINDING_FACTORS.items() if (f,) == tuple(data.factors)])
+        hyps = tuple(h for k in keys for h in finding_hypotheses(k, design, data.metric, formable_only=True))
+    return {"design": design, "hypotheses": hyps, "planned_seeds": tuple(_planned_seeds(parent, study) or ()),
+            "description": tags.get("description", "")}
+
+
+def _design_from_runs(factors: tuple[str, ...], runs: pd.DataFrame | None) -> Design:
+    """A legacy store's design: each factor's level labels (tags ``factor.<name>``) and, for the paper's
+    factors, the params that identify them (FACTOR_PARAMS)."""
+    levels: dict[str, dict[str, dict]] = {f: {} for f in factors}
+    if runs is not None and not runs.empty:
+        for f in factors:
+            col = f"factor.{f}"
+            if col not in runs.columns:
+                continue
+            rows = runs.drop_duplicates(col)
+            order = order_levels(rows.assign(level=rows[col]), (f,))
+            for label in order:
+                r = rows[rows[col] == label].iloc[0]
+                settings = {p: (r[p] if p != "margin" else float(r[p])) for p in FACTOR_PARAMS.get(f, ())
+                            if p in r and str(r[p]) not in ("", "nan")}
+                levels[f][label] = settings or {f: label}
+    return Design(tuple(factors), levels)
 
 
 def _decision_settings(parent, study: str) -> dict:

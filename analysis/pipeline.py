@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 from . import figures as F
 from .atomic import replacing
-from .findings import findings_for
+from .evaluate import evaluate_study
 from .publish import publish
 from .load import REPO, StudyData, client_for, list_studies, load_study
 from .report import CANONICAL, existing_figures, render_report, safe_name
@@ -31,12 +31,16 @@ def _write(path: Path, text: str) -> Path:
 
 
 def paired_extra(data: StudyData) -> list[dict]:
-    """The paired-difference row of a study's table (InterCLR - MoCo v2 for the method study)."""
-    if "method" not in data.factors:
+    """The paired-difference row of a one-factor study's table comparing two methods (InterCLR - MoCo v2):
+    its first hypothesis's first part, when that compares two single levels."""
+    if "method" not in data.factors or data.design is None or data.design.crossed:
         return []
-    for f in findings_for(data):
-        for r in f.comparisons:
-            return [difference_row(data.cells, r.better, r.worse, TABLE_METRICS)]
+    for h in evaluate_study(data):
+        for u in h.units:
+            for p in u.parts:
+                if p.part.shape == "difference" and len(p.part.weights) == 2:
+                    (better, _), (worse, _) = sorted(p.part.weights, key=lambda t: -t[1])
+                    return [difference_row(data.cells, better, worse, TABLE_METRICS)]
     return []
 
 
@@ -125,7 +129,7 @@ def build_all(studies: Sequence[str] | None = None, tracking_uri: str | None = N
     if log_to_store:
         for name in targets:
             d = cache[name]
-            publish(client, d, findings_for(d), written[name], out, existing_figures(out, name))
+            publish(client, d, evaluate_study(d), written[name], out, existing_figures(out, name))
     return paths
 
 

@@ -1,24 +1,24 @@
-"""The study's outcome on its parent run: tables, figures and report section as artifacts,
-the verdicts and their numbers as tags and metrics.
+"""The study's outcome on its parent run: tables, figures and report section as artifacts, the verdicts
+and their numbers as tags and metrics, and the conclusion as the run's description.
 
 Idempotent: the ``results/`` artifact folder of the parent run is deleted and
 written again, so rebuilding twice leaves one copy of each file (and a figure
-no longer built does not linger). Verdict numbers are taken generically from
-the comparison results of ``analysis.findings`` (every finite number of a
-``ComparisonResult`` and of its ``PairedComparison``, nested dataclasses
-flattened with dots), so fields added there show up here without a change.
+no longer built does not linger).
 
-Names on the parent run, for the study's first comparison (its headline):
-tags ``verdict`` (the finding's verdict) and ``comparison``; metrics
-``diff_mean``, ``ci_low``, ``ci_high``, ``p_value``, ``n_seeds``, ... Every
-comparison ``j`` (1-based, across the study's findings) also under
-``cmp<j>.<name>``, with tags ``cmp<j>`` (what is compared) and
-``cmp<j>.verdict``. Metrics are logged at step 0 (a rebuild logs the value
-again; the run shows the latest).
+Names on the parent run, per hypothesis ``<name>`` (in file order): tag ``verdict.<name>`` (the
+value of :class:`analysis.stats.Verdict`: holds, contradicted, equivalent, inconclusive, not run)
+and ``verdict_text.<name>`` (its words); with ``each``, ``verdict.<name>[<stratum>]`` too; metrics
+``<name>.diff_mean``, ``<name>.ci_low``, ``<name>.ci_high``, ``<name>.p_value``, ``<name>.n_seeds``,
+``<name>.cs_low``, ``<name>.cs_high``, ``<name>.tost_p``, ``<name>.mde``, ``<name>.p_holm`` of its
+first part. The first hypothesis is also the headline: tag ``verdict`` and ``hypothesis``. Metrics are
+logged at step 0 (a rebuild logs the value again; the run shows the latest).
+
+The parent run's description (``mlflow.note.content``, Markdown on the run's Overview in the UI) holds
+the study's hypotheses with their verdicts and intervals; the experiment's description holds the
+study file's ``description``.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import tempfile
@@ -26,78 +26,70 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .findings import ComparisonResult, FindingResult
+from .evaluate import HypothesisResult, delta_text
 from .load import StudyData
-from .report import VERDICT_RULE, safe_name, study_section
+from .report import VERDICT_RULE, _interval, _num, metric_label, safe_name, study_section
+from .tables import spec
 
 ARTIFACT_DIR = "results"
-# field names of the comparison results -> the names the issue and the UI use
-RENAME = {"mean_diff": "diff_mean", "n": "n_seeds"}
-SKIP = {"diffs", "seeds"}  # per-seed values: tags would be noise, metrics cannot hold them
-_TAG_PREFIXES = ("verdict", "comparison", "cmp")
+NOTE_TAG = "mlflow.note.content"  # MLflow's description of a run or an experiment (Markdown)
+_TAG_PREFIXES = ("verdict", "comparison", "cmp", "hypothesis")
 
 
-def _flatten(obj, prefix: str = "") -> dict:
-    """Dataclass fields -> {dotted name: value}; nested dataclasses flattened."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        if f.name in SKIP:
-            continue
-        value = getattr(obj, f.name)
-        name = prefix + RENAME.get(f.name, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            out.update(_flatten(value, "" if f.name == "comparison" else name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def comparison_values(r: ComparisonResult) -> tuple[dict[str, float], dict[str, str]]:
-    """(metrics, tags) of one comparison: finite numbers -> metrics, strings -> tags."""
-    metrics, tags = {}, {}
-    for name, value in _flatten(r).items():
-        if isinstance(value, bool):
-            tags[name] = str(value).lower()
-        elif isinstance(value, (int, float)):
-            if math.isfinite(value):
-                metrics[name] = float(value)
-        elif isinstance(value, str) and value:
-            tags[name] = value
-    return metrics, tags
-
-
-def comparison_label(r: ComparisonResult) -> str:
-    return f"{r.better} - {r.worse} on {r.metric}" + (f" ({r.what})" if r.what else "")
-
-
-def verdict_values(results: Sequence[FindingResult]) -> tuple[dict[str, float], dict[str, str]]:
-    """All tags and metrics the findings of one study put on its parent run."""
+def verdict_values(results: Sequence[HypothesisResult]) -> tuple[dict[str, float], dict[str, str]]:
+    """All tags and metrics the hypotheses of one study put on its parent run."""
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
     if results:
-        tags["verdict"] = results[0].verdict
-    for f in results:
-        tags[f"verdict.{f.spec.key}"] = f.verdict
-    comparisons = [r for f in results for r in f.comparisons]
-    for j, r in enumerate(comparisons, start=1):
-        m, t = comparison_values(r)
-        if j == 1:
-            metrics.update(m)
-            tags.update({k: v for k, v in t.items() if k not in ("verdict",)})
-            tags["comparison"] = comparison_label(r)
-        metrics.update({f"cmp{j}.{k}": v for k, v in m.items()})
-        tags.update({f"cmp{j}.{k}": v for k, v in t.items()})
-        tags[f"cmp{j}"] = comparison_label(r)
+        tags["verdict"] = results[0].verdict.value
+        tags["hypothesis"] = results[0].spec.name
+    for h in results:
+        tags[f"verdict.{h.spec.name}"] = h.verdict.value
+        tags[f"verdict_text.{h.spec.name}"] = h.text
+        if len(h.units) > 1:
+            for u in h.units:
+                tags[f"verdict.{h.spec.name}[{u.unit.stratum}]"] = u.verdict.value
+        if not h.units or not h.units[0].parts:
+            continue
+        u, p = h.units[0], h.units[0].parts[0]
+        c = p.comparison
+        values = {"diff_mean": c.mean_diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value,
+                  "n_seeds": float(c.n), "cs_low": p.cs_low, "cs_high": p.cs_high, "tost_p": p.tost_p,
+                  "mde": p.mde, "p_holm": u.p_adjusted}
+        metrics.update({f"{h.spec.name}.{k}": float(v) for k, v in values.items() if math.isfinite(v)})
     return metrics, tags
 
 
-def study_report(data: StudyData, results: Sequence[FindingResult], figures: Sequence[str]) -> str:
+def description(data: StudyData, results: Sequence[HypothesisResult]) -> str:
+    """The parent run's description: what the study claims and what its cells say (Markdown)."""
+    lines = [f"**Study `{data.study}`**" + (f": {data.description}" if data.description else ""), ""]
+    if not results:
+        lines.append("No hypotheses stated: the report holds its tables and figures.")
+    for h in results:
+        lines.append(f"- **{h.spec.name}**: {h.spec.claim}. Verdict: **{h.text}**.")
+        for u in h.units:
+            for p in u.parts:
+                c = p.comparison
+                scale = spec(p.metric).scale
+                if c.n == 0:
+                    continue
+                lines.append(f"  - {(u.unit.stratum + ': ') if u.unit.stratum else ''}{p.label} on "
+                             f"{metric_label(p.metric)}: {_num(c.mean_diff, scale)} "
+                             f"(95% CI {_interval(c.ci_low, c.ci_high, scale)}, anytime-valid "
+                             f"{_interval(p.cs_low, p.cs_high, scale)}, n={c.n}; region "
+                             f"{delta_text(u.unit.delta, p.metric)})")
+    lines += ["", f"{len(data.cells)} finished cells at preset {data.preset or 'unknown'}; full report: the "
+              f"artifact `{ARTIFACT_DIR}/REPORT.md` of this run."]
+    return "\n".join(lines)
+
+
+def study_report(data: StudyData, results: Sequence[HypothesisResult], figures: Sequence[str]) -> str:
     """The study's part of REPORT.md, standalone (links relative to the artifact folder)."""
     lines = [f"# InterCLR study `{data.study}`", "", VERDICT_RULE, ""] + study_section(data, results, figures)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def publish(client, data: StudyData, results: Sequence[FindingResult], files: Sequence[Path], out_dir: Path,
+def publish(client, data: StudyData, results: Sequence[HypothesisResult], files: Sequence[Path], out_dir: Path,
             figures: Sequence[str]) -> bool:
     """Replace the parent run's ``results/`` artifacts with ``files`` (under ``out_dir``) and the
     study's report section; set its verdict tags and metrics. False when the study has no parent run."""
@@ -122,6 +114,8 @@ def publish(client, data: StudyData, results: Sequence[FindingResult], files: Se
             repo.delete_artifacts(ARTIFACT_DIR)
         client.log_artifacts(run_id, str(root), ARTIFACT_DIR)
     metrics, tags = verdict_values(results)
+    note = description(data, results)
+    tags[NOTE_TAG] = note if len(note) <= 5000 else note[:4900] + "\n\n(cut here: the whole text is REPORT.md)"
     stale = [k for k in client.get_run(run_id).data.tags if k.startswith(_TAG_PREFIXES) and k not in tags]
     for key in stale:  # e.g. a comparison the study no longer has
         client.delete_tag(run_id, key)
@@ -130,4 +124,6 @@ def publish(client, data: StudyData, results: Sequence[FindingResult], files: Se
     batch_t = [RunTag(k, v[:5000]) for k, v in sorted(tags.items())]
     for i in range(0, max(len(batch_m), len(batch_t)), 100):  # a batch holds at most 100 tags
         client.log_batch(run_id, metrics=batch_m[i:i + 100], tags=batch_t[i:i + 100])
+    if data.description:
+        client.set_experiment_tag(client.get_run(run_id).info.experiment_id, NOTE_TAG, data.description)
     return True

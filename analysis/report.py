@@ -12,10 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .findings import FINDINGS, ComparisonResult, FindingResult, delta_text, describe, findings_for
+from .anova import anova, blocks, cell_means, simple_effects
+from .evaluate import HypothesisResult, PartResult, UnitResult, delta_text, describe, evaluate_study, part_scale
 from .load import StudyData
-from .stats import CONFIDENCE
-from .tables import METRICS, TABLE_METRICS, duration, spec, summary_table, to_markdown
+from .stats import CONFIDENCE, NOT_RUN
+from .tables import TABLE_METRICS, duration, metric_label, spec, summary_table, to_markdown
 
 CANONICAL = ("labels", "sampling", "boundary", "final")
 FIGURE_TITLES = {
@@ -24,38 +25,37 @@ FIGURE_TITLES = {
     "negatives_similarity": "similarity of the sampled negatives",
     "margin_sweep": "final accuracy against the margin",
 }
+INTERACTION_PREFIX = "interaction_"  # interaction_<a>_x_<b>: the metric against a, one line per level of b
 PAPER_REFERENCE = ("Paper's reference (ResNet-50, 200 epochs, ImageNet-1k, mmselfsup 0.x model zoo): linear top-1 "
                    "InterCLR 68.04 vs MoCo v2 66.24; VOC07 SVM 85.24 vs 84.04.")
 VERDICT_RULE = (
-    "**Verdict rule.** Each comparison pairs the seeds two levels share and takes d = (the level the paper "
-    "says is better) - (the other) on the study's metric. The finding *holds* if the {c:.0%} t-interval of "
-    "the mean of d lies above 0, is *contradicted* if it lies below 0, is *equivalent within ±δ* if neither "
-    "and the paired two one-sided tests (TOST, statsmodels `ttost_paired`) reject |mean d| ≥ δ at 0.05 "
-    "(δ is the study file's `equivalence_delta`, default 0.5 points), and is *inconclusive at n=k seeds* "
-    "otherwise (also with fewer than 2 pairs); an inconclusive comparison states its minimum detectable "
-    "effect at n and the seeds a paired t-test needs to detect δ, both at 80% power from the observed paired "
-    "standard deviation (statsmodels `TTestPower`). A finding tested by several comparisons holds only if all "
-    "hold; it is *mixed* if some hold and others are contradicted or equivalent. The p-value is the two-sided "
-    "paired t-test (scipy; Wilcoxon signed-rank added from 6 pairs on); it is shown, the interval decides. "
-    "P(A > B) is the share of seeds on which the claimed-better level wins (ties count 1/2), with a seeded "
-    "percentile bootstrap interval (scipy `bootstrap`), as Bouthillier et al. (MLSys 2021) recommend. "
-    "A study run with `--until-decided` (seeds added where a comparison is open) is decided instead by an "
-    "anytime-valid {c:.0%} confidence sequence for the mean of d (Lai's t-mixture, our own closed form in "
-    "`analysis/decide.py`), which stays valid however often it is looked at; it is shown for every study. "
-    "Cost: cell-hours are the summed wall time of the compared cells (a cell linked from another study "
-    "counts its source's time, and is marked); wall time is the time during which at least one cell of the "
-    "study ran."
+    "**Verdict rule.** A study states its hypotheses in its file; each becomes units (one, or one per stratum "
+    "with `each`) of one or more parts, and a part is a contrast whose per-seed value d is oriented so that a "
+    "positive d is the claim: a paired difference (better - worse, other factors averaged within a seed), a "
+    "slope on an ordered setting, or a difference of slopes (an interaction). At the study's fixed seeds, a "
+    "part's p is the two-sided one-sample t-test of mean d = 0 (scipy; Wilcoxon signed-rank added from 6 seeds "
+    "on), and a unit's evidence for its claim is the largest p of its parts when all point the claimed way "
+    "(every part must hold), against it the smallest p of a part pointing the other way times the number of "
+    "parts. Across the study's units these are adjusted by Holm's procedure (statsmodels): a unit whose "
+    "adjusted p is below 0.05 *holds* (a claim of equality: is *equivalent*) or is *contradicted*; otherwise it "
+    "is *equivalent within ±δ* when the Holm-adjusted paired two one-sided tests (TOST, statsmodels) reject "
+    "|mean d| ≥ δ for every part (δ: the hypothesis's `delta`, else the study's `equivalence_delta`, default "
+    "0.5 points), and *inconclusive at n=k seeds* otherwise. With one unit of one part this is: *holds* if the "
+    "{c:.0%} t-interval of mean d lies above 0, *contradicted* if below. An inconclusive part states its minimum "
+    "detectable effect at n and the seeds a t-test needs to detect δ (80% power, statsmodels `TTestPower`). "
+    "P(d > 0) is the share of seeds on which the claim's side wins (ties count 1/2), with a seeded percentile "
+    "bootstrap interval (scipy), as Bouthillier et al. (MLSys 2021) recommend. A study run with "
+    "`--until-decided` is decided instead by anytime-valid confidence sequences (Lai's t-mixture, "
+    "`analysis/decide.py`), each at level 0.05 / (parts in the study), so that the study's family-wise error "
+    "stays at 0.05 however often it is looked at: the interval shown is their running intersection over the "
+    "seeds, which never widens, and a unit's first decision is kept. Cost: cell-hours are the summed wall time "
+    "of the compared cells (a cell linked from another study counts its source's time, and is marked); wall "
+    "time is the time during which at least one cell of the study ran."
 ).format(c=CONFIDENCE)
 
 
 def safe_name(study: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in study) or "_"
-
-
-def metric_label(metric: str) -> str:
-    if metric == "knn_top1":
-        return "final kNN top-1 (%)"
-    return spec(metric).label if metric in METRICS else metric
 
 
 def _num(x: float, scale: float, signed: bool = True) -> str:
@@ -64,12 +64,6 @@ def _num(x: float, scale: float, signed: bool = True) -> str:
     v = x * scale
     v = 0.0 if round(v, 2) == 0 else v
     return f"{v:+.2f}" if signed else f"{v:.2f}"
-
-
-def finding_name(f: FindingResult) -> str:
-    keys = [spec.key for spec in FINDINGS]
-    i = keys.index(f.spec.key) if f.spec.key in keys else -1
-    return f"{i + 1}. {f.spec.title}" if f.spec.key != "method" and i >= 0 else f.spec.title
 
 
 def _hours(seconds: float) -> str:
@@ -100,54 +94,6 @@ def study_wall_seconds(cells) -> float:
     if cur_end is not None:
         total += cur_end - cur_start
     return total
-
-
-def verdict_cell(r: ComparisonResult) -> str:
-    """A comparison's verdict, with the MDE and seeds needed when it is inconclusive."""
-    if not r.open or not math.isfinite(r.mde):
-        return r.verdict
-    scale = spec(r.metric).scale
-    need = f"{r.seeds_for_delta} seeds" if r.seeds_for_delta is not None else "-"
-    return (f"{r.verdict} (MDE {_num(r.mde, scale, signed=False)}; ±{_num(r.delta, scale, signed=False)} "
-            f"needs {need})")
-
-
-# the verdict table's columns and their Markdown alignment; verdict_rows writes one cell per column
-VERDICT_COLUMNS = (("Finding", "---"), ("Study", "---"), ("Finding's verdict", "---"), ("Comparison", "---"),
-                   ("Metric", "---"), ("mean d", "---:"), ("95% CI of d", "---"), ("anytime-valid 95% CI", "---"),
-                   ("p (paired t)", "---:"), ("n", "---:"), ("P(A > B)", "---"), ("Comparison's verdict", "---"),
-                   ("cell-h", "---:"), ("wall", "---:"))
-
-
-def verdict_rows(results: Sequence[FindingResult], walls: dict[str, float] | None = None) -> list[str]:
-    """Rows of the verdict table: one per comparison; the finding's own verdict on its first row.
-
-    ``walls``: study -> wall seconds (shown on the finding's first row)."""
-    rows = []
-    walls = walls or {}
-    for f in results:
-        head = f"{finding_name(f)} | {f.study} | **{f.verdict}**"
-        if not f.comparisons:  # every comparison column empty, n = 0
-            empty = ["0" if name == "n" else "-" for name, _ in VERDICT_COLUMNS[3:]]
-            rows.append(f"| {head} | " + " | ".join(empty) + " |")
-            continue
-        for j, r in enumerate(f.comparisons):
-            c = r.comparison
-            scale = spec(r.metric).scale
-            p = f"{c.p_value:.3g}" if math.isfinite(c.p_value) else "-"
-            ci = f"[{_num(c.ci_low, scale)}, {_num(c.ci_high, scale)}]" if math.isfinite(c.ci_low) else "-"
-            cs = f"[{_num(r.cs_low, scale)}, {_num(r.cs_high, scale)}]" if math.isfinite(r.cs_low) else "(-inf, inf)"
-            imp = r.improvement
-            pi = f"{imp.p:.2f} [{imp.ci_low:.2f}, {imp.ci_high:.2f}]" if imp is not None and math.isfinite(imp.p) \
-                else "-"
-            hours = _hours(r.cell_seconds) + (f" ({r.reused} linked)" if r.reused else "")
-            wall = _duration(walls.get(f.study, math.nan)) if j == 0 else ""
-            what = f" ({r.what})" if r.what else ""
-            lead = head if j == 0 else " |  | "
-            rows.append(f"| {lead} | {r.better} - {r.worse}{what} | {metric_label(r.metric)} | "
-                        f"{_num(c.mean_diff, scale)} | {ci} | {cs} | {p} | {c.n} | {pi} | {verdict_cell(r)} | "
-                        f"{hours} | {wall} |")
-    return rows
 
 
 def _missing_text(data: StudyData) -> str:
@@ -216,16 +162,163 @@ def cost_text(data: StudyData) -> str:
     return out + "."
 
 
-def _comparison_line(r: ComparisonResult) -> str:
-    what = f" ({r.what}: {metric_label(r.metric)})" if r.what else f" ({metric_label(r.metric)})"
-    cost = f"; cost {_hours(r.cell_seconds)} cell-h" + (f", {r.reused} cells linked from other studies"
-                                                         if r.reused else "")
-    return f"- {describe(r)}{cost}{what}: **{r.verdict}**"
+def _interval(lo: float, hi: float, scale: float) -> str:
+    if not (math.isfinite(lo) or math.isfinite(hi)):
+        return "(-inf, inf)"
+    return f"[{_num(lo, scale)}, {_num(hi, scale)}]"
 
 
-def study_section(data: StudyData, results: Sequence[FindingResult], figures: Sequence[str]) -> list[str]:
+def _pval(p: float) -> str:
+    return f"{p:.3g}" if math.isfinite(p) else "-"
+
+
+# the verdict table's columns and their Markdown alignment; verdict_rows writes one cell per column
+VERDICT_COLUMNS = (("Hypothesis", "---"), ("Study", "---"), ("Verdict", "---"), ("Part", "---"), ("Metric", "---"),
+                   ("estimate", "---:"), ("95% CI", "---"), ("anytime-valid CI", "---"), ("p", "---:"),
+                   ("p (Holm)", "---:"), ("n", "---:"), ("P(d > 0)", "---"), ("Part's verdict", "---"),
+                   ("cell-h", "---:"), ("wall", "---:"))
+
+
+def _unit_head(h: HypothesisResult, u: UnitResult | None) -> str:
+    name = f"`{h.spec.name}`" + (f" [{u.unit.stratum}]" if u is not None and u.unit.stratum else "")
+    return name
+
+
+def verdict_rows(results: Sequence[HypothesisResult], walls: dict[str, float] | None = None) -> list[str]:
+    """Rows of the verdict table: one per part; the hypothesis's verdict (or its stratum's) on its first row.
+
+    ``walls``: study -> wall seconds (shown on a hypothesis's first row)."""
+    rows = []
+    walls = walls or {}
+    for h in results:
+        if not h.units or h.verdict is NOT_RUN:
+            empty = ["0" if name == "n" else "-" for name, _ in VERDICT_COLUMNS[3:]]
+            rows.append(f"| `{h.spec.name}` | {h.study} | **{h.text}** | " + " | ".join(empty) + " |")
+            continue
+        first = True
+        for u in h.units:
+            for j, p in enumerate(u.parts):
+                c = p.comparison
+                scale = spec(p.metric).scale
+                imp = p.improvement
+                pi = f"{imp.p:.2f} [{imp.ci_low:.2f}, {imp.ci_high:.2f}]" if math.isfinite(imp.p) else "-"
+                hours = _hours(p.cell_seconds) + (f" ({p.reused} linked)" if p.reused else "")
+                wall = _duration(walls.get(h.study, math.nan)) if first else ""
+                verdict = (f"**{h.text if len(h.units) == 1 else u.text}**" if j == 0 else "")
+                lead = f"{_unit_head(h, u)} | {h.study if first else ''} | {verdict}" if j == 0 else " |  | "
+                holm = _pval(u.p_adjusted) if j == 0 else ""
+                ci = _interval(c.ci_low, c.ci_high, scale) if math.isfinite(c.ci_low) else "-"
+                rows.append(f"| {lead} | {p.label} | {metric_label(p.metric)} | {_num(c.mean_diff, scale)} | {ci} | "
+                            f"{_interval(p.cs_low, p.cs_high, scale)} | {_pval(c.p_value)} | {holm} | {c.n} | {pi} | "
+                            f"{p.verdict.value} | {hours} | {wall} |")
+                first = False
+    return rows
+
+
+def _part_lines(p: PartResult, u: UnitResult) -> list[str]:
+    cost = f"; cost {_hours(p.cell_seconds)} cell-h" + (f", {p.reused} cells linked from other studies"
+                                                         if p.reused else "")
+    lines = [f"- {describe(p, u)}{cost}; the part's own verdict: {p.verdict.value}"]
+    if p.steps:
+        scale, unit = part_scale(p)
+        lines += ["", "  | step | estimate | 95% CI | p | n |", "  |---|---:|---|---:|---:|"]
+        for st in p.steps:
+            c = st.comparison
+            lines.append(f"  | {st.label} | {_num(c.mean_diff, scale)}{unit} | "
+                         f"{_interval(c.ci_low, c.ci_high, scale) if math.isfinite(c.ci_low) else '-'} | "
+                         f"{_pval(c.p_value)} | {c.n} |")
+        lines.append("")
+    return lines
+
+
+def hypothesis_lines(h: HypothesisResult) -> list[str]:
+    """A hypothesis's part of a study's section: its claim, its verdict, and each unit's numbers."""
+    out = [f"### Hypothesis `{h.spec.name}` ({h.spec.kind})", "", f"Claim: {h.spec.claim}.", "",
+           f"**Verdict: {h.text}.**", ""]
+    for u in h.units:
+        if len(h.units) > 1:
+            out += [f"Stratum {u.unit.stratum}: **{u.text}**" + _decided(u), ""]
+        elif u.decided_at is not None or math.isfinite(u.p_adjusted):
+            out += [_decided(u).lstrip("; ").capitalize() + ".", ""]
+        for p in u.parts:
+            out += _part_lines(p, u)
+        out.append("")
+    return out
+
+
+def _decided(u: UnitResult) -> str:
+    if u.rule == "sequential":
+        return f"; decided at n={u.decided_at} seeds" if u.decided_at else f"; open at n={u.n}"
+    return f"; Holm-adjusted p {_pval(u.p_adjusted)} in the study's family" if math.isfinite(u.p_adjusted) else ""
+
+
+def crossed_lines(data: StudyData, results: Sequence[HypothesisResult], figures: Sequence[str]) -> list[str]:
+    """A crossed study's grid: the ANOVA table, the cell means of each pair of factors, the simple effects and
+    the interaction plots."""
+    if data.design is None or not data.design.crossed or data.empty:
+        return []
+    frame = blocks(data.cells, data.design, data.metric)
+    scale = spec(data.metric).scale
+    seeds = sorted(set(frame["seed"])) if not frame.empty else []
+    out = [f"### The grid: {' × '.join(data.design.factors)} on {metric_label(data.metric)}", "",
+           f"Complete blocks (seeds with every cell of the grid): {len(seeds)} "
+           f"({', '.join(map(str, seeds)) or 'none'}).", ""]
+    rows = anova(frame, data.design.factors)
+    if rows:
+        out += ["Linear model with the seed as a block, `metric ~ C(seed) + " + " * ".join(data.design.factors)
+                + "` (statsmodels OLS, type-II ANOVA; sums of squares in the metric's units²):", "",
+                "| source | df | SS | F | p | partial η² |", "|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            out.append(f"| {r.source} | {r.df:.0f} | {r.ss:.3g} | {_pval(r.f) if math.isfinite(r.f) else '-'} | "
+                       f"{_pval(r.p)} | {r.eta_p2:.3f} |" if math.isfinite(r.eta_p2) else
+                       f"| {r.source} | {r.df:.0f} | {r.ss:.3g} | - | - | - |")
+        out.append("")
+    else:
+        out += ["ANOVA: needs at least two complete blocks.", ""]
+    for a, b in zip(data.design.factors, data.design.factors[1:]) if len(data.design.factors) == 2 else             [(a, b) for i, a in enumerate(data.design.factors) for b in data.design.factors[i + 1:]]:
+        means = cell_means(frame, a, b, data.design)
+        cols = list(data.design.levels[b])
+        out += [f"Cell means, {a} × {b} (mean over seeds [95% CI]" + (", other factors averaged" if
+                                                                       len(data.design.factors) > 2 else "") + "):",
+                "", f"| {a} \\ {b} | " + " | ".join(cols) + " |", "|---|" + "|".join(["---"] * len(cols)) + "|"]
+        for la in data.design.levels[a]:
+            cells = []
+            for lb in cols:
+                m = means[(la, lb)]
+                cells.append("-" if m.n == 0 else f"{_num(m.mean, scale, signed=False)} "
+                             f"{_interval(m.ci_low, m.ci_high, scale) if math.isfinite(m.ci_low) else ''}".rstrip())
+            out.append(f"| {la} | " + " | ".join(cells) + " |")
+        out.append("")
+    simple = simple_effects(data, [h.spec for h in results])
+    if simple:
+        out += ["Simple effects (each pairwise hypothesis within each stratum of the other factors; p Holm-adjusted "
+                "across its strata):", "", "| hypothesis | stratum | estimate | 95% CI | p | p (Holm) | n |",
+                "|---|---|---:|---|---:|---:|---:|"]
+        for e in simple:
+            c = e.part.comparison
+            sc = spec(e.part.metric).scale
+            out.append(f"| `{e.hypothesis}` | {e.stratum} | {_num(c.mean_diff, sc)} | "
+                       f"{_interval(c.ci_low, c.ci_high, sc) if math.isfinite(c.ci_low) else '-'} | "
+                       f"{_pval(c.p_value)} | {_pval(e.p_holm)} | {c.n} |")
+        out.append("")
     d = safe_name(data.study)
-    out = [f"## Study `{data.study}`" + (f": {finding_name(results[0])}" if results else ""), ""]
+    for stem in figures:
+        if stem.startswith(INTERACTION_PREFIX):
+            title = figure_title(stem)
+            out += [f"![{title}]({d}/{stem}.png)", f"*{title}* ([pdf]({d}/{stem}.pdf))", ""]
+    return out
+
+
+def figure_title(stem: str) -> str:
+    if stem.startswith(INTERACTION_PREFIX):
+        a, _, b = stem[len(INTERACTION_PREFIX):].partition("_x_")
+        return f"interaction plot: the metric against {a}, one line per level of {b} (band: ±1 std over seeds)"
+    return FIGURE_TITLES.get(stem, stem)
+
+
+def study_section(data: StudyData, results: Sequence[HypothesisResult], figures: Sequence[str]) -> list[str]:
+    d = safe_name(data.study)
+    out = [f"## Study `{data.study}`" + (f": {data.description}" if data.description else ""), ""]
     if not data.found:
         return out + [f"No experiment named `{data.study}` in the store: not run yet.", ""]
     if data.empty:
@@ -234,9 +327,11 @@ def study_section(data: StudyData, results: Sequence[FindingResult], figures: Se
     out += [_cells_text(data), "", provenance_text(data) + " " + cost_text(data), "", _missing_text(data), ""]
     if (ex := _excluded_text(data)) is not None:
         out += [ex, ""]
-    for f in results:
-        out += [f"Paper's claim: {f.spec.claim}.", "", f"**Verdict: {f.verdict}.**", ""]
-        out += [_comparison_line(r) for r in f.comparisons] + [""]
+    if not results:
+        out += ["The study states no hypotheses (`hypotheses:` in its file): tables and figures only.", ""]
+    for h in results:
+        out += hypothesis_lines(h)
+    out += crossed_lines(data, results, figures)
     table = summary_table(data.cells, data.levels, TABLE_METRICS)
     out += [to_markdown(table).rstrip("\n"), ""]
     out.append(f"Mean ± std over seeds, 95% t-interval, best mean in bold. Tables: [md]({d}/summary.md) · "
@@ -245,15 +340,17 @@ def study_section(data: StudyData, results: Sequence[FindingResult], figures: Se
         out += ["", PAPER_REFERENCE]
     out.append("")
     for stem in figures:
-        title = FIGURE_TITLES.get(stem, stem)
+        if stem.startswith(INTERACTION_PREFIX):
+            continue
+        title = figure_title(stem)
         out += [f"![{title}]({d}/{stem}.png)", f"*{title}* ([pdf]({d}/{stem}.pdf))", ""]
     return out
 
 
 def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]],
-                  ablation_md: str | None = None) -> str:
+                  ablation_md: str | None = None, results: dict[str, list[HypothesisResult]] | None = None) -> str:
     """The whole page. ``figures`` maps a study name to the stems of its figures that exist."""
-    results = {s.study: findings_for(s) for s in studies}
+    results = results if results is not None else {s.study: evaluate_study(s) for s in studies}
     lines = ["# InterCLR study report", "",
              "Rebuilt from the MLflow store by `python -m analysis` (no training). Every number comes from "
              "finished cell runs; a cell logged twice counts once (its latest finished run). Accuracies are in %, "
@@ -261,13 +358,13 @@ def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]
              VERDICT_RULE, "", "## Verdicts", "",
              "| " + " | ".join(name for name, _ in VERDICT_COLUMNS) + " |",
              "|" + "|".join(align for _, align in VERDICT_COLUMNS) + "|"]
-    all_results = [f for s in studies for f in results[s.study]]
-    tested = {f.spec.key for f in all_results}
-    all_results += [FindingResult(spec, "-", (), f"not run: no study in the store varies `{spec.factor}`")
-                    for spec in FINDINGS if spec.key not in tested]
     walls = {s.study: study_wall_seconds(s.cells) for s in studies}
-    lines += (verdict_rows(all_results, walls) if all_results
-              else ["| - | - | no study run | - | - | - | - | - | - | 0 | - | - | - | - |"])
+    rows = [row for s in studies for row in verdict_rows(results[s.study], walls)]
+    absent = [s.study for s in studies if s.study in CANONICAL and not results[s.study]]
+    rows += [f"| - | {name} | **not run: no hypothesis of this study in the store** | " + " | ".join(
+        "0" if col == "n" else "-" for col, _ in VERDICT_COLUMNS[3:]) + " |" for name in absent]
+    lines += rows or ["| - | - | no study run | " + " | ".join("0" if c == "n" else "-" for c, _ in VERDICT_COLUMNS[3:])
+                      + " |"]
     lines.append("")
     if ablation_md:
         lines += ["## Ablation across the three factors", "", ablation_md.rstrip("\n"), "",
@@ -277,6 +374,10 @@ def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def existing_figures(out_dir: Path, study: str, stems: Sequence[str] = tuple(FIGURE_TITLES)) -> list[str]:
+def existing_figures(out_dir: Path, study: str, stems: Sequence[str] | None = None) -> list[str]:
+    """The stems of the study's figures that exist (the known ones in their order, then interaction plots)."""
     d = out_dir / safe_name(study)
+    if stems is None:
+        inter = sorted(p.stem for p in d.glob(f"{INTERACTION_PREFIX}*.png")) if d.is_dir() else []
+        stems = list(FIGURE_TITLES) + inter
     return [s for s in stems if (d / f"{s}.png").is_file()]

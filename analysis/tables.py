@@ -42,6 +42,12 @@ def spec(metric: str) -> MetricSpec:
     return METRICS.get(metric, MetricSpec(metric, metric, 1.0, 3))
 
 
+def metric_label(metric: str) -> str:
+    if metric == "knn_top1":
+        return "final kNN top-1 (%)"
+    return spec(metric).label if metric in METRICS else metric
+
+
 # --------------------------------------------------------------------------- numbers
 
 

@@ -1,32 +1,30 @@
-"""``python -m study run STUDY.yaml --until-decided``: add seeds where a finding's comparison is still open.
+"""``python -m study run STUDY.yaml --until-decided``: add seeds where a hypothesis is still open.
 
 The loop:
 
 1. run the study's own cells (its seeds), as ``run`` does;
-2. read the study back from the store and evaluate its finding's
-   comparisons (:mod:`analysis.findings`) with the sequential rule: the
-   anytime-valid 95% confidence sequence of :mod:`analysis.decide` (an
-   interval that stays valid however often it is looked at, so stopping as
-   soon as it excludes 0, or lies inside +-``equivalence_delta``, keeps the
-   error rate at 5%);
-3. for each comparison still open, give both of its levels the next
-   ``batch`` seeds (the file's seeds, then max + 1, max + 2, ...), up to
-   ``max_seeds`` paired seeds; levels of decided comparisons get none;
+2. read the study back from the store and decide its hypotheses
+   (:mod:`analysis.evaluate`) with the sequential rule: anytime-valid
+   confidence sequences (:mod:`analysis.decide`), each at level
+   ``0.05 / (parts in the study)``, so that the study's family-wise error rate
+   stays at 5% however often it is looked at; each interval is the running
+   intersection over the seeds, and a unit's first decision is kept;
+3. for each unit still open, give the levels it compares the next ``batch``
+   seeds (the file's seeds, then max + 1, max + 2, ...), up to ``max_seeds``
+   seeds; in a crossed study every cell of the grid gets them (its blocks stay
+   complete, for the grid's ANOVA); levels of decided units get none;
 4. run those cells through the same runner (local Ray or one SLURM job per
-   batch) and go back to 2, until every comparison is decided, at its limit,
-   or the budget is spent.
+   batch) and go back to 2, until every unit is decided, at its limit, or the
+   budget is spent.
 
-Every step derives from the store: the next seeds are a function of the
-paired seeds already FINISHED there, and the runner skips FINISHED cells, so
-a kill at any moment followed by the same command resumes the loop without
-running any seed twice. The parent run is tagged ``stopping=sequential`` so
-that the report decides this study with the confidence sequence too.
+The loop reads the verdicts' type (:class:`analysis.stats.Verdict`), never their wording.
+Every step derives from the store: the next seeds are a function of the seeds already
+FINISHED there, and the runner skips FINISHED cells, so a kill at any moment followed by
+the same command resumes the loop without running any seed twice. The parent run is tagged
+``stopping=sequential`` so that the report decides this study with the sequences too.
 
-Batch size and first look (``analysis.decide.FIRST_LOOK``/``BATCH``): the
-file's seeds (3), then 2 seeds per look. With the t-mixture's rho = 0.5 this
-decides a 1-point difference at a 0.5-point paired sd within 10 seeds in ~94%
-of simulated studies, and declares a difference where there is none in ~2%
-(tests/test_decide.py).
+Batch size and first look (``analysis.decide.FIRST_LOOK``/``BATCH``): the file's seeds (3),
+then 2 seeds per look (tests/test_decide.py simulates the error rates and seeds to a decision).
 """
 
 from __future__ import annotations
@@ -71,60 +69,67 @@ def seed_sequence(base: Sequence[int], length: int) -> list[int]:
     return out[:max(length, 0)]
 
 
-def plan_next(results, base: Sequence[int], limits: Limits) -> dict[str, list[int]]:
-    """level -> the seeds it should have after the next batch, for the open comparisons only.
+def plan_next(units, base: Sequence[int], limits: Limits, all_levels: Sequence[str] | None = None
+              ) -> dict[str, list[int]]:
+    """level -> the seeds it should have after the next batch, for the open units only.
 
-    ``results``: :class:`analysis.findings.ComparisonResult` (their ``open`` and ``seeds``).
-    A comparison at ``max_seeds`` paired seeds is at its limit and adds nothing.
+    ``units``: :class:`analysis.evaluate.UnitResult` (their ``open``, ``n`` and levels). A unit at
+    ``max_seeds`` seeds is at its limit and adds nothing. ``all_levels`` (a crossed study): every
+    level gets the seeds an open unit asks for, so that every seed is a complete block.
     """
     plan: dict[str, list[int]] = {}
-    for r in results:
-        n = len(r.seeds)
-        if not r.open or n >= limits.max_seeds:
+    for u in units:
+        n = u.n
+        if not u.open or n >= limits.max_seeds:
             continue
         target = min(max(n + limits.batch, len(base)), limits.max_seeds)
         seeds = seed_sequence(base, target)
-        for level in (r.better, r.worse):
+        for level in (all_levels if all_levels is not None else u.unit.levels):
             plan[level] = sorted(set(plan.get(level, [])) | set(seeds))
     return plan
 
 
 def evaluate(study: Study, tracker: StudyTracker, sets: dict | None = None):
-    """The study's comparisons from the store, decided by the sequential rule (a list of ComparisonResult).
+    """The study's hypotheses from the store, decided by the sequential rule: (units, hypothesis results, data).
 
     Only the cells of this config count (the study file with these ``--set``, at the file's seeds
     and the ones the loop added): a store holding the same study run with ``--set lr=0.1`` would
     otherwise decide this one with those cells.
     """
-    from analysis.findings import findings_for
+    from analysis.evaluate import evaluate_study
     from analysis.load import load_study as load_data
 
     data = load_data(study.name, tracking_uri=tracker.uri, preset=study.preset)
     ours = {c.cell_id for c in with_added_seeds(study, tracker, sets).cells}
     cells = data.cells[data.cells["cell_id"].isin(ours)].reset_index(drop=True)
-    data = replace(data, cells=cells, stopping="sequential")
-    return [r for f in findings_for(data) for r in f.comparisons], data
+    data = replace(data, cells=cells, stopping="sequential", hypotheses=tuple(study.hypotheses),
+                   design=study.design, planned_seeds=tuple(study.planned_seeds))
+    results = evaluate_study(data)
+    return [u for h in results for u in h.units], results
 
 
-def comparison_lines(results, todo: dict[str, list[int]] | None = None, done: dict | None = None) -> list[str]:
-    """One line per comparison: its anytime-valid interval, its state, and what is still to run."""
-    from analysis.findings import delta_text
+def unit_lines(units, todo: dict[str, list[int]] | None = None, done: dict | None = None) -> list[str]:
+    """One line per unit and part: its estimate, anytime-valid interval, state, and what is still to run."""
+    from analysis.evaluate import delta_text
     from analysis.tables import spec
 
     lines = []
-    for r in results:
-        s = spec(r.metric).scale
-        iv = (f"[{r.cs_low * s:+.2f}, {r.cs_high * s:+.2f}]" if math.isfinite(r.cs_low) else "(-inf, +inf)")
-        mean = r.comparison.mean_diff * s if r.comparison is not None and r.comparison.n else math.nan
-        line = (f"  {r.better} - {r.worse}" + (f" ({r.what})" if r.what else "")
-                + f": mean {mean:+.2f}, anytime-valid 95% interval {iv} at n={len(r.seeds)}, "
-                f"region {delta_text(r.delta, r.metric)}: {r.verdict}")
-        if todo is not None and r.open:
-            missing = {lv: [x for x in todo.get(lv, []) if x not in (done or {}).get(lv, set())]
-                       for lv in (r.better, r.worse)}
-            left = "; ".join(f"{lv} seeds {', '.join(map(str, sd))}" for lv, sd in missing.items() if sd)
-            line += f"; to run: {left or 'nothing (at the limit)'}"
-        lines.append(line)
+    for u in units:
+        for j, p in enumerate(u.parts):
+            s = spec(p.metric).scale
+            iv = (f"[{p.cs_low * s:+.2f}, {p.cs_high * s:+.2f}]" if math.isfinite(p.cs_low) and math.isfinite(p.cs_high)
+                  else "(-inf, +inf)")
+            mean = p.comparison.mean_diff * s if p.comparison.n else math.nan
+            head = f"  {u.unit.name}: " if j == 0 else "    "
+            line = (f"{head}{p.label} ({p.metric}): mean {mean:+.2f}, anytime-valid {1 - u.cs_alpha:.1%} interval "
+                    f"{iv} at n={p.comparison.n}" + (f", region {delta_text(u.unit.delta, p.metric)}: {u.text}"
+                                                      if j == len(u.parts) - 1 else ""))
+            if todo is not None and u.open and j == len(u.parts) - 1:
+                missing = {lv: [x for x in todo.get(lv, []) if x not in (done or {}).get(lv, set())]
+                           for lv in u.unit.levels}
+                left = "; ".join(f"{lv} seeds {', '.join(map(str, sd))}" for lv, sd in missing.items() if sd)
+                line += f"; to run: {left or 'nothing (at the limit)'}"
+            lines.append(line)
     return lines
 
 
@@ -185,26 +190,26 @@ def _loop(study: Study, tracker: StudyTracker, path: str, *, preset: str, sets: 
         results, _ = evaluate(study, tracker, sets)
         interrupt.check()
         if not results:
-            print(f"[{study.name}] no finding's comparison to decide in this study", flush=True)
+            print(f"[{study.name}] no hypothesis to decide in this study", flush=True)
             return rc
-        plan = plan_next(results, base, limits)
+        plan = plan_next(results, base, limits, all_levels(study))
         longest = max((len(s) for s in plan.values()), default=0)
         full = load_study(path, preset, sets, seeds=seed_sequence(base, max(longest, len(base))))
         cells = [c for c in full.cells if c.seed in plan.get(c.level, ())]
         status = tracker.cell_status()
         done = _finished_seeds(full, status, cells)
-        print(f"[{study.name}] look at n = {', '.join(str(len(r.seeds)) for r in results)} paired seeds:", flush=True)
-        for line in comparison_lines(results, plan, done):
+        print(f"[{study.name}] look at n = {', '.join(str(u.n) for u in results)} seeds:", flush=True)
+        for line in unit_lines(results, plan, done):
             print(line, flush=True)
         if not plan:
-            decided = all(not r.open for r in results)
-            print(f"[{study.name}] " + ("every comparison decided" if decided else
-                                        f"stopped: the open comparisons are at {limits.max_seeds} seeds"),
+            decided = all(not u.open for u in results)
+            print(f"[{study.name}] " + ("every hypothesis decided" if decided else
+                                        f"stopped: the open hypotheses are at {limits.max_seeds} seeds"),
                   flush=True)
             return 0  # decided, or at the limit: both are outcomes (REPORT.md says which)
         todo = [c for c in cells if status.get(c.cell_id) != FINISHED]
         if not todo:  # every cell the plan asks for has finished, and still too few pairs
-            print(f"[{study.name}] stopped: the open comparisons' cells have all finished but give fewer paired "
+            print(f"[{study.name}] stopped: the open hypotheses' cells have all finished but give fewer "
                   f"values of the metric than seeds (a level that does not record it?)", flush=True)
             return 1
         after = sum(1 for s in status.values() if s == FINISHED)
@@ -226,18 +231,26 @@ def _loop(study: Study, tracker: StudyTracker, path: str, *, preset: str, sets: 
 
 def check_study(study: Study, max_seeds: int) -> None:
     """What ``--until-decided`` needs of a study, as one UserError (a dry run checks it too): a
-    finding to decide, and room for more seeds than the study file's."""
-    from analysis.claims import FINDINGS
-
-    if len(study.factors) > 1:
-        raise UserError(f"study '{study.name}' crosses {', '.join(study.factors)}: its findings are not tested "
-                        f"(one factor per study), so there is no comparison to decide", source="--until-decided")
-    if not any(f.factor in study.factors and (study.spec.finding in (None, f.key)) for f in FINDINGS):
-        raise UserError(f"study '{study.name}' varies no factor of the paper's findings "
-                        f"({', '.join(f.factor for f in FINDINGS)}): no comparison to decide", source="--until-decided")
+    hypothesis to decide, and room for more seeds than the study file's."""
+    if not study.hypotheses:
+        raise UserError(f"study '{study.name}' states no hypothesis (hypotheses: in its file, or the finding: "
+                        "shorthand): there is nothing to decide", source="--until-decided")
     base = study.planned_seeds
     if max_seeds < len(base):
         raise UserError(f"must be at least the study's {len(base)} seeds (got {max_seeds})", source="--max-seeds")
+
+
+def all_levels(study: Study) -> list[str] | None:
+    """Every level of a crossed study (each added seed goes to every cell), else None."""
+    return list(dict.fromkeys(c.level for c in study.cells)) if len(study.factors) > 1 else None
+
+
+def limits_for(study: Study, max_seeds: int | None, budget_hours: float | None) -> "Limits":
+    """The loop's limits: ``--max-seeds`` or the study file's ``max_seeds`` (at this preset) or the toolkit's."""
+    from analysis import decide
+
+    return Limits(max_seeds=max_seeds or study.max_seeds or decide.MAX_SEEDS, budget_hours=budget_hours,
+                  batch=decide.BATCH)
 
 
 def check_limits(max_seeds: int | None, budget_hours: float | None) -> None:
@@ -252,12 +265,11 @@ def run_adaptive(path: str, *, preset: str, backend: "Backend", sets: dict | Non
                  max_seeds: int | None, budget_hours: float | None) -> int:
     """``run --until-decided`` on either launcher: one runner call (local Ray, or one SLURM job
     followed to its end) per batch."""
-    from analysis import decide
     check_limits(max_seeds, budget_hours)
     study = load_study(path, preset, sets)
     backend.check(study)  # a bad study file or option fails here, before anything is written
     check_same_study(study)
-    limits = Limits(max_seeds=max_seeds or decide.MAX_SEEDS, budget_hours=budget_hours, batch=decide.BATCH)
+    limits = limits_for(study, max_seeds, budget_hours)
 
     def run_batch(batch: Study) -> int:
         return backend.run_batch(batch, sets=sets or {}, rerun_failed=rerun_failed)
@@ -285,12 +297,11 @@ def with_added_seeds(study: Study, tracker: StudyTracker, sets: dict | None = No
 
 def status_lines(study: Study, tracker: StudyTracker, sets: dict | None = None,
                  max_seeds: int | None = None) -> list[str]:
-    """For ``status``: each comparison's anytime-valid interval and the cells ``--until-decided`` would run
-    next; nothing when the study has no finished cells or no finding's comparison."""
-    from analysis import decide
+    """For ``status``: each hypothesis unit's anytime-valid interval and the cells ``--until-decided`` would
+    run next; nothing when the study has no finished cells or no hypothesis."""
     from analysis.load import ContractError, StoreError
 
-    if tracker.experiment_id is None:
+    if tracker.experiment_id is None or not study.hypotheses:
         return []
     try:
         results, _ = evaluate(study, tracker, sets)
@@ -299,10 +310,10 @@ def status_lines(study: Study, tracker: StudyTracker, sets: dict | None = None,
     if not results:
         return []
     base = study.planned_seeds
-    plan = plan_next(results, base, Limits(max_seeds or decide.MAX_SEEDS, None, decide.BATCH))
+    plan = plan_next(results, base, limits_for(study, max_seeds, None), all_levels(study))
     longest = max([len(s) for s in plan.values()] + [len(base)])
     full = load_study(study.path, study.preset, sets, seeds=seed_sequence(base, longest))
     cells = [c for c in full.cells if c.seed in plan.get(c.level, ())]
     done = _finished_seeds(full, tracker.cell_status(), cells)
-    return (["comparisons (anytime-valid 95% intervals, in points; what --until-decided runs next):"]
-            + comparison_lines(results, plan, done))
+    return (["hypotheses (anytime-valid intervals, in points; what --until-decided runs next):"]
+            + unit_lines(results, plan, done))

@@ -71,10 +71,10 @@ def _add_run(sub) -> None:
     p.add_argument("--rerun-failed", action="store_true", help="also rerun the cells that failed")
     a = p.add_argument_group("adaptive seeds")
     a.add_argument("--until-decided", action="store_true",
-                   help="after the study's seeds, add seeds in batches to the levels of the finding's comparisons "
-                        "that are still open, until decided (anytime-valid rule) or a limit")
+                   help="after the study's seeds, add seeds in batches to the levels of the hypotheses that are "
+                        "still open, until decided (anytime-valid rule) or a limit")
     a.add_argument("--max-seeds", type=int, default=None, metavar="N",
-                   help="with --until-decided: at most N paired seeds per comparison (default 20)")
+                   help="with --until-decided: at most N seeds per cell (default: the study file's max_seeds, else 20)")
     a.add_argument("--budget-hours", type=float, default=None, metavar="H",
                    help="with --until-decided: stop before a batch would pass H cell-hours trained by this study")
     g = p.add_argument_group("SLURM (with --cluster slurm)")
@@ -144,12 +144,11 @@ def _run_command(args) -> int:
                             max_seeds=args.max_seeds, budget_hours=args.budget_hours)
 
     if args.until_decided:  # a dry run: what the loop would refuse, refused now
-        from analysis.decide import MAX_SEEDS
-        from study.adaptive import check_study
+        from study.adaptive import check_study, limits_for
         from study.studyfile import load_study
 
-        check_study(load_study(args.study_file, args.preset, parse_sets(args.sets, source="--set")),
-                    args.max_seeds or MAX_SEEDS)
+        study = load_study(args.study_file, args.preset, parse_sets(args.sets, source="--set"))
+        check_study(study, limits_for(study, args.max_seeds, None).max_seeds)
     return run_study(args.study_file, backend=backend, preset=args.preset,
                      sets=parse_sets(args.sets, source="--set"), dry_run=args.dry_run,
                      rerun_failed=args.rerun_failed, wait=args.wait)

@@ -19,7 +19,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Any, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -29,6 +29,8 @@ from study.config import (CONFIG_KEYS, EXECUTION_KEYS, MAX_SEED, PATTERN_WORDS, 
 from study.errors import UserError, key_path
 from study.files import read_yaml
 from study.paths import RESULTS_TOP_FILES
+
+from analysis.hypotheses import Design, HypothesisError, HypothesisSpec, MetricName, resolve, to_tags
 
 # ---- names that later stages take (checked at load, so a study that loads also runs)
 # A study name is an MLflow experiment name and a path component (runs/<name>, mlartifacts/<name>,
@@ -52,8 +54,8 @@ MAX_TAG_VALUE = 5000  # well under MLflow's limit on a tag's value
 MAX_LABEL = 100
 # a factor may not be named like what the cell run already records under that name
 _RESERVED_FACTORS = ("seed",)
-# the cell metrics the analysis can rank a study by (analysis/load.py, metric_column)
-Metric = Literal["knn_top1", "final_knn_top1", "linear_top1", "nmi", "final_nmi", "ari", "knn_auc"]
+# the cell metrics the analysis can rank a study by and decide a hypothesis on (analysis.hypotheses, one home)
+Metric = MetricName
 
 
 class Level(BaseModel):
@@ -88,6 +90,7 @@ class PresetSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     seeds: Optional[list[int]] = Field(default=None, min_length=1)
     max_failures: Optional[int] = Field(default=None, ge=0)
+    max_seeds: Optional[int] = Field(default=None, ge=2)
 
     @field_validator("seeds")
     @classmethod
@@ -100,14 +103,18 @@ class StudySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, pattern=STUDY_NAME_RE)
-    description: str = ""
+    description: str = Field(default="", max_length=2000)
+    # the paper's finding (labels, sampling, boundary, method): shorthand for its hypotheses (analysis.paper)
     finding: Optional[str] = None
+    hypotheses: list[HypothesisSpec] = Field(default_factory=list)
     fixed: dict[str, Any] = Field(default_factory=dict)
     factors: dict[str, list[Union[str, int, float, bool, Level]]] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     metric: Metric = "knn_top1"
     presets: dict[str, PresetSpec] = Field(default_factory=dict)
     max_failures: int = Field(default=1, ge=0)
+    # --until-decided's limit on seeds per cell when the command gives none (default: analysis.decide.MAX_SEEDS)
+    max_seeds: Optional[int] = Field(default=None, ge=2)
     # half-width of the region of practical equivalence of the finding's comparisons, in the
     # metric's units (accuracies are fractions: 0.005 = 0.5 points of kNN top-1)
     equivalence_delta: float = Field(default=0.005, gt=0.0, lt=1.0)
@@ -241,23 +248,55 @@ class Study:
         pspec = self.spec.presets.get(self.preset)
         return list((pspec.seeds if pspec is not None and pspec.seeds else None) or self.spec.seeds)
 
+    @property
+    def max_seeds(self) -> int | None:
+        """The study file's limit on seeds for ``--until-decided`` at this preset (None: the toolkit's)."""
+        pspec = self.spec.presets.get(self.preset)
+        return pspec.max_seeds if pspec is not None and pspec.max_seeds is not None else self.spec.max_seeds
+
+    @property
+    def design(self) -> Design:
+        return study_design(self.spec)
+
+    @property
+    def hypotheses(self) -> list[HypothesisSpec]:
+        """The study's hypotheses: the ``finding`` shorthand's (analysis.paper), then the file's."""
+        return study_hypotheses(self.spec)
+
     def parent_params(self) -> dict[str, str]:
         """The params of the study's parent run (its identity in the store)."""
         return {"factors": ",".join(self.factors), "metric": self.spec.metric, "preset": self.preset,
                 "file": self.path.name}
 
     def parent_tags(self) -> dict[str, str]:
-        """Tags the analysis reads from the parent run: the equivalence margin, and the seeds
-        every level runs (a level x seed gap is listed only among these, and among the seeds the
-        adaptive loop gave the levels it extended), and the finding the study file names (only
-        that one is tested; "" when it names none: every finding whose factor it varies)."""
+        """Tags the analysis reads from the parent run: the equivalence margin, the seeds every level
+        runs (a level x seed gap is listed only among these, and among the seeds the adaptive loop
+        gave the levels it extended), the design and the hypotheses (JSON over ``design.<i>`` and
+        ``hypotheses.<i>``: the store is analysed without the file), and the file's description."""
         tags = {"equivalence_delta": repr(self.spec.equivalence_delta),
-                "seeds": ",".join(map(str, self.planned_seeds)), "finding": self.spec.finding or ""}
+                "seeds": ",".join(map(str, self.planned_seeds)), "description": self.spec.description,
+                **to_tags("design", self.design.dump()),
+                **to_tags("hypotheses", [h.dump() for h in self.hypotheses])}
         # the levels every seed runs, so that the analysis lists a level no cell of which has started
         levels = json.dumps(list(dict.fromkeys(c.level for c in self.cells)))
         if len(levels) <= MAX_TAG_VALUE:
             tags["levels"] = levels
         return tags
+
+
+def study_design(spec: StudySpec) -> Design:
+    """The grid of a study file: per factor, each level's label and the settings it sets."""
+    return Design(tuple(spec.factors), {f: {_label(f, lv): _level_sets(f, lv) for lv in levels}
+                                        for f, levels in spec.factors.items()})
+
+
+def study_hypotheses(spec: StudySpec) -> list[HypothesisSpec]:
+    from analysis.paper import finding_hypotheses
+
+    own = list(spec.hypotheses)
+    if spec.finding is None:
+        return own
+    return finding_hypotheses(spec.finding, study_design(spec), spec.metric) + own
 
 
 def cell_params(cell: Cell) -> dict[str, str]:
@@ -342,6 +381,10 @@ def _format_validation(err: ValidationError) -> tuple[str, str]:
             options = tuple(Resources.model_fields)
         elif loc[:1] == ("presets",):
             options = tuple(PresetSpec.model_fields)
+        elif loc[:1] == ("hypotheses",):
+            from analysis.hypotheses import TrendSpec
+
+            options = tuple(TrendSpec.model_fields) if "trend" in loc[:-1] else tuple(HypothesisSpec.model_fields)
         msg = unknown_key(str(loc[-1]), options)
     elif first.get("type") in ("model_type", "dict_type"):
         msg = f"expected a mapping of keys (got {first.get('input')!r})"
@@ -394,19 +437,14 @@ def factor_keys(spec: StudySpec) -> dict[str, str]:
 
 
 def _check_finding(spec: StudySpec, src: str) -> None:
-    """``finding`` names one of the paper's findings (analysis.claims) whose factor the study varies."""
-    from analysis.claims import FINDINGS
+    """``finding`` names one of the paper's findings (analysis.paper) whose factor the study varies."""
+    from analysis.paper import FINDING_FACTORS
 
-    factor_of = {f.key: f.factor for f in FINDINGS}
-    if spec.finding not in factor_of:
-        raise UserError(f"unknown finding '{spec.finding}'{did_you_mean(spec.finding, tuple(factor_of))} "
-                        f"(allowed: {', '.join(factor_of)})", source=src, key="finding")
-    if len(spec.factors) > 1:
-        raise UserError(f"a finding compares the levels of one factor; this study crosses {', '.join(spec.factors)} "
-                        f"(a comparison would take one stratum of the others): run one factor per study, or "
-                        f"remove 'finding'", source=src, key="finding")
-    if factor_of[spec.finding] not in spec.factors:
-        raise UserError(f"finding '{spec.finding}' compares levels of factor '{factor_of[spec.finding]}', "
+    if spec.finding not in FINDING_FACTORS:
+        raise UserError(f"unknown finding '{spec.finding}'{did_you_mean(spec.finding, tuple(FINDING_FACTORS))} "
+                        f"(allowed: {', '.join(FINDING_FACTORS)})", source=src, key="finding")
+    if FINDING_FACTORS[spec.finding] not in spec.factors:
+        raise UserError(f"finding '{spec.finding}' compares levels of factor '{FINDING_FACTORS[spec.finding]}', "
                         f"which this study does not vary (its factors: {', '.join(spec.factors)})",
                         source=src, key="finding")
 
@@ -433,21 +471,35 @@ def _check_metric_recorded(spec: StudySpec, cells: list[Cell], src: str) -> None
                             f"{', '.join(usable)})", source=src, key="metric")
 
 
-def _check_finding_levels(spec: StudySpec, cells: list[Cell], src: str) -> None:
-    """The finding's comparisons can be formed from the study's levels (the analysis would
-    otherwise report the finding as not run, after every cell has been paid for)."""
-    import pandas as pd
-
-    from analysis.claims import FINDINGS, unformable
-
-    finding = next(f for f in FINDINGS if f.key == spec.finding)
-    first = {}
+def _check_hypotheses(spec: StudySpec, cells: list[Cell], src: str) -> None:
+    """Every hypothesis can be tested by the study's levels: its selections each pick one level of the
+    factors they name, its trend follows an ordered setting, its metric is recorded by every level it
+    compares, no two share a name (analysis.hypotheses.resolve; one UserError naming the key)."""
+    design = study_design(spec)
+    shorthand = len(study_hypotheses(spec)) - len(spec.hypotheses)
+    by_level: dict[str, Cell] = {}
     for cell in cells:
-        first.setdefault(cell.level, {**cell.config.flat(), "level": cell.level})
-    lacking = unformable(finding, pd.DataFrame(list(first.values())))
-    if lacking:
-        raise UserError(f"finding '{spec.finding}' cannot be tested by these levels ({'; '.join(lacking)}); "
-                        f"add the levels it compares or remove 'finding'", source=src, key="finding")
+        by_level.setdefault(cell.level, cell)
+    seen: dict[str, str] = {}
+    for i, h in enumerate(study_hypotheses(spec)):
+        where = "finding" if i < shorthand else f"hypotheses[{i - shorthand}]"
+        if h.name in seen:
+            raise UserError(f"two hypotheses are named '{h.name}' ({seen[h.name]} and {where}): names must differ "
+                            "(they name the verdicts)", source=src, key=f"{where}.name")
+        seen[h.name] = where
+        try:
+            resolved = resolve(h, design, spec.metric, spec.equivalence_delta)
+        except HypothesisError as err:
+            key = where if where == "finding" else f"{where}.{err.key}" if err.key else where
+            raise UserError(str(err), source=src, key=key) from None
+        for unit in resolved.units:
+            for part in unit.parts:
+                for level in part.levels:
+                    why = metric_unrecorded(part.metric, by_level[level].config)
+                    if why:
+                        raise UserError(f"'{part.metric}' is not recorded by level '{level}' ({why}), which the "
+                                        "hypothesis compares", source=src,
+                                        key=where if where == "finding" else f"{where}.metric")
 
 
 def _blame_sets(err: UserError, preset: str, values: dict[str, Any], sets: dict[str, Any], where: str
@@ -542,7 +594,6 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
             _check_cell_for_store(cell, src)
             cells.append(cell)
     _check_metric_recorded(spec, cells, src)
-    if spec.finding is not None:
-        _check_finding_levels(spec, cells, src)
+    _check_hypotheses(spec, cells, src)
     return Study(spec, path, preset, tuple(cells), pspec.resources,
                  pspec.max_failures if pspec.max_failures is not None else spec.max_failures)

@@ -111,18 +111,34 @@ def isolated_store(tmp_path, monkeypatch):
 
 
 
+def idle_cores(window: float = 0.5) -> float:
+    """How many cores sat idle over the last ``window`` seconds (Linux /proc/stat; 0 where unreadable)."""
+    import time
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+    try:
+        idle0, all0 = sample()
+        time.sleep(window)
+        idle1, all1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return (os.cpu_count() or 1) * (idle1 - idle0) / max(1, all1 - all0)
+
+
 @pytest.fixture
 def busy_cores():
     """Every core kept busy for the test's length: tests of signals, locks and timeouts must pass on a
-    loaded machine, as a study leaves it. Starts one CPU-bound process (nice 0) per core that the
-    1-minute load average leaves idle: all of them when the test runs alone, few or none inside
-    `make test`, whose workers keep the cores busy already. Yields the number started."""
+    loaded machine, as a study leaves it. Starts one CPU-bound process (nice 0) per core found idle over
+    half a second: all of them when the test runs alone, none inside a `make test` whose workers keep
+    the cores busy already. Yields the number started."""
     import subprocess
     import sys
 
-    cores = os.cpu_count() or 1
-    idle = max(0, cores - int(os.getloadavg()[0]))
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(idle)]
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(round(idle_cores()))]
     try:
         yield len(procs)
     finally:

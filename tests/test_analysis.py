@@ -7,7 +7,8 @@ import pytest
 from analysis import build, build_all, load_study
 from analysis import figures as F
 from analysis.__main__ import main
-from analysis.findings import findings_for
+from analysis.evaluate import evaluate_study
+from analysis.stats import Verdict
 from analysis.load import ContractError, StoreError, client_for, default_tracking_uri, list_studies
 from analysis_store import EPOCHS, KNN, cell_id, shared_store
 
@@ -173,24 +174,31 @@ def test_default_uri(monkeypatch):
 
 
 def _verdicts(d):
-    (f,) = findings_for(d)
-    return f.verdict, [r.verdict for r in f.comparisons], f
+    (h,) = evaluate_study(d)
+    return h.verdict, [p.verdict for u in h.units for p in u.parts], h
+
+
+def _parts(h):
+    return [p for u in h.units for p in u.parts]
 
 
 def test_findings_on_the_known_store(data):
-    v, parts, f = _verdicts(data["labels"])
-    assert v == "holds" and parts == ["holds", "holds"]  # final metric and convergence
-    c = f.comparisons[0].comparison
+    """A store from before hypotheses were data: the paper's finding of the factor each study varies."""
+    v, parts, h = _verdicts(data["labels"])
+    assert v is Verdict.HOLDS and parts == [Verdict.HOLDS, Verdict.HOLDS]  # final metric and convergence
+    assert [p.metric for p in _parts(h)] == ["knn_top1", "knn_auc"]
+    c = _parts(h)[0].comparison
     assert (c.mean_diff, c.std_diff, c.n) == pytest.approx((0.03, 0.01, 3))
     assert c.ci_low == pytest.approx(0.03 - T2 * 0.01 / math.sqrt(3))
-    v, parts, f = _verdicts(data["sampling"])
-    assert v == "inconclusive at n=3 seeds" and f.comparisons[0].better == "semi-hard"
-    v, parts, f = _verdicts(data["boundary"])
-    assert v == "holds" and [(r.better, r.worse) for r in f.comparisons] == [
-        ("cosine -0.5", "cosine 0"), ("cosine -0.5", "cosine +0.5")]
-    v, parts, f = _verdicts(data["final"])
-    assert v == "contradicted" and f.comparisons[0].comparison.mean_diff == pytest.approx(-0.05)
-    assert _verdicts(data["ghost"])[0] == "not run: no finished cells"
+    v, parts, h = _verdicts(data["sampling"])
+    assert v is Verdict.INCONCLUSIVE and h.text == "inconclusive at n=3 seeds"
+    assert _parts(h)[0].label == "semi-hard - hard"
+    v, parts, h = _verdicts(data["boundary"])
+    assert v is Verdict.HOLDS and [p.label for p in _parts(h)] == ["cosine -0.5 - cosine 0", "cosine -0.5 - cosine +0.5"]
+    v, parts, h = _verdicts(data["final"])
+    assert v is Verdict.CONTRADICTED and _parts(h)[0].comparison.mean_diff == pytest.approx(-0.05)
+    v, _, h = _verdicts(data["ghost"])
+    assert v is Verdict.NOT_RUN and h.text == "not run: no finished cells"
 
 
 # --------------------------------------------------------------------------- figures
@@ -270,10 +278,11 @@ def test_tables_hold_hand_computed_numbers(outputs):
 def test_report(outputs):
     a, _, _ = outputs
     rep = (a / "REPORT.md").read_text()
-    assert ("| 2. Negative sampling | sampling | **inconclusive at n=3 seeds** | semi-hard - hard | "
+    assert ("| `semi-hard-negatives` | sampling | **inconclusive at n=3 seeds** | semi-hard - hard | "
             "final kNN top-1 (%) | +1.00 | [-3.97, +5.97] |") in rep
-    assert "| 1. Pseudo-label maintenance | labels | **holds** | online - offline |" in rep
-    assert "| InterCLR vs MoCo v2 | final | **contradicted** |" in rep
+    assert "| `online-labels` | labels | **holds** | online - offline |" in rep
+    assert "| `interclr-beats-mocov2` | final | **contradicted** |" in rep
+    assert "Claim: semi-hard negatives are more reliable and less biased than hard negatives." in rep
     assert "random seed 2 (FAILED" in rep and "semi-easy seed 2 (not in the store)" in rep
     assert "](sampling/negatives_similarity.png)" in rep and "](boundary/margin_sweep.pdf)" in rep
     assert "## Study `ghost`" in rep and "No finished cells" in rep

@@ -8,7 +8,10 @@ import pytest
 
 from analysis import stats
 from analysis.figures import curve_band, margin_points, quantile_boxes
-from analysis.findings import level_where, most_stringent_cosine, paired_values
+from analysis.evaluate import contrast_values
+from analysis.hypotheses import Part
+from analysis.paper import _most_stringent_cosine
+from analysis.hypotheses import Design
 from analysis.load import CELL_COLUMNS, ContractError, _cell_row, check_frame, dedupe_cells, order_levels
 from analysis.tables import difference_row, mark_best, mean_std, summary_table, tex_escape, to_latex, to_markdown
 
@@ -65,16 +68,20 @@ def test_wilcoxon_from_six_pairs():
     ([0.72, 0.73], [0.70, 0.71], "holds"),  # identical differences: zero-width interval above 0
 ])
 def test_verdict_cases(better, worse, expected):
-    assert stats.verdict(stats.paired_compare(better, worse)) == expected
+    c = stats.paired_compare(better, worse)
+    ev = stats.unit_evidence([(c, 1.0, 1.0)], equivalence=False)
+    (verdict, _), = stats.family_verdicts([ev])
+    assert stats.verdict_text(verdict, c.n) == expected
+    assert stats.part_verdict(c, 1.0) is verdict  # one unit of one part: the part's own rule
 
 
-def test_combine_verdicts():
-    H, C, I = "holds", "contradicted", "inconclusive at n=3 seeds"
-    assert stats.combine_verdicts([H, H], [3, 3]) == H
-    assert stats.combine_verdicts([H, I], [3, 2]) == "inconclusive at n=2 seeds"
-    assert stats.combine_verdicts([C, I], [3, 3]) == C
-    assert stats.combine_verdicts([H, C], [3, 3]) == "mixed"
-    assert stats.combine_verdicts([], []) == "not tested"
+def test_combine_parts():
+    H, C, I = stats.HOLDS, stats.CONTRADICTED, stats.INCONCLUSIVE
+    assert stats.combine_parts([H, H]) is H
+    assert stats.combine_parts([H, I]) is I
+    assert stats.combine_parts([C, I]) is C
+    assert stats.combine_parts([H, C]) is C  # one part refutes a claim that every part must hold
+    assert stats.combine_parts([]) is stats.NOT_RUN
 
 
 def _cells(rows):
@@ -122,8 +129,11 @@ def test_difference_row_pairs_by_seed():
     row = difference_row(cells, "x", "y", ["knn_top1"])
     assert row["n"] == 3 and row["knn_top1_mean"] == pytest.approx(0.03) and row["knn_top1_std"] == pytest.approx(0.01)
     assert mean_std(row, "knn_top1", signed=True) == "+3.00 ± 1.00"
-    a, b, seeds = paired_values(cells, "x", "y", "knn_top1")
-    assert seeds == (0, 1, 2) and list(a - b) == pytest.approx([0.03, 0.04, 0.02])
+    from analysis.evaluate import _table
+
+    part = Part("knn_top1", (("x", 1.0), ("y", -1.0)), "x - y", "difference")
+    seeds, d = contrast_values(part, _table(cells, "knn_top1"), [0, 1, 2, 9])
+    assert seeds == [0, 1, 2] and list(d) == pytest.approx([0.03, 0.04, 0.02])
 
 
 def test_dedupe_keeps_latest_finished():
@@ -146,9 +156,9 @@ def test_level_order_and_selection():
         {"level": "cos 0.25", "seed": 0, "margin_type": "cosine", "margin": 0.25},
     ])
     assert order_levels(b, ("boundary",)) == ("cos -0.5", "cos 0.25", "cos 0.5", "arc +0.3")
-    assert level_where(b, margin_type="cosine", margin=-0.5) == "cos -0.5"
-    assert level_where(b, margin_type="cosine", margin=0.0) is None
-    assert most_stringent_cosine(b) == "cos 0.5"
+    design = Design(("boundary",), {"boundary": {r["level"]: {"margin_type": r["margin_type"], "margin": r["margin"]}
+                                                 for r in b.to_dict("records")}})
+    assert _most_stringent_cosine(design) == {"margin_type": "cosine", "margin": 0.5}
 
 
 def test_contract_checks():

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis import decide, stats
-from analysis.findings import ComparisonSpec, evaluate_comparison, level_where
+from analysis.hypotheses import Design, HypothesisSpec
 from analysis.load import CELL_COLUMNS
 import pandas as pd
 
@@ -39,16 +39,52 @@ def test_four_verdicts():
     # 95% t-interval 0.002 +- 4.303 * 0.000577 = [-0.00048, 0.00448] contains 0: not "holds"
     assert c.ci_low < 0 < c.ci_high
     tost = decide.tost_pvalue([0.001, 0.002, 0.003], [0.0, 0.0, 0.0], 0.005)
-    assert stats.verdict(c, tost, "±0.50 pts") == "equivalent within ±0.50 pts"
-    assert stats.verdict(c, 0.2, "±0.50 pts") == "inconclusive at n=3 seeds"
-    assert stats.verdict(c) == "inconclusive at n=3 seeds"
+    V = stats.Verdict
+    assert stats.part_verdict(c, tost) is V.EQUIVALENT
+    assert stats.part_verdict(c, 0.2) is V.INCONCLUSIVE
+    assert stats.verdict_text(V.EQUIVALENT, 3, "±0.50 pts") == "equivalent within ±0.50 pts"
+    assert stats.verdict_text(V.INCONCLUSIVE, 3) == "inconclusive at n=3 seeds"
+    assert stats.verdict_text(V.INCONCLUSIVE, 1) == "inconclusive at n=1 seed"
     win = stats.paired_compare([0.73, 0.75, 0.74], [0.70, 0.71, 0.72])
-    assert stats.verdict(win, 0.0, "±0.50 pts") == "holds"  # a sure difference wins over equivalence
-    E, H, C, I = "equivalent within ±0.50 pts", "holds", "contradicted", "inconclusive at n=3 seeds"
-    assert stats.combine_verdicts([E, E], [3, 3]) == E
-    assert stats.combine_verdicts([H, E], [3, 3]) == "mixed"
-    assert stats.combine_verdicts([C, E], [3, 3]) == C
-    assert stats.combine_verdicts([E, I], [3, 5]) == "inconclusive at n=3 seeds"
+    assert stats.part_verdict(win, 0.0) is V.HOLDS  # a sure difference wins over equivalence
+    E, H, C, I = V.EQUIVALENT, V.HOLDS, V.CONTRADICTED, V.INCONCLUSIVE
+    assert stats.combine_parts([E, E]) is E
+    assert stats.combine_parts([H, E]) is E  # decided, and the claimed difference is absent in practice on a part
+    assert stats.combine_parts([H, C]) is C and stats.combine_parts([C, E]) is C
+    assert stats.combine_parts([H, H]) is H
+    assert stats.combine_parts([E, I]) is I and stats.combine_parts([H, I]) is I
+    assert stats.combine_parts([]) is V.NOT_RUN
+    assert [v.decided for v in (H, C, E, I, V.NOT_RUN)] == [True, True, True, False, False]
+
+
+def test_holm_and_the_family_rule_by_hand():
+    # Holm, m = 3: sorted p 0.01, 0.02, 0.04 -> 0.03, 0.04, 0.04 (step-down, monotone)
+    assert stats.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert math.isnan(stats.holm([math.nan, 0.01])[0]) and stats.holm([math.nan, 0.01])[1] == pytest.approx(0.01)
+    U = stats.UnitEvidence
+    # unit a: p 0.01 for; b: 0.03 for; c: p 0.20, but its TOST p 0.01 -> equivalent (Holm over TOST: 0.01 * 3 ...)
+    units = [U(0.01, 1.0, 0.9, False, 5), U(0.03, 1.0, 0.9, False, 5), U(0.20, 1.0, 0.004, False, 5)]
+    got = stats.family_verdicts(units)
+    # Holm of (0.01, 0.03, 0.20): 0.03, 0.06, 0.20 -> a holds, b not (0.06 > 0.05); TOST Holm: c 0.012 -> equivalent
+    assert [v for v, _ in got] == [stats.HOLDS, stats.INCONCLUSIVE, stats.EQUIVALENT]
+    assert [p for _, p in got] == pytest.approx([0.03, 0.06, 0.012])
+    # one unit of one part: the t-interval rule (p < 0.05 and the sign)
+    assert stats.family_verdicts([U(1.0, 0.02, 0.9, False, 3)])[0][0] is stats.CONTRADICTED
+    # evidence of a unit of two parts: for = the larger p (all must hold); against = 2 x the smaller negative one
+    a = stats.paired_compare([0.73, 0.75, 0.74], [0.70, 0.71, 0.72])  # +, p 0.0351
+    b = stats.paired_compare([0.70, 0.71, 0.72], [0.73, 0.75, 0.74])  # -, p 0.0351
+    ev = stats.unit_evidence([(a, 0.9, 1.0), (a, 0.8, 1.0)], equivalence=False)
+    assert ev.p_for == pytest.approx(a.p_value) and ev.p_against == 1.0 and ev.p_equiv == 0.9
+    ev = stats.unit_evidence([(a, 0.9, 1.0), (b, 0.8, 1.0)], equivalence=False)
+    assert ev.p_for == 1.0 and ev.p_against == pytest.approx(2 * b.p_value)
+
+
+def test_against_equivalence_by_hand():
+    # d = 1.0, 1.1, 0.9: mean 1.0, sd 0.1, se 0.0577; delta 0.5: t = 0.5 / 0.0577 = 8.66 -> 2 P(T_2 > 8.66)
+    c = stats.contrast_compare([1.0, 1.1, 0.9])
+    assert stats.against_equivalence_p(c, 0.5) == pytest.approx(2 * _t2_upper_tail(0.5 / (0.1 / math.sqrt(3))))
+    assert stats.against_equivalence_p(stats.contrast_compare([0.0, 0.1, -0.1]), 0.5) == 1.0
+    assert stats.part_verdict(c, 1.0, equivalence=True, delta=0.5) is stats.CONTRADICTED
 
 
 # --------------------------------------------------------------------------- power
@@ -167,7 +203,7 @@ def test_equivalence_is_reached_and_kept_within_its_error():
     assert float((decision == "equivalent").mean()) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000)
 
 
-# --------------------------------------------------------------------------- findings
+# --------------------------------------------------------------------------- hypotheses on cells
 
 
 def _cells(rows):
@@ -178,7 +214,23 @@ def _cells(rows):
     return df
 
 
-def test_comparison_carries_every_number():
+SAMPLING = Design(("sampling",), {"sampling": {"semi-hard": {"sampling": "semi-hard"}, "hard": {"sampling": "hard"}}})
+SEMI_HARD = HypothesisSpec.model_validate({"name": "sh", "claim": "semi-hard beats hard",
+                                           "better": {"sampling": "semi-hard"}, "worse": {"sampling": "hard"}})
+
+
+def _data(cells, **kw):
+    from dataclasses import replace
+
+    from analysis.load import empty_study
+
+    return replace(empty_study("sampling", found=True), factors=("sampling",), cells=cells, design=SAMPLING,
+                   hypotheses=(SEMI_HARD,), levels=("semi-hard", "hard"), **kw)
+
+
+def test_a_part_carries_every_number():
+    from analysis.evaluate import evaluate_study
+
     rows = []
     for seed, (a, b) in enumerate([(0.701, 0.700), (0.702, 0.700), (0.703, 0.700)]):
         rows += [{"level": "semi-hard", "sampling": "semi-hard", "seed": seed, "knn_top1": a, "seconds": 60.0,
@@ -186,14 +238,15 @@ def test_comparison_carries_every_number():
                  {"level": "hard", "sampling": "hard", "seed": seed, "knn_top1": b, "seconds": 120.0,
                   "reused_from": "abc" if seed == 0 else ""}]
     cells = _cells(rows)
-    spec = ComparisonSpec(lambda c: level_where(c, sampling="semi-hard"), lambda c: level_where(c, sampling="hard"))
-    r = evaluate_comparison(cells, spec, "knn_top1", delta=0.005)
-    assert r.verdict == "equivalent within ±0.50 pts"
-    assert r.tost_p == pytest.approx(0.017549, abs=1e-6)
-    assert r.improvement.p == 1.0 and r.cell_seconds == 540.0 and r.reused == 1
-    assert r.seeds_for_delta == decide.seeds_needed(0.005, 0.001)
-    seq = evaluate_comparison(cells, spec, "knn_top1", delta=0.005, rule="sequential")
-    assert seq.verdict == "inconclusive at n=3 seeds" and not math.isfinite(seq.cs_low)  # 3 seeds: whole line
+    (h,) = evaluate_study(_data(cells, equivalence_delta=0.005))
+    (u,) = h.units
+    (p,) = u.parts
+    assert h.verdict is stats.EQUIVALENT and h.text == "equivalent within ±0.50 pts"
+    assert p.tost_p == pytest.approx(0.017549, abs=1e-6)
+    assert p.improvement.p == 1.0 and p.cell_seconds == 540.0 and p.reused == 1
+    assert p.seeds_for_delta == decide.seeds_needed(0.005, 0.001)
+    (seq,) = evaluate_study(_data(cells, equivalence_delta=0.005, stopping="sequential"))
+    assert seq.text == "inconclusive at n=3 seeds" and not math.isfinite(seq.units[0].parts[0].cs_low)  # whole line
 
 
 def test_report_shows_the_new_numbers():
@@ -212,56 +265,28 @@ def test_report_shows_the_new_numbers():
     assert study_wall_seconds(cells) == pytest.approx(90 + 60 + 60)  # seed 0: [0, 60] u [30, 90]
     data = StudyData(study="sampling", found=True, factors=("sampling",), metric="knn_top1", cells=cells,
                      curves=_typed([], CURVE_COLUMNS), missing=_typed([], MISSING_COLUMNS),
-                     levels=("semi-hard", "hard"), preset="cpu", equivalence_delta=0.005)
+                     levels=("semi-hard", "hard"), preset="cpu", equivalence_delta=0.005, design=SAMPLING,
+                     hypotheses=(SEMI_HARD,))
     page = render_report([data], {})
-    for words in ("statsmodels `ttost_paired`", "statsmodels `TTestPower`", "scipy `bootstrap`", "P(A > B)",
-                  "anytime-valid 95% CI", "**equivalent within ±0.50 pts**", "TOST p=0.0175",
-                  "P(semi-hard > hard) = 1.00 [1.00, 1.00]", "0.10 | 3.5 min |", "cost 0.10 cell-h",
-                  "Cost: 0.10 cell-hours, wall 3.5 min"):
+    for words in ("TOST, statsmodels", "statsmodels `TTestPower`", "P(d > 0)", "Holm",
+                  "anytime-valid CI", "**equivalent within ±0.50 pts**", "TOST p=0.0175",
+                  "P(d > 0) = 1.00 [1.00, 1.00]", "0.10 | 3.5 min |", "cost 0.10 cell-h",
+                  "Cost: 0.10 cell-hours, wall 3.5 min", "Claim: semi-hard beats hard."):
         assert words in page, words
-
-
-def test_only_the_finding_the_study_file_names_is_tested_and_never_on_one_stratum():
-    """A study tests the finding its file names only; a study crossing two factors tests none (a
-    comparison of one factor's levels would take the first stratum of the other)."""
-    from dataclasses import replace
-
-    from analysis.findings import findings_for
-    from analysis.load import empty_study
-
-    rows = []
-    for seed in range(3):
-        for labels in ("online", "offline"):
-            for sampling in ("semi-hard", "hard"):
-                rows.append({"level": f"{labels} / {sampling}", "labels": labels, "sampling": sampling, "seed": seed,
-                             "knn_top1": 0.70 + 0.01 * (sampling == "semi-hard") + 0.001 * seed,
-                             "seconds": 60.0, "reused_from": ""})
-    one = replace(empty_study("one", found=True), factors=("sampling",),
-                  cells=_cells([r for r in rows if r["labels"] == "online"]))
-    assert [f.spec.key for f in findings_for(one)] == ["sampling"]
-    assert [f.spec.key for f in findings_for(replace(one, finding="labels"))] == []
-    # crossed factors: each varied factor's finding is listed, and none is tested on one stratum
-    data = replace(empty_study("multi", found=True), factors=("labels", "sampling"), cells=_cells(rows))
-    found = findings_for(data)
-    assert [f.spec.key for f in found] == ["labels", "sampling"]
-    assert all(not f.comparisons and f.verdict.startswith("not tested: the study crosses labels, sampling")
-               for f in found)
 
 
 def test_an_incomplete_study_is_not_called_one_that_lacks_its_levels():
     from dataclasses import replace
 
-    import pandas as pd
+    from analysis.evaluate import evaluate_study
+    from analysis.load import MISSING_COLUMNS, _typed
 
-    from analysis.findings import findings_for
-    from analysis.load import MISSING_COLUMNS, _typed, empty_study
-
-    rows = [{"level": "random", "sampling": "random", "seed": s, "knn_top1": 0.7, "seconds": 1.0, "reused_from": ""}
-            for s in range(3)]
+    rows = [{"level": "semi-hard", "sampling": "semi-hard", "seed": s, "knn_top1": 0.7, "seconds": 1.0,
+             "reused_from": ""} for s in range(3)]
     missing = _typed([{"cell_id": "", "level": "hard", "seed": s, "status": "NOT IN STORE", "run_id": ""}
                       for s in range(3)], MISSING_COLUMNS)
-    data = replace(empty_study("s", found=True), factors=("sampling",), cells=_cells(rows))
-    assert findings_for(data)[0].verdict == "not tested: the study lacks the levels to compare"
-    assert findings_for(replace(data, missing=missing))[0].verdict == \
-        "not tested yet: the study is incomplete (3 cells missing)"
-    assert isinstance(missing, pd.DataFrame)
+    data = _data(_cells(rows))
+    (h,) = evaluate_study(data)
+    assert h.verdict is stats.NOT_RUN and h.text == "not run: no seed has every cell it compares"
+    (h,) = evaluate_study(replace(data, missing=missing))
+    assert h.text == "not run: the study is incomplete (3 cells missing)"

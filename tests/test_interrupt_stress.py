@@ -31,24 +31,35 @@ import pytest
 from conftest import fake_trial_env, store_client, store_env, write_smoke_study
 from study.tracking import FINISHED, RUNNING
 
-# how many attempts stop at each kind of moment: 22 signals in all. Ray's shutdown comes last: the
-# adaptive loop keeps Ray between batches and shuts it down at its end, so an attempt stopped there
-# has run the study to its end, and the moments of later attempts that need work left would not come.
-KINDS = {"sql": 9, "log_batch": 3, "analysis": 3, "ray_init": 2, "timer": 4, "ray_shutdown": 1}
+# The attempts, in three phases, so that most signals cost no start of Ray (an attempt that needs none
+# takes about a second here; one that starts Ray, ten or more on a loaded machine):
+# 1. while the first batch has work left: inside Ray's start, inside the Tune loop's writes; the last
+#    attempt of the phase stops at the first look of the analysis, after the batch;
+# 2. between the batches: inside the store writes of the claim and of the batch's summary, inside the
+#    look, at random times (tenths of a second);
+# 3. inside Ray's shutdown, which the adaptive loop reaches at its end (the second batch trained).
+PHASES = (("ray_init", "log_batch_tune", "analysis"),
+          ("sql",) * 6 + ("log_batch",) * 4 + ("analysis",) * 3 + ("timer",) * 5,
+          ("ray_shutdown",))
 AT_LEAST = 20
 
 
 def moments(seed: int = 23) -> list[tuple[str, int, int]]:
-    """(kind, k, signal) for each attempt, in a seeded order, Ray's shutdown last. ``sql`` counts at
-    most 8 statements, which even an attempt with nothing left to train sends."""
+    """(kind, k, signal) for each attempt: the phases in order, each shuffled by a seeded generator.
+    ``k``: the call that is hit (``sql``: one of the first 3 statements, which an attempt with nothing
+    left to train sends too; ``log_batch``: the first, the batch's cost on the parent; in the Tune loop
+    one of the 4th to 10th), or the timer's delay in hundredths of a second."""
     rng = random.Random(seed)
-    kinds = [kind for kind, n in KINDS.items() if kind != "ray_shutdown" for _ in range(n)]
-    rng.shuffle(kinds)
-    kinds += ["ray_shutdown"] * KINDS["ray_shutdown"]
     out = []
-    for kind in kinds:
-        k = {"sql": rng.randint(1, 8), "log_batch": rng.randint(1, 6), "timer": rng.randint(10, 300)}.get(kind, 1)
-        out.append((kind, k, rng.choice((signal.SIGINT, signal.SIGTERM))))
+    for phase in PHASES:
+        kinds = list(phase)
+        last = [kinds.pop()] if kinds[-1] == "analysis" and len(set(kinds)) > 1 else []  # phase 1 ends there
+        rng.shuffle(kinds)
+        kinds += last
+        for kind in kinds:
+            k = {"sql": rng.randint(1, 3), "log_batch": 1, "log_batch_tune": rng.randint(4, 10),
+                 "timer": rng.randint(5, 40)}.get(kind, 1)
+            out.append((kind.replace("_tune", ""), k, rng.choice((signal.SIGINT, signal.SIGTERM))))
     return out
 
 
@@ -142,14 +153,15 @@ def test_signals_at_seeded_moments_leave_a_resumable_study(tmp_path, monkeypatch
     for key in ("MLFLOW_TRACKING_URI", "STUDY_RUN_ROOT", "STUDY_RAY_RESULTS", "STUDY_ARTIFACT_ROOT", "STUDY_NUM_CPUS",
                 "STUDY_TRIAL", "STUDY_FAKE_TRIAL"):
         monkeypatch.setenv(key, env[key])
-    path = write_smoke_study(tmp_path, "stress", epochs=2, seeds="[0, 1]")
-    args = ["run", str(path), "--preset", "smoke", "--until-decided", "--max-seeds", "4"]
+    path = write_smoke_study(tmp_path, "stress", epochs=2, seeds="[0]")
+    args = ["run", str(path), "--preset", "smoke", "--until-decided", "--max-seeds", "2"]
     client = store_client(tmp_path)
     fired = []
     for kind, k, sig in moments():
         moment = Moment(kind, k, sig)
         with monkeypatch.context() as patch:
             moment.install(patch)
+            t0 = time.time()
             try:
                 code = _main(args)
             finally:
@@ -157,6 +169,8 @@ def test_signals_at_seeded_moments_leave_a_resumable_study(tmp_path, monkeypatch
         out = capfd.readouterr()
         text = out.out + out.err
         what = (kind, k, signal.Signals(sig).name)
+        with open("/tmp/stress_times.txt", "a") as fh:  # TIMING
+            fh.write(f"{what} fired={moment.fired} {time.time() - t0:.1f}s ray={'local Ray' in text}\n")  # TIMING
         assert "Traceback" not in text, (what, text)
         if moment.fired:
             fired.append(what)
@@ -170,7 +184,7 @@ def test_signals_at_seeded_moments_leave_a_resumable_study(tmp_path, monkeypatch
     assert _main(args) == 0, capfd.readouterr()
     cells = [r for r in _runs(client, "stress") if r.data.tags.get("role") == "cell"]
     ids = [r.data.tags["cell_id"] for r in cells]
-    assert len(ids) == 8 and len(set(ids)) == 8, ids  # 2 levels x 4 seeds, each once
+    assert len(ids) == 4 and len(set(ids)) == 4, ids  # 2 levels x 2 seeds (the file's, the loop's), each once
     for r in cells:
         assert r.info.status == FINISHED
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss")]

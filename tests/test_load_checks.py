@@ -73,8 +73,9 @@ def _study(name="s", factor="sampling", levels="[hard]", extra=""):
     ("name: s\nfactors: {sampling: [hard]}\nseeds: [-1]\n", ["seeds", "0..4294967295", "-1"]),
     (_study(extra="presets: {smoke: {seeds: [1, 1]}}\n"), ["presets.smoke.seeds", "duplicate seeds"]),
     (_study(extra="presets: {smoke: {seeds: [4294967296]}}\n"), ["presets.smoke.seeds", "0..4294967295"]),
-    ("name: s\nfinding: sampling\nfactors: {labels: [online, offline], sampling: [semi-hard, hard]}\nseeds: [0]\n",
-     ["finding", "crosses labels, sampling", "one factor per study"]),
+    # a finding is a main effect in a crossed study; one of a factor the study does not vary is refused
+    ("name: s\nfinding: labels\nfactors: {sampling: [semi-hard, hard]}\nseeds: [0]\n",
+     ["finding", "factor 'labels', which this study does not vary"]),
     # a metric some level never records: its comparison would pair no seed
     ("name: s\nmetric: nmi\nfactors: {method: [interclr, mocov2]}\nseeds: [0]\n",
      ["metric", "'nmi' is not recorded by level 'mocov2'", "no pseudo-labels", "knn_top1"]),
@@ -91,10 +92,13 @@ def _study(name="s", factor="sampling", levels="[hard]", extra=""):
     (_study(extra="fixed: {warmup_epochs: 2}\n"), ["warmup_epochs", "no epoch", "0..1"]),
     # a finding whose comparisons these levels cannot form
     ("name: s\nfinding: sampling\nfactors: {sampling: [random, hard]}\nseeds: [0]\n",
-     ["finding", "sampling: semi-hard vs sampling: hard", "no level with sampling: semi-hard"]),
+     ["finding", "{sampling: semi-hard} matches no level of factor 'sampling'", "random, hard"]),
     ("name: s\nfinding: boundary\nfactors:\n  boundary:\n    - {label: a, set: {margin: -0.5}}\n"
-     "    - {label: b, set: {margin: -0.25}}\nseeds: [0]\n", ["finding", "no level with margin_type: cosine, margin: 0.0",
-                                                              "margin > 0"]),
+     "    - {label: b, set: {margin: -0.25}}\nseeds: [0]\n", ["finding", "'margin_type' is not a setting this study "
+                                                              "varies", "settings the levels set: margin"]),
+    ("name: s\nfinding: boundary\nfactors:\n  boundary:\n    - {label: a, set: {margin_type: cosine, margin: -0.5}}\n"
+     "    - {label: b, set: {margin_type: cosine, margin: -0.25}}\nseeds: [0]\n",
+     ["finding", "{margin_type: cosine, margin: 0.0} matches no level of factor 'boundary'"]),
 ])
 def test_rejected_at_load(tmp_path, text, words):
     path = _write(tmp_path, text)

@@ -210,13 +210,21 @@ def test_dry_run_prints_cells_and_writes_nothing(tmp_path):
     assert not (tmp_path / "store" / "mlflow.db").exists()
 
 
-def test_the_parent_carries_the_finding_and_the_analysis_reads_it():
+def test_the_parent_carries_the_hypotheses_and_the_analysis_reads_them():
     from types import SimpleNamespace
 
-    from analysis.load import _decision_settings
+    from analysis.hypotheses import Design, from_tags
+    from analysis.load import _plan, empty_study
 
-    tags = load_study(EXPERIMENTS / "sampling.yaml", "cpu").parent_tags()
-    assert tags["finding"] == "sampling" and tags["seeds"] == "0,1,2"
+    study = load_study(EXPERIMENTS / "sampling.yaml", "cpu")
+    tags = study.parent_tags()
+    assert tags["seeds"] == "0,1,2" and "finding" not in tags
     assert tags["levels"] == '["random", "semi-easy", "semi-hard", "hard"]'  # what the analysis lists as missing
+    assert from_tags(tags, "hypotheses") == [{"name": "semi-hard-negatives", "claim": study.hypotheses[0].claim,
+                                              "better": {"sampling": "semi-hard"}, "worse": {"sampling": "hard"}}]
+    assert Design.load(from_tags(tags, "design")) == study.design
+    assert tags["description"] == study.spec.description
     parent = SimpleNamespace(data=SimpleNamespace(tags=tags), info=SimpleNamespace(run_id="p"))
-    assert _decision_settings(parent, "sampling")["finding"] == "sampling"
+    plan = _plan(parent, "sampling", empty_study("sampling", True), None)
+    assert [h.name for h in plan["hypotheses"]] == ["semi-hard-negatives"] and plan["planned_seeds"] == (0, 1, 2)
+    assert plan["design"].levels["sampling"]["semi-hard"] == {"sampling": "semi-hard"}
