@@ -49,12 +49,14 @@ bench: setup $(VENV)/.bench
 bench-gpu: setup
 	cd $(ROOT) && $(PY) -m bench.gpu --time-limit $${TIME_LIMIT:-480} --out bench/RESULTS-gpu.md
 
+# the paper's four one-factor studies (study-all runs them); grid crosses its three factors, scale the method
+# with the training length
 STUDIES := labels sampling boundary final
-.PHONY: $(addprefix study-,$(STUDIES)) study-all figures ui slurm-up mlflow-server
+.PHONY: $(addprefix study-,$(STUDIES) grid scale) study-all figures ui slurm-up mlflow-server
 
 # run one study (PRESET, CLUSTER), then rebuild its tables and figures from the store;
-# UNTIL_DECIDED=1 adds seeds where a comparison is open (MAX_SEEDS, BUDGET_HOURS: its limits)
-$(addprefix study-,$(STUDIES)): study-%: setup
+# UNTIL_DECIDED=1 adds seeds where a hypothesis is open (MAX_SEEDS, BUDGET_HOURS: its limits)
+$(addprefix study-,$(STUDIES) grid scale): study-%: setup
 	@cd $(ROOT) && status=0; \
 	$(PY) -m study run experiments/$*.yaml --preset $(PRESET) --cluster $(CLUSTER) $(if $(filter slurm,$(CLUSTER)),--wait,) \
 		$(if $(UNTIL_DECIDED),--until-decided $(if $(MAX_SEEDS),--max-seeds $(MAX_SEEDS),) \

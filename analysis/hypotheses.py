@@ -485,7 +485,7 @@ def _weights(w: dict[str, float]) -> tuple[tuple[str, float], ...]:
 
 def to_tags(prefix: str, obj) -> dict[str, str]:
     """``obj`` as JSON spread over tags ``<prefix>.0``, ``<prefix>.1``, ... of at most TAG_CHUNK characters."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(obj, separators=(",", ":"))  # key order kept: a factor's levels are in file order
     return {f"{prefix}.{i}": text[j:j + TAG_CHUNK] for i, j in enumerate(range(0, max(len(text), 1), TAG_CHUNK))}
 
 

@@ -7,7 +7,8 @@ no longer built does not linger).
 
 Names on the parent run, per hypothesis ``<name>`` (in file order): tag ``verdict.<name>`` (the
 value of :class:`analysis.stats.Verdict`: holds, contradicted, equivalent, inconclusive, not run)
-and ``verdict_text.<name>`` (its words); with ``each``, ``verdict.<name>[<stratum>]`` too; metrics
+and ``verdict_text.<name>`` (its words); with ``each``, ``verdict.<name>/<stratum>`` too (as
+``labels:online/sampling:hard``); metrics
 ``<name>.diff_mean``, ``<name>.ci_low``, ``<name>.ci_high``, ``<name>.p_value``, ``<name>.n_seeds``,
 ``<name>.cs_low``, ``<name>.cs_high``, ``<name>.tost_p``, ``<name>.mde``, ``<name>.p_holm`` of its
 first part. The first hypothesis is also the headline: tag ``verdict`` and ``hypothesis``. Metrics are
@@ -32,8 +33,15 @@ from .report import VERDICT_RULE, _interval, _num, metric_label, safe_name, stud
 from .tables import spec
 
 ARTIFACT_DIR = "results"
-NOTE_TAG = "mlflow.note.content"  # MLflow's description of a run or an experiment (Markdown)
+NOTE_TAG = "mlflow.note.content"  # MLflow's description of a run or an experiment (Markdown; study.tracking's too)
 _TAG_PREFIXES = ("verdict", "comparison", "cmp", "hypothesis")
+
+
+def tag_safe(text: str) -> str:
+    """``text`` in the characters MLflow allows in a tag key (letters, digits, ``_ - . : /`` and spaces):
+    a stratum ``labels=online, sampling=hard`` becomes ``labels:online/sampling:hard``."""
+    text = text.replace(", ", "/").replace("=", ":")
+    return "".join(ch if ch.isalnum() or ch in "_-.:/ " else "_" for ch in text)
 
 
 def verdict_values(results: Sequence[HypothesisResult]) -> tuple[dict[str, float], dict[str, str]]:
@@ -48,7 +56,7 @@ def verdict_values(results: Sequence[HypothesisResult]) -> tuple[dict[str, float
         tags[f"verdict_text.{h.spec.name}"] = h.text
         if len(h.units) > 1:
             for u in h.units:
-                tags[f"verdict.{h.spec.name}[{u.unit.stratum}]"] = u.verdict.value
+                tags[f"verdict.{h.spec.name}/{tag_safe(u.unit.stratum)}"] = u.verdict.value
         if not h.units or not h.units[0].parts:
             continue
         u, p = h.units[0], h.units[0].parts[0]

@@ -162,10 +162,10 @@ def cost_text(data: StudyData) -> str:
     return out + "."
 
 
-def _interval(lo: float, hi: float, scale: float) -> str:
+def _interval(lo: float, hi: float, scale: float, signed: bool = True) -> str:
     if not (math.isfinite(lo) or math.isfinite(hi)):
         return "(-inf, inf)"
-    return f"[{_num(lo, scale)}, {_num(hi, scale)}]"
+    return f"[{_num(lo, scale, signed)}, {_num(hi, scale, signed)}]"
 
 
 def _pval(p: float) -> str:
@@ -286,7 +286,7 @@ def crossed_lines(data: StudyData, results: Sequence[HypothesisResult], figures:
             for lb in cols:
                 m = means[(la, lb)]
                 cells.append("-" if m.n == 0 else f"{_num(m.mean, scale, signed=False)} "
-                             f"{_interval(m.ci_low, m.ci_high, scale) if math.isfinite(m.ci_low) else ''}".rstrip())
+                             f"{_interval(m.ci_low, m.ci_high, scale, False) if math.isfinite(m.ci_low) else ''}".rstrip())
             out.append(f"| {la} | " + " | ".join(cells) + " |")
         out.append("")
     simple = simple_effects(data, [h.spec for h in results])

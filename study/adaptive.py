@@ -156,7 +156,7 @@ def _spent_hours(tracker: StudyTracker) -> tuple[float, int]:
 def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, run_batch: BatchRunner,
                   tracking_uri: str | None = None) -> int:
     """The loop in the module docstring. ``run_batch(study)`` runs a Study's unfinished cells
-    (the real runner, or a fake in tests). Returns 0 when every comparison is decided or at a
+    (the real runner, or a fake in tests). Returns 0 when every hypothesis is decided or at a
     limit (seeds, budget), 1 when failed cells stop it."""
     study = load_study(path, preset, sets)
     check_study(study, limits.max_seeds)
@@ -169,7 +169,7 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
         for key, value in {**study.parent_tags(), **limit_tags}.items():
             tracker.client.set_tag(parent, key, value)
         print(f"[{study.name}] until decided: the study's {len(base)} seeds first, then {limits.batch} seeds per "
-              f"look on the levels of open comparisons, at most {limits.max_seeds} seeds"
+              f"look on the levels of open hypotheses (every level of a crossed study), at most {limits.max_seeds} seeds"
               + (f", budget {limits.budget_hours:g} cell-hours" if limits.budget_hours else ""), flush=True)
         return _loop(study, tracker, path, preset=preset, sets=sets, limits=limits, run_batch=run_batch, base=base)
     except StudyInterrupted as sig:  # at a safe point outside a batch (a batch's runner handles its own)

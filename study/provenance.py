@@ -41,6 +41,12 @@ def study_link(experiment_id: str, base_url: str = DEFAULT_UI) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?{UI_QUERY}"
 
 
+def run_link(experiment_id: str, run_id: str, base_url: str = DEFAULT_UI) -> str:
+    """A run's page in the MLflow UI (the parent run's: the study's conclusion in its description), in the
+    model-training view like :func:`study_link` (the experiment's kind tag makes it the default too)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_QUERY}"
+
+
 def ui_base(tracking_uri: str, port: int | str = 5000) -> str:
     """The UI's address for a store: the server itself for an http(s) store, else ``make ui``'s."""
     if tracking_uri.startswith(("http://", "https://")):

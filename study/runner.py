@@ -18,7 +18,7 @@ from study.errors import UserError
 from study.interrupt import StudyInterrupted
 from study.resume import abandoned, interrupted_exit, rerun_command, summarise  # noqa: F401 (re-exported)
 from study.paths import ray_storage, run_root  # noqa: F401 (the launchers take them from here)
-from study.provenance import short_commit, study_link, ui_base
+from study.provenance import run_link, short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
 from study.tracking import (FAILED, FINISHED, KILLED, RUNNING, StudyTracker, check_same_study, store_exists, store_lock,
                             tracking_uri)
@@ -143,8 +143,11 @@ def _claim_and_execute(study: Study, *, rerun_failed: bool, backend: Backend, ex
         tracker.reconcile()
         tracker.parent_id = tracker.parent_run_id(study.parent_params(), study.path)
     interrupt.check()
+    have = tracker.client.get_run(tracker.parent_id).data.tags
     for key, value in study.parent_tags().items():
-        tracker.client.set_tag(tracker.parent_id, key, value)
+        if have.get(key) != value:
+            tracker.client.set_tag(tracker.parent_id, key, value)
+    tracker.describe_experiment(study.spec.description)
     tracker.repair(study.cells)
     interrupt.check()
     from study.reuse import link_finished_cells
@@ -182,8 +185,10 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
     tracker.finish_parent(parent_id, FINISHED if all_done else FAILED)
     print(f"[{study.name}] finished {counts[FINISHED]}/{len(study.cells)}, failed {counts[FAILED]}, "
           f"missing {counts['missing'] + counts[KILLED]}; {cost_text(cost)}", flush=True)
-    print(f"[{study.name}] runs in the MLflow UI (make ui): "
-          f"{study_link(tracker.experiment_id, ui_base(tracker.uri))}", flush=True)
+    base = ui_base(tracker.uri)
+    print(f"[{study.name}] runs in the MLflow UI (make ui): {study_link(tracker.experiment_id, base)}; the "
+          f"study's parent run (its hypotheses and verdicts, once analysed): "
+          f"{run_link(tracker.experiment_id, parent_id, base)}", flush=True)
     return 0 if all_done else 1
 
 

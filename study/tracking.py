@@ -37,6 +37,11 @@ from study.paths import REPO_ROOT, artifact_root, default_tracking_uri  # noqa: 
 
 # MLflow run statuses
 FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
+# MLflow's description of an experiment or a run (Markdown on its page in the UI)
+NOTE_TAG = "mlflow.note.content"
+# a study's experiment opens in the UI's model-training view, not MLflow 3's GenAI view (which it would
+# otherwise infer for a parent run's page): MLflow's experiment kind
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri() -> str:
@@ -232,7 +237,8 @@ class StudyTracker:
                 # --artifacts-destination); a file store gets STUDY_ARTIFACT_ROOT
                 location = (None if self.uri.startswith(("http://", "https://"))
                             else (artifact_root() / study_name).as_uri())
-                self.experiment_id = self.client.create_experiment(study_name, artifact_location=location)
+                self.experiment_id = self.client.create_experiment(study_name, artifact_location=location,
+                                                                   tags=EXPERIMENT_TAGS)
             else:
                 self.experiment_id = exp.experiment_id if exp is not None else None
         self._open: dict[str, CellRun] = {}
@@ -370,6 +376,13 @@ class StudyTracker:
 
     def _has_artifact(self, run_id: str, name: str) -> bool:
         return any(a.path == name for a in self.client.list_artifacts(run_id))
+
+    def describe_experiment(self, description: str) -> None:
+        """The experiment's description (the study file's) and kind, where they differ from the store's."""
+        exp = self.client.get_experiment(self.experiment_id)
+        for key, value in {**EXPERIMENT_TAGS, **({NOTE_TAG: description} if description else {})}.items():
+            if exp.tags.get(key) != value:
+                self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def finish_parent(self, run_id: str, status: str = FINISHED) -> None:
         self.client.set_terminated(run_id, status=status)

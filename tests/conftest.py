@@ -77,6 +77,9 @@ fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, ep
 factors:
   sampling: [semi-hard, hard]
 seeds: {seeds}
+hypotheses:
+  - {{name: semi-hard-negatives, claim: semi-hard negatives beat hard ones, better: {{sampling: semi-hard}},
+     worse: {{sampling: hard}}}}
 presets:
   smoke: {{resources: {{cpus: 1}}, max_failures: 1}}
 """

@@ -27,6 +27,9 @@ factors:
   sampling: [random, semi-hard, hard]
 seeds: {seeds}
 equivalence_delta: 0.005
+hypotheses:
+  - {{name: semi-hard-negatives, claim: semi-hard beats hard, better: {{sampling: semi-hard}},
+     worse: {{sampling: hard}}}}
 presets:
   smoke: {{resources: {{cpus: 1}}}}
 """
@@ -91,15 +94,17 @@ def _seeds(tmp_path, name="adapt"):
     return {k: sorted(v) for k, v in out.items()}
 
 
-def test_plan_adds_seeds_only_to_open_comparisons():
+def test_plan_adds_seeds_only_to_open_hypotheses():
     from types import SimpleNamespace as R
 
-    open_, closed = (R(open=True, seeds=(0, 1, 2), better="a", worse="b"),
-                     R(open=False, seeds=(0, 1, 2), better="a", worse="c"))
+    open_, closed = (R(open=True, n=3, unit=R(levels=("a", "b"))), R(open=False, n=3, unit=R(levels=("a", "c"))))
     assert adaptive.plan_next([open_, closed], [0, 1, 2], _limits()) == {"a": [0, 1, 2, 3, 4], "b": [0, 1, 2, 3, 4]}
     assert adaptive.plan_next([closed], [0, 1, 2], _limits()) == {}
-    at_limit = R(open=True, seeds=tuple(range(5)), better="a", worse="b")
+    at_limit = R(open=True, n=5, unit=R(levels=("a", "b")))
     assert adaptive.plan_next([at_limit], [0, 1, 2], _limits(5)) == {}
+    # a crossed study: every cell of the grid gets the seeds an open unit asks for (complete blocks)
+    grid = ["x / p", "x / q", "y / p", "y / q"]
+    assert adaptive.plan_next([open_], [0, 1, 2], _limits(), all_levels=grid) == {lv: [0, 1, 2, 3, 4] for lv in grid}
     assert adaptive.seed_sequence([5, 2, 9], 5) == [5, 2, 9, 10, 11]
 
 
@@ -108,26 +113,27 @@ def test_a_clear_difference_is_decided_and_only_its_levels_get_seeds(store, caps
     fake = FakeTrial({"semi-hard": 0.01}, sd=0.005 / np.sqrt(2))
     rc = adaptive.until_decided(str(_write(store)), preset="smoke", sets=None, limits=_limits(), run_batch=fake)
     out = capsys.readouterr().out
-    assert rc == 0 and "every comparison decided" in out, out
+    assert rc == 0 and "every hypothesis decided" in out, out
     seeds = _seeds(store)
     assert seeds["random"] == [0, 1, 2]  # not in the finding's comparison: never more seeds
     assert seeds["semi-hard"] == seeds["hard"]
     n = len(seeds["hard"])
     assert n in (5, 7, 9, 11) and seeds["hard"] == list(range(n))  # 3, then 2 per look
     assert len(fake.trained) == len(set(fake.trained)) == 3 + 2 * n
-    assert "semi-hard - hard: mean +" in out and ": holds" in out
+    assert "semi-hard - hard (knn_top1): mean +" in out and ": holds" in out
     # the parent says how the study was decided; the report decides it the same way
     study = load_study(store / "adapt.yaml", "smoke")
     tracker = StudyTracker(study.name, tracking_uri())
-    results, data = adaptive.evaluate(study, tracker)
-    assert data.stopping == "sequential" and results[0].verdict == "holds" and results[0].cs_low > 0
+    units, results = adaptive.evaluate(study, tracker)
+    assert units[0].rule == "sequential" and units[0].verdict.value == "holds" and units[0].parts[0].cs_low > 0
+    assert 2 <= units[0].decided_at <= n  # the first prefix whose running interval decides (a look, or before)
     # the command to resume runs the loop again, with its limits (the parent's tags)
     from study.runner import rerun_command
 
     assert rerun_command(study, tracker=tracker).endswith("--preset smoke --until-decided --max-seeds 20")
     # the same study with a --set is another config: none of these cells decides it
     other, _ = adaptive.evaluate(load_study(store / "adapt.yaml", "smoke", {"lr": 0.1}), tracker, {"lr": 0.1})
-    assert all(not r.seeds and r.verdict.startswith("inconclusive") for r in other), other
+    assert all(u.n == 0 and u.verdict.value == "inconclusive" for u in other), other
     from analysis.load import load_study as load_data
 
     data = load_data("adapt")
@@ -149,7 +155,7 @@ def test_stops_at_the_seed_limit_and_says_what_is_left(store, capsys):
     # status shows the comparison's interval and what --until-decided runs next
     study = load_study(path, "smoke")
     lines = adaptive.status_lines(study, StudyTracker("adapt", create=False))
-    assert any("semi-hard - hard" in ln and "anytime-valid 95% interval" in ln and "to run: semi-hard seeds 5, 6"
+    assert any("semi-hard - hard" in ln and "anytime-valid 95.0% interval" in ln and "to run: semi-hard seeds 5, 6"
                in ln for ln in lines), lines
     # ... and lists every cell the store holds: 3 levels x seeds 0-2, and semi-hard, hard at seeds 3, 4
     from study.runner import study_status
@@ -198,7 +204,7 @@ def test_until_decided_through_tune(tmp_path):
     res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke", "--until-decided",
                           "--max-seeds", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr  # 2 seeds cannot decide: stopped at the limit
-    assert "at 2 seeds" in res.stdout and "anytime-valid 95% interval" in res.stdout
+    assert "at 2 seeds" in res.stdout and "anytime-valid 95.0% interval" in res.stdout
     assert _seeds(tmp_path, "tuned") == {"random": [0], "semi-hard": [0, 1], "hard": [0, 1]}
     status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=120)
@@ -238,14 +244,16 @@ def test_a_level_without_the_metric_stops_the_loop_instead_of_spinning(store, ca
     real = adaptive.evaluate
 
     def no_pairs(*args, **kwargs):
-        results, data = real(*args, **kwargs)
-        return [replace(r, seeds=(), verdict="inconclusive at n=0 seeds") for r in results], data
+        from analysis.stats import Verdict
+
+        units, results = real(*args, **kwargs)
+        return [replace(u, n=0, verdict=Verdict.INCONCLUSIVE) for u in units], results
 
     monkeypatch.setattr(adaptive, "evaluate", no_pairs)
     fake = FakeTrial({"semi-hard": 0.01}, sd=0.001)
     rc = adaptive.until_decided(str(_write(store)), preset="smoke", sets=None, limits=_limits(), run_batch=fake)
     out = capsys.readouterr().out
-    assert rc == 1 and "stopped: the open comparisons' cells have all finished" in out, out
+    assert rc == 1 and "stopped: the open hypotheses' cells have all finished" in out, out
     assert len(fake.trained) == 9  # the study's cells, once; no look ran another batch
 
 
@@ -256,7 +264,7 @@ def test_until_decided_refuses_what_it_cannot_decide_even_in_a_dry_run(tmp_path,
         monkeypatch.setenv(key, value)
     plain = tmp_path / "plain.yaml"
     plain.write_text("name: plain\nfactors: {temperature: [0.1, 0.2]}\nseeds: [0, 1, 2]\n")
-    cases = ((plain, [], "--until-decided", "varies no factor of the paper's findings"),
+    cases = ((plain, [], "--until-decided", "states no hypothesis"),
              (_write(tmp_path), ["--max-seeds", "2"], "--max-seeds", "at least the study's 3 seeds"))
     for path, extra, flag, words in cases:
         assert main(["run", str(path), "--preset", "smoke", "--until-decided", "--dry-run", *extra]) == 2

@@ -140,12 +140,18 @@ def test_parent_holds_the_outcome_once(study):
     assert f"({NAME}/knn_convergence.png)" in section
     run = client.get_run(rid)
     tags, metrics = run.data.tags, run.data.metrics
-    assert tags["verdict"].startswith(("holds", "contradicted", "inconclusive", "equivalent"))
-    assert tags["comparison"] == "semi-hard - hard on knn_top1" and tags["cmp1"] == tags["comparison"]
-    assert tags["verdict.sampling"] == tags["verdict"]
+    name = "semi-hard-negatives"  # the smoke study's hypothesis (tests/conftest.py)
+    assert tags["verdict"] in ("holds", "contradicted", "inconclusive", "equivalent", "not run")
+    assert tags["hypothesis"] == name and tags[f"verdict.{name}"] == tags["verdict"]
+    assert tags[f"verdict_text.{name}"] == "inconclusive at n=1 seed"
     # one paired seed: the mean is defined, the interval is not (and is not logged)
-    assert metrics["n_seeds"] == 1 and "diff_mean" in metrics and metrics["cmp1.diff_mean"] == metrics["diff_mean"]
-    assert "ci_low" not in metrics
+    assert metrics[f"{name}.n_seeds"] == 1 and f"{name}.diff_mean" in metrics
+    assert f"{name}.ci_low" not in metrics
+    # the conclusion on the page the UI opens: the parent's description, and the experiment's
+    note = tags["mlflow.note.content"]
+    assert f"**{name}**: semi-hard negatives beat hard ones. Verdict: **inconclusive at n=1 seed**" in note, note
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     report = (study["out"] / "REPORT.md").read_text()
     assert "Code: commit `" in report and "Compute: " in report
 
@@ -204,6 +210,12 @@ def test_study_link_opens_on_its_runs(study, tmp_path):
         tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
         children = {t["mlflow.runName"] for t in tags if t.get("mlflow.parentRunId") == study["parent"].info.run_id}
         assert children == {r.info.run_name for r in study["cells"]} and len(children) == 2
+        # the parent run's page (the link the runner prints) opens in the model-training view, on its description
+        run_page = f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs/{study['parent'].info.run_id}" \
+                   "?workflowType=machine_learning"
+        assert "/#/" + run_page.split("/#/", 1)[1] in study["stdout"]  # printed for make ui's port
+        dom = _browser("--virtual-time-budget=20000", "--dump-dom", run_page).stdout
+        assert "Model training" in dom and "semi-hard-negatives" in dom, dom[-3000:]
         shot = tmp_path / "mlflow_ui.png"
         _browser("--virtual-time-budget=20000", f"--screenshot={shot}", link)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
