@@ -238,8 +238,8 @@ def hypothesis_lines(h: HypothesisResult) -> list[str]:
     for u in h.units:
         if len(h.units) > 1:
             out += [f"Stratum {u.unit.stratum}: **{u.text}**" + _decided(u), ""]
-        elif u.decided_at is not None or math.isfinite(u.p_adjusted):
-            out += [_decided(u).lstrip("; ").capitalize() + ".", ""]
+        elif u.rule == "sequential" or math.isfinite(u.p_adjusted):
+            out += [("Sequential rule: " if u.rule == "sequential" else "") + _decided(u).lstrip("; ") + ".", ""]
         for p in u.parts:
             out += _part_lines(p, u)
         out.append("")

@@ -356,6 +356,15 @@ def _format_validation(err: ValidationError) -> tuple[str, str]:
     """
     errors = err.errors()
     first = errors[0]
+    if tuple(first.get("loc", ()))[:1] == ("hypotheses",):
+        # a hypothesis's keys are unions too (a selection or a list of them, a metric or a list): name the
+        # member that fits what was written (a type error only when no member's own check speaks), and drop
+        # pydantic's member tags (``literal[...]``, ``list[...]``) from the key's place
+        where = tuple(first["loc"])[:2]
+        mine = [e for e in errors if tuple(e["loc"])[:2] == where]
+        mine.sort(key=lambda e: (e["type"] in ("list_type", "dict_type", "model_type"), -len(e["loc"])))
+        first = dict(mine[0], loc=tuple(part for part in mine[0]["loc"]
+                                        if not (isinstance(part, str) and ("[" in part or part in _LEVEL_UNION))))
     loc = tuple(first.get("loc", ()))
     cut = next((n for n, part in enumerate(loc) if loc[:1] == ("factors",) and part in _LEVEL_UNION), None)
     if cut is not None:

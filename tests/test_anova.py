@@ -1,0 +1,131 @@
+"""A crossed study's statistics (analysis.anova, analysis.evaluate) on a tiny 2 x 2 x 3-seed array by hand,
+against statsmodels' own repeated-measures ANOVA, and the trend's slope and interval by hand.
+
+The array (A, B two factors, three seeds):
+
+    a0 b0: 1, 2, 3     a0 b1: 2, 3, 7
+    a1 b0: 4, 6, 5     a1 b1: 8, 9, 10
+
+grand mean 5; cell means 2, 4, 5, 9; A means 3, 7; B means 3.5, 6.5; seed means 3.75, 5, 6.25.
+SS_A = 6 (2^2 + 2^2) = 48, SS_B = 6 (1.5^2 + 1.5^2) = 27, SS_cells = 3 (9 + 1 + 0 + 16) = 78,
+SS_AB = 78 - 48 - 27 = 3, SS_seed = 4 (1.25^2 + 0 + 1.25^2) = 12.5, SS_total = 98,
+SS_residual = 98 - 48 - 27 - 3 - 12.5 = 7.5 on (3 - 1)(4 - 1) = 6 df, MS 1.25:
+F_A = 38.4, F_B = 21.6, F_AB = 2.4, F_seed = 6.25 / 1.25 = 5; partial eta^2 = SS / (SS + 7.5).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from analysis.anova import anova, blocks, cell_means, simple_effects
+from analysis.hypotheses import Design, HypothesisSpec
+from analysis.load import CELL_COLUMNS, empty_study
+
+Y = {("a0", "b0"): [1, 2, 3], ("a0", "b1"): [2, 3, 7], ("a1", "b0"): [4, 6, 5], ("a1", "b1"): [8, 9, 10]}
+DESIGN = Design(("A", "B"), {"A": {"a0": {"A": "a0"}, "a1": {"A": "a1"}}, "B": {"b0": {"B": "b0"}, "b1": {"B": "b1"}}})
+
+
+def _cells(values=Y, metric="knn_top1"):
+    rows = [{"level": f"{a} / {b}", "seed": s, metric: float(v[s]), "seconds": 1.0, "reused_from": ""}
+            for (a, b), v in values.items() for s in range(len(v))]
+    df = pd.DataFrame(rows)
+    for col, kind in CELL_COLUMNS.items():
+        if col not in df:
+            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
+    return df
+
+
+def _data(cells, hypotheses=(), design=DESIGN):
+    return replace(empty_study("grid", True), factors=design.factors, cells=cells, design=design,
+                   hypotheses=tuple(HypothesisSpec.model_validate(h) for h in hypotheses),
+                   levels=tuple(Design.name(c) for c in design.cells()))
+
+
+def test_anova_by_hand():
+    frame = blocks(_cells(), DESIGN, "knn_top1")
+    assert len(frame) == 12 and list(frame.columns) == ["seed", "A", "B", "y"]
+    rows = {r.source: r for r in anova(frame, DESIGN.factors)}
+    assert list(rows) == ["seed (block)", "A", "B", "A × B", "residual"]
+    for source, ss, df, f in (("A", 48, 1, 38.4), ("B", 27, 1, 21.6), ("A × B", 3, 1, 2.4), ("seed (block)", 12.5, 2, 5)):
+        r = rows[source]
+        assert (r.ss, r.df, r.f) == pytest.approx((ss, df, f)), source
+        assert r.eta_p2 == pytest.approx(ss / (ss + 7.5)), source
+        assert r.p == pytest.approx(sps.f.sf(f, df, 6)), source
+    assert (rows["residual"].ss, rows["residual"].df) == pytest.approx((7.5, 6))
+
+
+def test_cell_means_and_complete_blocks():
+    means = cell_means(blocks(_cells(), DESIGN, "knn_top1"), "A", "B", DESIGN)
+    assert {k: m.mean for k, m in means.items()} == pytest.approx(
+        {("a0", "b0"): 2, ("a0", "b1"): 4, ("a1", "b0"): 5, ("a1", "b1"): 9})
+    half = sps.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # a0 b0: 1, 2, 3 -> sd 1
+    assert (means[("a0", "b0")].ci_low, means[("a0", "b0")].ci_high) == pytest.approx((2 - half, 2 + half))
+    # a seed missing one cell is not a complete block
+    partial = {k: v + ([11] if k != ("a1", "b1") else []) for k, v in Y.items()}
+    assert sorted(set(blocks(_cells(partial), DESIGN, "knn_top1")["seed"])) == [0, 1, 2]
+
+
+def test_main_effects_and_interaction_as_hypotheses_match_statsmodels_repeated_measures_anova():
+    """Each 2-level effect's per-seed contrast (the hypotheses' rule: the seed's own error term) squares to
+    the F of statsmodels' AnovaRM, which tests each effect against its interaction with the seed."""
+    from statsmodels.stats.anova import AnovaRM
+
+    from analysis.evaluate import evaluate_study
+
+    hyps = [{"name": "a", "claim": "a1 beats a0", "better": {"A": "a1"}, "worse": {"A": "a0"}},
+            {"name": "b", "claim": "b1 beats b0", "better": {"B": "b1"}, "worse": {"B": "b0"}},
+            {"name": "ab", "claim": "b's effect grows with A", "better": {"B": "b1"}, "worse": {"B": "b0"},
+             "trend": {"setting": "A", "order": ["a0", "a1"]}}]
+    results = {h.spec.name: h.units[0].parts[0] for h in evaluate_study(_data(_cells(), hyps))}
+    # by hand: A contrast per seed (a1 - a0, B averaged): 4.5, 5, 2.5 -> mean 4
+    assert list(results["a"].comparison.diffs) == pytest.approx([4.5, 5.0, 2.5])
+    # interaction per seed: (a1b1 - a1b0) - (a0b1 - a0b0) = 4 - 1, 3 - 1, 5 - 4 = 3, 2, 1
+    assert list(results["ab"].comparison.diffs) == pytest.approx([3.0, 2.0, 1.0])
+    frame = blocks(_cells(), DESIGN, "knn_top1")
+    rm = AnovaRM(frame, "y", "seed", within=["A", "B"]).fit().anova_table
+    for name, source in (("a", "A"), ("b", "B"), ("ab", "A:B")):
+        assert results[name].comparison.t_stat ** 2 == pytest.approx(rm.loc[source, "F Value"]), name
+        assert results[name].comparison.p_value == pytest.approx(rm.loc[source, "Pr > F"]), name
+
+
+def test_simple_effects_by_hand_with_holm():
+    hyps = [{"name": "b", "claim": "b1 beats b0", "better": {"B": "b1"}, "worse": {"B": "b0"}}]
+    effects = simple_effects(_data(_cells(), hyps), [HypothesisSpec.model_validate(h) for h in hyps])
+    assert [e.stratum for e in effects] == ["A=a0", "A=a1"]
+    # within a0: 1, 1, 4 (mean 2); within a1: 4, 3, 5 (mean 4)
+    assert [list(e.part.comparison.diffs) for e in effects] == [pytest.approx([1, 1, 4]), pytest.approx([4, 3, 5])]
+    p = [e.part.comparison.p_value for e in effects]
+    low, high = sorted(p)
+    assert sorted(e.p_holm for e in effects) == pytest.approx(sorted([2 * low, max(2 * low, high)]))
+
+
+def test_the_trend_slope_and_interval_by_hand():
+    """x = 0, 1, 3 (mean 4/3, Sxx = 14/3); per seed y = (1, 2, 4), (0, 2, 3), (2, 2, 6) -> slopes 1, 13/14,
+    20/14 (Sxy / Sxx); mean 47/42, its 95% t-interval over the three seeds."""
+    from analysis.evaluate import evaluate_study
+
+    design = Design(("x",), {"x": {"0": {"x": 0}, "1": {"x": 1}, "3": {"x": 3}}})
+    values = {("0",): [1, 0, 2], ("1",): [2, 2, 2], ("3",): [4, 3, 6]}
+    rows = [{"level": lv[0], "seed": s, "knn_top1": float(v[s]), "seconds": 1.0, "reused_from": ""}
+            for lv, v in values.items() for s in range(3)]
+    df = pd.DataFrame(rows)
+    for col, kind in CELL_COLUMNS.items():
+        if col not in df:
+            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
+    hyp = [{"name": "t", "claim": "the higher x, the better", "trend": {"setting": "x", "better": "higher"}}]
+    (h,) = evaluate_study(_data(df, hyp, design))
+    p = h.units[0].parts[0]
+    slopes = [1.0, 13 / 14, 20 / 14]
+    assert list(p.comparison.diffs) == pytest.approx(slopes)
+    mean, sd = 47 / 42, float(np.std(slopes, ddof=1))
+    half = sps.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert (p.comparison.mean_diff, p.comparison.ci_low, p.comparison.ci_high) == pytest.approx(
+        (mean, mean - half, mean + half))
+    assert h.verdict.value == "holds"
+    # the adjacent steps: 1 - 0 (per seed 1, 2, 0) and 3 - 1 (2, 1, 4)
+    assert [list(s.comparison.diffs) for s in p.steps] == [pytest.approx([1, 2, 0]), pytest.approx([2, 1, 4])]
