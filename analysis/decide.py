@@ -19,7 +19,13 @@ from well-kept libraries:
 The sequential part, :func:`confidence_sequence`, is our own closed form (no
 maintained library fits: ``confseq`` was last released in 2023 and needs a C++
 build, ``expectation`` needs Python >= 3.12, ``savvi`` is a one-author package
-that pulls in cvxpy): the t-mixture confidence sequence for the mean of
+that pulls in cvxpy, and ``avinf``, the authors' implementation of Lindon et
+al. below on statsmodels, has one release, 1.0.0, which needs Python >= 3.12;
+this toolkit runs on 3.11). A study's hypotheses of every kind are decided by it:
+each is a contrast with one value per seed (analysis.hypotheses), so the
+intercept-only case of Lindon et al.'s anytime-valid linear model is all they
+need; the crossed study's ANOVA F-tests (analysis.anova) are reported at fixed
+seeds only, not used to stop: the t-mixture confidence sequence for the mean of
 Gaussian observations with unknown variance. Source: T. L. Lai (1976), "On
 confidence sequences", Ann. Statist. 4(2), 265-280, the invariant mixture
 over the standardised effect; in the form of M. Lindon, D. Ham, M. Tingley,

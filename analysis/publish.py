@@ -34,7 +34,10 @@ from .tables import spec
 
 ARTIFACT_DIR = "results"
 NOTE_TAG = "mlflow.note.content"  # MLflow's description of a run or an experiment (Markdown; study.tracking's too)
-_TAG_PREFIXES = ("verdict", "comparison", "cmp", "hypothesis")
+# tags the analysis owns on the parent run (``comparison`` and ``cmp<j>``: a store's from before hypotheses);
+# not the runner's ``hypotheses.<i>``
+_TAG_PREFIXES = ("verdict", "comparison", "cmp")
+_TAGS = ("hypothesis",)
 
 
 def tag_safe(text: str) -> str:
@@ -124,7 +127,8 @@ def publish(client, data: StudyData, results: Sequence[HypothesisResult], files:
     metrics, tags = verdict_values(results)
     note = description(data, results)
     tags[NOTE_TAG] = note if len(note) <= 5000 else note[:4900] + "\n\n(cut here: the whole text is REPORT.md)"
-    stale = [k for k in client.get_run(run_id).data.tags if k.startswith(_TAG_PREFIXES) and k not in tags]
+    stale = [k for k in client.get_run(run_id).data.tags
+             if (k.startswith(_TAG_PREFIXES) or k in _TAGS) and k not in tags]
     for key in stale:  # e.g. a comparison the study no longer has
         client.delete_tag(run_id, key)
     now = int(time.time() * 1000)

@@ -64,8 +64,9 @@ def test_conditional_keys():
 
 def test_study_all_trains_fewer_cells():
     """The final recipe (online, semi-hard, cosine -0.5) appears in four studies: one id now."""
-    studies = [load_study(f, "cpu") for f in sorted(glob.glob("experiments/*.yaml"))]
-    assert {s.name for s in studies} == {"labels", "sampling", "boundary", "final"}
+    every = {s.name: s for s in (load_study(f, "cpu") for f in sorted(glob.glob("experiments/*.yaml")))}
+    assert set(every) == {"labels", "sampling", "boundary", "final", "grid", "scale"}
+    studies = [every[n] for n in ("labels", "sampling", "boundary", "final")]
     total = sum(len(s.cells) for s in studies)
     distinct = {c.cell_id for s in studies for c in s.cells}
     assert (total, len(distinct)) == (42, 33)
@@ -73,6 +74,14 @@ def test_study_all_trains_fewer_cells():
               if c.config.method == "interclr" and c.config.labels == "online" and c.config.sampling == "semi-hard"
               and c.config.margin_type == "cosine" and c.config.margin == -0.5}
     assert len(recipe) == 3  # one per seed, shared by all four studies
+    # the crossed studies link half their base cells from the four: the grid its online / semi-hard / cosine -0.5
+    # (every study's recipe), online / hard (sampling's), online / semi-hard / cosine 0 (boundary's) and
+    # offline / semi-hard / cosine -0.5 (labels'); scale its 5-epoch cells (final's)
+    for name, shared in (("grid", {"offline / semi-hard / cosine -0.5", "online / hard / cosine -0.5",
+                                   "online / semi-hard / cosine -0.5", "online / semi-hard / cosine 0"}),
+                         ("scale", {"InterCLR / 5", "MoCo v2 / 5"})):
+        linked = {c.level for c in every[name].cells if c.cell_id in distinct}
+        assert linked == shared, (name, linked)
 
 
 # --------------------------------------------------------------------------- linking through the runner
