@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cluster.slurm_job import StudyJob
 from cluster.slurm_options import check_options, executor_parameters, resolve_for_study, slurm_log_root
+from study import interrupt
 from study.errors import UserError
 from study.tracking import REPO_ROOT, artifact_root, tracking_uri
 
@@ -179,9 +180,10 @@ def follow_job(job_id: str, result_path: Path, log: Path, study, poll: float | N
                 if time.time() - ended_at > 15:  # no result written: cancelled, failed or killed
                     break
             time.sleep(poll)
-    except KeyboardInterrupt:
+            interrupt.check()  # a safe point: Ctrl-C stops the following, not the job
+    except (KeyboardInterrupt, interrupt.StudyInterrupted) as err:
         print(f"\nstopped following job {job_id}; it goes on (scancel {job_id} to stop it)", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_code", 130)
     outcome = None
     if result_path.exists():
         try:

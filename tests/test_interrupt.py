@@ -545,3 +545,27 @@ def test_a_signal_stops_the_analysis_with_one_line(tmp_path, monkeypatch, capsys
     assert signal.getsignal(sig) is before
     err = capsys.readouterr().err
     assert f"analysis: stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err, err
+
+
+def test_ctrl_c_while_following_a_slurm_job_stops_the_following_not_the_job(tmp_path, monkeypatch, capsys):
+    """``run --cluster slurm --wait`` runs in the driver thread too: a signal stops the following at its next
+    poll, with the job left running (no KeyboardInterrupt reaches that thread any more)."""
+    from types import SimpleNamespace
+
+    import cluster.slurm_submit as sub
+    from study import interrupt
+
+    polls = []
+
+    def state(job_id):
+        polls.append(job_id)
+        if len(polls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return "RUNNING"
+
+    monkeypatch.setattr(sub, "job_state", state)
+    monkeypatch.setattr(sub, "_store_counts", lambda study: None)
+    study = SimpleNamespace(name="s", cells=[1, 2])
+    code = interrupt.drive(sub.follow_job, "42", tmp_path / "result.pkl", tmp_path / "log", study, poll=0.05)
+    assert code == 130 and len(polls) == 2
+    assert "stopped following job 42; it goes on (scancel 42 to stop it)" in capsys.readouterr().err
