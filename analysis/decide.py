@@ -184,6 +184,14 @@ def cs_halfwidth(n, sd, alpha: float = ALPHA, rho: float = CS_RHO):
     return np.where((gap > 0) & (n >= 2), h, np.inf)
 
 
+def first_finite_n(alpha: float = ALPHA, rho: float = CS_RHO, limit: int = 10_000) -> int:
+    """The fewest seeds at which the t-mixture sequence at level ``alpha`` is no longer the whole line (before
+    it no interval can decide anything, whatever the data)."""
+    n = np.arange(2, limit + 1)
+    finite = np.isfinite(cs_halfwidth(n, np.ones_like(n, dtype=float), alpha, rho))
+    return int(n[finite.argmax()]) if finite.any() else limit
+
+
 def confidence_sequence(d: Sequence[float], alpha: float = ALPHA, rho: float = CS_RHO) -> tuple[float, float]:
     """The anytime-valid (1 - alpha) interval for the mean of the paired differences ``d``
     (see the module docstring); (-inf, inf) while it is the whole line."""

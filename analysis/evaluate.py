@@ -249,7 +249,7 @@ def describe(p: PartResult, unit: UnitResult | None = None) -> str:
     """One line a person can read: estimate, interval, p-value, n, and what else decides."""
     c = p.comparison
     scale, unit_s = part_scale(p)
-    per = f" per unit of {p.part.label.split(' on ', 1)[1].split(',')[0]}" if p.part.shape == "slope" else ""
+    per = f" {p.part.per}" if p.part.per else ""
     if c.n == 0:
         return f"{p.label}: no seed has every cell it compares"
     d = f"{c.mean_diff * scale:+.2f}{unit_s}{per}"
@@ -271,15 +271,16 @@ def decision_details(p: PartResult, unit: UnitResult | None = None) -> list[str]
     level = 1 - (unit.cs_alpha if unit is not None else ALPHA)
     out = []
     cs = (f"[{_amount(p.cs_low, scale, '', True)}, {_amount(p.cs_high, scale, '', True)}]"
-          if math.isfinite(p.cs_low) or math.isfinite(p.cs_high) else "the whole line")
+          if math.isfinite(p.cs_low) or math.isfinite(p.cs_high) else "(-inf, +inf) (too few seeds to bound it)")
     decides = unit is not None and unit.rule == "sequential"
     out.append(f"anytime-valid {level:.1%} interval {cs}" + (" (decides)" if decides else ""))
+    per = f" {p.part.per}" if p.part.per else ""
     if math.isfinite(p.tost_p) and math.isfinite(delta):
-        out.append(f"TOST p={p.tost_p:.3g} for ±{_amount(delta, scale, unit_s)}")
+        out.append(f"TOST p={p.tost_p:.3g} for ±{_amount(delta, scale, unit_s)}{per}")
     if math.isfinite(p.mde):
         need = f"{p.seeds_for_delta} seeds" if p.seeds_for_delta is not None else "undefined"
-        out.append(f"MDE at n={c.n}: {_amount(p.mde, scale, unit_s)} (80% power)"
-                   + (f"; to detect ±{_amount(delta, scale, unit_s)}: {need}" if math.isfinite(delta) else ""))
+        out.append(f"MDE at n={c.n}: {_amount(p.mde, scale, unit_s)}{per} (80% power)"
+                   + (f"; to detect ±{_amount(delta, scale, unit_s)}{per}: {need}" if math.isfinite(delta) else ""))
     if math.isfinite(p.improvement.p):
         imp = p.improvement
         out.append(f"P(d > 0) = {imp.p:.2f} [{imp.ci_low:.2f}, {imp.ci_high:.2f}]")

@@ -88,7 +88,7 @@ class HypothesisSpec(BaseModel):
     equivalent: Optional[list[Selector]] = None
     trend: Optional[TrendSpec] = None
     metric: Optional[Union[MetricName, list[MetricName]]] = None
-    delta: Optional[float] = Field(default=None, gt=0.0, lt=1.0)
+    delta: Optional[float] = None
     within: Optional[Selector] = Field(default=None, min_length=1)
     each: bool = False
 
@@ -100,6 +100,13 @@ class HypothesisSpec(BaseModel):
                 raise ValueError("a selection names at least one setting, e.g. {sampling: semi-hard}")
         if isinstance(value, list) and not value:
             raise ValueError("an empty list selects nothing")
+        return value
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, value):
+        if value is not None:
+            check_delta(value)
         return value
 
     @field_validator("equivalent")
@@ -141,6 +148,14 @@ class HypothesisSpec(BaseModel):
     def dump(self) -> dict:
         """The JSON form kept on the parent run (unset keys left out)."""
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+
+
+def check_delta(value: float) -> float:
+    """A region of practical equivalence: in (0, 1), in the metric's units (ValueError naming them)."""
+    if not 0.0 < value < 1.0:
+        raise ValueError("must lie between 0 and 1, in the metric's units: accuracies are fractions, so 0.005 is "
+                         "0.5 points")
+    return value
 
 
 def _as_list(value) -> list:
@@ -239,6 +254,7 @@ class Part:
     label: str  # what it compares, in the study's words
     shape: str  # "difference" (a paired difference), "slope" (per unit of the setting)
     steps: tuple["Part", ...] = ()  # for a slope: the differences between adjacent values (shown, not decided)
+    per: str = ""  # a slope's unit: "per unit of margin", "per step of the order"
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -277,8 +293,9 @@ def _pick(design: Design, sel: Selector, key: str, allowed: set[str] | None = No
     for k, v in sel.items():
         f = design.factor_of(k)
         if f is None:
-            raise HypothesisError(f"'{k}' is not a setting this study varies (factors: {', '.join(design.factors)}; "
-                                  f"settings the levels set: {', '.join(design.settings_varied()) or 'none'})", key)
+            raise HypothesisError(f"'{k}' is not a setting this study varies{_did_you_mean(k, design)} (factors: "
+                                  f"{', '.join(design.factors)}; settings the levels set: "
+                                  f"{', '.join(design.settings_varied()) or 'none'})", key)
         if allowed is not None and f not in allowed:
             raise HypothesisError(f"'{k}' belongs to factor '{f}', which this selection may not fix", key)
         by_factor.setdefault(f, {})[k] = v
@@ -294,6 +311,13 @@ def _pick(design: Design, sel: Selector, key: str, allowed: set[str] | None = No
                                   "setting that tells them apart", key)
         out[f] = hits[0]
     return out
+
+
+def _did_you_mean(key: str, design: Design) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(design.factors) + design.settings_varied(), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _strata(design: Design, free: list[str]) -> list[dict[str, str]]:
@@ -336,18 +360,23 @@ def _trend_axis(design: Design, trend: TrendSpec) -> tuple[str, list[tuple[str, 
                 raise HypothesisError(f"trend.where filters the levels of factor '{f}': '{k}' is not one of its "
                                       "settings", "trend.where")
         keep = [lb for lb in keep if all(_matches(lb, levels[lb], f, k, v) for k, v in trend.where.items())]
-    values = {lb: (lb if trend.setting == f else levels[lb].get(trend.setting, _ABSENT)) for lb in keep}
+    values = {lb: levels[lb].get(trend.setting, lb if trend.setting == f else _ABSENT) for lb in keep}
     if trend.order is not None:
         order = [_norm(v) for v in trend.order]
         if len(set(map(str, order))) != len(order):
             raise HypothesisError("trend.order names a value twice", "trend.order")
-        seen = {lb: _norm(v) for lb, v in values.items()}
-        stray = [str(v) for v in order if not any(_same(v, s) for s in seen.values())]
-        unplaced = [lb for lb, v in seen.items() if not any(_same(v, o) for o in order)]
-        if stray or unplaced:
-            raise HypothesisError(f"trend.order must list the values of '{trend.setting}' that the levels take "
-                                  f"({', '.join(str(v) for v in dict.fromkeys(seen.values()))})", "trend.order")
-        xs = [(lb, float(next(i for i, o in enumerate(order) if _same(seen[lb], o)))) for lb in keep]
+        # a level is placed by its setting's value, or (the setting naming the factor) by its label
+        names = {lb: [_norm(values[lb])] + ([_norm(lb)] if trend.setting == f else []) for lb in keep}
+
+        def place(lb: str) -> int | None:
+            return next((i for i, o in enumerate(order) if any(_same(v, o) for v in names[lb])), None)
+
+        stray = [str(o) for o in order if not any(_same(v, o) for lb in keep for v in names[lb])]
+        if stray or any(place(lb) is None for lb in keep):
+            shown = ", ".join(f"{values[lb]}" + (f" (level {lb})" if str(values[lb]) != lb else "") for lb in keep)
+            raise HypothesisError(f"trend.order must list, once each, the values of '{trend.setting}' that the levels "
+                                  f"take, from worst to best ({shown})", "trend.order")
+        xs = [(lb, float(place(lb))) for lb in keep]
     else:
         nums = {lb: _numeric(v) for lb, v in values.items()}
         bad = [lb for lb, x in nums.items() if x is None]
@@ -407,6 +436,10 @@ def resolve(spec: HypothesisSpec, design: Design, default_metric: str, default_d
                 ", ".join(sorted(n)) for n in names) + "): both sides must fix the same factors, so that the "
                 "others are averaged alike", "worse" if spec.kind != "equivalent" else "equivalent")
         compared = names[0]
+        for i, side in enumerate(sides):
+            if any(side[j] == side[k] for j in range(len(side)) for k in range(j)):
+                raise HypothesisError("a list selects the same level twice", ("equivalent" if spec.kind == "equivalent"
+                                                                              else ("better", "worse")[i]))
         for b in sides[0]:
             for w in sides[1]:
                 if b == w:
@@ -464,7 +497,8 @@ def _parts(spec: HypothesisSpec, design: Design, metric: str, sides, trend_facto
             steps.append(Part(metric, _weights(step), what + where, "difference"))
         what = (f"slope on {direction}" if b is None
                 else f"slope of {_side_text(b)} - {_side_text(w)} on {direction}")
-        out.append(Part(metric, _weights(weights), what + where, "slope", tuple(steps)))
+        per = f"per unit of {spec.trend.setting}" if spec.trend.better else "per step of the order"
+        out.append(Part(metric, _weights(weights), what + where, "slope", tuple(steps), per))
     return out
 
 

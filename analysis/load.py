@@ -513,7 +513,21 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     data = StudyData(study=study, found=True, factors=factors, metric=mcol, cells=cells, curves=curves,
                      missing=missing, levels=levels, preset=preset, excluded=excluded, **decide,
                      **_parent_fields(parent))
-    return replace(data, **_plan(parent, study, data, all_runs[all_runs["preset"] == preset]))
+    data = replace(data, **_plan(parent, study, data, all_runs[all_runs["preset"] == preset]))
+    return _in_design_order(data)
+
+
+def _in_design_order(data: StudyData) -> StudyData:
+    """Levels (and the cells' rows) in the study file's order of its factors' levels, when the parent
+    carries the design: a crossed study's levels read as its grid, not alphabetically."""
+    if data.design is None or data.empty:
+        return data
+    grid = [Design.name(c) for c in data.design.cells()]
+    levels = tuple(lv for lv in grid if lv in data.levels) + tuple(lv for lv in data.levels if lv not in grid)
+    rank = {lv: i for i, lv in enumerate(levels)}
+    cells = data.cells.assign(_r=data.cells["level"].map(rank)).sort_values(["_r", "seed", "cell_id"],
+                                                                            kind="mergesort")
+    return replace(data, levels=levels, cells=cells.drop(columns="_r").reset_index(drop=True))
 
 
 def _plan(parent, study: str, data: StudyData, runs: pd.DataFrame | None) -> dict:

@@ -90,7 +90,8 @@ def write_report(studies: Sequence[StudyData], out_dir: Path) -> list[Path]:
                   _write(out_dir / "ablation.tex", to_latex(table, TABLE_METRICS, caption, "tab:ablation")),
                   _write(out_dir / "ablation.csv", to_csv(table))]
     figs = {s.study: existing_figures(out_dir, s.study) for s in studies if not s.empty}
-    paths.append(_write(out_dir / "REPORT.md", render_report(studies, figs, ablation_md)))
+    tables = {s.study for s in studies if (out_dir / safe_name(s.study) / "summary.md").is_file()}
+    paths.append(_write(out_dir / "REPORT.md", render_report(studies, figs, ablation_md, tables=tables)))
     return paths
 
 

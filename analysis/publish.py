@@ -11,7 +11,8 @@ and ``verdict_text.<name>`` (its words); with ``each``, ``verdict.<name>/<stratu
 ``labels:online/sampling:hard``); metrics
 ``<name>.diff_mean``, ``<name>.ci_low``, ``<name>.ci_high``, ``<name>.p_value``, ``<name>.n_seeds``,
 ``<name>.cs_low``, ``<name>.cs_high``, ``<name>.tost_p``, ``<name>.mde``, ``<name>.p_holm`` of its
-first part. The first hypothesis is also the headline: tag ``verdict`` and ``hypothesis``. Metrics are
+first part (with ``each``, per stratum: ``<name>/<stratum>.diff_mean``, ...); a number that is not finite
+(an interval still unbounded) is not logged. The first hypothesis is also the headline: tag ``verdict`` and ``hypothesis``. Metrics are
 logged at step 0 (a rebuild logs the value again; the run shows the latest).
 
 The parent run's description (``mlflow.note.content``, Markdown on the run's Overview in the UI) holds
@@ -60,14 +61,16 @@ def verdict_values(results: Sequence[HypothesisResult]) -> tuple[dict[str, float
         if len(h.units) > 1:
             for u in h.units:
                 tags[f"verdict.{h.spec.name}/{tag_safe(u.unit.stratum)}"] = u.verdict.value
-        if not h.units or not h.units[0].parts:
-            continue
-        u, p = h.units[0], h.units[0].parts[0]
-        c = p.comparison
-        values = {"diff_mean": c.mean_diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value,
-                  "n_seeds": float(c.n), "cs_low": p.cs_low, "cs_high": p.cs_high, "tost_p": p.tost_p,
-                  "mde": p.mde, "p_holm": u.p_adjusted}
-        metrics.update({f"{h.spec.name}.{k}": float(v) for k, v in values.items() if math.isfinite(v)})
+        for u in h.units:
+            if not u.parts:
+                continue
+            p = u.parts[0]
+            c = p.comparison
+            values = {"diff_mean": c.mean_diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value,
+                      "n_seeds": float(c.n), "cs_low": p.cs_low, "cs_high": p.cs_high, "tost_p": p.tost_p,
+                      "mde": p.mde, "p_holm": u.p_adjusted}
+            name = h.spec.name + (f"/{tag_safe(u.unit.stratum)}" if u.unit.stratum else "")
+            metrics.update({f"{name}.{k}": float(v) for k, v in values.items() if math.isfinite(v)})
     return metrics, tags
 
 

@@ -175,7 +175,7 @@ def _pval(p: float) -> str:
 # the verdict table's columns and their Markdown alignment; verdict_rows writes one cell per column
 VERDICT_COLUMNS = (("Hypothesis", "---"), ("Study", "---"), ("Verdict", "---"), ("Part", "---"), ("Metric", "---"),
                    ("estimate", "---:"), ("95% CI", "---"), ("anytime-valid CI", "---"), ("p", "---:"),
-                   ("p (Holm)", "---:"), ("n", "---:"), ("P(d > 0)", "---"), ("Part's verdict", "---"),
+                   ("Holm p (deciding test)", "---:"), ("n", "---:"), ("P(d > 0)", "---"), ("Part's verdict", "---"),
                    ("cell-h", "---:"), ("wall", "---:"))
 
 
@@ -316,7 +316,9 @@ def figure_title(stem: str) -> str:
     return FIGURE_TITLES.get(stem, stem)
 
 
-def study_section(data: StudyData, results: Sequence[HypothesisResult], figures: Sequence[str]) -> list[str]:
+def study_section(data: StudyData, results: Sequence[HypothesisResult], figures: Sequence[str],
+                  tables: bool = True) -> list[str]:
+    """A study's part of REPORT.md; ``tables``: its summary tables exist beside the report (linked)."""
     d = safe_name(data.study)
     out = [f"## Study `{data.study}`" + (f": {data.description}" if data.description else ""), ""]
     if not data.found:
@@ -334,9 +336,9 @@ def study_section(data: StudyData, results: Sequence[HypothesisResult], figures:
     out += crossed_lines(data, results, figures)
     table = summary_table(data.cells, data.levels, TABLE_METRICS)
     out += [to_markdown(table).rstrip("\n"), ""]
-    out.append(f"Mean ± std over seeds, 95% t-interval, best mean in bold. Tables: [md]({d}/summary.md) · "
-               f"[tex]({d}/summary.tex) · [csv]({d}/summary.csv)")
-    if "method" in data.factors:
+    out.append("Mean ± std over seeds, 95% t-interval, best mean in bold." + (
+        f" Tables: [md]({d}/summary.md) · [tex]({d}/summary.tex) · [csv]({d}/summary.csv)" if tables else ""))
+    if tuple(data.factors) == ("method",):
         out += ["", PAPER_REFERENCE]
     out.append("")
     for stem in figures:
@@ -348,8 +350,10 @@ def study_section(data: StudyData, results: Sequence[HypothesisResult], figures:
 
 
 def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]],
-                  ablation_md: str | None = None, results: dict[str, list[HypothesisResult]] | None = None) -> str:
-    """The whole page. ``figures`` maps a study name to the stems of its figures that exist."""
+                  ablation_md: str | None = None, results: dict[str, list[HypothesisResult]] | None = None,
+                  tables: set[str] | None = None) -> str:
+    """The whole page. ``figures`` maps a study name to the stems of its figures that exist; ``tables``: the
+    studies whose summary tables exist beside it (None: all)."""
     results = results if results is not None else {s.study: evaluate_study(s) for s in studies}
     lines = ["# InterCLR study report", "",
              "Rebuilt from the MLflow store by `python -m analysis` (no training). Every number comes from "
@@ -360,9 +364,10 @@ def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]
              "|" + "|".join(align for _, align in VERDICT_COLUMNS) + "|"]
     walls = {s.study: study_wall_seconds(s.cells) for s in studies}
     rows = [row for s in studies for row in verdict_rows(results[s.study], walls)]
-    absent = [s.study for s in studies if s.study in CANONICAL and not results[s.study]]
-    rows += [f"| - | {name} | **not run: no hypothesis of this study in the store** | " + " | ".join(
-        "0" if col == "n" else "-" for col, _ in VERDICT_COLUMNS[3:]) + " |" for name in absent]
+    absent = [s for s in studies if s.study in CANONICAL and not results[s.study]]
+    rows += [f"| - | {s.study} | **not run: " + ("no hypothesis stated" if s.found else "no experiment of this name in "
+                                                "the store") + "** | "
+             + " | ".join("0" if col == "n" else "-" for col, _ in VERDICT_COLUMNS[3:]) + " |" for s in absent]
     lines += rows or ["| - | - | no study run | " + " | ".join("0" if c == "n" else "-" for c, _ in VERDICT_COLUMNS[3:])
                       + " |"]
     lines.append("")
@@ -370,7 +375,7 @@ def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]
         lines += ["## Ablation across the three factors", "", ablation_md.rstrip("\n"), "",
                   "Tables: [md](ablation.md) · [tex](ablation.tex) · [csv](ablation.csv)", ""]
     for s in studies:
-        lines += study_section(s, results[s.study], figures.get(s.study, ()))
+        lines += study_section(s, results[s.study], figures.get(s.study, ()), tables is None or s.study in tables)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

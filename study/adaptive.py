@@ -51,6 +51,7 @@ class Limits:
     max_seeds: int
     budget_hours: float | None
     batch: int
+    flag: bool = True  # max_seeds came from --max-seeds (else the study file's, or the default)
 
 
 def seed_sequence(base: Sequence[int], length: int) -> list[int]:
@@ -159,7 +160,7 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
     (the real runner, or a fake in tests). Returns 0 when every hypothesis is decided or at a
     limit (seeds, budget), 1 when failed cells stop it."""
     study = load_study(path, preset, sets)
-    check_study(study, limits.max_seeds)
+    check_study(study, limits.max_seeds, flag=limits.flag)
     base = list(dict.fromkeys(c.seed for c in study.cells))
     tracker = StudyTracker(study.name, tracking_uri)
     try:
@@ -229,15 +230,34 @@ def _loop(study: Study, tracker: StudyTracker, path: str, *, preset: str, sets: 
         batch = replace(study, cells=tuple(cells))
 
 
-def check_study(study: Study, max_seeds: int) -> None:
+def check_study(study: Study, max_seeds: int, flag: bool = True) -> None:
     """What ``--until-decided`` needs of a study, as one UserError (a dry run checks it too): a
-    hypothesis to decide, and room for more seeds than the study file's."""
+    hypothesis to decide, and room for more seeds than the study file's and than the first seeds at which
+    an interval can decide. ``flag``: the limit came from ``--max-seeds`` (else from the file's ``max_seeds``)."""
+    where = {"source": "--max-seeds"} if flag else {"source": str(study.path), "key": "max_seeds"}
     if not study.hypotheses:
         raise UserError(f"study '{study.name}' states no hypothesis (hypotheses: in its file, or the finding: "
                         "shorthand): there is nothing to decide", source="--until-decided")
     base = study.planned_seeds
     if max_seeds < len(base):
-        raise UserError(f"must be at least the study's {len(base)} seeds (got {max_seeds})", source="--max-seeds")
+        raise UserError(f"must be at least the study's {len(base)} seeds (got {max_seeds})", **where)
+    from analysis import decide
+
+    parts = family_parts(study)
+    least = decide.first_finite_n(decide.ALPHA / parts)
+    if max_seeds < least:
+        raise UserError(f"must be at least {least} (got {max_seeds}): with the study's {parts} hypothesis part(s), each "
+                        f"anytime-valid interval (at level 0.05/{parts}) is the whole line below {least} seeds, so no "
+                        "seed added before could decide anything", **where)
+
+
+def family_parts(study: Study) -> int:
+    """The number of parts in the study's family (every unit's parts): the Bonferroni divisor of the
+    sequential rule (analysis.evaluate)."""
+    from analysis.hypotheses import resolve
+
+    return sum(len(u.parts) for h in study.hypotheses
+               for u in resolve(h, study.design, study.spec.metric, study.spec.equivalence_delta).units) or 1
 
 
 def all_levels(study: Study) -> list[str] | None:
@@ -250,7 +270,7 @@ def limits_for(study: Study, max_seeds: int | None, budget_hours: float | None) 
     from analysis import decide
 
     return Limits(max_seeds=max_seeds or study.max_seeds or decide.MAX_SEEDS, budget_hours=budget_hours,
-                  batch=decide.BATCH)
+                  batch=decide.BATCH, flag=max_seeds is not None or study.max_seeds is None)
 
 
 def check_limits(max_seeds: int | None, budget_hours: float | None) -> None:

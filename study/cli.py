@@ -148,7 +148,8 @@ def _run_command(args) -> int:
         from study.studyfile import load_study
 
         study = load_study(args.study_file, args.preset, parse_sets(args.sets, source="--set"))
-        check_study(study, limits_for(study, args.max_seeds, None).max_seeds)
+        limits = limits_for(study, args.max_seeds, None)
+        check_study(study, limits.max_seeds, flag=limits.flag)
     return run_study(args.study_file, backend=backend, preset=args.preset,
                      sets=parse_sets(args.sets, source="--set"), dry_run=args.dry_run,
                      rerun_failed=args.rerun_failed, wait=args.wait)

@@ -21,6 +21,11 @@ attempt at training the cell here: the finished copy replaces it.
 
 from __future__ import annotations
 
+import os
+
+# linking copies artifacts: MLflow's download progress bars say nothing useful in a study's output
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 import tempfile
 from pathlib import Path
 

@@ -209,6 +209,7 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
     Writes nothing: a run left RUNNING by a driver that is gone shows as interrupted (the next
     ``run`` marks it KILLED in the store)."""
     study = load_study(path, preset, sets)
+    check_same_study(study)  # a name the store holds for another study: its cells are not this one's
     uri = tracking_uri()
     tracker = StudyTracker(study.name, uri, create=False) if store_exists(uri) else None  # none: nothing ran
     status = tracker.cell_status(live=True) if tracker is not None else {}

@@ -30,7 +30,7 @@ from study.errors import UserError, key_path
 from study.files import read_yaml
 from study.paths import RESULTS_TOP_FILES
 
-from analysis.hypotheses import Design, HypothesisError, HypothesisSpec, MetricName, resolve, to_tags
+from analysis.hypotheses import Design, HypothesisError, HypothesisSpec, MetricName, check_delta, resolve, to_tags
 
 # ---- names that later stages take (checked at load, so a study that loads also runs)
 # A study name is an MLflow experiment name and a path component (runs/<name>, mlartifacts/<name>,
@@ -117,7 +117,7 @@ class StudySpec(BaseModel):
     max_seeds: Optional[int] = Field(default=None, ge=2)
     # half-width of the region of practical equivalence of the finding's comparisons, in the
     # metric's units (accuracies are fractions: 0.005 = 0.5 points of kNN top-1)
-    equivalence_delta: float = Field(default=0.005, gt=0.0, lt=1.0)
+    equivalence_delta: float = 0.005
 
     @field_validator("factors")
     @classmethod
@@ -142,6 +142,11 @@ class StudySpec(BaseModel):
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
         return check_seeds(seeds)
+
+    @field_validator("equivalence_delta")
+    @classmethod
+    def _delta(cls, value: float) -> float:
+        return check_delta(value)
 
     @field_validator("name")
     @classmethod
@@ -490,6 +495,7 @@ def _check_hypotheses(spec: StudySpec, cells: list[Cell], src: str) -> None:
     for cell in cells:
         by_level.setdefault(cell.level, cell)
     seen: dict[str, str] = {}
+    contrasts: dict[tuple, str] = {}
     for i, h in enumerate(study_hypotheses(spec)):
         where = "finding" if i < shorthand else f"hypotheses[{i - shorthand}]"
         if h.name in seen:
@@ -501,6 +507,12 @@ def _check_hypotheses(spec: StudySpec, cells: list[Cell], src: str) -> None:
         except HypothesisError as err:
             key = where if where == "finding" else f"{where}.{err.key}" if err.key else where
             raise UserError(str(err), source=src, key=key) from None
+        same = tuple(sorted((u.equivalence, p.metric, tuple(sorted(p.weights))) for u in resolved.units
+                            for p in u.parts))
+        if same in contrasts:
+            raise UserError(f"tests the same contrasts as hypothesis '{contrasts[same]}' (it would count twice in "
+                            "the study's multiplicity correction)", source=src, key=f"{where}")
+        contrasts[same] = h.name
         for unit in resolved.units:
             for part in unit.parts:
                 for level in part.levels:

@@ -197,15 +197,17 @@ def test_bad_limits_are_one_clear_error(store):
 
 @pytest.mark.slow
 def test_until_decided_through_tune(tmp_path):
-    """The real command: Ray Tune, the smoke preset, MLflow, with the fake trial's cells. One base seed,
-    at most 2: the open comparison's two levels get seed 1, the third level does not."""
-    env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"))
+    """The real command: Ray Tune, the smoke preset, MLflow, with the fake trial's cells (no difference, noisy).
+    One base seed, at most 4 (the fewest at which one interval can decide): the open hypothesis's two levels
+    get seeds 1-3 in two batches, the third level does not."""
+    env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"), means={"semi-hard": 0.7, "hard": 0.7},
+                         noise=0.02)
     path = _write(tmp_path, "tuned", seeds="[0]")
     res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke", "--until-decided",
-                          "--max-seeds", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr  # 2 seeds cannot decide: stopped at the limit
-    assert "at 2 seeds" in res.stdout and "anytime-valid 95.0% interval" in res.stdout
-    assert _seeds(tmp_path, "tuned") == {"random": [0], "semi-hard": [0, 1], "hard": [0, 1]}
+                          "--max-seeds", "4"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr  # 4 noisy seeds cannot decide: stopped at the limit
+    assert "at 4 seeds" in res.stdout and "anytime-valid 95.0% interval" in res.stdout
+    assert _seeds(tmp_path, "tuned") == {"random": [0], "semi-hard": [0, 1, 2, 3], "hard": [0, 1, 2, 3]}
     status = subprocess.run([sys.executable, "-m", "study", "status", str(path), "--preset", "smoke"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "semi-hard - hard" in status.stdout, status.stdout + status.stderr

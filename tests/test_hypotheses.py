@@ -167,7 +167,7 @@ BAD = [
     (ONE, _one("trend: {setting: sampling, better: higher}"), "hypotheses[0].trend.setting",
      "is not numeric", ),
     (ONE, _one("trend: {setting: sampling, order: [hard, semi-hard]}"), "hypotheses[0].trend.order",
-     "must list the values of 'sampling'"),
+     "must list, once each, the values of 'sampling'"),
     (BOUND, _one("trend: {setting: margin, better: lower, where: {margin_type: arc}}"), "hypotheses[0].trend",
      "at least two values"),
     (BOUND, _one("trend: {setting: margin, better: lower, order: [-0.5, -0.25]}"), "hypotheses[0].trend",
@@ -197,6 +197,17 @@ BAD = [
     (ONE, _one("better: {sampling: semi-hard}, worse: {sampling: hard}, delta: 5"), "hypotheses[0].delta", "1"),
     (ONE, _one("equivalent: [{sampling: semi-hard}]"), "hypotheses[0].equivalent", "two selections"),
     (ONE, "  - {name: h, better: {sampling: semi-hard}, worse: {sampling: hard}}", "hypotheses[0].claim", "claim"),
+    # found by a new user: a typo'd setting gets a did-you-mean; a side naming one level twice; the same contrast
+    # under two names (it would count twice in the multiplicity correction); delta in points, not a fraction
+    (ONE, _one("better: {samplng: semi-hard}, worse: {sampling: hard}"), "hypotheses[0].better",
+     "did you mean 'sampling'"),
+    (ONE, _one("better: {sampling: semi-hard}, worse: [{sampling: hard}, {sampling: hard}]"), "hypotheses[0].worse",
+     "selects the same level twice"),
+    (ONE, _one("better: {sampling: semi-hard}, worse: {sampling: hard}") + "\n"
+     + "  - {name: g, claim: c, better: {sampling: semi-hard}, worse: {sampling: hard}}", "hypotheses[1]",
+     "the same contrasts as hypothesis 'h'"),
+    (ONE, _one("equivalent: [{sampling: semi-hard}, {sampling: hard}], delta: 2"), "hypotheses[0].delta",
+     "accuracies are fractions, so 0.005 is 0.5 points"),
 ]
 
 
@@ -237,6 +248,30 @@ def test_each_kind_loads_and_dry_runs(tmp_path, monkeypatch, capsys, factors, hy
     path.write_text(_study(factors, hypotheses))
     assert main(["run", str(path), "--preset", "smoke", "--dry-run"]) == 0, capsys.readouterr().err
     assert main(["run", str(path), "--preset", "smoke", "--dry-run", "--until-decided"]) == 0
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_trend_order_takes_a_level_label_or_its_setting_value():
+    method = Design(("method",), {"method": {"MoCo v2": {"method": "mocov2"}, "InterCLR": {"method": "interclr"}}})
+    for order in (["mocov2", "interclr"], ["MoCo v2", "InterCLR"]):
+        r = resolve(_h(trend={"setting": "method", "order": order}), method, "knn_top1", 0.005)
+        assert _weights(r) == {"MoCo v2": -1.0, "InterCLR": 1.0}, order
+
+
+def test_max_seeds_below_the_first_decidable_n_is_refused_naming_its_source(tmp_path, monkeypatch, capsys):
+    from study.cli import main
+
+    for k, v in store_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "hyp.yaml"
+    text = _study(TWO, _one("better: {sampling: semi-hard}, worse: {sampling: hard}, each: true"))
+    path.write_text(text.replace("seeds: [0, 1]", "seeds: [0, 1]\nmax_seeds: 3"))
+    # 2 units (each stratum): at 0.05 / 2 an interval is finite from 5 seeds
+    assert main(["run", str(path), "--preset", "smoke", "--until-decided", "--dry-run"]) == 2
+    assert f"{path}: key 'max_seeds': must be at least 5 (got 3)" in capsys.readouterr().err
+    assert main(["run", str(path), "--preset", "smoke", "--until-decided", "--dry-run", "--max-seeds", "4"]) == 2
+    assert "--max-seeds: must be at least 5 (got 4)" in capsys.readouterr().err
+    assert main(["run", str(path), "--preset", "smoke", "--until-decided", "--dry-run", "--max-seeds", "5"]) == 0
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -309,3 +344,17 @@ def test_the_shipped_studies_keep_the_verdicts_and_numbers_of_the_hard_coded_fin
             trend = results[1]
             assert trend.spec.name == "margin-trend" and trend.verdict.value == ("holds" if rule == "fixed"
                                                                                   else "inconclusive")
+
+
+def test_status_refuses_a_name_the_store_holds_for_other_factors(tmp_path, monkeypatch, capsys):
+    """As run does: another study of the name would lend its cells to this one's status."""
+    from study.cli import main
+    from study.tracking import StudyTracker
+
+    for k, v in store_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    StudyTracker("hyp").parent_run_id({"factors": "labels", "metric": "knn_top1"})
+    path = tmp_path / "hyp.yaml"
+    path.write_text(_study(ONE, _one("better: {sampling: semi-hard}, worse: {sampling: hard}")))
+    assert main(["status", str(path), "--preset", "smoke"]) == 2
+    assert "already holds a study 'hyp' varying labels" in capsys.readouterr().err
