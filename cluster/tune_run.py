@@ -36,7 +36,7 @@ import time
 import traceback
 from pathlib import Path
 
-from study import interrupt
+from study import interrupt, names
 from study.files import write_atomic
 from study.studyfile import Cell, Study
 from study.tracking import COST_METRICS, FAILED, FINISHED, TRIAL_ENV, StudyTracker, trial_function
@@ -244,8 +244,7 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
                 tracker.log_final(cid, result)
                 tracker.log_cost(cid, {k: result[k] for k in COST_METRICS if k in result})
             elif "epoch" in result:
-                keep = {k: v for k, v in result.items() if k in _METRIC_KEYS or k.startswith("neg_sim_")}
-                tracker.log_epoch(cid, int(result["epoch"]), keep)
+                tracker.log_epoch(cid, int(result["epoch"]), names.epoch_metrics(result))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             interrupt.check()
@@ -302,10 +301,6 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
                        now=(trial, "ERROR"))
 
     return [MLflowCellCallback(), ProgressCallback()]
-
-
-_METRIC_KEYS = {"loss", "loss_intra", "loss_inter", "knn_top1", "nmi", "ari", "label_change_ratio",
-                "batch_change_ratio", "pos_sim_mean", "lr", "epoch_time", "pairs_per_s", "clusters_nonempty"}
 
 
 def _trial_error(trial) -> str:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.errors import UserError
+from study.names import COST_METRICS, FINAL_METRICS  # noqa: F401 (COST_METRICS: re-exported for the Tune callback)
 from study.paths import REPO_ROOT, artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
 
 # MLflow run statuses
@@ -485,9 +486,8 @@ class StudyTracker:
             return
         step = int(final.get("epochs", 0))
         now = int(time.time() * 1000)
-        keys = {"linear_top1": final.get("linear_top1"), "final_knn_top1": final.get("knn_top1"),
-                "final_nmi": final.get("nmi")}
-        batch = [Metric(k, float(v), now, step) for k, v in keys.items() if _finite(v)]
+        batch = [Metric(name, float(final[key]), now, step) for key, name in FINAL_METRICS.items()
+                 if _finite(final.get(key))]
         if batch:
             self.client.log_batch(cr.run_id, metrics=batch)
         cr.final_logged = True
@@ -549,9 +549,6 @@ class StudyTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in totals.items()])
         return totals
-
-
-COST_METRICS = ("cost_wall_s", "cost_cpu_s", "cost_gpu_s")
 
 
 def check_same_study(study) -> None:

@@ -7,12 +7,14 @@ tests/test_study_resume.py, which uses this file's fixture and helpers.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import store_client, store_env, write_smoke_study
+from study import names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +74,16 @@ def test_smoke_study_through_tune(store):
         for key in ("nmi", "label_change_ratio", "neg_sim_mean", "loss_inter", "loss_intra"):
             assert key in r.data.metrics, key
         assert "linear_top1" in r.data.metrics
+        # every metric the trainer produced (its run directory's files) is in the contract, and in MLflow
+        run_dir = tmp_path / "runs" / "e2e" / tags["cell_id"]
+        produced = {k for line in (run_dir / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
+        final = json.loads((run_dir / "final.json").read_text())
+        assert all(names.named(k) for k in produced) and all(names.named(k, final=True) for k in final), \
+            sorted(k for k in set(produced) | set(final) if not names.named(k, final=True))
+        logged = {k for k in produced if k not in names.NOT_LOGGED}
+        assert {"label_change_raw", "starved_query_ratio", "clusters_reseeded"} <= logged  # once dropped
+        assert logged <= set(r.data.metrics), sorted(logged - set(r.data.metrics))
+        assert {names.FINAL_METRICS[k] for k in final if k in names.FINAL_METRICS} <= set(r.data.metrics)
         arts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "config.json" in arts
     # the analysis rebuilds this real study's table and figures from the store alone
