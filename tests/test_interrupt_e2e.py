@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import fake_trial_env, store_client, write_smoke_study
-from test_interrupt import REPO, _dead_driver, _new_run, store  # noqa: F401 (store: a fixture)
+from test_interrupt import REPO, store  # noqa: F401 (store: a fixture)
 
-from study.studyfile import load_study
-from study.tracking import FINISHED, KILLED, RUNNING, StudyTracker
+from study.tracking import FINISHED, KILLED
 
 
 def _runs(client, name, role="cell"):
@@ -84,30 +83,3 @@ def test_ctrl_c_marks_runs_and_the_same_command_resumes(store, busy_cores):
     assert "wall/ideal" in res.stdout
     ratio = float(res.stdout.split("wall/ideal ")[1].split()[0])
     assert ratio >= 1.0, res.stdout
-
-
-@pytest.mark.slow
-def test_sigterm_to_the_driver_is_graceful_and_empty_runs_are_completed(store, busy_cores):
-    tmp_path, env = store
-    env = fake_trial_env(env, epoch_s=0.5)
-    path = write_smoke_study(tmp_path, "term", epochs=2, seeds="[0]")
-    study = load_study(path, "smoke")
-    # a driver killed right after creating runs left the parent and a cell run empty
-    tracker = StudyTracker("term")
-    client = store_client(tmp_path)
-    empty = _new_run(client, tracker.experiment_id, {"role": "cell", "cell_id": study.cells[0].cell_id,
-                                                     "study": "term", "driver": _dead_driver()})
-    _new_run(client, tracker.experiment_id, {"role": "parent", "study": "term"})
-    code, out = _start_and_signal(path, env, tmp_path, signal.SIGTERM, group=False)
-    assert code == 143, out
-    assert "interrupted (SIGTERM)" in out and "Tuner.restore" not in out, out
-    assert all(r.info.status != RUNNING for r in _runs(client, "term")), out
-    res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    runs = _runs(client, "term")
-    assert len(runs) == 2 and all(r.info.status == FINISHED for r in runs)
-    assert client.get_run(empty).data.params["seed"] == "0"
-    res = subprocess.run([sys.executable, "-m", "analysis", "--study", "term", "--out", str(tmp_path / "results")],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
