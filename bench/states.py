@@ -17,6 +17,7 @@ Two kinds of memory-bank state (features, pseudo-labels, centroids):
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -24,11 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.method.bank import MemoryBank
 from study.config import TrainConfig, build_config
 from study.data.datasets import ImageData, load_dataset
 from study.errors import DataError
-from study.method.labels import PseudoLabels
 from study.train.trainer import EpochAccumulator, Trainer
 
 
@@ -141,27 +140,34 @@ def state_from_trainer(trainer: Trainer, name: str) -> BankState:
 
 
 def inject_state(trainer: Trainer, state: BankState, **cfg_updates: Any) -> None:
-    """Give ``trainer`` a copy of ``state`` as its bank and pseudo-labels.
+    """Give ``trainer``'s method a copy of ``state`` as its bank and pseudo-labels (:meth:`InterCLR.install_bank`),
+    with ``cfg_updates`` (``pool``, ``neg_num``) as its inter settings.
 
-    When the state is larger than the trainer's dataset (or has another k),
-    the bank and label objects are replaced by ones of the state's size, and
-    the config's ``num_clusters`` (and any ``cfg_updates``, e.g. a pool
-    larger than the dataset) are updated WITHOUT validation (``model_copy``):
-    the dataset-size checks of the config do not apply to a swapped-in bank.
+    The method's step reads its own bank and settings, so that is where the state goes; the trainer's
+    config gets the same values WITHOUT validation (``model_copy``, for what it prints): the dataset-size
+    checks of the config do not apply to a swapped-in bank. :class:`Stepper` checks, at every timed step,
+    that the method holds what the row names (:meth:`Stepper.expect`).
     """
-    cfg = trainer.cfg
-    if trainer.bank is None:
+    if trainer.method.inter is None:
         raise ValueError("inject_state needs an InterCLR trainer (method interclr)")
-    if state.size != trainer.bank.size or state.dim != trainer.bank.dim:
-        trainer.bank = MemoryBank(state.size, state.dim, momentum=cfg.bank_momentum, device=trainer.device)
-    if state.size != trainer.plabels.num_samples or state.k != trainer.plabels.num_clusters:
-        trainer.plabels = PseudoLabels(state.size, state.k, state.dim, min_cluster=cfg.min_cluster,
-                                       device=trainer.device)
-    trainer.bank.feats.copy_(state.feats)
-    trainer.plabels.reset(state.labels, state.centroids)
+    trainer.method.install_bank(state.feats, state.labels, state.centroids, **cfg_updates)
+    inter = trainer.method.inter
+    EXPECT[trainer] = {"bank": state.size, "num_clusters": state.k, "pool": cfg_updates.get("pool", inter.pool),
+                       "neg_num": cfg_updates.get("neg_num", inter.neg_num)}
     updates = {"num_clusters": state.k, **cfg_updates}
-    if any(getattr(cfg, key) != value for key, value in updates.items()):
-        trainer.cfg = cfg.model_copy(update=updates)
+    if any(getattr(trainer.cfg, key) != value for key, value in updates.items()):
+        trainer.cfg = trainer.cfg.model_copy(update=updates)
+
+
+# trainer -> what its timed steps must run with (set by inject_state, checked by Stepper at every step)
+EXPECT: "weakref.WeakKeyDictionary[Trainer, dict]" = weakref.WeakKeyDictionary()
+
+
+def held(trainer: Trainer) -> dict:
+    """What the method's step runs with: its bank's rows, clusters, pool and negatives per query."""
+    m = trainer.method
+    return {"bank": m.bank.size, "num_clusters": m.plabels.num_clusters, "pool": m.inter.pool,
+            "neg_num": m.inter.neg_num}
 
 
 @dataclass
@@ -180,6 +186,9 @@ class Stepper:
     acc: EpochAccumulator = field(default_factory=EpochAccumulator)
 
     def __call__(self) -> None:
+        expect = EXPECT.get(self.trainer)
+        if expect is not None and held(self.trainer) != expect:  # the row would time another state
+            raise AssertionError(f"the timed step runs with {held(self.trainer)}, not the row's {expect}")
         batch = self.batches[self.i % len(self.batches)]
         self.i += 1
         if self.pin_step is not None:

@@ -99,18 +99,38 @@ def test_gpu_step_code_runs_tiny_on_cpu():
     assert all(c["ratio"] > 0 and c["moco_pairs_s"] > 0 for c in res["cells"].values())
 
 
-def test_inject_state_swaps_in_a_larger_bank():
+def test_inject_state_swaps_in_a_larger_bank(monkeypatch):
+    """The bank goes to the method, whose step the trainer runs: the sampler sees the row's bank, pool and
+    negatives (it once went to the trainer's aliases, and the rows timed the dataset's bank)."""
+    import dataclasses
+
+    import study.method.interclr as interclr
+
+    seen = []
+    real = interclr.inter_sample
+
+    def spy(q, idx, bank_feats, labels, index, sampling, neg_num, pool, *a, **k):
+        seen.append((bank_feats.shape[0], labels.shape[0], neg_num, pool))
+        return real(q, idx, bank_feats, labels, index, sampling, neg_num, pool, *a, **k)
+
+    monkeypatch.setattr(interclr, "inter_sample", spy)
     data = synthetic_data(128, 16)
     t = build_trainer("cpu", {"widths": [8, 16, 32], "image_size": 16, "batch_size": 32, "queue_size": 64,
                               "min_cluster": 2, "num_clusters": 4, "neg_num": 16, "pool": 64}, data)
     state = synthetic_state("big", 1000, 20, seed=0)
     inject_state(t, state, pool=300)
-    assert t.bank.feats.shape == (1000, 128) and t.plabels.num_clusters == 20
-    assert t.cfg.pool == 300 and t.cfg.num_clusters == 20
+    assert t.method.bank.feats.shape == (1000, 128) and t.method.plabels.num_clusters == 20
+    assert t.bank is t.method.bank and t.plabels is t.method.plabels  # the trainer reads the method's
+    assert t.method.inter.pool == 300 and t.cfg.pool == 300 and t.cfg.num_clusters == 20
     assert torch.equal(t.bank.feats, state.feats) and torch.equal(t.plabels.labels, state.labels)
     stepper = Stepper(t, epoch_batches(128, 32, 0, 0)[:1])
     stepper()
     assert t.step == 1 and stepper.acc.inter_steps == 1  # pinned at 0, then incremented by the step
+    assert seen == [(1000, 1000, 16, 300)]
+    # a timed step whose method holds another state than the row named is an error, not a number
+    t.method.inter = dataclasses.replace(t.method.inter, pool=64)
+    with pytest.raises(AssertionError, match="not the row's"):
+        stepper()
 
 
 def test_interleaved_times_alternates_order():

@@ -121,6 +121,38 @@ class InterCLR:
             return 0.0, 0
         return self.plabels.after_iteration(iteration, idx_all, self.bank.feats, shared, self.inter.centroid_every)
 
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything the method holds: encoders (``model``), ``queue``, and with the inter branch the
+        ``bank`` and the pseudo-labels (``labels``); None for a part MoCo v2 has not."""
+        return {"model": self.moco.state_dict(), "queue": self.queue.state_dict(),
+                "bank": self.bank.state_dict() if self.bank is not None else None,
+                "labels": self.plabels.state_dict() if self.plabels is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.moco.load_state_dict(state["model"])
+        self.queue.load_state_dict(state["queue"])
+        if self.bank is not None:
+            self.bank.load_state_dict(state["bank"])
+            self.plabels.load_state_dict(state["labels"])
+
+    def install_bank(self, feats: Tensor, labels: Tensor, centroids: Tensor, **settings) -> None:
+        """Replace the bank and pseudo-labels by ``feats`` (B, d), ``labels`` (B,) and ``centroids`` (k, d) of
+        any size, and the inter settings by ``settings`` (``pool``, ``neg_num``, ...; ``num_clusters`` follows
+        the centroids), as given (no check against a dataset): for benchmarks of a bank larger than the data."""
+        if self.inter is None:
+            raise ValueError("install_bank needs the inter-image branch (method interclr)")
+        from dataclasses import replace
+
+        device = self.bank.feats.device
+        self.inter = replace(self.inter, num_clusters=int(centroids.shape[0]), **settings)
+        self.bank = MemoryBank(int(feats.shape[0]), int(feats.shape[1]), momentum=self.inter.bank_momentum,
+                               device=device)
+        self.bank.feats.copy_(feats)
+        self.plabels = PseudoLabels(int(feats.shape[0]), self.inter.num_clusters, int(feats.shape[1]),
+                                    min_cluster=self.inter.min_cluster, device=device)
+        self.plabels.reset(labels, centroids)
+
     def init_state(self, feats: Tensor, shared: torch.Generator) -> None:
         """The reference's start: bank = ``feats`` (N, d) of every training image, labels = their k-means."""
         self.bank.fill(feats)

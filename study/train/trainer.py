@@ -198,9 +198,9 @@ class Trainer:
         build = load(METHODS[cfg.method].build)
         self.method = build(cfg, encoder, num_samples=self.num_train, queue_generator=self.gens.views,
                             device=self.device, gather=dist.all_gather_cat, rank=self.rank)
-        # the method's parts, by their names (checkpoints, evaluation, tests)
-        self.moco, self.queue = self.method.moco, self.method.queue
-        self.bank, self.plabels = self.method.bank, self.method.plabels
+        # the method's encoders by their name (evaluation, the optimizer); its queue, bank and labels are read
+        # through it (properties below): the method owns its state, checkpoints take it whole
+        self.moco = self.method.moco
         self.channels_last = use_channels_last(cfg.channels_last, self.device.type, cfg.backbone)
         if self.channels_last:
             self.moco.to(memory_format=torch.channels_last)
@@ -229,6 +229,18 @@ class Trainer:
         self.history: list[dict] = []
         self.prev_labels: Tensor | None = None
         self._warned_starved = False
+
+    @property
+    def queue(self):
+        return self.method.queue
+
+    @property
+    def bank(self):
+        return self.method.bank
+
+    @property
+    def plabels(self):
+        return self.method.plabels
 
     def describe(self) -> str:
         """Derived numbers printed at start-up (nanoGPT-style)."""
@@ -433,11 +445,8 @@ class Trainer:
             "config": self.cfg.flat(),
             "epoch": self.epoch,
             "step": self.step,
-            "model": self.moco.state_dict(),
+            **self.method.state_dict(),  # model, queue, bank, labels
             "optimizer": self.optimizer.state_dict(),
-            "queue": self.queue.state_dict(),
-            "bank": self.bank.state_dict() if self.bank is not None else None,
-            "labels": self.plabels.state_dict() if self.plabels is not None else None,
             "prev_labels": self.prev_labels,
             "generators": self.gens.state_dict(),
             "history": self.history,
@@ -446,12 +455,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.evaluator.memo.clear()
-        self.moco.load_state_dict(state["model"])
+        self.method.load_state_dict(state)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.queue.load_state_dict(state["queue"])
-        if self.bank is not None:
-            self.bank.load_state_dict(state["bank"])
-            self.plabels.load_state_dict(state["labels"])
         self.prev_labels = state["prev_labels"]
         self.gens.load_state_dict(state["generators"])
         self.history = list(state["history"])
