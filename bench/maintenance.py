@@ -42,7 +42,7 @@ from bench.common import Check, Goal, Section, median, repeat_times, set_threads
 from bench.states import BankState, Stepper, build_trainer, fashion_or_synthetic
 from study.data.datasets import epoch_batches
 from study.method.labels import MERGE_MAX_FRACTION, PseudoLabels
-from study.method.sampling import cluster_index, index_keys, update_cluster_index
+from study.method.cluster_index import cluster_index, index_keys, update_cluster_index
 
 GOAL_SHARE = 0.03
 CENTROID_EVERY = 10

@@ -45,7 +45,8 @@ from bench.states import (
 from study.config import PRESETS, build_config
 from study.data.common import channel_stats, stratified_subset
 from study.data.datasets import epoch_batches
-from study.method.sampling import STRATEGIES, cluster_index, inter_sample, scaled_pool
+from study.method.cluster_index import cluster_index
+from study.method.sampling import STRATEGIES, inter_sample, scaled_pool
 
 GOAL_RATIO_60K = 1.10
 

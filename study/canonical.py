@@ -12,7 +12,7 @@ Which keys are dropped, and why (read off ``study/config.py`` and
   threads of one process), ``device`` (where it runs), ``loader_workers``
   (DataLoader processes; every streamed sample is seeded by its index).
 - a method without the inter branch (``inter_branch=False`` in
-  study/train/registry.py: ``mocov2``): the inter-image branch is never built
+  study/method/registry.py: ``mocov2``): the inter-image branch is never built
   (``cfg.inter_enabled`` is False) and the loss is the intra loss alone, so
   every inter-branch key and both loss weights are dropped: ``labels``,
   ``sampling``, ``neg_num``, ``pool``, ``neg_search``, ``candidates``,
@@ -42,8 +42,7 @@ from __future__ import annotations
 from typing import Any
 
 from study.config import EXECUTION_KEYS  # progress, threads, device, loader_workers: execution only
-from study.method.registry import MARGINS, SAMPLERS
-from study.train.registry import METHODS
+from study.method.registry import MARGINS, METHODS, SAMPLERS
 
 # every key of the inter-image branch, and the loss weights that only mix it in
 INTER_KEYS = ("labels", "sampling", "neg_num", "pool", "neg_search", "candidates", "margin_type", "margin",

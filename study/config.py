@@ -19,13 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from study.data.registry import DATASETS
 from study.errors import UserError
-from study.method.registry import MARGINS, SAMPLERS
-from study.train.registry import METHODS
+from study.method.registry import MARGINS, METHODS, SAMPLERS
+from study.method.sizes import scaled_pool
 
 # The choices of the study's factors and of the data, derived from the registries, where each
 # is named once (standard library only: loading a config imports no torch, so the CLI checks a
 # study file in well under a second). Literal takes the names as a tuple at run time.
-Method = Literal[tuple(METHODS)]  # study/train/registry.py
+Method = Literal[tuple(METHODS)]  # study/method/registry.py
 Sampling = Literal[tuple(SAMPLERS)]  # study/method/registry.py
 MarginType = Literal[tuple(MARGINS)]  # study/method/registry.py
 DatasetName = Literal[tuple(DATASETS)]  # study/data/registry.py
@@ -188,12 +188,12 @@ class TrainConfig(BaseModel):
         """The semi-easy/semi-hard pool actually drawn from: ``pool`` scaled by search size / bank size.
 
         Candidates mode keeps the pool the same fraction of the searched entries
-        (:func:`study.method.sampling.scaled_pool`); exact search uses ``pool`` itself.
+        (:func:`study.method.sizes.scaled_pool`); exact search uses ``pool`` itself.
         """
         size = self.search_size(bank_size)
         if size >= bank_size:
             return min(self.pool, bank_size)
-        return min(size, max(1, round(self.pool * size / bank_size)))
+        return scaled_pool(self.pool, size, bank_size)
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as a flat dict of JSON-able values (for params)."""

@@ -10,7 +10,7 @@ from study.method.bank import MemoryBank, last_occurrence
 from study.config import build_config
 from study.errors import UserError
 from study.method.labels import PseudoLabels, _two_means
-from study.method.sampling import cluster_index
+from study.method.cluster_index import cluster_index
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -83,7 +83,7 @@ def test_config_choices_are_derived_from_the_registries():
     from study import config
     from study.data.registry import DATASETS
     from study.method.registry import MARGINS, SAMPLERS
-    from study.train.registry import METHODS
+    from study.method.registry import METHODS
 
     fields = config.TrainConfig.model_fields
     for key, registry in (("method", METHODS), ("sampling", SAMPLERS), ("margin_type", MARGINS),

@@ -22,7 +22,8 @@ from study.data.datasets import epoch_batches
 from study.errors import UserError
 from study.method.kmeans import kmeans
 from study.method.labels import PseudoLabels
-from study.method.sampling import STRATEGIES, cluster_index, inter_sample
+from study.method.cluster_index import cluster_index
+from study.method.sampling import STRATEGIES, inter_sample
 from study.train.trainer import Trainer
 
 

@@ -19,14 +19,14 @@ import torch.nn.functional as F
 
 import study.data.registry as data_registry
 import study.method.registry as method_registry
-import study.train.registry as train_registry
 from study.config import build_config
 from study.data.datasets import dataset_files, dataset_fingerprint, load_dataset
 from study.errors import DataError, UserError
-from study.method.losses import MARGINS, apply_margin, contrastive_loss
+from study.method.losses import MARGIN_FUNCTIONS as MARGINS, apply_margin, contrastive_loss
 from study.method.model import Encoder, build_backbone
 from study.method.registry import load
-from study.method.sampling import SAMPLERS, cluster_index, inter_sample
+from study.method.cluster_index import cluster_index
+from study.method.sampling import NEGATIVE_SAMPLERS as SAMPLERS, inter_sample
 from study.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ TOY_SAMPLER = method_registry.Sampler("registry_parts:neg_first", needs_similari
                                       global_topk=False)
 TOY_MARGIN = method_registry.Margin("registry_parts:margin_double")
 TOY_DATASET = data_registry.Dataset("registry_parts", train_size=64, hint="any folder")
-TOY_METHOD = train_registry.Method("registry_parts:build_recorded", inter_branch=True)
+TOY_METHOD = method_registry.Method("registry_parts:build_recorded", inter_branch=True)
 
 
 # --- every entry resolves to a unit of the right kind ----------------------------------------
@@ -79,15 +79,16 @@ def test_every_dataset_module_finds_nothing_in_an_empty_folder(name, tmp_path):
         load_dataset(name, root=str(tmp_path), image_size=16)
 
 
-@pytest.mark.parametrize("name", list(train_registry.METHODS))
+@pytest.mark.parametrize("name", list(method_registry.METHODS))
 def test_every_method_builds_a_unit_with_the_trainers_interface(name):
     cfg = build_config("smoke", {"method": name})
     encoder = Encoder(build_backbone("convnet", 1, [4, 8], 16), cfg.feat_dim, 16)
-    unit = load(train_registry.METHODS[name].build)(cfg, encoder, num_samples=200, queue_generator=None,
+    # the bank the config was checked against (the unit checks its sampling settings once, when built)
+    unit = load(method_registry.METHODS[name].build)(cfg, encoder, num_samples=cfg.bank_size, queue_generator=None,
                                                    device="cpu", gather=lambda x: x, rank=0)
-    for attr in ("moco", "queue", "loss", "after_step", "init_state", "recluster"):
+    for attr in ("moco", "queue", "loss", "after_step", "init_state", "recluster", "state_dict", "load_state_dict"):
         assert hasattr(unit, attr), attr
-    assert (unit.bank is not None) == train_registry.METHODS[name].inter_branch == cfg.inter_enabled
+    assert (unit.bank is not None) == method_registry.METHODS[name].inter_branch == cfg.inter_enabled
     assert (unit.plabels is not None) == cfg.inter_enabled
 
 
@@ -142,7 +143,7 @@ def test_a_new_sampler_and_margin_are_used_by_name(monkeypatch):
 
 
 def test_the_trainer_builds_the_method_its_entry_names(monkeypatch, smoke_data):
-    monkeypatch.setitem(train_registry.METHODS, "interclr", TOY_METHOD)
+    monkeypatch.setitem(method_registry.METHODS, "interclr", TOY_METHOD)
     trainer = Trainer(build_config("smoke", {"threads": 1}), None, data=smoke_data, log=lambda s: None)
     assert trainer.method.built_by == "build_recorded" and trainer.bank is not None
 
@@ -151,14 +152,14 @@ def test_the_trainer_builds_the_method_its_entry_names(monkeypatch, smoke_data):
 
 NEW_ENTRIES = textwrap.dedent("""\
     import sys
-    import study.data.registry as dr, study.method.registry as mr, study.train.registry as tr
+    import study.data.registry as dr, study.method.registry as mr
     mr.SAMPLERS["first"] = mr.Sampler("registry_parts:neg_first", needs_similarity=False, uses_pool=False,
                                       global_topk=False)
     mr.SAMPLERS["semi-first"] = mr.Sampler("registry_parts:neg_first", needs_similarity=False, uses_pool=True,
                                            global_topk=False)
     mr.MARGINS["double"] = mr.Margin("registry_parts:margin_double")
     dr.DATASETS["toy"] = dr.Dataset("registry_parts", train_size=64, hint="any folder")
-    tr.METHODS["recorded"] = tr.Method("registry_parts:build_recorded", inter_branch=True)
+    mr.METHODS["recorded"] = mr.Method("registry_parts:build_recorded", inter_branch=True)
     from study.config import POOL_SAMPLINGS, TRAIN_SIZES, build_config
     from study.errors import UserError
     ov = dict(dataset="toy", sampling="first", margin_type="double", method="recorded", train_subset=None,

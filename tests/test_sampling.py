@@ -8,16 +8,8 @@ import torch.nn.functional as F
 
 from study.config import build_config
 from study.errors import UserError
-from study.method.sampling import (
-    STRATEGIES,
-    cluster_index,
-    index_keys,
-    inter_sample,
-    sample_positives,
-    scaled_pool,
-    update_cluster_index,
-    validate_sampling,
-)
+from study.method.cluster_index import cluster_index, index_keys, update_cluster_index
+from study.method.sampling import STRATEGIES, inter_sample, sample_positives, scaled_pool, validate_sampling
 
 B, D, K_CLUSTERS, N = 600, 16, 12, 24
 
@@ -357,3 +349,26 @@ def test_scaled_pool():
     assert scaled_pool(6000, 8192, 60000) == 819
     assert scaled_pool(1, 10, 60000) == 1  # never empty
     assert scaled_pool(500, 100, 600) == 83
+
+
+def test_settings_are_checked_once_when_the_method_is_built_not_at_each_step(world, monkeypatch):
+    """The config checks them at load (the user's error); the unit once more when built (ValueError for a direct
+    caller); the step itself does not re-check them (issue 25: no per-step re-validation)."""
+    import study.method.sampling as sampling
+    from study.method.interclr import InterCLR, InterSettings
+    from study.method.model import Encoder, build_backbone
+
+    calls = []
+    monkeypatch.setattr(sampling, "validate_sampling", lambda *a, **k: calls.append(a))
+    bank, labels = world[0], world[1]
+    q = F.normalize(torch.randn(4, bank.shape[1]), dim=1)
+    inter_sample(q, torch.arange(4), bank, labels, cluster_index(labels, K_CLUSTERS), "semi-hard", 8, 64, None, _gen())
+    assert calls == []
+    settings = InterSettings(labels="online", sampling="semi-hard", neg_num=8, pool=4, candidates=None,
+                             margin_type="cosine", margin=-0.5, num_clusters=4, min_cluster=2, centroid_every=10,
+                             kmeans_iters=2, bank_momentum=1.0, intra_weight=0.75, inter_weight=0.25)
+    monkeypatch.undo()
+    encoder = Encoder(build_backbone("convnet", 1, [4, 8], 16), 16, 16)
+    with pytest.raises(ValueError, match="pool must be >= neg_num"):
+        InterCLR(encoder, num_samples=100, feat_dim=16, queue_size=32, key_momentum=0.99, temperature=0.2,
+                 inter=settings)

@@ -29,7 +29,7 @@ from study.method.kmeans import kmeans
 from study.method.labels import PseudoLabels
 from study.method.losses import contrastive_loss
 from study.method.model import Encoder, KeyQueue, MoCo
-from study.method.sampling import InterSample, inter_sample, sample_positives
+from study.method.sampling import InterSample, inter_sample, sample_positives, validate_sampling
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class InterCLR:
         self.bank: Optional[MemoryBank] = None
         self.plabels: Optional[PseudoLabels] = None
         if inter is not None:
+            validate_sampling(inter.sampling, inter.neg_num, inter.pool, num_samples, inter.candidates)
             self.bank = MemoryBank(num_samples, feat_dim, momentum=inter.bank_momentum, device=device)
             self.plabels = PseudoLabels(num_samples, inter.num_clusters, feat_dim,
                                         min_cluster=inter.min_cluster, device=device)
@@ -146,6 +147,8 @@ class InterCLR:
 
         device = self.bank.feats.device
         self.inter = replace(self.inter, num_clusters=int(centroids.shape[0]), **settings)
+        validate_sampling(self.inter.sampling, self.inter.neg_num, self.inter.pool, int(feats.shape[0]),
+                          self.inter.candidates)
         self.bank = MemoryBank(int(feats.shape[0]), int(feats.shape[1]), momentum=self.inter.bank_momentum,
                                device=device)
         self.bank.feats.copy_(feats)

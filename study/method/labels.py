@@ -24,7 +24,7 @@ bank keeps the features written during training.
 The label-sorted :meth:`PseudoLabels.cluster_index` (for positive sampling)
 is cached and rebuilt only after the labels changed through this class; on
 a CPU, the few labels a relabel changes are merged into it instead
-(:func:`study.sampling.update_cluster_index`, the same index).
+(:func:`study.method.cluster_index.update_cluster_index`, the same index).
 Writing ``labels`` directly bypasses that: call :meth:`PseudoLabels.reset`.
 """
 
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from study.method.bank import last_occurrence
-from study.method.sampling import ClusterIndex, cluster_index, index_keys, update_cluster_index
+from study.method.cluster_index import ClusterIndex, cluster_index, index_keys, update_cluster_index
 
 # Lloyd iterations of the 2-means that splits the largest cluster; the split
 # only has to seed a new cluster, later relabelling refines it.
@@ -203,7 +203,7 @@ class PseudoLabels:
         return torch.bincount(self.labels, minlength=self.num_clusters)
 
     def cluster_index(self) -> ClusterIndex:
-        """``(order, starts, counts)`` of :func:`study.sampling.cluster_index`, cached."""
+        """``(order, starts, counts)`` of :func:`study.method.cluster_index.cluster_index`, cached."""
         if self._index is None:
             self._index = cluster_index(self.labels, self.num_clusters)
             if self.device.type == "cpu":

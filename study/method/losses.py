@@ -72,8 +72,10 @@ def _resolve_margin(entry: registry.Margin) -> Callable[[Tensor, float], Tensor]
     return registry.load(entry.fn)
 
 
-# margin name -> function(cos, m), resolved from study.method.registry.MARGINS (where a margin is named)
-MARGINS: Mapping[str, Callable[[Tensor, float], Tensor]] = registry.Resolved(registry.MARGINS, _resolve_margin)
+# margin name -> function(cos, m), resolved from study.method.registry.MARGINS (where a margin is named; the
+# one registry of margins, this its view of their functions)
+MARGIN_FUNCTIONS: Mapping[str, Callable[[Tensor, float], Tensor]] = registry.Resolved(registry.MARGINS,
+                                                                                      _resolve_margin)
 MARGIN_TYPES = tuple(registry.MARGINS)  # ("none", "cosine", "arc")
 
 
@@ -88,9 +90,9 @@ def apply_margin(cos: Tensor, margin_type: str, margin: float) -> Tensor:
     Returns:
         ``phi`` with the shape of ``cos``.
     """
-    if margin_type not in MARGINS:
-        raise ValueError(f"unknown margin type {margin_type!r}; allowed: {', '.join(MARGINS)}")
-    fn = MARGINS[margin_type]
+    if margin_type not in MARGIN_FUNCTIONS:
+        raise ValueError(f"unknown margin type {margin_type!r}; allowed: {', '.join(MARGIN_FUNCTIONS)}")
+    fn = MARGIN_FUNCTIONS[margin_type]
     return fn(cos, float(margin))
 
 

@@ -1,17 +1,18 @@
-"""The method's named units, by name: negative samplers and margins (standard library only).
+"""The method's named units, by name: methods, negative samplers and margins (standard library only).
 
-This file is the one place where a sampling strategy or a margin is named. Each entry
-is a ``"package.module:attribute"`` reference to a pure function plus the flags that
-the config needs at load; the reference is imported on first use, so the config
-(study/config.py) derives its choices from here without importing torch. The heavy
-modules resolve their units from here (:data:`study.method.sampling.SAMPLERS`,
-:data:`study.method.losses.MARGINS`).
+This file is the one place where a method, a sampling strategy or a margin is named. Each entry
+is a ``"package.module:attribute"`` reference to a function plus the flags that the config needs
+at load; the reference is imported on first use, so the config (study/config.py) derives its
+choices from here without importing torch. The heavy modules resolve their units from here
+(:data:`study.method.sampling.NEGATIVE_SAMPLERS`, :data:`study.method.losses.MARGIN_FUNCTIONS`,
+the trainer's method builders).
 
-Adding a strategy or a margin: write the function (in sampling.py, losses.py or a new
-module) and add one line below.
+Adding a strategy or a margin: write the function (in sampling.py, losses.py or a new module)
+and add one line below. Adding a method: write its builder (study/train/methods.py) and its unit
+(under study/method/), and add one line to :data:`METHODS`.
 
 :func:`load` and :class:`Resolved` are the registries' machinery, shared with the data
-(study/data/registry.py) and method-builder (study/train/registry.py) registries.
+registry (study/data/registry.py).
 """
 
 from __future__ import annotations
@@ -98,6 +99,29 @@ def load(ref: str) -> Any:
 
 E = TypeVar("E")
 T = TypeVar("T")
+
+
+# A method's builder is called by study.train.trainer.Trainer._build as
+# ``build(cfg, encoder, *, num_samples, queue_generator, device, gather, rank)`` and returns a unit with
+# study.method.interclr.InterCLR's interface: ``moco``, ``queue``, ``bank``, ``plabels``, ``loss``,
+# ``after_step``, ``init_state``, ``recluster``, ``state_dict``, ``load_state_dict`` (study/train/methods.py).
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method: its builder and whether it has the inter-image branch."""
+
+    build: str  # "module:function" (see above)
+    # True: the inter-image keys (labels, sampling, margin, bank, clusters...) are checked at load and
+    # count in a cell's identity; False: they are ignored (study.canonical.INTER_KEYS)
+    inter_branch: bool
+
+
+# method name -> method; the study file's `method` names one of these
+METHODS: dict[str, Method] = {
+    "interclr": Method("study.train.methods:build_interclr", inter_branch=True),
+    "mocov2": Method("study.train.methods:build_mocov2", inter_branch=False),  # InterCLR with the inter branch off
+}
 
 
 class Resolved(Mapping[str, T], Generic[E, T]):

@@ -47,9 +47,10 @@ import torch
 from torch import Tensor
 
 from study.method import registry
+from study.method.cluster_index import ClusterIndex
+from study.method.sizes import scaled_pool  # noqa: F401 (the pool within a candidate set; re-exported)
 
 
-ClusterIndex = tuple[Tensor, Tensor, Tensor]  # (order (B,), starts (k,), counts (k,))
 
 # Rejection rounds before the exact (cumsum + searchsorted) fallback. Each round
 # only redraws the rejected positions, so rounds are cheap; the fallback bounds
@@ -103,77 +104,6 @@ def _lookup(values: Tensor, index: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 # Positives
 # ---------------------------------------------------------------------------
-
-
-def cluster_index(labels: Tensor, num_clusters: int) -> ClusterIndex:
-    """Label-sorted index of the bank, so cluster members are contiguous.
-
-    Args:
-        labels: ``(B,)`` long pseudo-labels in ``[0, num_clusters)``.
-    Returns:
-        ``order (B,)``: bank indices sorted by label (stable);
-        ``starts (k,)``: offset of each cluster's first member in ``order``;
-        ``counts (k,)``: members per cluster.
-        Members of cluster ``c`` are ``order[starts[c] : starts[c] + counts[c]]``.
-    """
-    # int32 keys: the same stable order, ~40 % faster to sort on a CPU than int64
-    order = torch.argsort(labels.to(torch.int32), stable=True)  # (B,)
-    counts = torch.bincount(labels, minlength=num_clusters)  # (k,)
-    starts = torch.cumsum(counts, 0) - counts  # (k,) exclusive prefix sum
-    return order, starts, counts
-
-
-# Keys of the label-sorted index: (label << 32) | bank index, ascending = the
-# stable label order of cluster_index (bank indices < 2^32 fit below the label).
-_INDEX_BITS = 32
-_INDEX_MASK = (1 << _INDEX_BITS) - 1
-
-
-def index_keys(labels: Tensor, order: Tensor) -> Tensor:
-    """``(B,)`` int64 sorted keys ``labels[order] << 32 | order`` of a :func:`cluster_index` ``order``."""
-    return (labels.index_select(0, order).long() << _INDEX_BITS) | order
-
-
-def update_cluster_index(keys: Tensor, counts: Tensor, idx: Tensor, old: Tensor, new: Tensor
-                         ) -> tuple[Tensor, ClusterIndex]:
-    """The cluster index after a few labels changed, merged instead of re-sorted.
-
-    Args:
-        keys: ``(B,)`` :func:`index_keys` of the index before the change.
-        counts: ``(k,)`` members per cluster before the change.
-        idx: ``(U,)`` DISTINCT bank indices whose label changed from ``old``
-            ``(U,)`` to ``new`` ``(U,)`` (``old != new``).
-    Returns:
-        ``(keys, (order, starts, counts))`` equal to :func:`index_keys` and
-        :func:`cluster_index` of the new labels.
-
-    One copy of ``keys`` (the runs between the U removed and U inserted keys,
-    found by binary search) instead of a stable argsort of all B labels:
-    ~2 ms against ~12 ms at B = 1.28M on one CPU thread. The events are
-    walked in Python, which a GPU would have to synchronise for: on a GPU the
-    argsort is cheap, so callers use this on a CPU only.
-    """
-    removed = torch.searchsorted(keys, (old << _INDEX_BITS) | idx).tolist()  # positions of the old keys
-    added = ((new << _INDEX_BITS) | idx).sort().values  # (U,)
-    before = torch.searchsorted(keys, added).tolist()  # each new key goes before this position
-    # (position, 0 = insert added[j] / 1 = drop the key there, j): at one position the
-    # insert comes first (the new key is smaller than the key it is placed before)
-    events = sorted([(q, 0, j) for j, q in enumerate(before)] + [(p, 1, 0) for p in removed])
-    pieces, cur = [], 0
-    for pos, drop, j in events:
-        if pos > cur:
-            pieces.append(keys[cur:pos])
-            cur = pos
-        if drop:
-            cur = pos + 1
-        else:
-            pieces.append(added[j:j + 1])
-    pieces.append(keys[cur:])
-    keys = torch.cat(pieces)  # (B,)
-    ones = torch.ones_like(idx)
-    counts = counts.clone().index_add_(0, old, -ones).index_add_(0, new, ones)  # (k,)
-    starts = torch.cumsum(counts, 0) - counts  # (k,)
-    return keys, (keys & _INDEX_MASK, starts, counts)
 
 
 def sample_positives(
@@ -378,8 +308,9 @@ def _resolve_sampler(entry: registry.Sampler) -> NegativeSampler:
     return NegativeSampler(registry.load(entry.fn), entry.needs_similarity, entry.uses_pool, entry.global_topk)
 
 
-# strategy name -> sampler, resolved from study.method.registry.SAMPLERS (where a strategy is named)
-SAMPLERS: Mapping[str, NegativeSampler] = registry.Resolved(registry.SAMPLERS, _resolve_sampler)
+# strategy name -> its function and flags, resolved from study.method.registry.SAMPLERS (where a strategy is
+# named; the one registry of strategies, this its view of their functions)
+NEGATIVE_SAMPLERS: Mapping[str, NegativeSampler] = registry.Resolved(registry.SAMPLERS, _resolve_sampler)
 STRATEGIES = tuple(registry.SAMPLERS)  # the paper's four, then any added in study/method/registry.py
 
 
@@ -395,28 +326,19 @@ def validate_sampling(strategy: str, neg_num: int, pool: int, bank_size: int,
     ``pool`` is checked only for the strategies that use it (semi-easy,
     semi-hard); ``candidates`` (None = exact search) must be >= 1.
     """
-    if strategy not in SAMPLERS:
-        raise ValueError(f"unknown sampling strategy {strategy!r}; allowed: {', '.join(SAMPLERS)}")
+    if strategy not in NEGATIVE_SAMPLERS:
+        raise ValueError(f"unknown sampling strategy {strategy!r}; allowed: {', '.join(NEGATIVE_SAMPLERS)}")
     if neg_num < 1:
         raise ValueError(f"neg_num must be >= 1 (got {neg_num})")
     if neg_num > bank_size:
         raise ValueError(f"neg_num must be <= the bank size {bank_size} (got {neg_num})")
-    if SAMPLERS[strategy].uses_pool:
+    if NEGATIVE_SAMPLERS[strategy].uses_pool:
         if pool < neg_num:
             raise ValueError(f"pool must be >= neg_num ({neg_num}) for sampling {strategy!r} (got {pool})")
         if pool > bank_size:
             raise ValueError(f"pool must be <= the bank size {bank_size} (got {pool})")
     if candidates is not None and candidates < 1:
         raise ValueError(f"candidates must be >= 1 or None for exact search (got {candidates})")
-
-
-def scaled_pool(pool: int, candidates: int, bank_size: int) -> int:
-    """Pool size within a candidate set: ``max(1, round(pool * C / B))``, at most ``C``.
-
-    Keeps the pool the same FRACTION of the searched entries, so "the 10% most
-    similar" means the same thing in both search modes.
-    """
-    return min(candidates, max(1, round(pool * candidates / bank_size)))
 
 
 # ---------------------------------------------------------------------------
@@ -552,9 +474,10 @@ def inter_sample(
     :class:`InterSample`) draw ignoring labels where the reference never returns.
     """
     bank_size = bank_feats.shape[0]
-    # a few comparisons, a guard for direct callers: the config checked the same at load (UserError)
-    validate_sampling(strategy, neg_num, pool, bank_size, candidates)
-    sampler = SAMPLERS[strategy]
+    # the settings are checked once, when the method is built (InterCLR; the config at load): not per step
+    sampler = NEGATIVE_SAMPLERS.get(strategy)
+    if sampler is None:
+        raise ValueError(f"unknown sampling strategy {strategy!r}; allowed: {', '.join(NEGATIVE_SAMPLERS)}")
     q_labels = labels[q_idx]  # (N,)
 
     if pos_idx is None:

@@ -1,6 +1,6 @@
 """The methods' builders: a resolved config and an encoder -> the method's unit.
 
-Each is named once, in study/train/registry.py, and called by the trainer as
+Each is named once, in study/method/registry.py, and called by the trainer as
 ``build(cfg, encoder, *, num_samples, queue_generator, device, gather, rank)``.
 MoCo v2 is InterCLR's unit with the inter branch off.
 """

@@ -1,7 +1,7 @@
 """The training loop around the method (:class:`study.method.interclr.InterCLR`).
 
 :class:`Trainer` runs one configuration end to end: it picks the data source,
-builds the method unit through the method registry (study/train/registry.py; MoCo v2
+builds the method unit through the method registry (study/method/registry.py; MoCo v2
 is InterCLR's unit with its inter branch off), and
 keeps the loop, the learning-rate schedule, the optimizer, the random streams,
 the per-epoch evaluation, atomic checkpoints and resume. It imports neither Ray
@@ -45,7 +45,7 @@ from study.method.registry import load
 from study.train import checkpoint as ckpt
 from study.train import distributed as dist
 from study.train.evaluation import Evaluator, FeatureMemo, similarity_stats
-from study.train.registry import METHODS
+from study.method.registry import METHODS
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
 
@@ -194,7 +194,7 @@ class Trainer:
                           cfg.feat_dim, cfg.hidden_dim)
         split_batchnorm(encoder, cfg.bn_splits)
         self.gens = Generators(cfg.seed, self.rank, self.device)
-        # the method's unit, from its builder in study/train/registry.py (MoCo v2: InterCLR, inter off)
+        # the method's unit, from its builder in study/method/registry.py (MoCo v2: InterCLR, inter off)
         build = load(METHODS[cfg.method].build)
         self.method = build(cfg, encoder, num_samples=self.num_train, queue_generator=self.gens.views,
                             device=self.device, gather=dist.all_gather_cat, rank=self.rank)
