@@ -35,7 +35,7 @@ import torch
 from bench.common import Check, Section, set_threads
 from bench.states import Stepper, build_trainer, synthetic_data
 from study.data.augment import eval_preprocess
-from study.config import build_config
+from study.core.config import build_config
 from study.data.datasets import epoch_batches
 from study.train.trainer import Trainer
 
@@ -171,7 +171,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    from study.config import parse_sets
+    from study.core.config import parse_sets
 
     with tempfile.TemporaryDirectory(prefix="bench-cell-") as tmp:
         res = time_cell(args.preset, parse_sets(args.sets), out_dir=Path(tmp) / "run", threads=args.threads)

@@ -38,7 +38,7 @@ import torch
 from bench import cell as cell_bench
 from bench.common import Section, interleaved_times, machine_info, markdown_table, median
 from bench.states import Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
-from study.config import PRESETS
+from study.core.config import PRESETS
 from study.data.datasets import epoch_batches
 
 

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.config import TrainConfig, build_config
+from study.core.config import TrainConfig, build_config
 from study.data.datasets import ImageData, load_dataset
-from study.errors import DataError
+from study.core.errors import DataError
 from study.train.trainer import EpochAccumulator, Trainer
 
 

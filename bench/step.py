@@ -42,7 +42,7 @@ from bench.states import (
     synthetic_data,
     synthetic_state,
 )
-from study.config import PRESETS, build_config
+from study.core.config import PRESETS, build_config
 from study.data.common import channel_stats, stratified_subset
 from study.data.datasets import epoch_batches
 from study.method.cluster_index import cluster_index

@@ -29,7 +29,7 @@ import os
 import time
 import zlib
 
-from study.files import write_atomic
+from study.core.files import write_atomic
 
 FAKE_ENV = "STUDY_FAKE_TRIAL"
 NEG_SIM_OFFSETS = {"mean": 0.0, "std": 0.1, "q05": -0.2, "q25": -0.1, "q50": 0.0, "q75": 0.1, "q95": 0.2}

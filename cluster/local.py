@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from study.errors import UserError
+from study.core.errors import UserError
 from study.studyfile import Cell, Study
 from study.tracking import StudyTracker
 
@@ -29,8 +29,8 @@ def check_local(study: Study) -> None:
     """What Ray on this machine could never run, as one UserError before anything is written: a cell
     asking more CPUs or GPUs than the machine has (its trial would wait forever), or a CUDA device
     on a machine without one."""
-    from study.config import check_device
-    from study.errors import UserError
+    from study.core.config import check_device
+    from study.core.errors import UserError
     from study.runner import local_cpus
 
     cpus, gpus = local_cpus(), _gpu_count()
@@ -168,7 +168,7 @@ class LocalBackend:
 
     def run_cells(self, study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
                   done_before: int, experiment_name: str | None, restore: bool) -> int:
-        from study.paths import ray_storage, run_root
+        from study.core.paths import ray_storage, run_root
 
         return run_local(study, cells, tracker, parent_id, run_root=run_root(study.name),
                          storage_path=ray_storage(), done_before=done_before, keep_ray=self.keep_ray)

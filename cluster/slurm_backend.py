@@ -51,7 +51,7 @@ class SlurmBackend:
                   done_before: int, experiment_name: str | None, restore: bool) -> None:
         """On the job's node 0, with Ray already started across the allocation."""
         from cluster.tune_run import run_cells
-        from study.paths import ray_storage, run_root
+        from study.core.paths import ray_storage, run_root
 
         run_cells(study, cells, tracker, parent_id, run_root=run_root(study.name), storage_path=ray_storage(),
                   slots=len(cells), experiment_name=experiment_name or study.name, done_before=done_before,

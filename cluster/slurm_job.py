@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study.files import write_atomic
+from study.core.files import write_atomic
 
 class StudyJob:
     """What the SLURM job runs: a Ray cluster over the job's nodes, and the study's Tune driver.

@@ -6,7 +6,7 @@ the flags that override it (``--nodes``, ``--time``, ...) and the pass-through
 sbatch options (``extra:`` in the file, ``--slurm-opt KEY=VALUE``).
 
 :class:`SlurmOptions` is their schema, in the toolkit's one schema language (a
-strict pydantic model, like the run config of :mod:`study.config`): unknown
+strict pydantic model, like the run config of :mod:`study.core.config`): unknown
 keys are errors with a "did you mean", every value is checked for its kind and
 range, and each option's help text is its field's ``description``. Values
 from the command line are strings and are converted (``"45"``, ``"5:30"``,
@@ -32,8 +32,8 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from study.config import did_you_mean, pydantic_message
-from study.errors import UserError
+from study.core.config import did_you_mean, pydantic_message
+from study.core.errors import UserError
 from study.tracking import REPO_ROOT
 
 # sbatch options that have a key of their own (or that submitit manages): not allowed in `extra`
@@ -193,7 +193,7 @@ def _validate(data: dict, *, source: str | None) -> SlurmOptions:
 
 
 def _read_config(path: Path) -> dict:
-    from study.files import read_yaml
+    from study.core.files import read_yaml
 
     raw = read_yaml(path, "cluster config file")
     if raw is None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from cluster.slurm_job import StudyJob
 from cluster.slurm_options import check_options, executor_parameters, resolve_for_study, slurm_log_root
 from study import interrupt
-from study.errors import UserError
+from study.core.errors import UserError
 from study.tracking import REPO_ROOT, artifact_root, tracking_uri
 
 

@@ -36,8 +36,9 @@ import time
 import traceback
 from pathlib import Path
 
-from study import interrupt, names
-from study.files import write_atomic
+from study import interrupt
+from study.core import names
+from study.core.files import write_atomic
 from study.studyfile import Cell, Study
 from study.tracking import COST_METRICS, FAILED, FINISHED, TRIAL_ENV, StudyTracker, trial_function
 
@@ -153,7 +154,7 @@ def cell_trial(config: dict) -> None:
     """The Tune function trainable: train one cell, reporting every epoch."""
     import torch
 
-    from study.config import TrainConfig
+    from study.core.config import TrainConfig
     from study.train.trainer import Trainer
 
     payload = config["cell"]
@@ -190,7 +191,7 @@ def load_trial(spec: str | None = None):
         return cell_trial
     import importlib
 
-    from study.errors import UserError
+    from study.core.errors import UserError
 
     module, colon, name = spec.partition(":")
     try:

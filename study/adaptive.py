@@ -35,9 +35,9 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from study.backends import Backend  # noqa: F401 (the backend's interface, in annotations)
-from study.config import MAX_SEED
+from study.core.config import MAX_SEED
 from study import interrupt
-from study.errors import UserError
+from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
 from study.resume import interrupted_exit
 from study.studyfile import Study, load_study

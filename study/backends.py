@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Optional, Protocol
 
-from study.errors import UserError
+from study.core.errors import UserError
 
 if TYPE_CHECKING:
     from study.studyfile import Cell, Study

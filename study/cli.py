@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from study.backends import backend_names, load_backend
-from study.errors import UserError
+from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
 
 
@@ -35,7 +35,7 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from study.config import build_config, check_device, parse_sets
+    from study.core.config import build_config, check_device, parse_sets
 
     cfg = build_config(args.preset, parse_sets(args.sets), source="--set")
     if not args.out.strip():
@@ -91,7 +91,7 @@ def _add_run(sub) -> None:
 def _slurm_options(args) -> dict:
     opts = {k[len("slurm_"):]: v for k, v in vars(args).items()
             if k.startswith("slurm_") and k not in ("slurm_config", "slurm_opt") and v is not None}
-    from study.files import parse_scalar
+    from study.core.files import parse_scalar
 
     extra = {}
     for item in args.slurm_opt:
@@ -122,7 +122,7 @@ def _run(args) -> int:
 
 
 def _run_command(args) -> int:
-    from study.config import parse_sets
+    from study.core.config import parse_sets
     from study.runner import run_study
 
     if (args.max_seeds is not None or args.budget_hours is not None) and not args.until_decided:
@@ -164,7 +164,7 @@ def _add_status(sub) -> None:
 
 
 def cmd_status(args) -> int:
-    from study.config import parse_sets
+    from study.core.config import parse_sets
     from study.runner import study_status
 
     return study_status(args.study_file, preset=args.preset, sets=parse_sets(args.sets, source="--set"))

@@ -42,7 +42,7 @@ def rerun_command(study: Study, sets: dict | None = None, *extra: str, tracker: 
     except ValueError:
         path = str(study.path)
     words = ["python -m study run", shlex.quote(path), "--preset", study.preset]
-    from study.config import parse_value
+    from study.core.config import parse_value
 
     for key, value in (sets or {}).items():
         text = value if isinstance(value, str) else json.dumps(value)

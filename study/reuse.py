@@ -1,6 +1,6 @@
 """Identical cells trained once: a cell FINISHED in any study of the store is linked, not retrained.
 
-``cell_id`` hashes the canonical config (:mod:`study.canonical`), so the same
+``cell_id`` hashes the canonical config (:mod:`study.core.canonical`), so the same
 run asked for by two studies (the final recipe appears in the labels,
 sampling, boundary and final studies) has one id. Before a study runs,
 each of its cells that is not FINISHED in the study's own experiment but is

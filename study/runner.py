@@ -14,10 +14,10 @@ import time
 
 from study import interrupt
 from study.backends import Backend, load_backend
-from study.errors import UserError
+from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
 from study.resume import abandoned, interrupted_exit, rerun_command, summarise  # noqa: F401 (re-exported)
-from study.paths import ray_storage, run_root  # noqa: F401 (the launchers take them from here)
+from study.core.paths import ray_storage, run_root  # noqa: F401 (the launchers take them from here)
 from study.provenance import run_link, short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
 from study.tracking import (FAILED, FINISHED, KILLED, RUNNING, StudyTracker, check_same_study, store_exists, store_lock,

@@ -3,7 +3,7 @@
 A study file (YAML, in ``experiments/``) names a base recipe, fixed
 settings, factors with their levels, seeds, the metric and per-preset
 overrides and resources. A cell is one (levels, seed) combination with its
-fully resolved :class:`~study.config.TrainConfig` and a stable ``cell_id``.
+fully resolved :class:`~study.core.config.TrainConfig` and a stable ``cell_id``.
 
 Resolution order, later wins: preset defaults <- study ``fixed`` <- the
 study's per-preset ``set`` <- the cell's levels <- ``seed`` <- command-line
@@ -23,12 +23,12 @@ from typing import Any, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from study.canonical import canonical_config
-from study.config import (CONFIG_KEYS, EXECUTION_KEYS, MAX_SEED, PATTERN_WORDS, PRESETS, TrainConfig, build_config,
+from study.core.canonical import canonical_config
+from study.core.config import (CONFIG_KEYS, EXECUTION_KEYS, MAX_SEED, PATTERN_WORDS, PRESETS, TrainConfig, build_config,
                           did_you_mean, pattern_message, unknown_key)
-from study.errors import UserError, key_path
-from study.files import read_yaml
-from study.paths import RESULTS_TOP_FILES
+from study.core.errors import UserError, key_path
+from study.core.files import read_yaml
+from study.core.paths import RESULTS_TOP_FILES
 
 from analysis.hypotheses import Design, HypothesisError, HypothesisSpec, MetricName, check_delta, resolve, to_tags
 
@@ -342,7 +342,7 @@ def variant_hash(config: TrainConfig, level_keys) -> str:
 
 
 def cell_hash(config: TrainConfig) -> str:
-    """A stable hash of the canonical config (:mod:`study.canonical`: the resolved config, seed
+    """A stable hash of the canonical config (:mod:`study.core.canonical`: the resolved config, seed
     included, less the keys that cannot affect the run)."""
     return _digest(canonical_config(config.flat()))
 
@@ -609,7 +609,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
             if cid in seen:
                 raise UserError(f"levels '{seen[cid]}' and '{LEVEL_SEPARATOR.join(levels.values())}' resolve to the "
                                 "same config (once the keys that cannot affect a run are left out; see "
-                                "study/canonical.py)", source=src, key="factors")
+                                "study/core/canonical.py)", source=src, key="factors")
             seen[cid] = LEVEL_SEPARATOR.join(levels.values())
             cell = Cell(spec.name, levels, seed, cfg, cid, preset, variant_hash(cfg, owned))
             _check_cell_for_store(cell, src)

@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from study.errors import UserError
-from study.names import COST_METRICS, FINAL_METRICS  # noqa: F401 (COST_METRICS: re-exported for the Tune callback)
-from study.paths import REPO_ROOT, artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
+from study.core.errors import UserError
+from study.core.names import COST_METRICS, FINAL_METRICS  # noqa: F401 (COST_METRICS: re-exported for the Tune callback)
+from study.core.paths import REPO_ROOT, artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
 
 # MLflow run statuses
 FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"

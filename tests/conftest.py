@@ -97,7 +97,7 @@ def write_smoke_study(tmp_path: Path, name: str, epochs: int = 2, seeds: str = "
 @pytest.fixture(scope="module")
 def smoke_data():
     """The smoke preset's Fashion-MNIST subset, in memory (shared by the trainer-level tests)."""
-    from study.config import build_config
+    from study.core.config import build_config
     from study.data.datasets import load_dataset
 
     cfg = build_config("smoke")

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from study.data.common import ImageData
-from study.errors import DataError
+from study.core.errors import DataError
 from study.train.methods import build_interclr
 
 TOY_TRAIN, TOY_TEST, TOY_CLASSES, TOY_SIDE = 64, 32, 4, 8

@@ -289,7 +289,7 @@ def test_a_slurm_job_runs_exactly_its_batch(tmp_path):
 
 
 def test_seeds_go_on_from_zero_past_the_largest_seed():
-    from study.config import MAX_SEED
+    from study.core.config import MAX_SEED
 
     assert adaptive.seed_sequence([MAX_SEED - 1, MAX_SEED], 4) == [MAX_SEED - 1, MAX_SEED, 0, 1]
     assert adaptive.seed_sequence([MAX_SEED, 0], 3) == [MAX_SEED, 0, 1]

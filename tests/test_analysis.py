@@ -38,8 +38,8 @@ def outputs(uri, tmp_path_factory):
 
 
 def test_top_of_results_holds_only_the_reserved_files_and_study_folders(outputs):
-    """No study may be named like a file the analysis writes beside the study folders (study.paths)."""
-    from study.paths import RESULTS_TOP_FILES
+    """No study may be named like a file the analysis writes beside the study folders (study.core.paths)."""
+    from study.core.paths import RESULTS_TOP_FILES
 
     a, _, _ = outputs
     files = {p.name for p in a.iterdir() if p.is_file()}

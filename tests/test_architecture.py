@@ -1,7 +1,9 @@
 """The layering rules, read from the code's imports (static: nothing is imported or run).
 
 - nothing under ``study/`` imports ``cluster/``;
-- no import cycle, between the top-level packages or between any two modules;
+- no import cycle, between the top-level packages, between the subpackages (``study.core`` the
+  foundation, ``study.data``, ``study.train``, ``study.method``, the boundary modules of ``study/``,
+  ``cluster``, ``analysis``, ``bench``) or between any two modules;
 - the trainer (``study/train/``) reaches neither ray, mlflow nor submitit through any chain
   of project imports;
 - ``study/method/`` imports only torch, torchvision, numpy, the standard library and itself.
@@ -124,8 +126,17 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    top = {name: name.split(".")[0] for name in graph}
+SUBPACKAGES = ("study.core", "study.data", "study.train", "study.method")
+
+
+def unit_of(module: str) -> str:
+    """The unit a module belongs to: one of SUBPACKAGES, else its top-level package (the boundary modules
+    of ``study/`` are the unit ``study``)."""
+    return next((p for p in SUBPACKAGES if module == p or module.startswith(p + ".")), module.split(".")[0])
+
+
+def package_graph(graph: dict[str, set[str]], unit=lambda name: name.split(".")[0]) -> dict[str, set[str]]:
+    top = {name: unit(name) for name in graph}
     out: dict[str, set[str]] = {p: set() for p in top.values()}
     for name, targets in graph.items():
         out[top[name]].update(top[t] for t in targets if top[t] != top[name])
@@ -144,6 +155,9 @@ def violations(root: Path = REPO, packages=PACKAGES) -> list[str]:
     cycle = find_cycle(package_graph(internal))
     if cycle:
         problems.append("package import cycle: " + " -> ".join(cycle))
+    cycle = find_cycle(package_graph(internal, unit_of))
+    if cycle:
+        problems.append("subpackage import cycle: " + " -> ".join(cycle))
     cycle = find_cycle(internal)
     if cycle:
         problems.append("module import cycle: " + " -> ".join(cycle))
@@ -177,12 +191,13 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 CLEAN = {
     "study/__init__.py": "",
-    "study/config.py": "import pydantic\n",
+    "study/core/__init__.py": "",
+    "study/core/config.py": "import pydantic\n",
     "study/method/__init__.py": "",
     "study/method/losses.py": "import math\nimport torch\nfrom . import util\n",
     "study/method/util.py": "import numpy as np\n",
     "study/train/__init__.py": "",
-    "study/train/trainer.py": "from study.method.losses import x\nfrom study import config\n",
+    "study/train/trainer.py": "from study.method.losses import x\nfrom study.core import config\n",
     "study/runner.py": "def go():\n    from study.train.trainer import Trainer\n",
     "cluster/__init__.py": "",
     "cluster/local.py": "import ray\nfrom study.runner import go\n",
@@ -192,12 +207,15 @@ CLEAN = {
 @pytest.mark.parametrize(("change", "expected"), [
     ({}, None),
     ({"study/runner.py": "def go():\n    from cluster.local import run\n"}, "nothing under study/ imports cluster/"),
-    ({"study/config.py": "import pydantic\ndef f():\n    from study.runner import go\n"}, "module import cycle"),
-    ({"study/config.py": "def f():\n    import mlflow.tracking\n"}, "the trainer reaches mlflow through study.config"),
+    ({"study/core/config.py": "import pydantic\ndef f():\n    from study.runner import go\n"}, "module import cycle"),
+    ({"study/core/config.py": "def f():\n    import mlflow.tracking\n"}, "the trainer reaches mlflow through study.core.config"),
     ({"study/method/util.py": "def f():\n    import submitit\n"}, "the trainer reaches submitit"),
     ({"study/method/util.py": "import scipy\n"}, "study.method.util imports scipy"),
-    ({"study/method/util.py": "from study.config import x\n"}, "study.method.util imports study.config"),
-    ({"study/method/losses.py": "from ..config import x\n"}, "study.method.losses imports study.config"),
+    ({"study/method/util.py": "from study.core.config import x\n"}, "study.method.util imports study.core.config"),
+    ({"study/method/losses.py": "from ..core.config import x\n"}, "study.method.losses imports study.core.config"),
+    # the subpackages' graph: the foundation importing a layer that stands on it
+    ({"study/core/config.py": "def f():\n    from study.train import trainer\n"},
+     "subpackage import cycle: study.train -> study.core -> study.train"),
 ])
 def test_each_rule_catches_its_breach(tmp_path, change, expected):
     """The checker on a small made-up tree: clean as written, and each breach (lazy ones too) is named."""

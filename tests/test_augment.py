@@ -19,7 +19,7 @@ from study.data.augment import (
     eval_preprocess,
     sample_crop_boxes,
 )
-from study.errors import UserError
+from study.core.errors import UserError
 
 GRAY = dict(mean=(0.5,), std=(0.25,))
 RGB = dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_smoke_study
 from study.backends import backend_names, load_backend
-from study.errors import UserError
+from study.core.errors import UserError
 from study.runner import execute_study, run_study
 from study.studyfile import load_study
 

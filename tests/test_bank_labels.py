@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from study.method.bank import MemoryBank, last_occurrence
-from study.config import build_config
-from study.errors import UserError
+from study.core.config import build_config
+from study.core.errors import UserError
 from study.method.labels import PseudoLabels, _two_means
 from study.method.cluster_index import cluster_index
 

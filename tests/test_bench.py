@@ -161,7 +161,7 @@ def test_full_scale_step_settings_are_ones_the_config_accepts():
     accepts.
     """
     from bench.states import bench_config
-    from study.errors import UserError
+    from study.core.errors import UserError
 
     scale, num_train = step.FULL, 60_000  # the Fashion-MNIST train set the full run uses
     for spec in scale.banks:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from study.config import PRESETS, TrainConfig, build_config, parse_sets, validate_against_data
-from study.errors import UserError
+from study.core.config import PRESETS, TrainConfig, build_config, parse_sets, validate_against_data
+from study.core.errors import UserError
 
 
 def test_presets_all_validate():
@@ -80,8 +80,8 @@ def test_config_choices_are_derived_from_the_registries():
     """Each choice is named once, in its registry; the config's types and derived values read them."""
     from typing import get_args
 
-    from study import config
-    from study.data.registry import DATASETS
+    from study.core import config
+    from study.core.datasets import DATASETS
     from study.method.registry import MARGINS, SAMPLERS
     from study.method.registry import METHODS
 

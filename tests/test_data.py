@@ -25,7 +25,7 @@ from study.data.datasets import (
     resize_images,
     stratified_subset,
 )
-from study.errors import DataError, UserError
+from study.core.errors import DataError, UserError
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 

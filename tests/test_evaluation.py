@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from study.train import evaluation
-from study.errors import UserError
+from study.core.errors import UserError
 from study.train.evaluation import (
     ari,
     label_change_ratio,

@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.config import PRESETS, build_config
+from study.core.config import PRESETS, build_config
 from study.data.datasets import epoch_batches
-from study.errors import UserError
+from study.core.errors import UserError
 from study.method.kmeans import kmeans
 from study.method.labels import PseudoLabels
 from study.method.cluster_index import cluster_index

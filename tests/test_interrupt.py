@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_trial_env, store_client, store_env, write_smoke_study
-from study.errors import UserError
+from study.core.errors import UserError
 from study.interrupt import StopSignals, StudyInterrupted
 from study.studyfile import cell_params, load_study
 from study.tracking import FINISHED, KILLED, RUNNING, StudyTracker, driver_alive, driver_identity

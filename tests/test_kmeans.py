@@ -8,8 +8,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from study.method import kmeans as kmeans_module
-from study.config import build_config
-from study.errors import UserError
+from study.core.config import build_config
+from study.core.errors import UserError
 from study.method.kmeans import kmeans
 
 

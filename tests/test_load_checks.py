@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from study.errors import UserError
+from study.core.errors import UserError
 from study.studyfile import cell_params, factor_name_problem, load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_relative_data_root_is_made_absolute_at_load(tmp_path, monkeypatch):
     cfg = load_study(study.name, "smoke").cells[0].config
     assert cfg.data_root == str(tmp_path / "reldata" / "fashion-mnist")
     # --set too, and ~
-    from study.config import build_config
+    from study.core.config import build_config
 
     assert build_config("smoke", {"data_root": "reldata"}).data_root == str(tmp_path / "reldata")
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -228,7 +228,7 @@ def test_a_set_is_blamed_when_the_cell_builds_without_it(tmp_path):
 
 
 def test_check_device():
-    from study.config import check_device
+    from study.core.config import check_device
 
     check_device("cpu", 0, source="x")
     check_device("cuda:1", 2, source="x")

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from study.config import build_config
-from study.errors import UserError
+from study.core.config import build_config
+from study.core.errors import UserError
 from study.method.losses import MARGIN_TYPES, apply_margin, contrastive_loss
 
 

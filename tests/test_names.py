@@ -1,6 +1,6 @@
-"""The names of the store's contract (study/names.py): what the Tune callback sends to MLflow."""
+"""The names of the store's contract (study/core/names.py): what the Tune callback sends to MLflow."""
 
-from study import names
+from study.core import names
 
 
 def test_every_named_epoch_metric_is_sent_and_tunes_own_keys_are_not():

@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import study.data.registry as data_registry
+import study.core.datasets as data_registry
 import study.method.registry as method_registry
-from study.config import build_config
+from study.core.config import build_config
 from study.data.datasets import dataset_files, dataset_fingerprint, load_dataset
-from study.errors import DataError, UserError
+from study.core.errors import DataError, UserError
 from study.method.losses import MARGIN_FUNCTIONS as MARGINS, apply_margin, contrastive_loss
 from study.method.model import Encoder, build_backbone
 from study.method.registry import load
@@ -152,7 +152,7 @@ def test_the_trainer_builds_the_method_its_entry_names(monkeypatch, smoke_data):
 
 NEW_ENTRIES = textwrap.dedent("""\
     import sys
-    import study.data.registry as dr, study.method.registry as mr
+    import study.core.datasets as dr, study.method.registry as mr
     mr.SAMPLERS["first"] = mr.Sampler("registry_parts:neg_first", needs_similarity=False, uses_pool=False,
                                       global_topk=False)
     mr.SAMPLERS["semi-first"] = mr.Sampler("registry_parts:neg_first", needs_similarity=False, uses_pool=True,
@@ -160,8 +160,8 @@ NEW_ENTRIES = textwrap.dedent("""\
     mr.MARGINS["double"] = mr.Margin("registry_parts:margin_double")
     dr.DATASETS["toy"] = dr.Dataset("registry_parts", train_size=64, hint="any folder")
     mr.METHODS["recorded"] = mr.Method("registry_parts:build_recorded", inter_branch=True)
-    from study.config import POOL_SAMPLINGS, TRAIN_SIZES, build_config
-    from study.errors import UserError
+    from study.core.config import POOL_SAMPLINGS, TRAIN_SIZES, build_config
+    from study.core.errors import UserError
     ov = dict(dataset="toy", sampling="first", margin_type="double", method="recorded", train_subset=None,
               test_subset=None, threads=1, epochs=1, batch_size=16, queue_size=32, num_clusters=4,
               min_cluster=2, neg_num=8, knn_k=5, linear_epochs=1)
@@ -205,7 +205,7 @@ def test_loading_a_study_file_imports_no_torch():
     code = textwrap.dedent("""\
         import sys
         from study.studyfile import load_study
-        import study.canonical
+        import study.core.canonical
         load_study("experiments/sampling.yaml", "cpu")
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))[:5]
         """)

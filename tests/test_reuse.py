@@ -1,4 +1,4 @@
-"""Canonical cell ids (study.canonical) and cells linked across studies instead of retrained (study.reuse)."""
+"""Canonical cell ids (study.core.canonical) and cells linked across studies instead of retrained (study.reuse)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import glob
 import pytest
 
 from conftest import store_client
-from study.canonical import EXECUTION_KEYS, INTER_KEYS, canonical_config
-from study.config import build_config
+from study.core.canonical import EXECUTION_KEYS, INTER_KEYS, canonical_config
+from study.core.config import build_config
 from study.runner import execute_study
 from study.studyfile import cell_hash, load_study
 from study.tracking import FINISHED, StudyTracker
@@ -226,7 +226,7 @@ def test_cells_of_another_trial_function_are_never_linked(store, monkeypatch, ca
 
 def test_a_file_that_kept_another_studys_name_is_refused(store):
     """Two files named alike but varying other factors would mix their cells: refused before anything is written."""
-    from study.errors import UserError
+    from study.core.errors import UserError
     from study.runner import run_study
     from study.backends import load_backend
 
@@ -242,7 +242,7 @@ def test_a_file_that_kept_another_studys_name_is_refused(store):
 
 def test_a_deleted_experiment_is_one_error_before_anything_runs(store):
     from study.backends import load_backend
-    from study.errors import UserError
+    from study.core.errors import UserError
     from study.runner import run_study
 
     a = load_study(_write(store, "first"), "smoke")

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.config import build_config
-from study.errors import UserError
+from study.core.config import build_config
+from study.core.errors import UserError
 from study.method.cluster_index import cluster_index, index_keys, update_cluster_index
 from study.method.sampling import STRATEGIES, inter_sample, sample_positives, scaled_pool, validate_sampling
 

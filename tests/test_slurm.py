@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from conftest import SMOKE_STUDY, fake_trial_env, store_client, store_env, write_smoke_study
 
-from study.errors import UserError
+from study.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -243,7 +243,7 @@ def test_options_schema_is_strict_and_keeps_its_help():
     from pydantic import ValidationError
 
     from cluster.slurm_options import OPTION_KEYS, SlurmOptions
-    from study.files import read_yaml
+    from study.core.files import read_yaml
 
     assert all(SlurmOptions.model_fields[k].description for k in OPTION_KEYS)
     assert set(read_yaml(REPO / "cluster" / "slurm.example.yaml", "cluster config file")) == set(OPTION_KEYS)

@@ -91,7 +91,7 @@ def test_cell_timing_covers_the_run(tmp_path):
 
 def test_bare_on_off_set_the_layout():
     """YAML reads a bare on/off as a boolean: `--set channels_last=off` must still mean "off"."""
-    from study.config import build_config, parse_sets
+    from study.core.config import build_config, parse_sets
 
     assert build_config("smoke", parse_sets(["channels_last=off"])).channels_last == "off"
     assert build_config("smoke", parse_sets(["channels_last=on"])).channels_last == "on"

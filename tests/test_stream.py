@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import build_config
+from study.core.config import build_config
 from study.data.sources import FolderSource
 from study.train.trainer import Trainer
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import store_client, store_env, write_smoke_study
-from study import names
+from study.core import names
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from study.errors import UserError
+from study.core.errors import UserError
 from study.studyfile import cell_hash, load_study, read_study_file
 
 REPO = Path(__file__).resolve().parents[1]

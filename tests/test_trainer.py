@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from study.config import build_config
+from study.core.config import build_config
 from study.train import checkpoint as ckpt
 from study.train.trainer import Trainer, TrainingDiverged
 
@@ -158,7 +158,7 @@ def test_truncated_checkpoint_falls_back(tmp_path, smoke_data):
 
 
 def test_outputs_and_config_mismatch(tmp_path, smoke_data):
-    from study.errors import UserError
+    from study.core.errors import UserError
 
     cfg = _cfg(epochs=1)
     Trainer(cfg, tmp_path, data=smoke_data, log=lambda s: None).run()

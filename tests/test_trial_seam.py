@@ -10,7 +10,7 @@ import pytest
 
 from cluster import fake_trial, tune_run
 from cluster.tune_run import TrialReporter, cell_trial, load_trial
-from study.errors import UserError
+from study.core.errors import UserError
 
 
 def test_load_trial_default_env_and_errors(monkeypatch):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from study.config import parse_sets
-from study.errors import UserError
-from study.files import load_yaml_text, parse_scalar, read_yaml
+from study.core.config import parse_sets
+from study.core.errors import UserError
+from study.core.files import load_yaml_text, parse_scalar, read_yaml
 from study.studyfile import load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_infinity_and_nan_parse_and_the_schema_refuses_them(tmp_path):
     assert parse_scalar(".inf", "--set x") == math.inf
     assert math.isnan(parse_scalar(".nan", "--set x"))
     with pytest.raises(UserError, match="lr.*finite"):
-        from study.config import build_config
+        from study.core.config import build_config
 
         build_config("smoke", parse_sets(["lr=.inf"]), source="--set")
 
@@ -50,7 +50,7 @@ def test_infinity_and_nan_parse_and_the_schema_refuses_them(tmp_path):
 def test_set_values_as_documented():
     sets = parse_sets(["lr=1e-3", "weight_decay=5e-4", "amp=off", "channels_last=on", "widths=[8, 16]"])
     assert sets == {"lr": 0.001, "weight_decay": 0.0005, "amp": "off", "channels_last": "on", "widths": [8, 16]}
-    from study.config import build_config
+    from study.core.config import build_config
 
     cfg = build_config("smoke", sets, source="--set")
     assert cfg.lr == 0.001 and cfg.amp == "off" and cfg.channels_last == "on"
@@ -133,7 +133,7 @@ def test_read_yaml_errors_name_the_file(tmp_path):
 
 
 def test_no_other_yaml_reader():
-    """study/files.py is the only place that parses YAML (no PyYAML, no second ruamel loader)."""
+    """study/core/files.py is the only place that parses YAML (no PyYAML, no second ruamel loader)."""
     offenders = []
     for folder in ("study", "cluster", "analysis", "bench"):
         for py in (REPO / folder).rglob("*.py"):

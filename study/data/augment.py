@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from study.errors import UserError
+from study.core.errors import UserError
 
 __all__ = [
     "AugmentConfig",

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.errors import DataError, UserError
-from study.paths import DATA_DIR
+from study.core.errors import DataError, UserError
+from study.core.paths import DATA_DIR
 
 # Images per chunk when resizing or computing statistics (bounds the float copies).
 CHUNK = 4096

@@ -17,9 +17,9 @@ Two ways to feed the trainer:
 
 Where the data comes from: each dataset is a format module under
 study/data/formats/ (fashion_mnist, cifar10, stl10, imagefolder; their docstrings
-say where they look), named once in study/data/registry.py. ``load_dataset`` and
+say where they look), named once in study/core/datasets.py. ``load_dataset`` and
 ``dataset_files`` dispatch through that registry. A missing or unreadable dataset
-raises :class:`study.errors.DataError` naming the path and how to get it.
+raises :class:`study.core.errors.DataError` naming the path and how to get it.
 
 All randomness (subsets, batch order, per-sample crops of the streaming
 source) comes from generators seeded by explicit integers, never from the
@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from study.data import registry
+from study.core import datasets as registry
 from study.data.augment import TwoViewAugment, sample_crop_boxes
 
 # the shared helpers and two formats' names, re-exported: the data layer's public names (see __all__)
@@ -55,7 +55,7 @@ from study.data.formats.imagefolder import (
     open_rgb,
     scan_image_folder,
 )
-from study.errors import DataError, UserError
+from study.core.errors import DataError, UserError
 
 __all__ = [
     "DATASETS",
@@ -105,7 +105,7 @@ def load_dataset(
 ) -> ImageData:
     """Load a dataset into memory as uint8 tensors.
 
-    name: one of ``DATASETS`` (study/data/registry.py). root: where the data lives (see the module
+    name: one of ``DATASETS`` (study/core/datasets.py). root: where the data lives (see the module
     docstring for defaults). train_subset / test_subset: a class-stratified
     subset of that many images drawn with ``seed`` (None = the whole split).
     image_size: resize the stored images once to this side (bilinear,

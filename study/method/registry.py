@@ -2,7 +2,7 @@
 
 This file is the one place where a method, a sampling strategy or a margin is named. Each entry
 is a ``"package.module:attribute"`` reference to a function plus the flags that the config needs
-at load; the reference is imported on first use, so the config (study/config.py) derives its
+at load; the reference is imported on first use, so the config (study/core/config.py) derives its
 choices from here without importing torch. The heavy modules resolve their units from here
 (:data:`study.method.sampling.NEGATIVE_SAMPLERS`, :data:`study.method.losses.MARGIN_FUNCTIONS`,
 the trainer's method builders).
@@ -12,7 +12,7 @@ and add one line below. Adding a method: write its builder (study/train/methods.
 (under study/method/), and add one line to :data:`METHODS`.
 
 :func:`load` and :class:`Resolved` are the registries' machinery, shared with the data
-registry (study/data/registry.py).
+registry (study/core/datasets.py).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Method:
 
     build: str  # "module:function" (see above)
     # True: the inter-image keys (labels, sampling, margin, bank, clusters...) are checked at load and
-    # count in a cell's identity; False: they are ignored (study.canonical.INTER_KEYS)
+    # count in a cell's identity; False: they are ignored (study.core.canonical.INTER_KEYS)
     inter_branch: bool
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from study.data.augment import eval_preprocess
 from study.data.datasets import stratified_subset
-from study.errors import UserError
+from study.core.errors import UserError
 from study.train import distributed as dist
 
 # label_change_ratio(match=True) solves the exact one-to-one matching

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from study.config import TrainConfig
+from study.core.config import TrainConfig
 from study.method.interclr import InterCLR, InterSettings
 from study.method.model import Encoder
 

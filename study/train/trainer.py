@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.canonical import canonical_config
-from study.config import POOL_SAMPLINGS, TrainConfig, validate_against_data
+from study.core.canonical import canonical_config
+from study.core.config import POOL_SAMPLINGS, TrainConfig, validate_against_data
 from study.data.augment import AugmentConfig, TwoViewAugment
 from study.data.datasets import ImageData, epoch_batches, load_dataset, mix_seed
 from study.data.sources import FolderSource, MemorySource
@@ -155,7 +155,7 @@ class Trainer:
         dist.init_from_env(self.device)
         self.rank, self.world = dist.rank(), dist.world_size()
         if cfg.batch_size % self.world:
-            from study.errors import UserError
+            from study.core.errors import UserError
 
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {self.world} processes",
                             key="batch_size")
@@ -462,7 +462,7 @@ class Trainer:
         self.history = list(state["history"])
 
     def _check_resumable(self, state: dict) -> None:
-        from study.errors import UserError
+        from study.core.errors import UserError
 
         # keys that cannot affect the run (execution only, or unused by this method) may differ
         saved, now = canonical_config(state["config"]), canonical_config(self.cfg.flat())

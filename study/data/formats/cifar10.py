@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from study.data.common import ImageData, find_subdir, present_files, require_subdir, to_tensor
-from study.errors import DataError
+from study.core.errors import DataError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _SUBDIR, _MARKER = "cifar-10-batches-py", "data_batch_1"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from study.data.common import ImageData, to_tensor
-from study.errors import DataError
-from study.paths import DATA_DIR
+from study.core.errors import DataError
+from study.core.paths import DATA_DIR
 
 # Where Fashion-MNIST is looked for when no root is given, in order.
 FASHION_MNIST_DIRS = (

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from study.data.common import ImageData
-from study.errors import DataError, UserError
+from study.core.errors import DataError, UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 # Above this an ImageFolder split is not loaded into memory (use FolderTwoViewDataset).

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from study.data.common import CHUNK, ImageData, find_subdir, present_files, require_subdir, resize_images
-from study.errors import DataError
+from study.core.errors import DataError
 
 STL10_URL = "https://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 _SUBDIR, _MARKER = "stl10_binary", "train_X.bin"

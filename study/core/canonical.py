@@ -5,7 +5,7 @@ cells that would train the same network and log the same metrics share an id,
 within a study and across studies: a cell finished in one study is linked
 into another instead of being trained again (:mod:`study.reuse`).
 
-Which keys are dropped, and why (read off ``study/config.py`` and
+Which keys are dropped, and why (read off ``study/core/config.py`` and
 ``study/train/trainer.py``, and the registries' flags; keep this list in step with them):
 
 - always (execution only): ``progress`` (a progress bar), ``threads`` (CPU
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from study.config import EXECUTION_KEYS  # progress, threads, device, loader_workers: execution only
+from study.core.config import EXECUTION_KEYS  # progress, threads, device, loader_workers: execution only
 from study.method.registry import MARGINS, METHODS, SAMPLERS
 
 # every key of the inter-image branch, and the loss weights that only mix it in

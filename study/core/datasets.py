@@ -9,7 +9,7 @@ A format module (see study/data/formats/) exposes two functions:
 
 - ``load(root, image_size=None, unlabeled=False) -> ImageData``: both splits, whole,
   as stored (``load_dataset`` then subsets, resizes and computes mean/std); raise
-  :class:`study.errors.DataError` naming the path and how to get the data;
+  :class:`study.core.errors.DataError` naming the path and how to get the data;
 - ``files(root, unlabeled=False) -> list[Path]``: the files ``load`` reads, found as
   ``load`` finds them, without reading them; [] when absent (the dataset digest).
 

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from study.data.registry import DATASETS
-from study.errors import UserError
+from study.core.datasets import DATASETS
+from study.core.errors import UserError
 from study.method.registry import MARGINS, METHODS, SAMPLERS
 from study.method.sizes import scaled_pool
 
@@ -28,7 +28,7 @@ from study.method.sizes import scaled_pool
 Method = Literal[tuple(METHODS)]  # study/method/registry.py
 Sampling = Literal[tuple(SAMPLERS)]  # study/method/registry.py
 MarginType = Literal[tuple(MARGINS)]  # study/method/registry.py
-DatasetName = Literal[tuple(DATASETS)]  # study/data/registry.py
+DatasetName = Literal[tuple(DATASETS)]  # study/core/datasets.py
 POOL_SAMPLINGS = tuple(name for name, s in SAMPLERS.items() if s.uses_pool)  # the strategies that draw from a pool
 
 # keys that change how a run is executed, not what it computes: they are not part of a
@@ -315,9 +315,9 @@ def unknown_key(key: str, allowed: list[str] | tuple[str, ...]) -> str:
 
 
 def parse_value(text: str, source: str = "--set") -> Any:
-    """A ``--set`` value, read by the study files' YAML 1.2 rules (:func:`study.files.parse_scalar`):
+    """A ``--set`` value, read by the study files' YAML 1.2 rules (:func:`study.core.files.parse_scalar`):
     ``3``, ``0.5``, ``1e-3``, ``-0.5``, ``true``, ``off`` (a string), ``[8, 16]``."""
-    from study.files import parse_scalar
+    from study.core.files import parse_scalar
 
     return parse_scalar(text, source)
 

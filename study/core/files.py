@@ -11,7 +11,7 @@ them follow the same rules:
   file, the key's path and both line numbers (YAML forbids it; PyYAML kept the
   last copy silently).
 
-Every problem is one :class:`~study.errors.UserError` naming the file (or the
+Every problem is one :class:`~study.core.errors.UserError` naming the file (or the
 flag) it came from.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from study.errors import UserError, key_path
+from study.core.errors import UserError, key_path
 
 
 def _loader():
