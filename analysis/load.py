@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from study.core.paths import REPO_ROOT as REPO, default_tracking_uri  # noqa: F401 (re-exported)
+
 from .hypotheses import Design, HypothesisSpec, from_tags
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_METRIC = "knn_top1"
 DEFAULT_DELTA = 0.005  # 0.5 points of an accuracy stored as a fraction (same as the study file's default)
 FINISHED = "FINISHED"
@@ -132,8 +133,6 @@ class StudyData:
 # --------------------------------------------------------------------------- store access
 
 
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -24,6 +24,7 @@ import torch
 
 from bench import cell, gpu, kmeans_bench, maintenance, peer, pipeline, scheduler, step
 from bench.common import Section, machine_info, markdown_table
+from study.core.paths import REPO_ROOT
 
 # name -> run(quick, shared); in this order (maintenance reuses the step benchmark's results)
 BENCHMARKS: dict[str, Callable[..., Section]] = {
@@ -36,7 +37,7 @@ BENCHMARKS: dict[str, Callable[..., Section]] = {
     "cell": cell.run,
     "peer": peer.run,
 }
-DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
+DEFAULT_OUT = REPO_ROOT / "bench" / "RESULTS.md"
 
 
 def _names(arg: Optional[str]) -> list[str]:

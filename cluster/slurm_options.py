@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from study.core.config import did_you_mean, pydantic_message
 from study.core.errors import UserError
-from study.tracking import REPO_ROOT
+from study.core.paths import REPO_ROOT
 
 # sbatch options that have a key of their own (or that submitit manages): not allowed in `extra`
 _MANAGED = {

@@ -26,7 +26,7 @@ from cluster.slurm_job import StudyJob
 from cluster.slurm_options import check_options, executor_parameters, resolve_for_study, slurm_log_root
 from study import interrupt
 from study.core.errors import UserError
-from study.tracking import REPO_ROOT, artifact_root, tracking_uri
+from study.tracking import artifact_root, tracking_uri
 
 
 # ---------------------------------------------------------------- the job's environment
@@ -41,13 +41,12 @@ def absolute_tracking_uri(uri: str | None = None) -> str:
 
 def job_environment() -> dict[str, str]:
     """The store and storage paths the job must use, all absolute, plus any other STUDY_* setting."""
-    from study.runner import ray_storage
+    from study.core.paths import ray_storage, runs_base
 
     env = {k: v for k, v in os.environ.items() if k.startswith("STUDY_")}
-    run_base = os.environ.get("STUDY_RUN_ROOT") or str(REPO_ROOT / "runs")
     env.update({
         "MLFLOW_TRACKING_URI": absolute_tracking_uri(),
-        "STUDY_RUN_ROOT": str(Path(run_base).resolve()),
+        "STUDY_RUN_ROOT": str(runs_base()),
         "STUDY_RAY_RESULTS": str(ray_storage()),
         "STUDY_ARTIFACT_ROOT": str(artifact_root()),
         "PYTHONUNBUFFERED": "1",

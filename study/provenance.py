@@ -24,7 +24,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from study.core.paths import REPO_ROOT
+
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "numpy")
 # MLflow stores a dataset digest in a 36-character column (PostgreSQL enforces it)
 DIGEST_CHARS = 16

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# study/core/paths.py -> the repository (the one definition: every other module imports it)
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # datasets found without a configured root (Fashion-MNIST, CIFAR-10, STL-10 files)
 DATA_DIR = REPO_ROOT / "data"
 # the files the analysis writes at the top of results/, beside one folder per study (so no study
@@ -17,10 +18,14 @@ DATA_DIR = REPO_ROOT / "data"
 RESULTS_TOP_FILES = ("REPORT.md", "ablation.md", "ablation.tex", "ablation.csv")
 
 
+def runs_base() -> Path:
+    """Where every study's run directories live: ``$STUDY_RUN_ROOT``, else ``runs/``."""
+    return Path(os.environ.get("STUDY_RUN_ROOT") or (REPO_ROOT / "runs")).resolve()
+
+
 def run_root(study: str) -> Path:
-    """A study's run directories (one per cell, for checkpoints): ``$STUDY_RUN_ROOT/<study>``, else ``runs/<study>``."""
-    base = os.environ.get("STUDY_RUN_ROOT") or str(REPO_ROOT / "runs")
-    return (Path(base) / study).resolve()
+    """A study's run directories (one per cell, for checkpoints): ``runs_base()/<study>``."""
+    return runs_base() / study
 
 
 def ray_storage() -> Path:
