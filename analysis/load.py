@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from study.core.paths import REPO_ROOT as REPO, default_tracking_uri  # noqa: F401 (re-exported)
+from study.core.names import FINISHED
+from study.core.paths import default_tracking_uri  # noqa: F401 (re-exported)
 
 from .hypotheses import Design, HypothesisSpec, from_tags
 
 DEFAULT_METRIC = "knn_top1"
 DEFAULT_DELTA = 0.005  # 0.5 points of an accuracy stored as a fraction (same as the study file's default)
-FINISHED = "FINISHED"
 
 # Columns of the cells frame: name -> kind ("str", "int", "float").
 CELL_COLUMNS: dict[str, str] = {

@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from study.core.paths import REPO_ROOT
+
 from . import figures as F
 from .atomic import replacing
 from .evaluate import evaluate_study
 from .publish import publish
-from .load import REPO, StudyData, client_for, list_studies, load_study
+from .load import StudyData, client_for, list_studies, load_study
 from .report import CANONICAL, existing_figures, render_report, safe_name
 from .tables import TABLE_METRICS, ablation_table, difference_row, summary_table, to_csv, to_latex, to_markdown
 
@@ -21,7 +23,7 @@ ABLATION_FACTORS = {"labels": "Pseudo-labels", "sampling": "Negative sampling", 
 
 
 def default_out_dir() -> Path:
-    return REPO / "results"
+    return REPO_ROOT / "results"
 
 
 def _write(path: Path, text: str) -> Path:

@@ -12,12 +12,13 @@ The entry point of the SLURM backend; its parts, by concern:
 
 from __future__ import annotations
 
+from study.retry import RetryPolicy
 from study.studyfile import Cell, Study
-from study.tracking import StudyTracker
 
 
 class SlurmBackend:
-    """One submitit job runs Ray; Ray Tune runs the cells inside it (see :mod:`cluster.slurm_job`)."""
+    """One submitit job runs the study's driver: Ray over the job's nodes, and the runner with
+    :class:`cluster.slurm_job.JobRay` as its executor (see :mod:`cluster.slurm_job`)."""
 
     name = "slurm"
 
@@ -36,24 +37,12 @@ class SlurmBackend:
 
         return describe_submission(study, self.options)
 
-    def launch(self, study: Study, *, sets: dict, rerun_failed: bool, wait: bool) -> int:
+    def executor(self) -> None:
+        return None  # the driver runs in the job, which builds its own executor
+
+    def submit(self, study: Study, todo: list[Cell], done: int, *, sets: dict, retry: RetryPolicy, wait: bool,
+               batch: bool) -> int:
         from cluster.slurm_submit import submit_study
 
-        return submit_study(study, sets=sets, options=self.options, wait=wait, rerun_failed=rerun_failed)
-
-    def run_batch(self, study: Study, *, sets: dict, rerun_failed: bool) -> int:
-        from cluster.slurm_submit import submit_study
-
-        return submit_study(study, sets=sets, options=self.options, wait=True, rerun_failed=rerun_failed,
-                            subset=True)
-
-    def run_cells(self, study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-                  done_before: int, experiment_name: str | None, restore: bool) -> None:
-        """On the job's node 0, with Ray already started across the allocation."""
-        from cluster.tune_run import run_cells
-        from study.core.paths import ray_storage, run_root
-
-        run_cells(study, cells, tracker, parent_id, run_root=run_root(study.name), storage_path=ray_storage(),
-                  slots=len(cells), experiment_name=experiment_name or study.name, done_before=done_before,
-                  restore=restore)
-        return None
+        return submit_study(study, todo, done, sets=sets, options=self.options, wait=wait, retry=retry,
+                            subset=batch)

@@ -6,8 +6,9 @@ Inside the job (one SLURM task per Ray node):
   (Ray picks free ports, no dashboard) and writes the head's address to the
   job's log folder; every other task starts a Ray node that joins it
   (``ray start --address ... --block``) and stops when the head says so.
-- The Tune driver runs on node 0 through the same path as a local study
-  (:func:`study.runner.execute_study`): cells FINISHED in the MLflow store are
+- The Tune driver runs on node 0 through the same path as a local study: the runner
+  (:func:`study.runner.execute_study`) with :class:`JobRay`, the executor of Ray in
+  this allocation, as its executor: cells FINISHED in the MLflow store are
   skipped, the others resume from their run directories, and the job's Tune
   experiment (named after the job id) is restored when the job runs again.
 - A node lost mid-study (its Ray node stops answering) stops the study with
@@ -118,6 +119,7 @@ class StudyJob:
         _use_job_token(ctx, create=True)  # before Ray reads its configuration
         import ray
 
+        from study.retry import RetryPolicy
         from study.runner import execute_study
 
         _remove_stale_temp_dirs(ctx.job_id)
@@ -141,8 +143,9 @@ class StudyJob:
             name, restore = _tune_experiment(ctx, study.name)
             print(f"[slurm] Tune experiment {name}: " + ("restoring it" if restore else "new"), flush=True)
             watch = _NodeWatch()
-            return _drive_in_thread(lambda: execute_study(study, rerun_failed=self.rerun_failed, backend="slurm",
-                                                          experiment_name=name, restore=restore), watch)
+            executor = JobRay(name, restore)
+            retry = RetryPolicy(study.max_failures, self.rerun_failed)
+            return _drive_in_thread(lambda: execute_study(study, executor=executor, retry=retry), watch)
         finally:
             from cluster.tune_run import STOPPING
 
@@ -320,6 +323,32 @@ def _kill_own_ray(temp_dir: str) -> None:
                 pass
 
 
+class JobRay:
+    """The executor of a SLURM job: Ray over the job's nodes, started (and stopped) by the job itself
+    (:meth:`StudyJob._run_head`); the cells run as one Tune experiment, ``experiment_name``, restored
+    from an earlier attempt of the job when ``restore``."""
+
+    def __init__(self, experiment_name: str, restore: bool):
+        self.experiment_name, self.restore = experiment_name, restore
+
+    def check(self, study) -> None:
+        return None  # the allocation was checked at submission (cluster/slurm_options.py)
+
+    def slots(self, study) -> None:
+        return None  # as many as the allocation's Ray places at once
+
+    def run(self, study, cells, sink, retry) -> dict[str, str]:
+        from cluster.tune_run import run_cells
+        from study.core.paths import ray_storage, run_root
+
+        return run_cells(study, cells, sink, run_root=run_root(study.name), storage_path=ray_storage(),
+                         slots=len(cells), experiment_name=self.experiment_name, retry=retry,
+                         restore=self.restore)
+
+    def close(self) -> None:
+        return None  # the job shuts its Ray down as it ends
+
+
 class _JobContext:
     """Where one attempt of the job is: ids, rank, and its rendezvous files in the job folder."""
 
@@ -333,7 +362,7 @@ class _JobContext:
 def _tune_experiment(ctx: _JobContext, study_name: str) -> tuple[str, bool]:
     """(name, restore): the Tune experiment of an earlier attempt of this job when Tune can restore it
     (it wrote its state; an attempt killed in its first seconds may not have), else a new one."""
-    from study.runner import ray_storage
+    from study.core.paths import ray_storage
 
     record = ctx.folder / "tune_experiment"
     if record.exists():

@@ -26,6 +26,7 @@ from cluster.slurm_job import StudyJob
 from cluster.slurm_options import check_options, executor_parameters, resolve_for_study, slurm_log_root
 from study import interrupt
 from study.core.errors import UserError
+from study.retry import RetryPolicy
 from study.tracking import artifact_root, tracking_uri
 
 
@@ -72,17 +73,15 @@ def _display_path(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- submitting and following
-def submit_study(study, *, sets: dict, options: dict, wait: bool, rerun_failed: bool, subset: bool = False) -> int:
-    """Submit the study as one SLURM job; print how to follow it; with ``wait``, follow it to the end.
+def submit_study(study, todo: list, done: int, *, sets: dict, options: dict, wait: bool, retry: RetryPolicy,
+                 subset: bool = False) -> int:
+    """Submit the study's driver as one SLURM job; print how to follow it; with ``wait``, follow it to
+    the end. ``todo``, ``done``: the cells to run and the number finished (the runner's choice, by
+    ``retry``; the job chooses again from the store when it starts).
 
     ``subset``: the job runs exactly ``study.cells`` (a batch of the adaptive loop), not the file's cells.
     """
-    from study.runner import cells_to_run
-    from study.tracking import StudyTracker
-
     values = resolve_for_study(check_options(options), study)
-    status = StudyTracker(study.name, create=False).cell_status()
-    todo, done = cells_to_run(study, status, rerun_failed)
     failed = len(study.cells) - len(todo) - done
     if not todo:
         print(f"[{study.name}] {len(study.cells)} cells: {done} finished, nothing to submit"
@@ -98,7 +97,7 @@ def submit_study(study, *, sets: dict, options: dict, wait: bool, rerun_failed: 
         raise UserError(f"{err} (run this on a SLURM login node, or use --cluster local)",
                         source="--cluster slurm") from None
     executor.update_parameters(**executor_parameters(values, study.name))
-    job_fn = StudyJob(str(study.path), study.preset, sets, rerun_failed=rerun_failed, env=job_environment(),
+    job_fn = StudyJob(str(study.path), study.preset, sets, rerun_failed=retry.rerun_failed, env=job_environment(),
                       options=values,
                       seeds=sorted({c.seed for c in study.cells}) if subset else None,
                       cell_ids=[c.cell_id for c in study.cells] if subset else None)
@@ -145,8 +144,7 @@ def _wait_for_end(job_id: str, timeout: float) -> None:
 
 
 def _store_counts(study) -> dict | None:
-    from study.resume import summarise
-    from study.tracking import StudyTracker
+    from study.tracking import StudyTracker, summarise
 
     try:
         return summarise(study, StudyTracker(study.name, create=False).cell_status())

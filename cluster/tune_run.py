@@ -39,6 +39,7 @@ from pathlib import Path
 from study import interrupt
 from study.core import names
 from study.core.files import write_atomic
+from study.retry import RetryPolicy
 from study.studyfile import Cell, Study
 from study.tracking import COST_METRICS, FAILED, FINISHED, TRIAL_ENV, StudyTracker, trial_function
 
@@ -315,17 +316,21 @@ def _trial_error(trial) -> str:
     return "trial failed (see its train.log)"
 
 
-def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id: str, *,
-              run_root: Path, storage_path: Path, slots: int, experiment_name: str,
-              done_before: int = 0, restore: bool = False) -> dict[str, str]:
-    """Run ``cells`` as Tune trials on the Ray cluster already initialised.
+def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, *, run_root: Path, storage_path: Path,
+              slots: int, experiment_name: str, retry: RetryPolicy, restore: bool = False) -> dict[str, str]:
+    """Run ``cells`` as Tune trials on the Ray cluster already initialised: what both executors
+    (cluster/local.py, cluster/slurm_job.py) do once Ray is up.
 
-    Returns cell_id -> "FINISHED" / "FAILED". With ``restore`` and a Tune
-    experiment of that name on disk, the experiment is restored (finished trials
-    kept, unfinished and errored ones resumed) instead of started anew.
+    Returns cell_id -> "FINISHED" / "FAILED". ``tracker``: the sink, its parent run open; a failed
+    trial is started again up to ``retry.max_failures`` times (study/retry.py). With ``restore`` and a
+    Tune experiment of that name on disk, the experiment is restored (finished trials kept,
+    unfinished and errored ones resumed) instead of started anew.
     """
     from ray import tune
 
+    parent_id = tracker.parent_id
+    status = tracker.cell_status()
+    done_before = sum(status.get(c.cell_id) == FINISHED for c in study.cells)  # for the progress line
     by_id = {c.cell_id: c for c in cells}
     threads = study.resources.cpus
     param_space = {"cell": tune.grid_search([trial_payload(c, run_root / c.cell_id, threads, study.resources.gpus)
@@ -347,7 +352,7 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, parent_id:
             run_config=tune.RunConfig(
                 name=experiment_name,
                 storage_path=str(storage_path),
-                failure_config=tune.FailureConfig(max_failures=study.max_failures),
+                failure_config=tune.FailureConfig(max_failures=retry.max_failures),
                 # no num_to_keep: it forces an experiment snapshot after every report;
                 # the checkpoints Tune keeps are tiny pointers anyway
                 callbacks=callbacks,

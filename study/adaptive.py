@@ -30,18 +30,16 @@ then 2 seeds per look (tests/test_decide.py simulates the error rates and seeds 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from study.backends import Backend  # noqa: F401 (the backend's interface, in annotations)
 from study.core.config import MAX_SEED
 from study import interrupt
 from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
 from study.resume import interrupted_exit
 from study.studyfile import Study, load_study
-from study.tracking import FINISHED, StudyTracker, check_same_study
+from study.tracking import FINISHED, StudyTracker
 
 BatchRunner = Callable[[Study], int]
 
@@ -279,27 +277,6 @@ def check_limits(max_seeds: int | None, budget_hours: float | None) -> None:
         raise UserError(f"must be >= 2 (got {max_seeds})", source="--max-seeds")
     if budget_hours is not None and not budget_hours > 0:
         raise UserError(f"must be > 0 (got {budget_hours})", source="--budget-hours")
-
-
-def run_adaptive(path: str, *, preset: str, backend: "Backend", sets: dict | None, rerun_failed: bool,
-                 max_seeds: int | None, budget_hours: float | None) -> int:
-    """``run --until-decided`` on either launcher: one runner call (local Ray, or one SLURM job
-    followed to its end) per batch."""
-    check_limits(max_seeds, budget_hours)
-    study = load_study(path, preset, sets)
-    backend.check(study)  # a bad study file or option fails here, before anything is written
-    check_same_study(study)
-    limits = limits_for(study, max_seeds, budget_hours)
-
-    def run_batch(batch: Study) -> int:
-        return backend.run_batch(batch, sets=sets or {}, rerun_failed=rerun_failed)
-
-    try:
-        return until_decided(path, preset=preset, sets=sets, limits=limits, run_batch=run_batch)
-    finally:
-        ray = sys.modules.get("ray")  # imported by the local launcher, if it ran a batch
-        if ray is not None and ray.is_initialized():
-            ray.shutdown()
 
 
 def with_added_seeds(study: Study, tracker: StudyTracker, sets: dict | None = None) -> Study:

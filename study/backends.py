@@ -1,48 +1,82 @@
-"""The cluster backend interface and its registry.
+"""Where cells run: the executor interface, the backends ``--cluster`` names, and their registry.
 
-A backend runs a study's cells somewhere (this machine, a SLURM allocation).
-The CLI picks one by name (``--cluster``) and hands it to the runner, which
-calls only the methods below; nothing under ``study/`` imports a backend's
-module. Backends register as entry points of the group :data:`GROUP` in
-``pyproject.toml`` (one line each), so adding one is a new module plus that line.
+An **executor** only executes cells: given a study's cells, the tracker they report to and the retry
+policy, it runs them to their end and says how each ended. Everything else of a study's lifecycle
+(claiming the store, marking runs a dead driver left, linking cells finished elsewhere, choosing the
+cells, summarising, the resume command) is the runner's (:mod:`study.runner`), for every backend.
+
+A **backend** is what ``--cluster`` names. Most give the runner an executor for a driver in this
+process (``local``: Ray on this machine). A backend whose driver must run elsewhere (``slurm``: inside
+the job's allocation) gives none and *submits* the driver instead: the job then calls the runner
+(:func:`study.runner.execute_study`) with its own executor. Backends register as entry points of the
+group :data:`GROUP` in ``pyproject.toml`` (one line each): adding one is a module plus that line.
+Nothing under ``study/`` imports a backend's module.
 """
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from study.core.errors import UserError
 
 if TYPE_CHECKING:
+    from study.retry import RetryPolicy
     from study.studyfile import Cell, Study
     from study.tracking import StudyTracker
 
 GROUP = "interclr_study.cluster"
 
 
+class Executor(Protocol):
+    """Runs cells, and nothing else."""
+
+    def check(self, study: "Study") -> None:
+        """UserError for what this executor could never run (a cell asking more CPUs or GPUs than it
+        has, a device it lacks); called before anything is written."""
+
+    def slots(self, study: "Study") -> Optional[int]:
+        """How many of ``study``'s cells run at once, if known (the efficiency line, the cost estimate)."""
+
+    def run(self, study: "Study", cells: "list[Cell]", sink: "StudyTracker", retry: "RetryPolicy") -> dict[str, str]:
+        """Run ``cells`` to their end; cell_id -> FINISHED or FAILED.
+
+        ``sink``: the study's tracker, its parent run open (``sink.parent_id``): every epoch of every
+        cell reaches it as it is reported. ``retry.max_failures``: how often a failed cell is started
+        again within this call (from its last checkpoint). Called in the driver thread
+        (:func:`study.interrupt.drive`): it sets no signal handler, and stops at the next safe point
+        once :func:`study.interrupt.check` raises."""
+
+    def close(self) -> None:
+        """Release what :meth:`run` kept for a next call (the adaptive loop runs one call per batch)."""
+
+
 class Backend(Protocol):
-    """What the runner asks of a backend, built as ``factory(options)`` (the CLI's backend options)."""
+    """What ``--cluster NAME`` builds, as ``factory(options)`` (the command line's backend options)."""
 
     name: str
 
     def check(self, study: "Study") -> None:
-        """Raise UserError on bad backend options; called before anything is written."""
+        """UserError on bad options or what the backend could never run; before anything is written."""
 
     def describe(self, study: "Study") -> Optional[str]:
         """What ``--dry-run`` adds to the cell list (e.g. the job's resources), or None."""
 
-    def launch(self, study: "Study", *, sets: dict, rerun_failed: bool, wait: bool) -> int:
-        """Run (or submit) the study's unfinished cells; the exit status."""
+    def executor(self) -> Optional[Executor]:
+        """The executor of a driver in this process; None when the driver runs where :meth:`submit`
+        places it."""
 
-    def run_batch(self, study: "Study", *, sets: dict, rerun_failed: bool) -> int:
-        """Run exactly ``study.cells`` (a batch of ``--until-decided``) to their end; the exit status.
-        Resources may be kept for the next batch (the adaptive loop releases Ray at its end)."""
+    def submit(self, study: "Study", todo: "list[Cell]", done: int, *, sets: dict, retry: "RetryPolicy",
+               wait: bool, batch: bool) -> int:
+        """Only for a backend without an executor here: start the study's driver elsewhere, for
+        ``todo`` (the cells to run; ``done`` are finished); with ``wait``, follow it to its end. ``batch``:
+        the driver runs exactly ``study.cells`` (a batch of ``--until-decided``). The exit status."""
 
-    def run_cells(self, study: "Study", cells: "list[Cell]", tracker: "StudyTracker", parent_id: str, *,
-                  done_before: int, experiment_name: Optional[str], restore: bool) -> Optional[int]:
-        """Run ``cells`` on this backend's Ray; the number of parallel slots used, if known.
-        Called in the driver thread (study.interrupt.drive): it sets no signal handler."""
+
+def local_cpus() -> int:
+    """The CPUs a driver on this machine gives its executor: ``$STUDY_NUM_CPUS``, else all of them."""
+    return int(os.environ.get("STUDY_NUM_CPUS") or os.cpu_count() or 1)
 
 
 def backend_names() -> tuple[str, ...]:

@@ -132,14 +132,15 @@ def _run_command(args) -> int:
         from study.adaptive import check_limits
 
         check_limits(args.max_seeds, args.budget_hours)
-    if args.wait and args.cluster != "slurm":
-        raise UserError(f"follows a SLURM job: only with --cluster slurm (--cluster {args.cluster} runs the study "
-                        "in this command, which already waits for it)", source="--wait")
     backend = load_backend(args.cluster, _slurm_options(args))  # the CLI picks, the runner uses
+    if args.wait and backend.executor() is not None:
+        raise UserError(f"follows a submitted job: only with a backend that submits one, such as --cluster slurm "
+                        f"(--cluster {args.cluster} runs the study in this command, which already waits for it)",
+                        source="--wait")
     if args.until_decided and not args.dry_run:
-        from study.adaptive import run_adaptive
+        from study.runner import run_until_decided
 
-        return run_adaptive(args.study_file, preset=args.preset, backend=backend,
+        return run_until_decided(args.study_file, preset=args.preset, backend=backend,
                             sets=parse_sets(args.sets, source="--set"), rerun_failed=args.rerun_failed,
                             max_seeds=args.max_seeds, budget_hours=args.budget_hours)
 

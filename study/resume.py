@@ -14,7 +14,7 @@ from pathlib import Path
 
 from study.interrupt import StudyInterrupted
 from study.studyfile import Cell, Study
-from study.tracking import FAILED, FINISHED, KILLED, RUNNING, StudyTracker
+from study.tracking import FINISHED, RUNNING, StudyTracker, summarise  # noqa: F401 (summarise: re-exported)
 
 
 def adaptive_flags(tracker: StudyTracker | None) -> list[str]:
@@ -50,18 +50,6 @@ def rerun_command(study: Study, sets: dict | None = None, *extra: str, tracker: 
             text = json.dumps(value)
         words += ["--set", shlex.quote(f"{key}={text}")]
     return " ".join(words + adaptive_flags(tracker) + list(extra))
-
-
-def summarise(study: Study, status: dict[str, str]) -> dict[str, int]:
-    """Counts of the study's cells by status: FINISHED, RUNNING, FAILED, KILLED (interrupted), missing."""
-    counts = {FINISHED: 0, RUNNING: 0, FAILED: 0, KILLED: 0, "missing": 0}
-    for c in study.cells:
-        s = status.get(c.cell_id)
-        if s in (FINISHED, RUNNING, FAILED, KILLED):
-            counts[s] += 1
-        else:
-            counts["missing"] += 1
-    return counts
 
 
 def abandoned(study: Study, tracker: StudyTracker, todo: list[Cell], err: Exception, sets: dict | None) -> None:

@@ -5,27 +5,26 @@ never trained again; any other cell is (re)run in its own run directory,
 from which the trainer resumes. Everything about the study file and the
 arguments is checked before anything is written. The backend (where the
 cells run) is chosen by the CLI and handed in: nothing here imports one.
+
+Control flows one way: the runner owns the study's lifecycle (:func:`execute_study`) and hands
+an executor the cells to run; an executor runs them and returns (study/backends.py). Which
+failed cells run again, and from where, is the retry policy's (study/retry.py).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from study import interrupt
-from study.backends import Backend, load_backend
+from study.backends import Backend, Executor, local_cpus
 from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
 from study.resume import abandoned, interrupted_exit, rerun_command, summarise  # noqa: F401 (re-exported)
-from study.core.paths import ray_storage, run_root  # noqa: F401 (the launchers take them from here)
+from study.retry import RetryPolicy
 from study.provenance import run_link, short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
 from study.tracking import (FAILED, FINISHED, KILLED, RUNNING, StudyTracker, check_same_study, store_exists, store_lock,
                             tracking_uri)
-
-
-def local_cpus() -> int:
-    return int(os.environ.get("STUDY_NUM_CPUS") or os.cpu_count() or 1)
 
 
 def describe_cells(study: Study) -> str:
@@ -41,23 +40,9 @@ def describe_cells(study: Study) -> str:
     return "\n".join(lines)
 
 
-def cells_to_run(study: Study, status: dict[str, str], rerun_failed: bool) -> tuple[list[Cell], int]:
-    """(cells to run, number already finished). FAILED cells wait for --rerun-failed."""
-    todo, done = [], 0
-    for c in study.cells:
-        s = status.get(c.cell_id)
-        if s == FINISHED:
-            done += 1
-        elif s == FAILED and not rerun_failed:
-            continue
-        else:
-            todo.append(c)
-    return todo, done
-
-
 def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | None = None,
               dry_run: bool = False, rerun_failed: bool = False, wait: bool = False) -> int:
-    """Load the study, check ``backend``'s options, then list (``dry_run``) or launch its cells."""
+    """Load the study, check ``backend``'s options, then list (``dry_run``) or run its cells."""
     study = load_study(path, preset, sets)
     backend.check(study)  # bad options, or what this machine could never run: before anything is written
     check_same_study(study)
@@ -71,7 +56,51 @@ def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | 
         if extra:
             print(extra)
         return 0
-    return backend.launch(study, sets=sets or {}, rerun_failed=rerun_failed, wait=wait)
+    return launch(study, backend, sets=sets or {}, retry=RetryPolicy(study.max_failures, rerun_failed), wait=wait)
+
+
+def launch(study: Study, backend: Backend, *, sets: dict, retry: RetryPolicy, wait: bool = False,
+           executor: Executor | None = None, batch: bool = False) -> int:
+    """Run the study's driver: in this process with ``executor`` (default: the backend's), under
+    :func:`study.interrupt.drive`, or, for a backend without one here, where the backend submits it.
+
+    ``batch``: a batch of ``--until-decided`` (``study.cells`` exactly); the executor is kept for the
+    next batch (the caller closes it). An interrupted batch raises SystemExit with 130 or 143, so
+    that the adaptive loop stops too."""
+    executor = executor or backend.executor()
+    if executor is None:
+        status = StudyTracker(study.name, create=False).cell_status()
+        todo, done = retry.cells_to_run(study.cells, status)
+        return backend.submit(study, todo, done, sets=sets, retry=retry, wait=wait, batch=batch)
+    code = interrupt.drive(execute_study, study, executor=executor, retry=retry, sets=sets, keep=batch)
+    if batch and code in interrupt.EXIT_CODES.values():
+        raise SystemExit(code)
+    return code
+
+
+def run_until_decided(path: str, *, backend: Backend, preset: str, sets: dict | None, rerun_failed: bool,
+                      max_seeds: int | None, budget_hours: float | None) -> int:
+    """``run --until-decided`` on any backend: the adaptive loop (study/adaptive.py) runs one driver per
+    batch (:func:`launch`: in this process with one executor kept for every batch, or one submitted
+    job followed to its end)."""
+    from study.adaptive import check_limits, limits_for, until_decided
+
+    check_limits(max_seeds, budget_hours)
+    study = load_study(path, preset, sets)
+    backend.check(study)  # a bad study file or option fails here, before anything is written
+    check_same_study(study)
+    limits = limits_for(study, max_seeds, budget_hours)
+    retry = RetryPolicy(study.max_failures, rerun_failed)
+    executor = backend.executor()  # None: each batch is a job the backend submits
+
+    def run_batch(batch: Study) -> int:
+        return launch(batch, backend, sets=sets or {}, retry=retry, wait=True, executor=executor, batch=True)
+
+    try:
+        return until_decided(path, preset=preset, sets=sets, limits=limits, run_batch=run_batch)
+    finally:
+        if executor is not None:
+            executor.close()
 
 
 def efficiency_line(name: str, wall: float, busy: float, slots: int) -> str | None:
@@ -86,32 +115,23 @@ def efficiency_line(name: str, wall: float, busy: float, slots: int) -> str | No
             f"wall/ideal {wall / ideal:.3f}")
 
 
-def execute_study(study: Study, *, rerun_failed: bool, backend: Backend | str, experiment_name: str | None = None,
-                  restore: bool = False, sets: dict | None = None) -> int:
-    """Run the study's unfinished cells on the Ray cluster of ``backend``; the driver side.
+def execute_study(study: Study, *, executor: Executor, retry: RetryPolicy, sets: dict | None = None,
+                  keep: bool = False) -> int:
+    """The study's lifecycle, the same for every backend: claim the study in the store, mark the runs
+    a dead driver left, link cells finished in other studies, choose the cells (``retry``), have
+    ``executor`` run them, summarise, print where to look and how to resume; the exit status.
 
-    Local backend: the driver runs under :func:`study.interrupt.drive`, so SIGINT (Ctrl-C) and
-    SIGTERM stop it at its next safe point: Ray is shut down, the runs it left unfinished (and the
-    parent) are marked KILLED, the command to resume is printed, and the exit status is 130
-    (SIGINT) or 143 (SIGTERM). Runs a killed driver left RUNNING are marked KILLED at the next
-    start (:meth:`StudyTracker.reconcile`).
+    ``keep``: leave the executor's resources for a next call (else :meth:`Executor.close` at the end).
+    Runs where it is called: the local driver calls it under :func:`study.interrupt.drive`, so
+    SIGINT (Ctrl-C) and SIGTERM stop it at its next safe point: the executor is closed, the runs it
+    left unfinished (and the parent) are marked KILLED, the command to resume is printed, and the
+    exit status is 130 (SIGINT) or 143 (SIGTERM). The SLURM job calls it in its own driver thread
+    (cluster/slurm_job.py). Runs a killed driver left RUNNING are marked KILLED at the next start
+    (:meth:`StudyTracker.reconcile`).
     """
-    if isinstance(backend, str):
-        backend = load_backend(backend)
-    if backend.name != "local":
-        return _claim_and_execute(study, rerun_failed=rerun_failed, backend=backend,
-                                  experiment_name=experiment_name, restore=restore)
-    return interrupt.drive(_execute_stoppable, study, rerun_failed=rerun_failed, backend=backend,
-                           experiment_name=experiment_name, restore=restore, sets=sets)
-
-
-def _execute_stoppable(study: Study, *, rerun_failed: bool, backend: Backend, experiment_name: str | None,
-                       restore: bool, sets: dict | None) -> int:
-    """:func:`_claim_and_execute` in the driver thread, its way out after a signal or a failure."""
     tracker_box: list[StudyTracker] = []
     try:
-        return _claim_and_execute(study, rerun_failed=rerun_failed, backend=backend,
-                                  experiment_name=experiment_name, restore=restore, tracker_box=tracker_box)
+        return _claim_and_execute(study, executor=executor, retry=retry, keep=keep, tracker_box=tracker_box)
     except BaseException as err:
         # after a signal, whatever ended the run (StudyInterrupted at a safe point, or a trial's
         # Ray call failing as Ctrl-C reached it too) is the interruption
@@ -124,22 +144,21 @@ def _execute_stoppable(study: Study, *, rerun_failed: bool, backend: Backend, ex
         raise
 
 
-def _claim_and_execute(study: Study, *, rerun_failed: bool, backend: Backend, experiment_name: str | None,
-                       restore: bool, tracker_box: list | None = None) -> int:
+def _claim_and_execute(study: Study, *, executor: Executor, retry: RetryPolicy, keep: bool,
+                       tracker_box: list) -> int:
     tracker = StudyTracker(study.name)
-    if tracker_box is not None:
-        tracker_box.append(tracker)
+    tracker_box.append(tracker)
     interrupt.check()  # (not before: the way out marks the parent an adaptive loop may have opened)
     # claim the study under the store's lock: a second driver started at the same moment sees the
-    # parent run this one opened, with its live driver, and is refused
+    # parent run this one opened, with its live driver, and is refused (a driver on another host,
+    # whose liveness cannot be read from here, is not: tracking.driver_alive)
     with store_lock(tracker.uri):
-        if backend.name == "local":
-            other = tracker.live_driver()
-            if other:
-                host, _, rest = other.partition(":")
-                raise UserError(f"is being run now by process {rest.split(':')[0]} on {host}; wait for it to "
-                                "end or stop it (Ctrl-C, or kill -INT PID), then run this again",
-                                source=f"study '{study.name}'")
+        other = tracker.live_driver()
+        if other:
+            host, _, rest = other.partition(":")
+            raise UserError(f"is being run now by process {rest.split(':')[0]} on {host}; wait for it to "
+                            "end or stop it (Ctrl-C, or kill -INT PID), then run this again",
+                            source=f"study '{study.name}'")
         tracker.reconcile()
         tracker.parent_id = tracker.parent_run_id(study.parent_params(), study.path)
     interrupt.check()
@@ -157,21 +176,26 @@ def _claim_and_execute(study: Study, *, rerun_failed: bool, backend: Backend, ex
         print(f"[{study.name}] linked {len(linked)} cells finished in other studies (tag reused_from), "
               "not trained again", flush=True)
     interrupt.check()
-    todo, done = cells_to_run(study, tracker.cell_status(), rerun_failed)
-    return _execute(study, tracker, todo, done, backend=backend, experiment_name=experiment_name,
-                    restore=restore)
+    todo, done = retry.cells_to_run(study.cells, tracker.cell_status())
+    return _execute(study, tracker, todo, done, executor=executor, retry=retry, keep=keep)
 
 
-def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *, backend: Backend,
-             experiment_name: str | None, restore: bool) -> int:
+def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *, executor: Executor,
+             retry: RetryPolicy, keep: bool) -> int:
     parent_id = tracker.parent_id
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
           + (f", {skipped_failed} failed (rerun with --rerun-failed)" if skipped_failed else ""), flush=True)
     start = time.time()
     if todo:
-        slots = backend.run_cells(study, todo, tracker, parent_id, done_before=done,
-                                  experiment_name=experiment_name, restore=restore)
+        slots = executor.slots(study)
+        ended = False
+        try:
+            executor.run(study, todo, tracker, retry)
+            ended = True
+        finally:
+            if not (keep and ended):  # a batch keeps Ray for the next one, unless it ended early
+                executor.close()
         interrupt.check()  # a signal during the loop's last step or Ray's shutdown
         if slots is not None:
             line = efficiency_line(study.name, time.time() - start,

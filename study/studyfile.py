@@ -29,6 +29,7 @@ from study.core.config import (CONFIG_KEYS, EXECUTION_KEYS, MAX_SEED, PATTERN_WO
 from study.core.errors import UserError, key_path
 from study.core.files import read_yaml
 from study.core.paths import RESULTS_TOP_FILES
+from study.retry import DEFAULT_MAX_FAILURES
 
 from analysis.hypotheses import Design, HypothesisError, HypothesisSpec, MetricName, check_delta, resolve, to_tags
 
@@ -112,7 +113,7 @@ class StudySpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     metric: Metric = "knn_top1"
     presets: dict[str, PresetSpec] = Field(default_factory=dict)
-    max_failures: int = Field(default=1, ge=0)
+    max_failures: int = Field(default=DEFAULT_MAX_FAILURES, ge=0)  # the retry policy: study/retry.py
     # --until-decided's limit on seeds per cell when the command gives none (default: analysis.decide.MAX_SEEDS)
     max_seeds: Optional[int] = Field(default=None, ge=2)
     # half-width of the region of practical equivalence of the finding's comparisons, in the

@@ -33,11 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.core.errors import UserError
-from study.core.names import COST_METRICS, FINAL_METRICS  # noqa: F401 (COST_METRICS: re-exported for the Tune callback)
-from study.core.paths import REPO_ROOT, artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
+from study.core.names import COST_METRICS, FAILED, FINAL_METRICS, FINISHED, KILLED, RUNNING  # noqa: F401 (re-exported)
+from study.core.paths import artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
 
-# MLflow run statuses
-FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
 # MLflow's description of an experiment or a run (Markdown on its page in the UI)
 NOTE_TAG = "mlflow.note.content"
 # a study's experiment opens in the UI's model-training view, not MLflow 3's GenAI view (which it would
@@ -578,3 +576,15 @@ def check_same_study(study) -> None:
         raise UserError(f"the store already holds a study '{study.name}' varying {theirs.replace(',', ', ')} (from "
                         f"{parent.data.params.get('file', 'another file')}); this file varies {ours.replace(',', ', ')}: "
                         f"give it another name", source=str(study.path), key="name")
+
+
+def summarise(study, status: dict[str, str]) -> dict[str, int]:
+    """Counts of the study's cells by status: FINISHED, RUNNING, FAILED, KILLED (interrupted), missing."""
+    counts = {FINISHED: 0, RUNNING: 0, FAILED: 0, KILLED: 0, "missing": 0}
+    for c in study.cells:
+        s = status.get(c.cell_id)
+        if s in (FINISHED, RUNNING, FAILED, KILLED):
+            counts[s] += 1
+        else:
+            counts["missing"] += 1
+    return counts

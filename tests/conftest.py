@@ -48,6 +48,16 @@ def pytest_xdist_make_scheduler(config, log):
     return OneFileAhead(config, log)
 
 
+def run_here(study, rerun_failed: bool = False) -> int:
+    """Run ``study`` as ``python -m study run`` does with ``--cluster local``: the runner's driver in this
+    process (under study.interrupt.drive), Ray on this machine."""
+    from cluster.local import LocalBackend
+    from study.retry import RetryPolicy
+    from study.runner import launch
+
+    return launch(study, LocalBackend({}), sets={}, retry=RetryPolicy(study.max_failures, rerun_failed))
+
+
 def store_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a `python -m study` whose store, run dirs and Ray files live in tmp_path."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -8,7 +8,11 @@
   whole is not one unit: its boundary modules use the analysis, which uses ``study.core``;
 - the trainer (``study/train/``) reaches neither ray, mlflow nor submitit through any chain
   of project imports;
-- ``study/method/`` imports only torch, torchvision, numpy, the standard library and itself.
+- ``study/method/`` imports only torch, torchvision, numpy, the standard library and itself;
+- control flows one way: ``cluster/`` takes from the runner's side of ``study/`` (the runner, the
+  resume and reuse helpers, the adaptive loop, the cost estimate) only :data:`CLUSTER_MAY_CALL`
+  (the SLURM job calls the runner with its executor), and no code branches on a backend's name
+  (``.name ==`` or ``!=`` on a backend, or a ``--cluster`` value compared to a literal).
 
 Every import counts: module level, inside functions (lazy) and under ``if TYPE_CHECKING``.
 ``importlib.import_module`` and entry points are not imports: a backend loaded that way is a
@@ -27,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("study", "cluster", "analysis", "bench")
 METHOD_ALLOWED = {"torch", "torchvision", "numpy"}
 TRAINER_FORBIDDEN = {"ray", "mlflow", "submitit"}
+RUNNER_SIDE = ("study.runner", "study.resume", "study.reuse", "study.adaptive", "study.cost")
+CLUSTER_MAY_CALL = {"study.runner": {"execute_study"}}
 
 
 def module_files(root: Path, packages=PACKAGES) -> dict[str, Path]:
@@ -175,6 +181,53 @@ def violations(root: Path = REPO, packages=PACKAGES) -> list[str]:
     return problems
 
 
+def one_way_problems(root: Path = REPO, packages=PACKAGES) -> list[str]:
+    """cluster/ reaching into the runner's internals, and branches on a backend's name."""
+    problems = []
+    for name, path in sorted(module_files(root, packages).items()):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if name.split(".")[0] == "cluster":
+                if isinstance(node, ast.ImportFrom) and node.module in RUNNER_SIDE:
+                    for alias in node.names:
+                        if alias.name not in CLUSTER_MAY_CALL.get(node.module, set()):
+                            problems.append(f"{name} imports {node.module}.{alias.name}: cluster/ takes only "
+                                            f"{CLUSTER_MAY_CALL} of the runner's side")
+                if isinstance(node, ast.Import):
+                    for alias in node.names:
+                        if alias.name in RUNNER_SIDE:
+                            problems.append(f"{name} imports {alias.name}: cluster/ takes only "
+                                            f"{CLUSTER_MAY_CALL} of the runner's side")
+            if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
+                sides = [node.left, *node.comparators]
+                on_name = any(isinstance(x, ast.Attribute) and x.attr == "name" and isinstance(x.value, ast.Name)
+                              and x.value.id == "backend" for x in sides)
+                on_flag = any(isinstance(x, ast.Attribute) and x.attr == "cluster" for x in sides) and any(
+                    isinstance(x, ast.Constant) and isinstance(x.value, str) for x in sides)
+                if on_name or on_flag:
+                    problems.append(f"{name}:{node.lineno} branches on a backend's name")
+    return problems
+
+
+def test_control_flows_one_way():
+    assert one_way_problems() == []
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cluster/local.py": "from study.runner import execute_study\n"}, None),
+    ({"cluster/local.py": "from study.runner import cells_to_run\n"}, "imports study.runner.cells_to_run"),
+    ({"cluster/local.py": "def f():\n    from study.resume import summarise\n"}, "imports study.resume.summarise"),
+    ({"cluster/local.py": "import study.reuse\n"}, "imports study.reuse"),
+    ({"study/runner.py": "def f(backend):\n    if backend.name != 'local':\n        pass\n"},
+     "study.runner:2 branches on a backend's name"),
+    ({"study/cli.py": "def f(args):\n    return args.cluster == 'slurm'\n"}, "study.cli:2 branches on"),
+])
+def test_the_one_way_rule_catches_its_breach(tmp_path, files, expected):
+    _write(tmp_path, {"study/__init__.py": "", "cluster/__init__.py": "", **files})
+    found = one_way_problems(tmp_path, ("study", "cluster"))
+    assert found == [] if expected is None else any(expected in line for line in found), found
+
+
 def test_the_project_keeps_its_layers():
     internal, _ = import_graph()
     assert "study.train.trainer" in internal and "study.method.sampling" in internal  # the scan saw the layout
@@ -197,16 +250,16 @@ CLEAN = {
     "study/method/util.py": "import numpy as np\n",
     "study/train/__init__.py": "",
     "study/train/trainer.py": "from study.method.losses import x\nfrom study.core import config\n",
-    "study/runner.py": "def go():\n    from study.train.trainer import Trainer\n",
+    "study/runner.py": "def execute_study():\n    from study.train.trainer import Trainer\n",
     "cluster/__init__.py": "",
-    "cluster/local.py": "import ray\nfrom study.runner import go\n",
+    "cluster/local.py": "import ray\nfrom study.runner import execute_study\n",
 }
 
 
 @pytest.mark.parametrize(("change", "expected"), [
     ({}, None),
     ({"study/runner.py": "def go():\n    from cluster.local import run\n"}, "nothing under study/ imports cluster/"),
-    ({"study/core/config.py": "import pydantic\ndef f():\n    from study.runner import go\n"}, "module import cycle"),
+    ({"study/core/config.py": "import pydantic\ndef f():\n    from study.runner import execute_study\n"}, "module import cycle"),
     ({"study/core/config.py": "def f():\n    import mlflow.tracking\n"}, "the trainer reaches mlflow through study.core.config"),
     ({"study/method/util.py": "def f():\n    import submitit\n"}, "the trainer reaches submitit"),
     ({"study/method/util.py": "import scipy\n"}, "study.method.util imports scipy"),

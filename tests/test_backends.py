@@ -6,20 +6,42 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_smoke_study
+from conftest import store_client, write_smoke_study
 from study.backends import backend_names, load_backend
 from study.core.errors import UserError
+from study.retry import DEFAULT_MAX_FAILURES, RetryPolicy
 from study.runner import execute_study, run_study
 from study.studyfile import load_study
 
 
+class FakeExecutor:
+    """Records what the runner asks; finishes nothing."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def check(self, study):
+        self.calls.append("executor.check")
+
+    def slots(self, study):
+        return 3
+
+    def run(self, study, cells, sink, retry):
+        self.calls.append(("run", [c.cell_id for c in cells], sink.parent_id is not None, retry))
+        return {}
+
+    def close(self):
+        self.calls.append("close")
+
+
 class FakeBackend:
-    """Records what the runner asks; ``bad`` makes its option check fail; run_cells finishes nothing."""
+    """A backend whose driver runs here (``submits`` False: it hands the runner a FakeExecutor) or is
+    submitted (``submits`` True); ``bad`` makes its option check fail."""
 
     name = "fake"
 
-    def __init__(self, bad: bool = False):
-        self.bad, self.calls = bad, []
+    def __init__(self, bad: bool = False, submits: bool = False):
+        self.bad, self.submits, self.calls = bad, submits, []
 
     def check(self, study):
         self.calls.append("check")
@@ -30,13 +52,12 @@ class FakeBackend:
         self.calls.append("describe")
         return "fake: 1 machine"
 
-    def launch(self, study, *, sets, rerun_failed, wait):
-        self.calls.append(("launch", sets, rerun_failed, wait))
-        return 7
+    def executor(self):
+        return None if self.submits else FakeExecutor(self.calls)
 
-    def run_cells(self, study, cells, tracker, parent_id, *, done_before, experiment_name, restore):
-        self.calls.append(("run_cells", [c.cell_id for c in cells], done_before, experiment_name, restore))
-        return None
+    def submit(self, study, todo, done, *, sets, retry, wait, batch):
+        self.calls.append(("submit", len(todo), done, sets, retry, wait, batch))
+        return 7
 
 
 def test_registry_names_the_backends_and_builds_them():
@@ -62,19 +83,45 @@ def test_runner_uses_the_backend_it_is_handed(tmp_path, monkeypatch, capsys):
     assert run_study(str(path), backend=dry, preset="smoke", dry_run=True) == 0
     assert dry.calls == ["check", "describe"] and "fake: 1 machine" in capsys.readouterr().out
 
-    real = FakeBackend()
-    assert run_study(str(path), backend=real, preset="smoke", sets={"epochs": 1}, rerun_failed=True, wait=True) == 7
-    assert real.calls == ["check", ("launch", {"epochs": 1}, True, True)]
+    # a backend that submits its driver: the runner chooses the cells by the retry policy, hands them over
+    sub = FakeBackend(submits=True)
+    n = len(load_study(path, "smoke", {"epochs": 1}).cells)
+    assert run_study(str(path), backend=sub, preset="smoke", sets={"epochs": 1}, rerun_failed=True, wait=True) == 7
+    assert sub.calls == ["check", ("submit", n, 0, {"epochs": 1}, RetryPolicy(1, True), True, False)]
 
 
-def test_execute_study_hands_the_unfinished_cells_to_the_backend(tmp_path, monkeypatch):
+def test_the_runner_owns_the_lifecycle_and_the_executor_only_runs_cells(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("STUDY_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
-    study = load_study(write_smoke_study(tmp_path, "seam2"), "smoke")
+    path = write_smoke_study(tmp_path, "seam2")
+    study = load_study(path, "smoke")
     backend = FakeBackend()
-    # nothing finished by the fake: every cell is missing and the study fails
-    assert execute_study(study, rerun_failed=False, backend=backend, experiment_name="x", restore=True) == 1
-    assert backend.calls == [("run_cells", [c.cell_id for c in study.cells], 0, "x", True)]
+    # nothing finished by the fake: every cell is missing and the study fails; the parent run is open
+    # (the sink) when the executor runs, the executor is closed at the end
+    assert run_study(str(path), backend=backend, preset="smoke") == 1
+    assert backend.calls == ["check", ("run", [c.cell_id for c in study.cells], True, RetryPolicy(1, False)), "close"]
+    parent = store_client(tmp_path).search_runs(
+        [store_client(tmp_path).get_experiment_by_name("seam2").experiment_id], "tags.role = 'parent'")
+    assert len(parent) == 1 and parent[0].info.status == "FAILED"
+
+    # a batch keeps the executor for the next one; the caller closes it
+    calls: list = []
+    executor = FakeExecutor(calls)
+    assert execute_study(study, executor=executor, retry=RetryPolicy(0, False), keep=True) == 1
+    assert calls == [("run", [c.cell_id for c in study.cells], True, RetryPolicy(0, False))]
+
+
+def test_retry_policy_chooses_the_cells():
+    """FINISHED never again; FAILED only with rerun_failed; KILLED, RUNNING and absent always."""
+    from types import SimpleNamespace
+
+    cells = [SimpleNamespace(cell_id=c) for c in "abcde"]
+    status = {"a": "FINISHED", "b": "FAILED", "c": "KILLED", "d": "RUNNING"}
+    todo, done = RetryPolicy().cells_to_run(cells, status)
+    assert [c.cell_id for c in todo] == ["c", "d", "e"] and done == 1
+    todo, done = RetryPolicy(rerun_failed=True).cells_to_run(cells, status)
+    assert [c.cell_id for c in todo] == ["b", "c", "d", "e"] and done == 1
+    assert RetryPolicy().max_failures == DEFAULT_MAX_FAILURES == 1
 
 
 def test_slurm_flags_with_the_local_backend_are_one_error(tmp_path):

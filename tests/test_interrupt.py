@@ -205,10 +205,10 @@ def test_second_driver_on_a_running_study_is_refused(store):
     try:
         _new_run(store_client(tmp_path), tracker.experiment_id, {"role": "parent",
                                                                  "driver": driver_identity(other.pid)})
-        from study.runner import execute_study
+        from conftest import run_here
 
         with pytest.raises(UserError, match=f"is being run now by process {other.pid}"):
-            execute_study(study, rerun_failed=False, backend="local")
+            run_here(study)
     finally:
         other.kill()
         other.wait()
@@ -216,15 +216,16 @@ def test_second_driver_on_a_running_study_is_refused(store):
 
 
 def _fake_run_local(then):
-    """A stand-in for cluster.local.run_local: opens the first cell, finishes the second, then ``then()``."""
-    def run_local(study, cells, tracker, parent_id, **kw):
-        tracker.open_cell(cells[0], parent_id)
-        tracker.open_cell(cells[1], parent_id)
+    """A stand-in for the local executor's run (cluster.local.LocalRay.run): opens the first cell,
+    finishes the second, then ``then()``."""
+    def run(self, study, cells, tracker, retry):
+        tracker.open_cell(cells[0], tracker.parent_id)
+        tracker.open_cell(cells[1], tracker.parent_id)
         tracker.log_final(cells[1].cell_id, {"epochs": 2, "knn_top1": 0.5})
         tracker.end_cell(cells[1].cell_id, FINISHED)
         then()
-        return 2
-    return run_local
+        return {cells[1].cell_id: FINISHED}
+    return run
 
 
 class _SignalsInDel:
@@ -282,11 +283,11 @@ def test_a_swallowed_signal_still_stops_the_study(store, monkeypatch, capsys, bu
     for key, value in fake_trial_env({}, epoch_s=0.5).items():
         monkeypatch.setenv(key, value)
     from cluster import tune_run
-    from study.runner import execute_study
+    from conftest import run_here
 
     real = tune_run._tune_callbacks
     monkeypatch.setattr(tune_run, "_tune_callbacks", lambda *a, **k: [_SignalOnFirstStep.make()] + real(*a, **k))
-    assert execute_study(study, rerun_failed=False, backend="local") == 130
+    assert run_here(study) == 130
     err = capsys.readouterr().err
     assert "interrupted (SIGINT)" in err, err
     runs = store_client(tmp_path).search_runs([StudyTracker("swallowed").experiment_id])
@@ -302,10 +303,10 @@ def test_a_signal_swallowed_after_the_loop_still_interrupts(store, monkeypatch, 
     study = load_study(path, "smoke")
     import cluster.local
 
-    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(lambda: _SignalsInDel(signal.SIGTERM)))
-    from study.runner import execute_study
+    monkeypatch.setattr(cluster.local.LocalRay, "run", _fake_run_local(lambda: _SignalsInDel(signal.SIGTERM)))
+    from conftest import run_here
 
-    assert execute_study(study, rerun_failed=False, backend="local") == 143
+    assert run_here(study) == 143
     assert "interrupted (SIGTERM): finished 1/2; 1 unfinished cell run(s) marked KILLED" in capsys.readouterr().err
 
 
@@ -317,11 +318,11 @@ def test_signal_in_the_driver_marks_runs_and_says_what_to_run(store, monkeypatch
 
     import cluster.local
 
-    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(lambda: _signal_then_reach_a_safe_point(sig)))
-    from study.runner import execute_study
+    monkeypatch.setattr(cluster.local.LocalRay, "run", _fake_run_local(lambda: _signal_then_reach_a_safe_point(sig)))
+    from conftest import run_here
 
     before = signal.getsignal(sig)
-    assert execute_study(study, rerun_failed=False, backend="local") == code
+    assert run_here(study) == code
     assert signal.getsignal(sig) is before
     err = capsys.readouterr().err
     name = signal.Signals(sig).name
@@ -345,11 +346,11 @@ def test_a_failing_driver_marks_its_runs(store, monkeypatch, capsys):
 
     import cluster.local
 
-    monkeypatch.setattr(cluster.local, "run_local", _fake_run_local(fail))
-    from study.runner import execute_study
+    monkeypatch.setattr(cluster.local.LocalRay, "run", _fake_run_local(fail))
+    from conftest import run_here
 
     with pytest.raises(RuntimeError, match="GCS is gone"):
-        execute_study(study, rerun_failed=False, backend="local")
+        run_here(study)
     assert "To resume, run the same command again: python -m study run" in capsys.readouterr().err
     client = store_client(tmp_path)
     states = sorted(r.info.status for r in client.search_runs([StudyTracker("boom").experiment_id]))

@@ -48,7 +48,7 @@ def test_the_analysis_the_provenance_and_slurm_share_the_one_root(monkeypatch):
     import study.provenance
     from cluster import slurm_options
 
-    assert analysis.load.REPO is paths.REPO_ROOT
+    assert analysis.pipeline.REPO_ROOT is paths.REPO_ROOT
     assert study.provenance.REPO_ROOT is paths.REPO_ROOT
     assert slurm_options.REPO_ROOT is paths.REPO_ROOT
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

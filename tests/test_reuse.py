@@ -6,10 +6,9 @@ import glob
 
 import pytest
 
-from conftest import store_client
+from conftest import run_here, store_client
 from study.core.canonical import EXECUTION_KEYS, INTER_KEYS, canonical_config
 from study.core.config import build_config
-from study.runner import execute_study
 from study.studyfile import cell_hash, load_study
 from study.tracking import FINISHED, StudyTracker
 
@@ -140,7 +139,7 @@ def test_finished_cells_are_linked_once_not_retrained(store, capsys):
     assert out.count("missing (finished in study 'first': the next run links it)") == 2, out
     assert "missing 2 (2 to link from other studies)" in out, out
     # every cell is linked, so nothing is left to train (no Ray starts) and the study finishes
-    assert execute_study(b, rerun_failed=False, backend="local") == 0
+    assert run_here(b) == 0
     out = capsys.readouterr().out
     assert "linked 2 cells" in out and "2 finished, 0 to run" in out
     client = store_client(store)
@@ -161,12 +160,12 @@ def test_finished_cells_are_linked_once_not_retrained(store, capsys):
         assert (run.info.start_time, run.info.end_time) == (src.info.start_time, src.info.end_time)
         assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["config.json"]
     # run again: nothing new is linked or trained
-    assert execute_study(b, rerun_failed=False, backend="local") == 0
+    assert run_here(b) == 0
     assert "linked" not in capsys.readouterr().out
     assert len(_cells(client, "second")) == 2
     # a link of a link names the original training run
     c = load_study(_write(store, "third"), "smoke")
-    execute_study(c, rerun_failed=False, backend="local")
+    run_here(c)
     assert {r.data.tags["reused_from"] for r in _cells(client, "third")} == {s.info.run_id for s in sources.values()}
 
 
@@ -179,7 +178,7 @@ def test_a_half_made_link_is_replaced(store):
     parent = tracker.parent_run_id({"factors": "sampling", "metric": "knn_top1"})
     stale = tracker.open_cell(b.cells[0], parent).run_id
     tracker.log_epoch(b.cells[0].cell_id, 0, {"knn_top1": 0.1})
-    assert execute_study(b, rerun_failed=False, backend="local") == 0
+    assert run_here(b) == 0
     runs = _cells(store_client(store), "second")
     assert len(runs) == 2 and stale not in {r.info.run_id for r in runs}
     assert all(r.info.status == FINISHED and r.data.tags.get("reused_from") for r in runs)

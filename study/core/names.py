@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# MLflow's run statuses, as the store holds them (a cell's state: study.tracking.StudyTracker.cell_status)
+FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
+
 ALL, INTER, ONLINE, OFFLINE = "every run", "InterCLR runs", "InterCLR runs with online labels", \
     "InterCLR runs with offline labels"
 

@@ -1,0 +1,52 @@
+"""The retry policy of a study: the one place that says which failed cells run again, and from where.
+
+Two levels, both here:
+
+- **Within a run** (``max_failures``): a cell whose trial fails (an exception in training, a worker
+  process that died) is started again up to ``max_failures`` times by the executor (Ray Tune's
+  ``FailureConfig``). A retry resumes from the cell's last epoch checkpoint in its run directory
+  (the trainer saves one atomically every epoch), not from epoch 0, and first reports again the
+  epochs its ``metrics.jsonl`` holds, so MLflow loses none. The study file sets it (``max_failures:``,
+  top level or per preset; default :data:`DEFAULT_MAX_FAILURES`).
+- **Across runs** (``rerun_failed``): a cell whose run is FAILED in the store is not run again by the
+  same command (its failure is deterministic more often than not, and a study should not loop on it);
+  ``--rerun-failed`` runs it again, from its checkpoint. Cells that were interrupted (KILLED), left
+  RUNNING by a driver that is gone, or never started are always run by the next command; FINISHED
+  cells never are.
+
+Executors receive a :class:`RetryPolicy` and apply ``max_failures``; the runner applies
+:meth:`RetryPolicy.cells_to_run`. To change the policy, change this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence, TypeVar
+
+from study.core.names import FAILED, FINISHED
+
+DEFAULT_MAX_FAILURES = 1  # the study file's default: one more attempt of a failed trial per run
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``max_failures``: retries of a failed trial within one run (>= 0); ``rerun_failed``: whether
+    this run also runs the cells whose runs FAILED in an earlier one."""
+
+    max_failures: int = DEFAULT_MAX_FAILURES
+    rerun_failed: bool = False
+
+    def cells_to_run(self, cells: Sequence[C], status: Mapping[str, str]) -> tuple[list[C], int]:
+        """(the cells this run trains, in study order; how many are FINISHED already), from each
+        cell's status in the store (``status``: cell_id -> FINISHED, FAILED, KILLED, RUNNING; a cell
+        absent never ran). A FAILED cell is run only with ``rerun_failed``."""
+        todo, done = [], 0
+        for c in cells:
+            s = status.get(c.cell_id)
+            if s == FINISHED:
+                done += 1
+            elif s != FAILED or self.rerun_failed:
+                todo.append(c)
+        return todo, done
