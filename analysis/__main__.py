@@ -56,14 +56,19 @@ def _main(argv: list[str] | None = None) -> int:
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out}: exists and is not a directory")
     try:
-        if args.study:  # an absent study gets its "not run" section; a likely typo is said too
+        if args.study:
+            # an absent study gets its "not run" section (a study not started yet: make study-X after a
+            # refused file); a name close to one the store holds is a typo: refused, nothing written
             known = list_studies(args.tracking_uri)
             for name in args.study:
                 if name not in known:
                     close = difflib.get_close_matches(name, known, n=1)
-                    print(f"analysis: no study '{name}' in the store (reported as not run)"
-                          + (f"; did you mean '{close[0]}'?" if close else "")
-                          + f" (studies: {', '.join(known) or 'none'})", file=sys.stderr)
+                    if close:
+                        print(f"analysis: --study {name}: no study of that name in the store; did you mean "
+                              f"'{close[0]}'? (studies: {', '.join(known)})", file=sys.stderr)
+                        return 2
+                    print(f"analysis: no study '{name}' in the store (reported as not run; studies: "
+                          f"{', '.join(known) or 'none'})", file=sys.stderr)
         paths = build_all(args.study, args.tracking_uri, args.out, log_to_store=not args.no_log)
     except (StoreError, ContractError) as exc:
         print(f"analysis: {exc}", file=sys.stderr)

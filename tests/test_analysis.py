@@ -326,8 +326,13 @@ def test_uri_never_defaults_to_repo_store(uri):
     assert Path(uri[len("sqlite:///"):]).parent != Path(__file__).resolve().parents[1]
 
 
-def test_an_unknown_study_is_said_with_a_did_you_mean(uri, tmp_path, capsys):
+def test_a_mistyped_study_is_refused_and_an_absent_one_reported_not_run(uri, tmp_path, capsys):
     name = list_studies(uri)[0]
-    assert main(["--study", name + "x", "--tracking-uri", uri, "--out", str(tmp_path / "o"), "--no-log"]) == 0
+    out = tmp_path / "o"
+    assert main(["--study", name + "x", "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 2
     err = capsys.readouterr().err
-    assert f"no study '{name}x' in the store (reported as not run)" in err and f"did you mean '{name}'" in err, err
+    assert f"--study {name}x: no study of that name" in err and f"did you mean '{name}'" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()  # one line, nothing written
+    assert main(["--study", "zzzqqq", "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
+    assert "no study 'zzzqqq' in the store (reported as not run" in capsys.readouterr().err
+    assert "not run" in (out / "REPORT.md").read_text()
