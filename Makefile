@@ -58,7 +58,7 @@ STUDIES := labels sampling boundary final
 # UNTIL_DECIDED=1 adds seeds where a hypothesis is open (MAX_SEEDS, BUDGET_HOURS: its limits)
 $(addprefix study-,$(STUDIES) grid scale): study-%: setup
 	@cd $(ROOT) && status=0; \
-	$(PY) -m study run experiments/$*.yaml --preset $(PRESET) --cluster $(CLUSTER) $(if $(filter slurm,$(CLUSTER)),--wait,) \
+	$(PY) -m study run experiments/$*.yaml --preset $(PRESET) --cluster $(CLUSTER) --wait \
 		$(if $(UNTIL_DECIDED),--until-decided $(if $(MAX_SEEDS),--max-seeds $(MAX_SEEDS),) \
 		$(if $(BUDGET_HOURS),--budget-hours $(BUDGET_HOURS),),) || status=$$?; \
 	$(PY) -m analysis --study $* || status=$$?; \

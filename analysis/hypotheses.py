@@ -41,9 +41,13 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# the metrics a study or a hypothesis can be decided on (cell metrics of analysis.load)
-METRICS = ("knn_top1", "final_knn_top1", "linear_top1", "nmi", "final_nmi", "ari", "knn_auc")
-MetricName = Literal["knn_top1", "final_knn_top1", "linear_top1", "nmi", "final_nmi", "ari", "knn_auc"]
+from study.core.names import EPOCH_METRICS
+
+# the metrics a study or a hypothesis can be decided on (cell metrics of analysis.load): the final
+# ones, the convergence area, and every per-epoch metric the store's contract names (its last value)
+METRICS = ("knn_top1", "final_knn_top1", "linear_top1", "nmi", "final_nmi", "ari", "knn_auc") + tuple(
+    m.name for m in EPOCH_METRICS if m.name not in ("knn_top1", "nmi", "ari"))
+MetricName = Literal[METRICS]
 Scalar = Union[bool, int, float, str]
 Selector = dict[str, Scalar]
 # a hypothesis name is part of tag keys (verdict.<name>) and of the report's anchors

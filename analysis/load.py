@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from study.core import names
 from study.core.names import FINISHED
 from study.core.paths import default_tracking_uri  # noqa: F401 (re-exported)
 
@@ -62,6 +63,9 @@ CELL_COLUMNS: dict[str, str] = {
     "seconds": "float",  # the run's wall time, start to end (a linked cell: its source's)
     "reused_from": "str",  # the run a linked cell was copied from ("" if trained here)
 }
+# every other per-epoch metric of the store's contract (study/core/names.py): its last value per cell
+EPOCH_CELL_METRICS = tuple(m.name for m in names.EPOCH_METRICS if m.name not in CELL_COLUMNS)
+CELL_COLUMNS.update({m: "float" for m in EPOCH_CELL_METRICS})
 CURVE_COLUMNS: dict[str, str] = {
     "cell_id": "str",
     "run_id": "str",
@@ -256,6 +260,7 @@ def _cell_row(run, study: str) -> dict:
         "reused_from": tags.get("reused_from", ""),
         "status": run.info.status,
         "_factors": tuple(factors),
+        **{m: metrics.get(m) for m in EPOCH_CELL_METRICS},
     }
     for f in factors:
         row[f"factor.{f}"] = tags.get(f"factor.{f}", "")
@@ -506,8 +511,10 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     check_frame(curves, CURVE_COLUMNS, f"study {study!r} curves")
     mcol = metric_column(metric)
     if mcol not in cells.columns:
+        from .hypotheses import METRICS
+
         raise ContractError(f"study {study!r}: primary metric {metric!r} is not a cell metric "
-                            f"(known: knn_top1, linear_top1, nmi, ari, knn_auc)")
+                            f"(known: {', '.join(METRICS)})")
     data = StudyData(study=study, found=True, factors=factors, metric=mcol, cells=cells, curves=curves,
                      missing=missing, levels=levels, preset=preset, excluded=excluded, **decide,
                      **_parent_fields(parent))

@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from study.core import names
+
 from .stats import paired_compare, summarize
 
 
@@ -23,23 +25,35 @@ class MetricSpec:
     label: str  # header
     scale: float  # display multiplier (100 for accuracies stored as fractions)
     decimals: int
+    better: str | None = "higher"  # which mean a table marks best ("higher", "lower"; None: none)
+
+
+def _from_contract(m: names.MetricName) -> MetricSpec:
+    """A per-epoch metric's display, from its entry in the store's contract (study/core/names.py)."""
+    if m.unit == "fraction":
+        return MetricSpec(m.name, f"{m.name} (%)", 100.0, 2, m.better)
+    return MetricSpec(m.name, f"{m.name} ({m.unit})", 1.0, 3, m.better)
 
 
 METRICS: dict[str, MetricSpec] = {
+    **{m.name: _from_contract(m) for m in names.EPOCH_METRICS},
     "knn_top1": MetricSpec("knn_top1", "kNN top-1 (%)", 100.0, 2),
     "linear_top1": MetricSpec("linear_top1", "Linear top-1 (%)", 100.0, 2),
     "nmi": MetricSpec("nmi", "NMI", 1.0, 3),
     "ari": MetricSpec("ari", "ARI", 1.0, 3),
     "knn_auc": MetricSpec("knn_auc", "mean kNN top-1 over epochs (%)", 100.0, 2),
 }
-TABLE_METRICS = ("knn_top1", "linear_top1", "nmi")
+# the summary tables' columns: the final accuracies and NMI, then every per-epoch metric the contract
+# marks ``table=True``
+TABLE_METRICS = ("knn_top1", "linear_top1", "nmi") + tuple(
+    m.name for m in names.EPOCH_METRICS if m.table and m.name not in ("knn_top1", "nmi"))
 STATS = ("mean", "std", "ci_low", "ci_high", "n")
 COST_COLUMNS = ("cost_wall_s", "cost_cpu_s", "cost_gpu_s")
 COST_HEADER = "Cost (sum)"
 
 
 def spec(metric: str) -> MetricSpec:
-    return METRICS.get(metric, MetricSpec(metric, metric, 1.0, 3))
+    return METRICS.get(metric, MetricSpec(metric, metric, 1.0, 3, None))
 
 
 def metric_label(metric: str) -> str:
@@ -69,16 +83,19 @@ def summary_table(cells: pd.DataFrame, levels: Sequence[str], metrics: Sequence[
     df = pd.DataFrame(rows, columns=["level", "n"] + [f"{m}_{k}" for m in metrics for k in STATS]
                       + list(COST_COLUMNS))
     for m in metrics:
-        df[f"{m}_best"] = mark_best(df[f"{m}_mean"].to_numpy(dtype=float))
+        df[f"{m}_best"] = mark_best(df[f"{m}_mean"].to_numpy(dtype=float), spec(m).better)
     return df
 
 
-def mark_best(means: np.ndarray) -> np.ndarray:
-    """True where the mean is the highest finite one (ties all marked).
+def mark_best(means: np.ndarray, better: str | None = "higher") -> np.ndarray:
+    """True where the mean is the best finite one: the highest (``better="higher"``) or the lowest
+    (``"lower"``), ties all marked; nothing for a metric without a direction (``None``).
 
     No mark with fewer than 2 finite means or when all finite means are equal (nothing is best).
     """
-    means = np.asarray(means, dtype=float)
+    if better is None:
+        return np.zeros(np.shape(means), dtype=bool)
+    means = np.asarray(means, dtype=float) * (-1.0 if better == "lower" else 1.0)
     finite = np.isfinite(means)
     if finite.sum() < 2:
         return np.zeros(means.shape, dtype=bool)

@@ -26,13 +26,14 @@ def parallel_slots(study: Study, num_cpus: int, num_gpus: int) -> int:
     return slots
 
 
-def check_local(study: Study) -> None:
+def check_local(study: Study, cpus: int | None = None, gpus: int | None = None) -> None:
     """What Ray on this machine could never run, as one UserError before anything is written: a cell
     asking more CPUs or GPUs than the machine has (its trial would wait forever), or a CUDA device
     on a machine without one."""
     from study.core.config import check_device
 
-    cpus, gpus = local_cpus(), _gpu_count()
+    cpus = cpus if cpus is not None else local_cpus()
+    gpus = gpus if gpus is not None else _gpu_count()
     where = f"presets.{study.preset}.resources"
     if study.resources.cpus > cpus:
         raise UserError(f"a cell asks {study.resources.cpus} CPUs but this machine gives Ray {cpus} "
@@ -59,11 +60,16 @@ class LocalRay:
     ``Tuner.restore``, is switched off.
     """
 
+    def __init__(self, num_cpus: int | None = None, num_gpus: int | None = None):
+        # what Ray gets: by default the machine's ($STUDY_NUM_CPUS caps the CPUs) and its GPUs
+        self.num_cpus = num_cpus if num_cpus is not None else local_cpus()
+        self.num_gpus = num_gpus if num_gpus is not None else _gpu_count()
+
     def check(self, study: Study) -> None:
-        check_local(study)
+        check_local(study, self.num_cpus, self.num_gpus)
 
     def slots(self, study: Study) -> int:
-        return parallel_slots(study, local_cpus(), _gpu_count())
+        return parallel_slots(study, self.num_cpus, self.num_gpus)
 
     def run(self, study: Study, cells: list[Cell], sink: StudyTracker, retry: RetryPolicy) -> dict[str, str]:
         import ray
@@ -72,8 +78,8 @@ class LocalRay:
         from study import interrupt
         from study.core.paths import ray_storage, run_root
 
-        num_cpus, num_gpus = local_cpus(), _gpu_count()
-        slots = parallel_slots(study, num_cpus, num_gpus)
+        num_cpus, num_gpus = self.num_cpus, self.num_gpus
+        slots = self.slots(study)
         print(f"[{study.name}] local Ray: {num_cpus} CPUs, {num_gpus} GPUs, {slots} cells at a time, "
               f"{len(cells)} to run", flush=True)
         # per-epoch reports of many short trials trip this warning, which says nothing useful here

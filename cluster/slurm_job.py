@@ -52,7 +52,7 @@ class StudyJob:
     module does not import submitit. Holds plain data only (it is pickled).
     """
 
-    def __init__(self, study_path: str, preset: str, sets: dict, *, rerun_failed: bool, env: dict[str, str],
+    def __init__(self, study_path: str, preset: str, sets: dict, *, retry, env: dict[str, str],
                  options: dict, seeds: list[int] | None = None, cell_ids: list[str] | None = None):
         # seeds / cell_ids: run only these cells of the file expanded at these seeds (a batch of
         # the adaptive loop, study/adaptive.py); None: the study file's cells
@@ -61,7 +61,7 @@ class StudyJob:
         self.study_path = str(study_path)
         self.preset = preset
         self.sets = dict(sets)
-        self.rerun_failed = rerun_failed
+        self.retry = retry  # the submitting command's study.retry.RetryPolicy, whole
         self.env = dict(env)
         self.options = dict(options)
         self.checkpoints = 0
@@ -119,7 +119,6 @@ class StudyJob:
         _use_job_token(ctx, create=True)  # before Ray reads its configuration
         import ray
 
-        from study.retry import RetryPolicy
         from study.runner import execute_study
 
         _remove_stale_temp_dirs(ctx.job_id)
@@ -144,8 +143,7 @@ class StudyJob:
             print(f"[slurm] Tune experiment {name}: " + ("restoring it" if restore else "new"), flush=True)
             watch = _NodeWatch()
             executor = JobRay(name, restore)
-            retry = RetryPolicy(study.max_failures, self.rerun_failed)
-            return _drive_in_thread(lambda: execute_study(study, executor=executor, retry=retry), watch)
+            return _drive_in_thread(lambda: execute_study(study, executor=executor, retry=self.retry), watch)
         finally:
             from cluster.tune_run import STOPPING
 

@@ -85,7 +85,7 @@ def submit_study(study, todo: list, done: int, *, sets: dict, options: dict, wai
     failed = len(study.cells) - len(todo) - done
     if not todo:
         print(f"[{study.name}] {len(study.cells)} cells: {done} finished, nothing to submit"
-              + (f" ({failed} failed: rerun with --rerun-failed)" if failed else ""))
+              + (f" ({retry.failed_hint(failed)})" if retry.failed_hint(failed) else ""))
         return 0 if done == len(study.cells) else 1
 
     import submitit
@@ -97,7 +97,7 @@ def submit_study(study, todo: list, done: int, *, sets: dict, options: dict, wai
         raise UserError(f"{err} (run this on a SLURM login node, or use --cluster local)",
                         source="--cluster slurm") from None
     executor.update_parameters(**executor_parameters(values, study.name))
-    job_fn = StudyJob(str(study.path), study.preset, sets, rerun_failed=retry.rerun_failed, env=job_environment(),
+    job_fn = StudyJob(str(study.path), study.preset, sets, retry=retry, env=job_environment(),
                       options=values,
                       seeds=sorted({c.seed for c in study.cells}) if subset else None,
                       cell_ids=[c.cell_id for c in study.cells] if subset else None)

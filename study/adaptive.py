@@ -38,6 +38,7 @@ from study import interrupt
 from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
 from study.resume import interrupted_exit
+from study.retry import RERUN_FAILED_FLAG
 from study.studyfile import Study, load_study
 from study.tracking import FINISHED, StudyTracker
 
@@ -215,7 +216,7 @@ def _loop(study: Study, tracker: StudyTracker, path: str, *, preset: str, sets: 
         todo_ids = {c.cell_id for c in todo}
         if todo_ids and todo_ids <= tried and after == before:
             print(f"[{study.name}] stopped: the last batch finished no cell (failed cells wait for "
-                  "--rerun-failed)", flush=True)
+                  f"{RERUN_FAILED_FLAG})", flush=True)
             return 1
         tried = todo_ids
         if limits.budget_hours is not None:

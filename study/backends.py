@@ -42,11 +42,22 @@ class Executor(Protocol):
     def run(self, study: "Study", cells: "list[Cell]", sink: "StudyTracker", retry: "RetryPolicy") -> dict[str, str]:
         """Run ``cells`` to their end; cell_id -> FINISHED or FAILED.
 
-        ``sink``: the study's tracker, its parent run open (``sink.parent_id``): every epoch of every
-        cell reaches it as it is reported. ``retry.max_failures``: how often a failed cell is started
-        again within this call (from its last checkpoint). Called in the driver thread
-        (:func:`study.interrupt.drive`): it sets no signal handler, and stops at the next safe point
-        once :func:`study.interrupt.check` raises."""
+        ``sink``: the study's tracker (study/tracking.py), its parent run open (``sink.parent_id``).
+        The executor is the store's only writer while it runs, and writes each cell, in the driver's
+        process, as the cell goes (the Ray executors do it in cluster/tune_run.py's callback):
+
+        - ``sink.open_cell(cell, sink.parent_id)`` when the cell starts (idempotent: a resumed cell
+          gets its run back);
+        - ``sink.log_epoch(cell_id, epoch, names.epoch_metrics(result))`` for every epoch the trial
+          reports (a retried trial first reports again the epochs its run directory holds: steps
+          already stored are skipped);
+        - at the end, ``sink.log_final(cell_id, result)`` and ``sink.log_cost(cell_id, costs)``, then
+          ``sink.end_cell(cell_id, FINISHED)``, or ``sink.end_cell(cell_id, FAILED, error=text)``
+          once ``retry.max_failures`` retries (each from the cell's last checkpoint) are spent.
+
+        The trial itself is the trial function (``cluster.tune_run.cell_trial``, or ``$STUDY_TRIAL``).
+        Called in the driver thread (:func:`study.interrupt.drive`): it sets no signal handler, calls
+        :func:`study.interrupt.check` before each write, and stops at the first one that raises."""
 
     def close(self) -> None:
         """Release what :meth:`run` kept for a next call (the adaptive loop runs one call per batch)."""

@@ -14,6 +14,9 @@ from pathlib import Path
 from study.backends import backend_names, load_backend
 from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
+from study.retry import RERUN_FAILED_FLAG
+
+DEFAULT_CLUSTER = "local"  # the backend --cluster names when it is not given
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,11 +67,12 @@ def _add_run(sub) -> None:
                        description="Run every unfinished cell of a study file; finished cells are skipped.")
     p.add_argument("study_file", metavar="STUDY.yaml")
     p.add_argument("--preset", default="cpu", help="smoke | cpu | gpu | imagenet (default: cpu)")
-    p.add_argument("--cluster", default="local", choices=backend_names())
+    p.add_argument("--cluster", default=DEFAULT_CLUSTER, choices=backend_names())
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key in every cell (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and their resources, run nothing")
-    p.add_argument("--rerun-failed", action="store_true", help="also rerun the cells that failed")
+    p.add_argument(RERUN_FAILED_FLAG, action="store_true",
+                   help="also rerun the cells that failed (the retry policy: study/retry.py)")
     a = p.add_argument_group("adaptive seeds")
     a.add_argument("--until-decided", action="store_true",
                    help="after the study's seeds, add seeds in batches to the levels of the hypotheses that are "
@@ -84,7 +88,8 @@ def _add_run(sub) -> None:
         g.add_argument(f"--{opt}", dest=f"slurm_{opt.replace('-', '_')}", default=None)
     g.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, passed through (repeatable)")
-    g.add_argument("--wait", action="store_true", help="follow the job and exit with the study's outcome")
+    g.add_argument("--wait", action="store_true", help="follow a submitted job and exit with the study's outcome "
+                   "(a backend that runs the study in this command, as local, always does)")
     p.set_defaults(func=cmd_run)
 
 
@@ -102,6 +107,20 @@ def _slurm_options(args) -> dict:
         # `mail-type=END` and `requeue=yes` are strings
         extra[key] = parse_scalar(value, f"--slurm-opt {key}")
     return {"config_file": args.slurm_config, "overrides": opts, "extra": extra}
+
+
+def _launch_words(args, options: dict) -> list[str]:
+    """The backend words of this command as typed (none for the default backend, local)."""
+    if args.cluster == DEFAULT_CLUSTER and not (options["config_file"] or options["overrides"] or options["extra"]):
+        return []
+    words = ["--cluster", args.cluster]
+    if options["config_file"]:
+        words += ["--slurm-config", str(options["config_file"])]
+    for key, value in options["overrides"].items():
+        words += ["--" + key.replace("_", "-"), str(value)]
+    for key, value in options["extra"].items():
+        words += ["--slurm-opt", f"{key}={value}"]
+    return words + (["--wait"] if args.wait else [])
 
 
 def cmd_run(args) -> int:
@@ -132,11 +151,11 @@ def _run_command(args) -> int:
         from study.adaptive import check_limits
 
         check_limits(args.max_seeds, args.budget_hours)
-    backend = load_backend(args.cluster, _slurm_options(args))  # the CLI picks, the runner uses
-    if args.wait and backend.executor() is not None:
-        raise UserError(f"follows a submitted job: only with a backend that submits one, such as --cluster slurm "
-                        f"(--cluster {args.cluster} runs the study in this command, which already waits for it)",
-                        source="--wait")
+    options = _slurm_options(args)
+    backend = load_backend(args.cluster, options)  # the CLI picks, the runner uses
+    from study.resume import remember_launch
+
+    remember_launch(_launch_words(args, options))  # the command to resume runs on the same backend
     if args.until_decided and not args.dry_run:
         from study.runner import run_until_decided
 

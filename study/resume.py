@@ -34,9 +34,20 @@ def adaptive_flags(tracker: StudyTracker | None) -> list[str]:
     return flags
 
 
+# the command line's backend words (``--cluster slurm --nodes 2 ...``; none for the default local
+# backend), set once by the CLI (study/cli.py): the command to resume runs on the same backend
+LAUNCH_FLAGS: list[str] = []
+
+
+def remember_launch(flags: list[str]) -> None:
+    """Record the backend words of this command for :func:`rerun_command` (the CLI calls it once)."""
+    LAUNCH_FLAGS[:] = list(flags)
+
+
 def rerun_command(study: Study, sets: dict | None = None, *extra: str, tracker: StudyTracker | None = None) -> str:
     """The command that resumes ``study``: ``python -m study run FILE --preset P [--set k=v ...]``, with
-    the adaptive loop's flags when ``tracker``'s study was run with them (:func:`adaptive_flags`)."""
+    this command's backend words (:data:`LAUNCH_FLAGS`) and the adaptive loop's flags when
+    ``tracker``'s study was run with them (:func:`adaptive_flags`)."""
     try:
         path = str(study.path.relative_to(Path.cwd()))
     except ValueError:
@@ -49,7 +60,7 @@ def rerun_command(study: Study, sets: dict | None = None, *extra: str, tracker: 
         if isinstance(value, str) and parse_value(value, "") != value:  # "2024", "true": quoted, to stay strings
             text = json.dumps(value)
         words += ["--set", shlex.quote(f"{key}={text}")]
-    return " ".join(words + adaptive_flags(tracker) + list(extra))
+    return " ".join(words + [shlex.quote(w) for w in LAUNCH_FLAGS] + adaptive_flags(tracker) + list(extra))
 
 
 def abandoned(study: Study, tracker: StudyTracker, todo: list[Cell], err: Exception, sets: dict | None) -> None:

@@ -14,8 +14,11 @@ Two levels, both here:
   RUNNING by a driver that is gone, or never started are always run by the next command; FINISHED
   cells never are.
 
-Executors receive a :class:`RetryPolicy` and apply ``max_failures``; the runner applies
-:meth:`RetryPolicy.cells_to_run`. To change the policy, change this module.
+Every part of the toolkit takes the policy from here: the runner builds it with :func:`policy_for`
+(the SLURM job receives the same object), applies :meth:`RetryPolicy.cells_to_run`, and says what a
+FAILED cell needs with :meth:`RetryPolicy.failed_hint`; executors apply ``max_failures`` (the Ray
+executors through ``tune.FailureConfig`` in cluster/tune_run.py; an executor without Ray retries a
+failed cell itself, from its checkpoint). To change the policy, change this module.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Mapping, Sequence, TypeVar
 from study.core.names import FAILED, FINISHED
 
 DEFAULT_MAX_FAILURES = 1  # the study file's default: one more attempt of a failed trial per run
+RERUN_FAILED_BY_DEFAULT = False  # True: every run also retries the cells that FAILED before
+RERUN_FAILED_FLAG = "--rerun-failed"  # the command line's switch (study/cli.py)
 
 C = TypeVar("C")
 
@@ -37,6 +42,12 @@ class RetryPolicy:
 
     max_failures: int = DEFAULT_MAX_FAILURES
     rerun_failed: bool = False
+
+    def failed_hint(self, failed: int) -> str:
+        """What the ``failed`` FAILED cells this run leaves out need ('' when it runs them, or none)."""
+        if not failed or self.rerun_failed:
+            return ""
+        return f"{failed} failed (rerun with {RERUN_FAILED_FLAG})"
 
     def cells_to_run(self, cells: Sequence[C], status: Mapping[str, str]) -> tuple[list[C], int]:
         """(the cells this run trains, in study order; how many are FINISHED already), from each
@@ -50,3 +61,9 @@ class RetryPolicy:
             elif s != FAILED or self.rerun_failed:
                 todo.append(c)
         return todo, done
+
+
+def policy_for(study, rerun_failed: bool = False) -> RetryPolicy:
+    """The policy of a run of ``study`` (its study file's ``max_failures``, per preset), with
+    ``rerun_failed`` the command line's --rerun-failed."""
+    return RetryPolicy(study.max_failures, rerun_failed or RERUN_FAILED_BY_DEFAULT)

@@ -20,7 +20,7 @@ from study.backends import Backend, Executor, local_cpus
 from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
 from study.resume import abandoned, interrupted_exit, rerun_command, summarise  # noqa: F401 (re-exported)
-from study.retry import RetryPolicy
+from study.retry import RERUN_FAILED_FLAG, RetryPolicy, policy_for
 from study.provenance import run_link, short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
 from study.tracking import (FAILED, FINISHED, KILLED, RUNNING, StudyTracker, check_same_study, store_exists, store_lock,
@@ -51,12 +51,14 @@ def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | 
         print(describe_cells(study))
         from study.cost import estimate_lines
 
-        for line in estimate_lines(study, slots=max(1, local_cpus() // study.resources.cpus)):
+        executor = backend.executor()  # its slots; a backend that submits: this machine's, as a guide
+        slots = executor.slots(study) if executor is not None else None
+        for line in estimate_lines(study, slots=slots or max(1, local_cpus() // study.resources.cpus)):
             print(line)
         if extra:
             print(extra)
         return 0
-    return launch(study, backend, sets=sets or {}, retry=RetryPolicy(study.max_failures, rerun_failed), wait=wait)
+    return launch(study, backend, sets=sets or {}, retry=policy_for(study, rerun_failed), wait=wait)
 
 
 def launch(study: Study, backend: Backend, *, sets: dict, retry: RetryPolicy, wait: bool = False,
@@ -90,7 +92,7 @@ def run_until_decided(path: str, *, backend: Backend, preset: str, sets: dict | 
     backend.check(study)  # a bad study file or option fails here, before anything is written
     check_same_study(study)
     limits = limits_for(study, max_seeds, budget_hours)
-    retry = RetryPolicy(study.max_failures, rerun_failed)
+    retry = policy_for(study, rerun_failed)
     executor = backend.executor()  # None: each batch is a job the backend submits
 
     def run_batch(batch: Study) -> int:
@@ -185,7 +187,7 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
     parent_id = tracker.parent_id
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
-          + (f", {skipped_failed} failed (rerun with --rerun-failed)" if skipped_failed else ""), flush=True)
+          + (f", {retry.failed_hint(skipped_failed)}" if retry.failed_hint(skipped_failed) else ""), flush=True)
     start = time.time()
     if todo:
         slots = executor.slots(study)
@@ -267,7 +269,9 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
         print(f"the study was {what}; to resume, run the same command again: "
               f"{rerun_command(study, sets, tracker=tracker)}")
     elif counts[FAILED]:
-        print(f"to rerun the failed cells: {rerun_command(study, sets, '--rerun-failed', tracker=tracker)}")
+        hint = policy_for(study).failed_hint(counts[FAILED])
+        print(f"to rerun the failed cells: {rerun_command(study, sets, RERUN_FAILED_FLAG, tracker=tracker)}"
+              if hint else f"the next run retries the {counts[FAILED]} failed cells: {rerun_command(study, sets)}")
     if tracker is None:
         return 0
     prov = provenance_text(tracker, {c.cell_id for c in study.cells})

@@ -23,6 +23,7 @@ from typing import Any, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from study.core import names
 from study.core.canonical import canonical_config
 from study.core.config import (CONFIG_KEYS, EXECUTION_KEYS, MAX_SEED, PATTERN_WORDS, PRESETS, TrainConfig, build_config,
                           did_you_mean, pattern_message, unknown_key)
@@ -472,6 +473,9 @@ def metric_unrecorded(metric: str, cfg: TrainConfig) -> str | None:
         return f"method {cfg.method} has no pseudo-labels to score"
     if metric == "linear_top1" and cfg.linear_epochs == 0:
         return "linear_epochs is 0 (no linear probe)"
+    named = names.metric_named(metric)  # any other per-epoch metric: the runs the contract says record it
+    if named is not None and not names.records(named, cfg.inter_enabled, cfg.labels):
+        return f"only {named.runs} record it"
     return None
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import fake_trial_env, store_client, store_env
+from study.retry import RetryPolicy
 from study import adaptive
 from study.studyfile import load_study
 from study.tracking import FINISHED, StudyTracker, tracking_uri
@@ -280,11 +281,11 @@ def test_a_slurm_job_runs_exactly_its_batch(tmp_path):
     path = _write(tmp_path)
     full = load_study(path, "smoke", seeds=[0, 1, 2, 3, 4])
     batch = [c for c in full.cells if c.seed in (3, 4) and c.level != "random"]
-    job = StudyJob(str(path), "smoke", {}, rerun_failed=False, env={}, options={},
+    job = StudyJob(str(path), "smoke", {}, retry=RetryPolicy(), env={}, options={},
                    seeds=[0, 1, 2, 3, 4], cell_ids=[c.cell_id for c in batch])
     job = pickle.loads(pickle.dumps(job))
     assert [(c.level, c.seed) for c in job.load().cells] == [(c.level, c.seed) for c in batch]
-    plain = StudyJob(str(path), "smoke", {}, rerun_failed=False, env={}, options={})
+    plain = StudyJob(str(path), "smoke", {}, retry=RetryPolicy(), env={}, options={})
     assert len(plain.load().cells) == 9  # the file's cells
 
 

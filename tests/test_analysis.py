@@ -141,6 +141,12 @@ def test_cells_contract_and_values(data):
     assert set(zip(b["margin_type"], b["margin"])) >= {("cosine", -0.5), ("arc", 0.3)}
     f = data["final"].cells
     assert f[f["method"] == "mocov2"]["nmi"].isna().all()
+    # every other per-epoch metric of the contract is a column too: its last value per cell
+    cur = data["labels"].curves
+    for _, row in online.iterrows():
+        last = cur[(cur["cell_id"] == row["cell_id"]) & (cur["metric"] == "label_change_ratio")]
+        assert row["label_change_ratio"] == pytest.approx(last.sort_values("epoch")["value"].iloc[-1])
+    assert f[f["method"] == "mocov2"]["label_change_ratio"].isna().all()
 
 
 def test_curves_long_frame(data):

@@ -122,6 +122,18 @@ def test_retry_policy_chooses_the_cells():
     todo, done = RetryPolicy(rerun_failed=True).cells_to_run(cells, status)
     assert [c.cell_id for c in todo] == ["b", "c", "d", "e"] and done == 1
     assert RetryPolicy().max_failures == DEFAULT_MAX_FAILURES == 1
+    assert RetryPolicy().failed_hint(2) == "2 failed (rerun with --rerun-failed)"
+    assert RetryPolicy(rerun_failed=True).failed_hint(2) == RetryPolicy().failed_hint(0) == ""
+
+
+def test_the_policy_is_read_from_one_place(monkeypatch, tmp_path):
+    """Changing retry.py's defaults changes what a run does: the runner builds its policy there."""
+    from study import retry
+
+    study = load_study(write_smoke_study(tmp_path, "pol"), "smoke")
+    assert retry.policy_for(study) == RetryPolicy(study.max_failures, False)
+    monkeypatch.setattr(retry, "RERUN_FAILED_BY_DEFAULT", True)
+    assert retry.policy_for(study).rerun_failed
 
 
 def test_slurm_flags_with_the_local_backend_are_one_error(tmp_path):

@@ -18,3 +18,31 @@ def test_each_name_is_in_one_place_with_a_unit_and_the_runs_that_record_it():
     assert not set(names.NOT_LOGGED) & set(every)
     assert names.named("knn_top1_monitor") and not names.named("knn_top1_monitor_typo")
     assert names.named("linear_top1", final=True) and not names.named("linear_top1")
+
+
+def test_a_metric_named_in_the_contract_reaches_the_analysis_and_the_tables():
+    """Adding a per-epoch metric is one line in study/core/names.py: a fresh interpreter whose contract
+    holds a made-up metric (``table=True``, lower is better) finds it a cell column, a metric a study
+    or hypothesis may name, a summary-table column marked best where lowest, and refused at load for
+    the runs the contract says do not record it."""
+    import subprocess
+    import sys
+
+    code = """
+from study.core import names
+names.EPOCH_METRICS = names.EPOCH_METRICS + (names.MetricName(
+    "grad_norm", "1", names.INTER, "gradient norm", table=True, better="lower"),)
+from analysis import hypotheses, load, tables
+import numpy as np
+assert load.CELL_COLUMNS["grad_norm"] == "float"
+assert "grad_norm" in hypotheses.METRICS
+assert "grad_norm" in tables.TABLE_METRICS and tables.spec("grad_norm").better == "lower"
+assert list(tables.mark_best(np.array([3.0, 1.0, 2.0]), "lower")) == [False, True, False]
+from study.core.config import build_config
+from study.studyfile import metric_unrecorded
+assert metric_unrecorded("grad_norm", build_config("smoke", {"method": "interclr"})) is None
+assert "InterCLR runs" in metric_unrecorded("grad_norm", build_config("smoke", {"method": "mocov2"}))
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

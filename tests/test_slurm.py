@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from conftest import SMOKE_STUDY, fake_trial_env, store_client, store_env, write_smoke_study
 
+from study.retry import RetryPolicy
 from study.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -308,11 +309,12 @@ def test_job_follows_submitits_checkpoint_protocol():
 
     from cluster.slurm_job import StudyJob
 
-    job = StudyJob("/x/s.yaml", "smoke", {"epochs": 1}, rerun_failed=False, env={"A": "1"}, options={"nodes": 1})
+    job = StudyJob("/x/s.yaml", "smoke", {"epochs": 1}, retry=RetryPolicy(3, True), env={"A": "1"}, options={"nodes": 1})
     delayed = job.checkpoint()
     assert isinstance(delayed, DelayedSubmission) and delayed.function is job and job.checkpoints == 1
     again = cloudpickle.loads(cloudpickle.dumps(delayed))
     assert again.function.study_path == "/x/s.yaml" and again.function.checkpoints == 1
+    assert again.function.retry == RetryPolicy(3, True)  # the submitting command's policy, whole
 
 
 def test_driver_thread_hands_back_its_value_and_errors(monkeypatch):
@@ -404,7 +406,7 @@ def test_job_code_path_through_submitit_local_executor(store, monkeypatch):
     values["tasks_per_node"] = 2
     executor = submitit.LocalExecutor(folder=tmp_path / "local_logs" / "%j")
     executor.update_parameters(tasks_per_node=2, timeout_min=10)
-    job = executor.submit(StudyJob(str(path), "smoke", {}, rerun_failed=False, env=job_environment(),
+    job = executor.submit(StudyJob(str(path), "smoke", {}, retry=RetryPolicy(), env=job_environment(),
                                    options=values))
     assert job.results() == [0, None], job.stdout()
     out = job.stdout() or ""

@@ -183,7 +183,6 @@ def _cli(tmp_path, *args):
         (["run", "{good}", "--set", "lr=abc"], ["--set lr=abc", "valid number", "first cell it fails"]),
         (["status", "{bad}"], ["seedz"]),
         (["run", "{good}", "--set", "LR=0.1"], ["'LR'", "did you mean 'lr'"]),
-        (["run", "{good}", "--wait"], ["--wait", "only with --cluster slurm"]),
         (["status", "{good}", "--set", "device=tpu"], ["--set device=tpu", "auto, cpu, cuda or cuda:N"]),
     ],
 )

@@ -167,3 +167,30 @@ def test_the_resume_command_reads_back_the_same_sets():
     sets = {"data_root": "2024", "amp": "off", "lr": 0.1, "widths": [8, 16], "test_subset": None, "stream": False}
     words = shlex.split(rerun_command(study, sets))
     assert parse_sets([words[i + 1] for i, w in enumerate(words) if w == "--set"]) == sets
+
+
+def test_the_resume_command_keeps_the_backend_and_its_flags():
+    """A study run with --cluster slurm and its options resumes with them (not on this machine)."""
+    import shlex
+
+    from study.cli import _launch_words, build_parser
+    from study.resume import remember_launch, rerun_command
+    from study.studyfile import load_study
+
+    study = load_study(REPO / "experiments" / "sampling.yaml", "smoke")
+    parser = build_parser()
+    args = parser.parse_args(["run", "x.yaml", "--cluster", "slurm", "--nodes", "2", "--slurm-opt",
+                              "mail-type=END", "--wait"])
+    from study.cli import _slurm_options
+
+    try:
+        remember_launch(_launch_words(args, _slurm_options(args)))
+        words = shlex.split(rerun_command(study))
+        i = words.index("--cluster")
+        assert words[i:] == ["--cluster", "slurm", "--nodes", "2", "--slurm-opt", "mail-type=END", "--wait"]
+        assert parser.parse_args(words[3:]).slurm_nodes == "2"  # the printed command parses back
+        remember_launch(_launch_words(parser.parse_args(["run", "x.yaml"]), _slurm_options(
+            parser.parse_args(["run", "x.yaml"]))))
+        assert "--cluster" not in rerun_command(study)  # the default backend: no words
+    finally:
+        remember_launch([])

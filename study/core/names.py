@@ -21,18 +21,39 @@ ALL, INTER, ONLINE, OFFLINE = "every run", "InterCLR runs", "InterCLR runs with 
 @dataclass(frozen=True)
 class MetricName:
     name: str
-    unit: str
-    runs: str  # which runs record it
+    unit: str  # "fraction" shows as % in the report
+    runs: str  # which runs record it (ALL, INTER, ONLINE, OFFLINE)
     meaning: str
+    table: bool = False  # a column of the report's summary tables (its last value per cell)
+    better: str | None = None  # "higher" or "lower": which level's mean a table marks best; None: none
+
+
+def metric_named(name: str) -> MetricName | None:
+    """The per-epoch metric of that name (a family's member by its prefix), or None."""
+    for m in EPOCH_METRICS:
+        if m.name == name:
+            return m
+    return next((p for p in EPOCH_PREFIXES if name.startswith(p.name)), None)
+
+
+def records(metric: MetricName, inter: bool, labels: str) -> bool:
+    """Whether a run records ``metric``: ``inter`` its inter-image branch is on, ``labels`` its label mode."""
+    if metric.runs == ALL:
+        return True
+    if metric.runs == INTER:
+        return inter
+    return inter and labels == ("online" if metric.runs == ONLINE else "offline")
 
 
 EPOCH_METRICS: tuple[MetricName, ...] = (
     MetricName("loss", "nats", ALL, "the training loss, mean over the epoch's steps (epochs >= 1)"),
     MetricName("loss_intra", "nats", ALL, "the intra-image (MoCo v2) InfoNCE loss"),
     MetricName("loss_inter", "nats", INTER, "the inter-image InfoNCE loss"),
-    MetricName("knn_top1", "fraction", ALL, "weighted kNN top-1 of the monitor's test images (epoch 0: untrained)"),
-    MetricName("nmi", "fraction", INTER, "NMI of the pseudo-labels against the true classes"),
-    MetricName("ari", "fraction", INTER, "adjusted Rand index of the pseudo-labels against the true classes"),
+    MetricName("knn_top1", "fraction", ALL, "weighted kNN top-1 of the monitor's test images (epoch 0: untrained)",
+               better="higher"),
+    MetricName("nmi", "fraction", INTER, "NMI of the pseudo-labels against the true classes", better="higher"),
+    MetricName("ari", "fraction", INTER, "adjusted Rand index of the pseudo-labels against the true classes",
+               better="higher"),
     MetricName("label_change_ratio", "fraction", INTER,
                "pseudo-labels that changed over the epoch, by cluster assignment (permutation-free)"),
     MetricName("label_change_raw", "fraction", ONLINE, "pseudo-labels whose id changed over the epoch"),
