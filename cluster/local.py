@@ -152,7 +152,7 @@ class LocalBackend:
                  + ["--" + key.replace("_", "-") for key in self.options.get("overrides") or {}]
                  + (["--slurm-opt"] if self.options.get("extra") else []))
         if flags:  # SLURM options would be ignored here
-            raise UserError("is a SLURM option: it needs --cluster slurm (this run is --cluster local)",
+            raise UserError(f"is a SLURM option: it needs --cluster slurm (this run is --cluster {self.name})",
                             source=flags[0])
         LocalRay().check(study)  # what would wait or fail forever on this machine
         load_trial()  # a $STUDY_TRIAL that names nothing: an error now, not in every trial

@@ -38,7 +38,6 @@ from study import interrupt
 from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
 from study.resume import interrupted_exit
-from study.retry import RERUN_FAILED_FLAG
 from study.studyfile import Study, load_study
 from study.tracking import FINISHED, StudyTracker
 
@@ -215,8 +214,8 @@ def _loop(study: Study, tracker: StudyTracker, path: str, *, preset: str, sets: 
         after = sum(1 for s in status.values() if s == FINISHED)
         todo_ids = {c.cell_id for c in todo}
         if todo_ids and todo_ids <= tried and after == before:
-            print(f"[{study.name}] stopped: the last batch finished no cell (failed cells wait for "
-                  f"{RERUN_FAILED_FLAG})", flush=True)
+            print(f"[{study.name}] stopped: the last batch finished no cell (its cells failed; "
+                  f"`python -m study status` lists them)", flush=True)
             return 1
         tried = todo_ids
         if limits.budget_hours is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from study.backends import backend_names, load_backend
 from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
-from study.retry import RERUN_FAILED_FLAG
+from study.retry import RERUN_FAILED_FLAG, flag_help
 
 DEFAULT_CLUSTER = "local"  # the backend --cluster names when it is not given
 
@@ -71,8 +71,7 @@ def _add_run(sub) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key in every cell (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and their resources, run nothing")
-    p.add_argument(RERUN_FAILED_FLAG, action="store_true",
-                   help="also rerun the cells that failed (the retry policy: study/retry.py)")
+    p.add_argument(RERUN_FAILED_FLAG, action=argparse.BooleanOptionalAction, default=None, help=flag_help())
     a = p.add_argument_group("adaptive seeds")
     a.add_argument("--until-decided", action="store_true",
                    help="after the study's seeds, add seeds in batches to the levels of the hypotheses that are "

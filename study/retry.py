@@ -63,7 +63,14 @@ class RetryPolicy:
         return todo, done
 
 
-def policy_for(study, rerun_failed: bool = False) -> RetryPolicy:
-    """The policy of a run of ``study`` (its study file's ``max_failures``, per preset), with
-    ``rerun_failed`` the command line's --rerun-failed."""
-    return RetryPolicy(study.max_failures, rerun_failed or RERUN_FAILED_BY_DEFAULT)
+def policy_for(study, rerun_failed: bool | None = None) -> RetryPolicy:
+    """The policy of a run of ``study`` (its study file's ``max_failures``, per preset); ``rerun_failed``:
+    the command line's ``--rerun-failed`` (True) or ``--no-rerun-failed`` (False), None when neither
+    was given (then :data:`RERUN_FAILED_BY_DEFAULT`)."""
+    return RetryPolicy(study.max_failures, RERUN_FAILED_BY_DEFAULT if rerun_failed is None else rerun_failed)
+
+
+def flag_help() -> str:
+    """The command line's help for --rerun-failed, from this policy's default."""
+    return (f"also run the cells whose runs FAILED before (default: {'yes' if RERUN_FAILED_BY_DEFAULT else 'no'}; "
+            f"the retry policy: study/retry.py)")

@@ -41,7 +41,7 @@ def describe_cells(study: Study) -> str:
 
 
 def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | None = None,
-              dry_run: bool = False, rerun_failed: bool = False, wait: bool = False) -> int:
+              dry_run: bool = False, rerun_failed: bool | None = None, wait: bool = False) -> int:
     """Load the study, check ``backend``'s options, then list (``dry_run``) or run its cells."""
     study = load_study(path, preset, sets)
     backend.check(study)  # bad options, or what this machine could never run: before anything is written
@@ -80,7 +80,7 @@ def launch(study: Study, backend: Backend, *, sets: dict, retry: RetryPolicy, wa
     return code
 
 
-def run_until_decided(path: str, *, backend: Backend, preset: str, sets: dict | None, rerun_failed: bool,
+def run_until_decided(path: str, *, backend: Backend, preset: str, sets: dict | None, rerun_failed: bool | None,
                       max_seeds: int | None, budget_hours: float | None) -> int:
     """``run --until-decided`` on any backend: the adaptive loop (study/adaptive.py) runs one driver per
     batch (:func:`launch`: in this process with one executor kept for every batch, or one submitted

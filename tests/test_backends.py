@@ -133,7 +133,8 @@ def test_the_policy_is_read_from_one_place(monkeypatch, tmp_path):
     study = load_study(write_smoke_study(tmp_path, "pol"), "smoke")
     assert retry.policy_for(study) == RetryPolicy(study.max_failures, False)
     monkeypatch.setattr(retry, "RERUN_FAILED_BY_DEFAULT", True)
-    assert retry.policy_for(study).rerun_failed
+    assert retry.policy_for(study).rerun_failed and "default: yes" in retry.flag_help()
+    assert not retry.policy_for(study, False).rerun_failed  # --no-rerun-failed opts out
 
 
 def test_slurm_flags_with_the_local_backend_are_one_error(tmp_path):

@@ -545,6 +545,7 @@ class Trainer:
 
 
 def _fmt(m: dict) -> str:
+    # the console line: a few metrics for the eye (every metric reaches metrics.jsonl and MLflow)
     keys = ["epoch", "loss", "loss_intra", "loss_inter", "knn_top1", "linear_top1", "nmi",
             "label_change_ratio", "neg_sim_mean", "epoch_time", "pairs_per_s"]
     parts = []
