@@ -55,6 +55,9 @@ def _check_complete(client, name, n_cells, epochs):
     return runs
 
 
+# four commands in a row, two of them training real cells: on a loaded machine (a study keeps every
+# core busy) this takes several times its quiet ~2 minutes
+@pytest.mark.timeout(1200)
 def test_smoke_study_through_tune(store):
     tmp_path, env = store
     path = write_smoke_study(tmp_path, "e2e", epochs=2)
