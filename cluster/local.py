@@ -36,7 +36,7 @@ def check_local(study: Study, cpus: int | None = None, gpus: int | None = None) 
     gpus = gpus if gpus is not None else _gpu_count()
     where = f"presets.{study.preset}.resources"
     if study.resources.cpus > cpus:
-        raise UserError(f"a cell asks {study.resources.cpus} CPUs but this machine gives Ray {cpus} "
+        raise UserError(f"a cell asks {study.resources.cpus} CPUs but this backend gives Ray {cpus} "
                         f"(allowed: 1..{cpus})", source=str(study.path), key=f"{where}.cpus")
     if study.resources.gpus > gpus:
         raise UserError(f"a cell asks {study.resources.gpus:g} GPUs but this machine has {gpus} "
@@ -154,7 +154,7 @@ class LocalBackend:
         if flags:  # SLURM options would be ignored here
             raise UserError(f"is a SLURM option: it needs --cluster slurm (this run is --cluster {self.name})",
                             source=flags[0])
-        LocalRay().check(study)  # what would wait or fail forever on this machine
+        self.executor().check(study)  # what would wait or fail forever on the executor's resources
         load_trial()  # a $STUDY_TRIAL that names nothing: an error now, not in every trial
 
     def describe(self, study: Study) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from study.backends import backend_names, load_backend
 from study.core.errors import UserError
 from study.interrupt import StudyInterrupted
-from study.retry import RERUN_FAILED_FLAG, flag_help
+from study.retry import RERUN_FAILED_FLAG, flag_help, flag_words
 
 DEFAULT_CLUSTER = "local"  # the backend --cluster names when it is not given
 
@@ -154,7 +154,8 @@ def _run_command(args) -> int:
     backend = load_backend(args.cluster, options)  # the CLI picks, the runner uses
     from study.resume import remember_launch
 
-    remember_launch(_launch_words(args, options))  # the command to resume runs on the same backend
+    # the command to resume runs on the same backend, with the same retry flag
+    remember_launch(_launch_words(args, options) + flag_words(args.rerun_failed))
     if args.until_decided and not args.dry_run:
         from study.runner import run_until_decided
 

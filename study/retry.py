@@ -8,11 +8,12 @@ Two levels, both here:
   (the trainer saves one atomically every epoch), not from epoch 0, and first reports again the
   epochs its ``metrics.jsonl`` holds, so MLflow loses none. The study file sets it (``max_failures:``,
   top level or per preset; default :data:`DEFAULT_MAX_FAILURES`).
-- **Across runs** (``rerun_failed``): a cell whose run is FAILED in the store is not run again by the
-  same command (its failure is deterministic more often than not, and a study should not loop on it);
-  ``--rerun-failed`` runs it again, from its checkpoint. Cells that were interrupted (KILLED), left
-  RUNNING by a driver that is gone, or never started are always run by the next command; FINISHED
-  cells never are.
+- **Across runs** (``rerun_failed``): whether a cell whose run is FAILED in the store is run again
+  (from its checkpoint) by the next command: :data:`RERUN_FAILED_BY_DEFAULT` (off as shipped: a
+  failure is deterministic more often than not, and a study should not loop on it), which
+  ``--rerun-failed`` / ``--no-rerun-failed`` override (and the printed resume command repeats,
+  :func:`flag_words`). Cells that were interrupted (KILLED), left RUNNING by a driver that is gone, or
+  never started are always run by the next command; FINISHED cells never are.
 
 Every part of the toolkit takes the policy from here: the runner builds it with :func:`policy_for`
 (the SLURM job receives the same object), applies :meth:`RetryPolicy.cells_to_run`, and says what a
@@ -41,7 +42,7 @@ class RetryPolicy:
     this run also runs the cells whose runs FAILED in an earlier one."""
 
     max_failures: int = DEFAULT_MAX_FAILURES
-    rerun_failed: bool = False
+    rerun_failed: bool = RERUN_FAILED_BY_DEFAULT
 
     def failed_hint(self, failed: int) -> str:
         """What the ``failed`` FAILED cells this run leaves out need ('' when it runs them, or none)."""
@@ -68,6 +69,14 @@ def policy_for(study, rerun_failed: bool | None = None) -> RetryPolicy:
     the command line's ``--rerun-failed`` (True) or ``--no-rerun-failed`` (False), None when neither
     was given (then :data:`RERUN_FAILED_BY_DEFAULT`)."""
     return RetryPolicy(study.max_failures, RERUN_FAILED_BY_DEFAULT if rerun_failed is None else rerun_failed)
+
+
+def flag_words(rerun_failed: bool | None) -> list[str]:
+    """The command line's words for ``rerun_failed`` as given (none when not given): what a printed
+    resume command repeats."""
+    if rerun_failed is None:
+        return []
+    return [RERUN_FAILED_FLAG if rerun_failed else "--no-" + RERUN_FAILED_FLAG[2:]]
 
 
 def flag_help() -> str:

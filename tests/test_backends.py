@@ -117,13 +117,17 @@ def test_retry_policy_chooses_the_cells():
 
     cells = [SimpleNamespace(cell_id=c) for c in "abcde"]
     status = {"a": "FINISHED", "b": "FAILED", "c": "KILLED", "d": "RUNNING"}
-    todo, done = RetryPolicy().cells_to_run(cells, status)
+    todo, done = RetryPolicy(rerun_failed=False).cells_to_run(cells, status)
     assert [c.cell_id for c in todo] == ["c", "d", "e"] and done == 1
     todo, done = RetryPolicy(rerun_failed=True).cells_to_run(cells, status)
     assert [c.cell_id for c in todo] == ["b", "c", "d", "e"] and done == 1
     assert RetryPolicy().max_failures == DEFAULT_MAX_FAILURES == 1
-    assert RetryPolicy().failed_hint(2) == "2 failed (rerun with --rerun-failed)"
-    assert RetryPolicy(rerun_failed=True).failed_hint(2) == RetryPolicy().failed_hint(0) == ""
+    assert RetryPolicy(rerun_failed=False).failed_hint(2) == "2 failed (rerun with --rerun-failed)"
+    assert RetryPolicy(rerun_failed=True).failed_hint(2) == RetryPolicy(rerun_failed=False).failed_hint(0) == ""
+    from study.retry import flag_words
+
+    assert flag_words(True) == ["--rerun-failed"] and flag_words(False) == ["--no-rerun-failed"]
+    assert flag_words(None) == []
 
 
 def test_the_policy_is_read_from_one_place(monkeypatch, tmp_path):

@@ -180,14 +180,17 @@ def test_the_resume_command_keeps_the_backend_and_its_flags():
     study = load_study(REPO / "experiments" / "sampling.yaml", "smoke")
     parser = build_parser()
     args = parser.parse_args(["run", "x.yaml", "--cluster", "slurm", "--nodes", "2", "--slurm-opt",
-                              "mail-type=END", "--wait"])
+                              "mail-type=END", "--wait", "--no-rerun-failed"])
     from study.cli import _slurm_options
 
     try:
-        remember_launch(_launch_words(args, _slurm_options(args)))
+        from study.retry import flag_words
+
+        remember_launch(_launch_words(args, _slurm_options(args)) + flag_words(args.rerun_failed))
         words = shlex.split(rerun_command(study))
         i = words.index("--cluster")
-        assert words[i:] == ["--cluster", "slurm", "--nodes", "2", "--slurm-opt", "mail-type=END", "--wait"]
+        assert words[i:] == ["--cluster", "slurm", "--nodes", "2", "--slurm-opt", "mail-type=END", "--wait",
+                             "--no-rerun-failed"]
         assert parser.parse_args(words[3:]).slurm_nodes == "2"  # the printed command parses back
         remember_launch(_launch_words(parser.parse_args(["run", "x.yaml"]), _slurm_options(
             parser.parse_args(["run", "x.yaml"]))))
