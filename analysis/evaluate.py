@@ -169,7 +169,7 @@ def _sequential(unit: Unit, parts: Sequence[PartResult], cells: pd.DataFrame, or
     for p in unit.parts:
         _, d = contrast_values(p, tables.get(p.metric) or _table(cells, p.metric), common)
         low, high = decide.running_intervals(d, cs_alpha)
-        codes.append(decide.interval_codes(low, high, unit.delta, unit.equivalence))
+        codes.append(decide.interval_codes(low, high, p.region(unit.delta), unit.equivalence))
     code, at = decide.first_decision(decide.conjunction_codes(codes)[None, :])
     verdict = _CODE_VERDICT[int(code[0])]
     return verdict, (int(at[0]) if verdict.decided else None), len(common)
@@ -195,15 +195,16 @@ def evaluate_study(data: StudyData) -> list[HypothesisResult]:
     order = seed_order(set(data.cells["seed"]) if not data.empty else (), data.planned_seeds)
     metrics = {p.metric for u in units for p in u.parts}
     tables = {m: _table(data.cells, m) for m in metrics} if not data.empty else {}
-    part_results = {id(u): tuple(evaluate_part(p, data.cells, order, u.delta, u.equivalence, cs_alpha, tables)
+    part_results = {id(u): tuple(evaluate_part(p, data.cells, order, p.region(u.delta), u.equivalence, cs_alpha, tables)
                                  for p in u.parts) for u in units} if not data.empty else {}
     unit_results: dict[int, UnitResult] = {}
     if not data.empty:
         if data.stopping == "sequential":
             for u in units:
                 # a part's own verdict is its interval's here (the t-interval is not valid under optional stopping)
-                part_results[id(u)] = tuple(replace(p, verdict=_CODE_VERDICT[int(decide.interval_codes(
-                    p.cs_low, p.cs_high, u.delta, u.equivalence))]) for p in part_results[id(u)])
+                part_results[id(u)] = tuple(replace(r, verdict=_CODE_VERDICT[int(decide.interval_codes(
+                    r.cs_low, r.cs_high, part.region(u.delta), u.equivalence))])
+                    for part, r in zip(u.parts, part_results[id(u)]))
                 v, at, n = _sequential(u, part_results[id(u)], data.cells, order, cs_alpha, tables)
                 unit_results[id(u)] = UnitResult(u, part_results[id(u)], v, math.nan, at, "sequential", n, cs_alpha)
         else:
@@ -267,7 +268,7 @@ def decision_details(p: PartResult, unit: UnitResult | None = None) -> list[str]
     the MDE and seeds needed, and P(d > 0) with its bootstrap interval."""
     c = p.comparison
     scale, unit_s = part_scale(p)
-    delta = unit.unit.delta if unit is not None else math.nan
+    delta = p.part.region(unit.unit.delta) if unit is not None else math.nan  # a slope's: per unit of its setting
     level = 1 - (unit.cs_alpha if unit is not None else ALPHA)
     out = []
     cs = (f"[{_amount(p.cs_low, scale, '', True)}, {_amount(p.cs_high, scale, '', True)}]"

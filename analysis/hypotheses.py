@@ -259,6 +259,15 @@ class Part:
     shape: str  # "difference" (a paired difference), "slope" (per unit of the setting)
     steps: tuple["Part", ...] = ()  # for a slope: the differences between adjacent values (shown, not decided)
     per: str = ""  # a slope's unit: "per unit of margin", "per step of the order"
+    # a slope's range of the setting (max - min of its values; steps of an order: their number). A
+    # hypothesis's delta bounds the fitted change over that whole range, in the metric's units, so a
+    # slope's region of equivalence is delta / span per unit (a slope of 0.04 pts per epoch over 5..15
+    # epochs is a change of 0.4 pts, not a per-epoch 0.04 to compare with 0.5)
+    span: float = 1.0
+
+    def region(self, delta: float) -> float:
+        """This part's half-width of equivalence for a hypothesis's ``delta``, in its own units."""
+        return delta / self.span
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -502,7 +511,8 @@ def _parts(spec: HypothesisSpec, design: Design, metric: str, sides, trend_facto
         what = (f"slope on {direction}" if b is None
                 else f"slope of {_side_text(b)} - {_side_text(w)} on {direction}")
         per = f"per unit of {spec.trend.setting}" if spec.trend.better else "per step of the order"
-        out.append(Part(metric, _weights(weights), what + where, "slope", tuple(steps), per))
+        span = float(abs(xs[-1][1] - xs[0][1])) or 1.0
+        out.append(Part(metric, _weights(weights), what + where, "slope", tuple(steps), per, span))
     return out
 
 

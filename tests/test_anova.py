@@ -129,3 +129,27 @@ def test_the_trend_slope_and_interval_by_hand():
     assert h.verdict.value == "holds"
     # the adjacent steps: 1 - 0 (per seed 1, 2, 0) and 3 - 1 (2, 1, 4)
     assert [list(s.comparison.diffs) for s in p.steps] == [pytest.approx([1, 2, 0]), pytest.approx([2, 1, 4])]
+
+
+def test_a_slope_is_equivalent_only_when_its_change_over_the_range_is_within_delta():
+    """x = 0, 10; per seed the change 10 - 0 is +0.4, -0.3, +0.2 points (slopes 0.04, -0.03, 0.02 points per
+    unit, mean 0.01, sd 0.036): a TOST would find the slope within ±0.5 points per unit (t = 23.5), but
+    delta bounds the change over the range, so the slope's region is ±0.05 per unit (t = 1.92 <
+    t_0.95,2 = 2.92): inconclusive; with delta 2 points (±0.2 per unit, t = 9.1) it is equivalent."""
+    from analysis.evaluate import evaluate_study
+
+    design = Design(("x",), {"x": {"0": {"x": 0}, "10": {"x": 10}}})
+    values = {"0": [0.7, 0.7, 0.7], "10": [0.704, 0.697, 0.702]}  # accuracies: fractions
+    rows = [{"level": lv, "seed": s, "knn_top1": v[s], "seconds": 1.0, "reused_from": ""}
+            for lv, v in values.items() for s in range(3)]
+    df = pd.DataFrame(rows)
+    for col, kind in CELL_COLUMNS.items():
+        if col not in df:
+            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
+    for delta, verdict in ((0.005, "inconclusive"), (0.02, "equivalent")):
+        hyp = [{"name": "t", "claim": "x changes nothing", "trend": {"setting": "x", "better": "higher"},
+                "delta": delta}]
+        (h,) = evaluate_study(_data(df, hyp, design))
+        part = h.units[0].parts[0]
+        assert part.part.span == 10.0 and part.comparison.mean_diff == pytest.approx(0.0001)
+        assert h.verdict.value == verdict, (delta, h.text)

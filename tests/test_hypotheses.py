@@ -61,6 +61,8 @@ def test_a_trend_is_the_least_squares_slope_and_its_steps():
                 "knn_top1", 0.005)
     (p,) = r.units[0].parts
     assert p.shape == "slope" and dict(p.weights) == {"cosine +0.5": -1.0, "cosine -0.5": 1.0}
+    # delta bounds the change over the range of the setting (x from -0.5 to 0.5: span 1)
+    assert p.span == 1.0 and p.region(0.005) == 0.005
     assert [dict(s.weights) for s in p.steps] == [{"cosine 0": 1.0, "cosine +0.5": -1.0},
                                                   {"cosine -0.5": 1.0, "cosine 0": -1.0}]
     # an order for a setting that is not numeric: positions 0, 1 from worst to best
