@@ -58,6 +58,21 @@ def run_here(study, rerun_failed: bool = False) -> int:
     return launch(study, LocalBackend({}), sets={}, retry=RetryPolicy(study.max_failures, rerun_failed))
 
 
+def cells_frame(rows: list[dict]):
+    """A cells frame (analysis.load.CELL_COLUMNS) from ``rows``: the columns the rows leave out are
+    filled with their kind's empty value ("" for text, -1 for integers, NaN for numbers)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.load import CELL_COLUMNS
+
+    df = pd.DataFrame(rows)
+    for col, kind in CELL_COLUMNS.items():
+        if col not in df:
+            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
+    return df
+
+
 def store_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a `python -m study` whose store, run dirs and Ray files live in tmp_path."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",

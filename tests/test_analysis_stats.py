@@ -12,7 +12,8 @@ from analysis.evaluate import contrast_values
 from analysis.hypotheses import Part
 from analysis.paper import _most_stringent_cosine
 from analysis.hypotheses import Design
-from analysis.load import CELL_COLUMNS, ContractError, _cell_row, check_frame, dedupe_cells, order_levels
+from analysis.load import ContractError, _cell_row, check_frame, dedupe_cells, order_levels
+from conftest import cells_frame
 from analysis.tables import difference_row, mark_best, mean_std, summary_table, tex_escape, to_latex, to_markdown
 
 T2 = 4.302652729749464  # t_{0.975, df=2}
@@ -85,11 +86,7 @@ def test_combine_parts():
 
 
 def _cells(rows):
-    df = pd.DataFrame(rows)
-    for col, kind in CELL_COLUMNS.items():
-        if col not in df:
-            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
-    return df
+    return cells_frame(rows)
 
 
 def test_summary_table_and_best_marker():

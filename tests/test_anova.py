@@ -18,13 +18,13 @@ import math
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats as sps
 
 from analysis.anova import anova, blocks, cell_means, simple_effects
 from analysis.hypotheses import Design, HypothesisSpec
-from analysis.load import CELL_COLUMNS, empty_study
+from analysis.load import empty_study
+from conftest import cells_frame
 
 Y = {("a0", "b0"): [1, 2, 3], ("a0", "b1"): [2, 3, 7], ("a1", "b0"): [4, 6, 5], ("a1", "b1"): [8, 9, 10]}
 DESIGN = Design(("A", "B"), {"A": {"a0": {"A": "a0"}, "a1": {"A": "a1"}}, "B": {"b0": {"B": "b0"}, "b1": {"B": "b1"}}})
@@ -33,11 +33,7 @@ DESIGN = Design(("A", "B"), {"A": {"a0": {"A": "a0"}, "a1": {"A": "a1"}}, "B": {
 def _cells(values=Y, metric="knn_top1"):
     rows = [{"level": f"{a} / {b}", "seed": s, metric: float(v[s]), "seconds": 1.0, "reused_from": ""}
             for (a, b), v in values.items() for s in range(len(v))]
-    df = pd.DataFrame(rows)
-    for col, kind in CELL_COLUMNS.items():
-        if col not in df:
-            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
-    return df
+    return cells_frame(rows)
 
 
 def _data(cells, hypotheses=(), design=DESIGN):
@@ -113,10 +109,7 @@ def test_the_trend_slope_and_interval_by_hand():
     values = {("0",): [1, 0, 2], ("1",): [2, 2, 2], ("3",): [4, 3, 6]}
     rows = [{"level": lv[0], "seed": s, "knn_top1": float(v[s]), "seconds": 1.0, "reused_from": ""}
             for lv, v in values.items() for s in range(3)]
-    df = pd.DataFrame(rows)
-    for col, kind in CELL_COLUMNS.items():
-        if col not in df:
-            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
+    df = cells_frame(rows)
     hyp = [{"name": "t", "claim": "the higher x, the better", "trend": {"setting": "x", "better": "higher"}}]
     (h,) = evaluate_study(_data(df, hyp, design))
     p = h.units[0].parts[0]
@@ -142,10 +135,7 @@ def test_a_slope_is_equivalent_only_when_its_change_over_the_range_is_within_del
     values = {"0": [0.7, 0.7, 0.7], "10": [0.704, 0.697, 0.702]}  # accuracies: fractions
     rows = [{"level": lv, "seed": s, "knn_top1": v[s], "seconds": 1.0, "reused_from": ""}
             for lv, v in values.items() for s in range(3)]
-    df = pd.DataFrame(rows)
-    for col, kind in CELL_COLUMNS.items():
-        if col not in df:
-            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
+    df = cells_frame(rows)
     for delta, verdict in ((0.005, "inconclusive"), (0.02, "equivalent")):
         hyp = [{"name": "t", "claim": "x changes nothing", "trend": {"setting": "x", "better": "higher"},
                 "delta": delta}]

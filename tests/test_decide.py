@@ -8,8 +8,7 @@ from scipy import stats as sps
 
 from analysis import decide, stats
 from analysis.hypotheses import Design, HypothesisSpec
-from analysis.load import CELL_COLUMNS
-import pandas as pd
+from conftest import cells_frame
 
 
 def _t2_upper_tail(t: float) -> float:
@@ -207,11 +206,7 @@ def test_equivalence_is_reached_and_kept_within_its_error():
 
 
 def _cells(rows):
-    df = pd.DataFrame(rows)
-    for col, kind in CELL_COLUMNS.items():
-        if col not in df:
-            df[col] = "" if kind == "str" else (-1 if kind == "int" else np.nan)
-    return df
+    return cells_frame(rows)
 
 
 SAMPLING = Design(("sampling",), {"sampling": {"semi-hard": {"sampling": "semi-hard"}, "hard": {"sampling": "hard"}}})
