@@ -55,13 +55,18 @@ STUDIES := labels sampling boundary final
 .PHONY: $(addprefix study-,$(STUDIES) grid scale) study-all figures ui slurm-up mlflow-server
 
 # run one study (PRESET, CLUSTER), then rebuild its tables and figures from the store;
-# UNTIL_DECIDED=1 adds seeds where a hypothesis is open (MAX_SEEDS, BUDGET_HOURS: its limits)
-$(addprefix study-,$(STUDIES) grid scale): study-%: setup
-	@cd $(ROOT) && status=0; \
+# UNTIL_DECIDED=1 adds seeds where a hypothesis is open (MAX_SEEDS, BUDGET_HOURS: its limits).
+# Any study file experiments/NAME.yaml runs as `make study-NAME` (the analysis takes the file's `name:`)
+study-%: setup
+	@cd $(ROOT) && if [ ! -f experiments/$*.yaml ]; then \
+		echo "make: no study file experiments/$*.yaml (there: $(notdir $(basename $(wildcard experiments/*.yaml))))" >&2; \
+		exit 2; fi; status=0; \
 	$(PY) -m study run experiments/$*.yaml --preset $(PRESET) --cluster $(CLUSTER) --wait \
 		$(if $(UNTIL_DECIDED),--until-decided $(if $(MAX_SEEDS),--max-seeds $(MAX_SEEDS),) \
 		$(if $(BUDGET_HOURS),--budget-hours $(BUDGET_HOURS),),) || status=$$?; \
-	$(PY) -m analysis --study $* || status=$$?; \
+	if [ $$status -ne 2 ]; then \
+		name=$$($(PY) -c 'import sys; from study.core.files import read_yaml; print(read_yaml(sys.argv[1], "study file")["name"])' \
+			experiments/$*.yaml) && $(PY) -m analysis --study "$$name" || status=$$?; fi; \
 	exit $$status
 
 study-all: $(addprefix study-,$(STUDIES))

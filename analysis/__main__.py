@@ -46,8 +46,8 @@ def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m analysis",
         description="Rebuild tables, figures and REPORT.md from the MLflow store (no training).")
-    p.add_argument("--study", action="append", default=None, metavar="NAME",
-                   help="study (experiment) to rebuild; repeatable; default: every study in the store "
+    p.add_argument("--study", action="extend", nargs="+", default=None, metavar="NAME",
+                   help="studies (experiments) to rebuild (--study a b, or --study a --study b); default: every study in the store "
                         "(REPORT.md also lists the paper's four studies, as not run when absent)")
     p.add_argument("--tracking-uri", default=None, help=f"MLflow store (default: {default_tracking_uri()})")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default: {default_out_dir()})")

@@ -40,7 +40,16 @@ QUANTILES = ("q05", "q25", "q50", "q75", "q95")
 PNG_METADATA = {"Software": None}
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
 AXIS = {"knn_top1": ("kNN top-1 (%)", 100.0), "linear_top1": ("linear top-1 (%)", 100.0), "nmi": ("NMI", 1.0),
-        "label_change_ratio": ("label change ratio", 1.0), "ari": ("ARI", 1.0), "loss": ("loss", 1.0)}
+        "label_change_ratio": ("label change ratio", 1.0), "ari": ("ARI", 1.0), "loss": ("loss", 1.0),
+        "neg_false_ratio": ("false negatives (%)", 100.0), "neg_class_kl": ("KL from the class prior (nats)", 1.0),
+        "pos_precision": ("positive precision (%)", 100.0), "cluster_recall": ("cluster recall (%)", 100.0)}
+# the mechanism figures (metrics measured against the true classes): stem -> (factor, its panels: metric, title)
+MECHANISM_FIGURES = {
+    "false_negatives": ("sampling", (("neg_false_ratio", "sampled negatives of the query's true class"),
+                                     ("neg_class_kl", "negatives' classes: divergence from the prior"))),
+    "positive_quality": ("labels", (("pos_precision", "positives of the query's true class"),
+                                    ("cluster_recall", "true-class images in the query's cluster"))),
+}
 
 
 def colors(levels: Sequence[str]) -> dict[str, str]:
@@ -157,14 +166,19 @@ def convergence_figure(curves: pd.DataFrame, levels: Sequence[str], metric: str 
 
 def label_dynamics_figure(curves: pd.DataFrame, levels: Sequence[str]) -> Figure:
     """NMI of the pseudo-labels and the ratio of labels changed per epoch, per level."""
-    fig, axes = _new_figure(ncols=2)
+    return panels_figure(curves, levels, (("nmi", "pseudo-label NMI with the true classes"),
+                                          ("label_change_ratio", "pseudo-labels changed per epoch")))
+
+
+def panels_figure(curves: pd.DataFrame, levels: Sequence[str], panels: Sequence[tuple[str, str]]) -> Figure:
+    """One panel per (metric, title): the metric against epoch, one line per level, band = +-1 std over seeds."""
+    fig, axes = _new_figure(ncols=len(panels))
     pal = colors(levels)
     with matplotlib.rc_context(STYLE):
-        _band_axes(axes[0], curves, levels, "nmi", pal)
-        axes[0].set_title("pseudo-label NMI with the true classes")
-        _band_axes(axes[1], curves, levels, "label_change_ratio", pal)
-        axes[1].set_title("pseudo-labels changed per epoch")
-        # one epoch axis for both panels (the change ratio has no epoch 0), so they line up
+        for ax, (metric, title) in zip(axes, panels):
+            _band_axes(ax, curves, levels, metric, pal)
+            ax.set_title(title)
+        # one epoch axis for every panel (a metric may have no epoch 0), so they line up
         lo_x = min(a.get_xlim()[0] for a in axes)
         hi_x = max(a.get_xlim()[1] for a in axes)
         for a in axes:
@@ -292,6 +306,10 @@ def study_figures(data: StudyData) -> dict[str, Figure]:
         figs["label_dynamics"] = label_dynamics_figure(data.curves, data.levels)
     if "sampling" in data.factors:
         figs["negatives_similarity"] = negatives_figure(data.curves, data.levels)
+    for stem, (factor, panels) in MECHANISM_FIGURES.items():
+        # a store of before the mechanism metrics has none: no empty figure
+        if factor in data.factors and (data.curves["metric"] == panels[0][0]).any():
+            figs[stem] = panels_figure(data.curves, data.levels, panels)
     crossed = data.design is not None and data.design.crossed
     if "boundary" in data.factors and not crossed:
         figs["margin_sweep"] = margin_figure(data.cells, data.metric)

@@ -41,7 +41,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from study.core.names import EPOCH_METRICS
+from study.core.names import EPOCH_METRICS, metric_named
 
 # the metrics a study or a hypothesis can be decided on (cell metrics of analysis.load): the final
 # ones, the convergence area, and every per-epoch metric the store's contract names (its last value)
@@ -87,6 +87,15 @@ class HypothesisSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(pattern=NAME_RE)
     claim: str = Field(min_length=1, max_length=500)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_finding(cls, data):
+        if isinstance(data, dict) and "finding" in data:
+            raise ValueError("finding is a top-level key of the study file (finding: sampling states the paper's "
+                             "hypothesis of that finding), not a key of a hypothesis: write it beside hypotheses:")
+        return data
+
     better: Optional[Union[Selector, list[Selector]]] = None
     worse: Optional[Union[Selector, list[Selector]]] = None
     equivalent: Optional[list[Selector]] = None
@@ -160,6 +169,23 @@ def check_delta(value: float) -> float:
         raise ValueError("must lie between 0 and 1, in the metric's units: accuracies are fractions, so 0.005 is "
                          "0.5 points")
     return value
+
+
+# the widest region of equivalence for a metric stored as a fraction: 10 points (a wider one calls almost
+# any two levels equivalent; 0.5 there is most likely "0.5 points" written in points)
+MAX_FRACTION_DELTA = 0.1
+_FRACTION_FINALS = ("final_knn_top1", "linear_top1", "final_nmi", "knn_auc")
+
+
+def delta_problem(delta: float, metric: str) -> str | None:
+    """Why ``delta`` cannot be a region of equivalence for ``metric``, or None."""
+    m = metric_named(metric)
+    fraction = metric in _FRACTION_FINALS or (m is not None and m.unit == "fraction")
+    if fraction and delta > MAX_FRACTION_DELTA:
+        return (f"{delta:g} is {delta * 100:g} points of {metric}, which is stored as a fraction: a region that wide "
+                f"calls almost any two levels equivalent; for {delta:g} points write {delta / 100:g} (at most "
+                f"{MAX_FRACTION_DELTA:g}, 10 points)")
+    return None
 
 
 def _as_list(value) -> list:
@@ -426,6 +452,9 @@ def resolve(spec: HypothesisSpec, design: Design, default_metric: str, default_d
         if m not in METRICS:
             raise HypothesisError(f"unknown metric '{m}' (allowed: {', '.join(METRICS)})", "metric")
     delta = spec.delta if spec.delta is not None else default_delta
+    for m in metrics:
+        if (why := delta_problem(delta, m)) is not None:
+            raise HypothesisError(why if spec.delta is not None else f"the study's equivalence_delta: {why}", "delta")
     if (spec.within is not None or spec.each) and not design.crossed:
         what = "within" if spec.within is not None else "each"
         raise HypothesisError(f"{what} takes strata of the other crossed factors; this study varies only "
@@ -486,8 +515,19 @@ def resolve(spec: HypothesisSpec, design: Design, default_metric: str, default_d
     return Resolved(spec, tuple(units), tuple(sorted(compared)))
 
 
+def _lower_is_better(metric: str) -> bool:
+    """Whether the contract says lower values of ``metric`` are better (a false-negative ratio): its
+    contrasts are oriented so that positive is the claim, ``worse - better``."""
+    m = metric_named(metric)
+    return m is not None and m.better == "lower"
+
+
 def _parts(spec: HypothesisSpec, design: Design, metric: str, sides, trend_factor, xs, fixed) -> list[Part]:
     where = "" if not fixed else " (" + ", ".join(f"{f}={lb}" for f, lb in fixed.items()) + ")"
+    if _lower_is_better(metric):  # better = lower: the claim is worse - better > 0
+        sides = [sides[1], sides[0]] if sides and spec.kind != "equivalent" else sides
+        if spec.kind == "trend":
+            xs = [(lb, -x) for lb, x in reversed(xs)]
     if spec.kind in ("pairwise", "equivalent"):
         return [Part(metric, _weights(_difference(design, b, w, fixed)),
                      f"{_side_text(b)} - {_side_text(w)}{where}", "difference")

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.core import names
-from study.core.names import FINISHED
+from study.core.names import FINISHED, Tag, factor_tag, role_filter
 from study.core.paths import default_tracking_uri  # noqa: F401 (re-exported)
 
 from .hypotheses import Design, HypothesisSpec, from_tags
@@ -190,9 +190,9 @@ def list_studies(tracking_uri: str | None = None, client=None) -> list[str]:
     client = client or client_for(tracking_uri)
     names = []
     for exp in client.search_experiments():
-        hit = client.search_runs([exp.experiment_id], filter_string="tags.role = 'cell'", max_results=1)
+        hit = client.search_runs([exp.experiment_id], filter_string=role_filter(Tag.CELL), max_results=1)
         if not hit:
-            hit = client.search_runs([exp.experiment_id], filter_string="tags.role = 'parent'", max_results=1)
+            hit = client.search_runs([exp.experiment_id], filter_string=role_filter(Tag.PARENT), max_results=1)
         if hit:
             names.append(exp.name)
     return sorted(names)
@@ -224,19 +224,19 @@ def _cell_row(run, study: str) -> dict:
             raise ContractError(f"study {study!r}: cell run {rid} has no tag {key!r}")
     if "seed" not in params:
         raise ContractError(f"study {study!r}: cell run {rid} has no param 'seed'")
-    factors = [f for f in tags.get("factors", "").split(",") if f]
-    level = tags.get("level") or " / ".join(tags.get(f"factor.{f}", "") for f in factors)
+    factors = [f for f in tags.get(Tag.FACTORS, "").split(",") if f]
+    level = tags.get(Tag.LEVEL) or " / ".join(tags.get(factor_tag(f), "") for f in factors)
     if not level:
         raise ContractError(f"study {study!r}: cell run {rid} has neither a 'level' tag nor factor.<name> tags")
     knn = metrics.get("final_knn_top1", metrics.get("knn_top1"))
     row = {
         "study": study,
-        "cell_id": tags["cell_id"],
+        "cell_id": tags[Tag.CELL_ID],
         "run_id": rid,
         "level": level,
         "seed": _num(params["seed"], "int", rid, "seed"),
-        "preset": tags.get("preset", ""),
-        "variant": tags.get("variant", ""),
+        "preset": tags.get(Tag.PRESET, ""),
+        "variant": tags.get(Tag.VARIANT, ""),
         "method": params.get("method", ""),
         "labels": params.get("labels", ""),
         "sampling": params.get("sampling", ""),
@@ -252,18 +252,18 @@ def _cell_row(run, study: str) -> dict:
         "cost_wall_s": metrics.get("cost_wall_s"),
         "cost_cpu_s": metrics.get("cost_cpu_s"),
         "cost_gpu_s": metrics.get("cost_gpu_s"),
-        "git_commit": tags.get("mlflow.source.git.commit", ""),
-        "git_dirty": tags.get("git_dirty", ""),
-        "dataset_digest": tags.get("dataset_digest", ""),
+        "git_commit": tags.get(Tag.GIT_COMMIT, ""),
+        "git_dirty": tags.get(Tag.GIT_DIRTY, ""),
+        "dataset_digest": tags.get(Tag.DATASET_DIGEST, ""),
         "seconds": ((run.info.end_time - run.info.start_time) / 1000.0
                     if run.info.end_time and run.info.start_time else None),
-        "reused_from": tags.get("reused_from", ""),
+        "reused_from": tags.get(Tag.REUSED_FROM, ""),
         "status": run.info.status,
         "_factors": tuple(factors),
         **{m: metrics.get(m) for m in EPOCH_CELL_METRICS},
     }
     for f in factors:
-        row[f"factor.{f}"] = tags.get(f"factor.{f}", "")
+        row[factor_tag(f)] = tags.get(factor_tag(f), "")
     return row
 
 
@@ -467,8 +467,8 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     exp = client.get_experiment_by_name(study)
     if exp is None:
         return empty_study(study, found=False)
-    parents = _all_runs(client, exp.experiment_id, "tags.role = 'parent'")
-    runs = _all_runs(client, exp.experiment_id, "tags.role = 'cell'")
+    parents = _all_runs(client, exp.experiment_id, role_filter(Tag.PARENT))
+    runs = _all_runs(client, exp.experiment_id, role_filter(Tag.CELL))
     parent = parents[-1] if parents else None
     factors: tuple[str, ...] = ()
     metric = DEFAULT_METRIC
@@ -555,7 +555,7 @@ def _plan(parent, study: str, data: StudyData, runs: pd.DataFrame | None) -> dic
                 [k for k, f in FINDING_FACTORS.items() if (f,) == tuple(data.factors)])
         hyps = tuple(h for k in keys for h in finding_hypotheses(k, design, data.metric, formable_only=True))
     return {"design": design, "hypotheses": hyps, "planned_seeds": tuple(_planned_seeds(parent, study) or ()),
-            "description": tags.get("description", "")}
+            "description": tags.get(Tag.DESCRIPTION, "")}
 
 
 def _design_from_runs(factors: tuple[str, ...], runs: pd.DataFrame | None) -> Design:
@@ -564,7 +564,7 @@ def _design_from_runs(factors: tuple[str, ...], runs: pd.DataFrame | None) -> De
     levels: dict[str, dict[str, dict]] = {f: {} for f in factors}
     if runs is not None and not runs.empty:
         for f in factors:
-            col = f"factor.{f}"
+            col = factor_tag(f)
             if col not in runs.columns:
                 continue
             rows = runs.drop_duplicates(col)
@@ -582,25 +582,25 @@ def _decision_settings(parent, study: str) -> dict:
     fields."""
     out: dict = {}
     tags = parent.data.tags
-    if tags.get("equivalence_delta"):
-        delta = _num(tags["equivalence_delta"], "float", parent.info.run_id, "equivalence_delta")
+    if tags.get(Tag.EQUIVALENCE_DELTA):
+        delta = _num(tags[Tag.EQUIVALENCE_DELTA], "float", parent.info.run_id, "equivalence_delta")
         if delta is None or not delta > 0:
             raise ContractError(f"study {study!r}: parent tag equivalence_delta must be > 0, got "
-                                f"{tags['equivalence_delta']!r}")
+                                f"{tags[Tag.EQUIVALENCE_DELTA]!r}")
         out["equivalence_delta"] = delta
-    if tags.get("stopping"):
-        if tags["stopping"] not in ("fixed", "sequential"):
+    if tags.get(Tag.STOPPING):
+        if tags[Tag.STOPPING] not in ("fixed", "sequential"):
             raise ContractError(f"study {study!r}: parent tag stopping must be 'fixed' or 'sequential', "
-                                f"got {tags['stopping']!r}")
-        out["stopping"] = tags["stopping"]
-    if tags.get("finding"):
-        out["finding"] = tags["finding"]
+                                f"got {tags[Tag.STOPPING]!r}")
+        out["stopping"] = tags[Tag.STOPPING]
+    if tags.get(Tag.FINDING):
+        out["finding"] = tags[Tag.FINDING]
     return out
 
 
 def _planned_seeds(parent, study: str) -> list[int] | None:
     """The parent's ``seeds`` tag (the seeds every level runs, written by the runner); None if absent."""
-    text = parent.data.tags.get("seeds", "") if parent is not None else ""
+    text = parent.data.tags.get(Tag.SEEDS, "") if parent is not None else ""
     if not text:
         return None
     try:
@@ -614,7 +614,7 @@ def _planned_levels(parent, study: str) -> list[str] | None:
     """The parent's ``levels`` tag (a JSON list of the study's level names, written by the runner); None if absent."""
     import json
 
-    text = parent.data.tags.get("levels", "") if parent is not None else ""
+    text = parent.data.tags.get(Tag.LEVELS, "") if parent is not None else ""
     if not text:
         return None
     try:

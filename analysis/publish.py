@@ -28,17 +28,19 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from study.core.names import Tag, verdict_tag
+
 from .evaluate import HypothesisResult, delta_text
 from .load import StudyData
 from .report import VERDICT_RULE, _interval, _num, metric_label, safe_name, study_section
 from .tables import spec
 
 ARTIFACT_DIR = "results"
-NOTE_TAG = "mlflow.note.content"  # MLflow's description of a run or an experiment (Markdown; study.tracking's too)
+NOTE_TAG = Tag.NOTE  # MLflow's description of a run or an experiment (Markdown)
 # tags the analysis owns on the parent run (``comparison`` and ``cmp<j>``: a store's from before hypotheses);
 # not the runner's ``hypotheses.<i>``
-_TAG_PREFIXES = ("verdict", "comparison", "cmp")
-_TAGS = ("hypothesis",)
+_TAG_PREFIXES = (Tag.VERDICT, "comparison", "cmp")
+_TAGS = (Tag.HYPOTHESIS,)
 
 
 def tag_safe(text: str) -> str:
@@ -53,14 +55,14 @@ def verdict_values(results: Sequence[HypothesisResult]) -> tuple[dict[str, float
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
     if results:
-        tags["verdict"] = results[0].verdict.value
-        tags["hypothesis"] = results[0].spec.name
+        tags[Tag.VERDICT] = results[0].verdict.value
+        tags[Tag.HYPOTHESIS] = results[0].spec.name
     for h in results:
-        tags[f"verdict.{h.spec.name}"] = h.verdict.value
-        tags[f"verdict_text.{h.spec.name}"] = h.text
+        tags[verdict_tag(h.spec.name)] = h.verdict.value
+        tags[verdict_tag(h.spec.name, text=True)] = h.text
         if len(h.units) > 1:
             for u in h.units:
-                tags[f"verdict.{h.spec.name}/{tag_safe(u.unit.stratum)}"] = u.verdict.value
+                tags[verdict_tag(h.spec.name, tag_safe(u.unit.stratum))] = u.verdict.value
         for u in h.units:
             if not u.parts:
                 continue

@@ -16,13 +16,17 @@ from .anova import anova, blocks, cell_means, simple_effects
 from .evaluate import HypothesisResult, PartResult, UnitResult, delta_text, describe, evaluate_study, part_scale
 from .load import StudyData
 from .stats import CONFIDENCE, NOT_RUN
-from .tables import TABLE_METRICS, duration, metric_label, spec, summary_table, to_markdown
+from .tables import COST_COLUMNS, MECHANISM_METRICS, TABLE_METRICS, duration, metric_label, spec, summary_table, to_markdown
 
 CANONICAL = ("labels", "sampling", "boundary", "final")
 FIGURE_TITLES = {
     "knn_convergence": "kNN top-1 against epoch",
     "label_dynamics": "pseudo-label NMI and label change ratio against epoch",
     "negatives_similarity": "similarity of the sampled negatives",
+    "false_negatives": "false negatives among the sampled negatives and their class divergence from the prior, "
+                       "against epoch (true classes, never seen by training)",
+    "positive_quality": "precision of the inter-image positives and recall of the clusters against epoch "
+                        "(true classes, never seen by training)",
     "margin_sweep": "final accuracy against the margin",
 }
 INTERACTION_PREFIX = "interaction_"  # interaction_<a>_x_<b>: the metric against a, one line per level of b
@@ -121,7 +125,8 @@ def _cells_text(data: StudyData) -> str:
             else "fixed seeds (t-interval)")
     return (f"Cells: {len(data.cells)} finished, {len(data.levels)} levels, seeds {', '.join(map(str, seeds))}; "
             f"preset {data.preset or 'unknown'}; primary metric {metric_label(data.metric)}; "
-            f"equivalence region {delta_text(data.equivalence_delta, data.metric)}; {rule}. "
+            f"equivalence region {delta_text(data.equivalence_delta, data.metric)} (a hypothesis's own delta: in its "
+            f"row); {rule}. "
             f"Cost: {_hours(secs)} cell-hours, wall {_duration(study_wall_seconds(data.cells))}.")
 
 
@@ -164,7 +169,7 @@ def cost_text(data: StudyData) -> str:
 
 def _interval(lo: float, hi: float, scale: float, signed: bool = True) -> str:
     if not (math.isfinite(lo) or math.isfinite(hi)):
-        return "(-inf, inf)"
+        return "(-inf, +inf)"
     return f"[{_num(lo, scale, signed)}, {_num(hi, scale, signed)}]"
 
 
@@ -309,6 +314,19 @@ def crossed_lines(data: StudyData, results: Sequence[HypothesisResult], figures:
     return out
 
 
+def mechanism_lines(data: StudyData) -> list[str]:
+    """The table of the mechanism metrics per level (last epoch), where the study's cells logged them."""
+    mech = [m for m in MECHANISM_METRICS if m in data.cells.columns and data.cells[m].notna().any()]
+    if not mech:
+        return []
+    table = summary_table(data.cells, data.levels, mech).drop(columns=list(COST_COLUMNS))
+    return ["", "Mechanisms at the last epoch, measured against the true classes (never seen by training): "
+            "false negatives and class divergence (KL, nats) of the sampled negatives (`neg_*`; `queue_*`: the "
+            "intra-image queue's, MoCo v2's baseline), precision of the inter-image positives and recall of the "
+            "clusters. Lower is better for `*_false_ratio` and `*_kl`; best mean in bold.", "",
+            to_markdown(table, mech).rstrip("\n")]
+
+
 def figure_title(stem: str) -> str:
     if stem.startswith(INTERACTION_PREFIX):
         a, _, b = stem[len(INTERACTION_PREFIX):].partition("_x_")
@@ -338,6 +356,7 @@ def study_section(data: StudyData, results: Sequence[HypothesisResult], figures:
     out += [to_markdown(table).rstrip("\n"), ""]
     out.append("Mean ± std over seeds, 95% t-interval, best mean in bold." + (
         f" Tables: [md]({d}/summary.md) · [tex]({d}/summary.tex) · [csv]({d}/summary.csv)" if tables else ""))
+    out += mechanism_lines(data)
     if tuple(data.factors) == ("method",):
         out += ["", PAPER_REFERENCE]
     out.append("")

@@ -47,6 +47,8 @@ METRICS: dict[str, MetricSpec] = {
 # marks ``table=True``
 TABLE_METRICS = ("knn_top1", "linear_top1", "nmi") + tuple(
     m.name for m in names.EPOCH_METRICS if m.table and m.name not in ("knn_top1", "nmi"))
+# the mechanism metrics (measured against the true classes): a table of their own
+MECHANISM_METRICS = tuple(m.name for m in names.EPOCH_METRICS if m.mechanism)
 STATS = ("mean", "std", "ci_low", "ci_high", "n")
 COST_COLUMNS = ("cost_wall_s", "cost_cpu_s", "cost_gpu_s")
 COST_HEADER = "Cost (sum)"

@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 from study.core.config import MAX_SEED
 from study import interrupt
 from study.core.errors import UserError
+from study.core.names import Tag
 from study.interrupt import StudyInterrupted
 from study.resume import interrupted_exit
 from study.studyfile import Study, load_study
@@ -145,7 +146,7 @@ def _spent_hours(tracker: StudyTracker) -> tuple[float, int]:
     total, n = 0.0, 0
     for runs in tracker.cell_runs().values():
         for r in runs:
-            if r.data.tags.get("reused_from") or not (r.info.end_time and r.info.start_time):
+            if r.data.tags.get(Tag.REUSED_FROM) or not (r.info.end_time and r.info.start_time):
                 continue
             total += (r.info.end_time - r.info.start_time) / 3.6e6
             n += 1
@@ -163,8 +164,8 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
     tracker = StudyTracker(study.name, tracking_uri)
     try:
         parent = tracker.parent_id = tracker.parent_run_id(study.parent_params(), study.path)
-        limit_tags = {"stopping": "sequential", "max_seeds": str(limits.max_seeds),
-                      "budget_hours": "none" if limits.budget_hours is None else f"{limits.budget_hours:g}"}
+        limit_tags = {Tag.STOPPING: "sequential", Tag.MAX_SEEDS: str(limits.max_seeds),
+                      Tag.BUDGET_HOURS: "none" if limits.budget_hours is None else f"{limits.budget_hours:g}"}
         for key, value in {**study.parent_tags(), **limit_tags}.items():
             tracker.client.set_tag(parent, key, value)
         print(f"[{study.name}] until decided: the study's {len(base)} seeds first, then {limits.batch} seeds per "

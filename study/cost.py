@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from study.core.names import Tag, role_filter
 from study.tracking import FINISHED, client, store_exists, tracking_uri
 
 
@@ -24,8 +25,8 @@ def finished_cells(uri: str, preset: str) -> list:
     for i in range(0, len(ids), 100):
         token = None
         while True:
-            page = store.search_runs(ids[i:i + 100], filter_string=f"tags.role = 'cell' and attributes.status = "
-                                      f"'{FINISHED}' and tags.preset = '{preset}'", max_results=1000,
+            page = store.search_runs(ids[i:i + 100], filter_string=f"{role_filter(Tag.CELL)} and attributes.status = "
+                                      f"'{FINISHED}' and tags.{Tag.PRESET} = '{preset}'", max_results=1000,
                                       page_token=token)
             runs.extend(page)
             token = page.token
@@ -40,10 +41,10 @@ def estimate_lines(study, slots: int, uri: str | None = None) -> list[str]:
     if not store_exists(uri):
         return [f"cost: no store at {uri} yet, so no measured seconds per cell at preset {study.preset}"]
     runs = finished_cells(uri, study.preset)
-    done_here = {r.data.tags.get("cell_id") for r in runs if r.data.tags.get("study") == study.name}
-    done_anywhere = {r.data.tags.get("cell_id") for r in runs}
+    done_here = {r.data.tags.get(Tag.CELL_ID) for r in runs if r.data.tags.get(Tag.STUDY) == study.name}
+    done_anywhere = {r.data.tags.get(Tag.CELL_ID) for r in runs}
     trained = [(r.info.end_time - r.info.start_time) / 1000.0 for r in runs
-               if not r.data.tags.get("reused_from") and r.info.end_time and r.info.start_time]
+               if not r.data.tags.get(Tag.REUSED_FROM) and r.info.end_time and r.info.start_time]
     left = [c for c in study.cells if c.cell_id not in done_anywhere]
     linkable = sum(1 for c in study.cells if c.cell_id in done_anywhere and c.cell_id not in done_here)
     head = (f"cost: {len(left)} cells to train, {linkable} to link from other studies, "

@@ -24,6 +24,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from study.core.names import Tag
 from study.core.paths import REPO_ROOT
 
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "numpy")
@@ -110,9 +111,9 @@ def cell_fingerprint(cfg) -> dict:
 def run_tags(study_file: Path | str | None, data: dict) -> dict[str, str]:
     """The provenance tags of one cell run (``data`` from :func:`cell_fingerprint`)."""
     code = code_version()
-    tags = {"mlflow.source.git.commit": code["commit"] or "unknown", "git_dirty": code["dirty"],
+    tags = {Tag.GIT_COMMIT: code["commit"] or "unknown", Tag.GIT_DIRTY: code["dirty"],
             "mlflow.source.name": source_name(study_file), "mlflow.source.type": "LOCAL",
-            "dataset": data["name"], "dataset_digest": data["digest"] or "unknown"}
+            Tag.DATASET: data["name"], Tag.DATASET_DIGEST: data["digest"] or "unknown"}
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     return tags
 

@@ -12,6 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from study.core.names import Tag
 from study.interrupt import StudyInterrupted
 from study.studyfile import Cell, Study
 from study.tracking import FINISHED, RUNNING, StudyTracker, summarise  # noqa: F401 (summarise: re-exported)
@@ -25,10 +26,10 @@ def adaptive_flags(tracker: StudyTracker | None) -> list[str]:
     except Exception:  # the store may be what failed: the plain command is still right for the cells
         return []
     tags = parent.data.tags if parent is not None else {}
-    if tags.get("stopping") != "sequential":
+    if tags.get(Tag.STOPPING) != "sequential":
         return []
     flags = ["--until-decided"]
-    for flag, tag in (("--max-seeds", "max_seeds"), ("--budget-hours", "budget_hours")):
+    for flag, tag in (("--max-seeds", Tag.MAX_SEEDS), ("--budget-hours", Tag.BUDGET_HOURS)):
         if tags.get(tag, "none") != "none":
             flags += [flag, tags[tag]]
     return flags

@@ -29,12 +29,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import tempfile
 from pathlib import Path
 
+from study.core.names import Tag, factor_tag, role_filter
 from study.tracking import FINISHED, StudyTracker, trial_function
 
 # tags that describe the cell's place in its own study: set for the link, never copied
-_OWN_TAGS = ("study", "role", "cell_id", "preset", "level", "factors", "error", "reused_from",
-             "reused_from_study", "mlflow.parentRunId", "mlflow.runName",
-             "filled", "driver", "interrupted")  # the link's own state (study.tracking), not the source's
+_OWN_TAGS = (Tag.STUDY, Tag.ROLE, Tag.CELL_ID, Tag.PRESET, Tag.LEVEL, Tag.FACTORS, Tag.ERROR, Tag.REUSED_FROM,
+             Tag.REUSED_FROM_STUDY, Tag.PARENT_RUN, Tag.RUN_NAME,
+             Tag.FILLED, Tag.DRIVER, "interrupted")  # the link's own state (study.tracking), not the source's
 _METRICS_PER_BATCH = 1000  # MLflow's cap on metrics in one log_batch
 
 
@@ -53,14 +54,14 @@ def finished_elsewhere(tracker: StudyTracker, cell_ids) -> dict[str, object]:
         token = None
         while True:
             page = tracker.client.search_runs(
-                others[i:i + 100], filter_string="tags.role = 'cell' and attributes.status = 'FINISHED'",
+                others[i:i + 100], filter_string=f"{role_filter(Tag.CELL)} and attributes.status = '{FINISHED}'",
                 run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token,
                 order_by=["attributes.end_time ASC"])
             for run in page:
-                cid = run.data.tags.get("cell_id", "")
+                cid = run.data.tags.get(Tag.CELL_ID, "")
                 # only a cell of the same trial function: a fake trial's made-up metrics never stand
                 # in for a trained cell, nor the reverse
-                if cid in wanted and cid not in found and run.data.tags.get("trial", "") == trial:
+                if cid in wanted and cid not in found and run.data.tags.get(Tag.TRIAL, "") == trial:
                     found[cid] = run
             token = page.token
             if not token:
@@ -92,15 +93,15 @@ def link_cell(tracker: StudyTracker, cell, parent_id: str, source) -> str:
     """Create this study's run of ``cell`` as a copy of the FINISHED ``source`` run; returns its id."""
     client = tracker.client
     src = source
-    origin = src.data.tags.get("reused_from") or src.info.run_id
-    origin_study = src.data.tags.get("reused_from_study") or src.data.tags.get("study", "")
+    origin = src.data.tags.get(Tag.REUSED_FROM) or src.info.run_id
+    origin_study = src.data.tags.get(Tag.REUSED_FROM_STUDY) or src.data.tags.get(Tag.STUDY, "")
     tags = {k: v for k, v in src.data.tags.items()
             if k not in _OWN_TAGS and not k.startswith("factor.")}
-    tags.update({"study": tracker.study, "role": "cell", "cell_id": cell.cell_id, "preset": cell.preset,
-                 "level": cell.level, "factors": ",".join(cell.levels), "variant": cell.variant,
-                 "mlflow.parentRunId": parent_id,
-                 "reused_from": origin, "reused_from_study": origin_study})
-    tags.update({f"factor.{f}": lv for f, lv in cell.levels.items()})
+    tags.update({Tag.STUDY: tracker.study, Tag.ROLE: Tag.CELL, Tag.CELL_ID: cell.cell_id, Tag.PRESET: cell.preset,
+                 Tag.LEVEL: cell.level, Tag.FACTORS: ",".join(cell.levels), Tag.VARIANT: cell.variant,
+                 Tag.PARENT_RUN: parent_id,
+                 Tag.REUSED_FROM: origin, Tag.REUSED_FROM_STUDY: origin_study})
+    tags.update({factor_tag(f): lv for f, lv in cell.levels.items()})
     run = client.create_run(tracker.experiment_id, start_time=src.info.start_time, tags=tags, run_name=cell.name)
     rid = run.info.run_id
     _copy_metrics(client, src.info.run_id, rid, src.data.metrics)
@@ -130,5 +131,5 @@ def link_finished_cells(study, tracker: StudyTracker, parent_id: str) -> list[tu
         for stale in runs.get(cell.cell_id, []):
             tracker.client.delete_run(stale.info.run_id)
         link_cell(tracker, cell, parent_id, src)
-        out.append((cell, src.data.tags.get("reused_from") or src.info.run_id))
+        out.append((cell, src.data.tags.get(Tag.REUSED_FROM) or src.info.run_id))
     return out

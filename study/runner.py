@@ -18,6 +18,7 @@ import time
 from study import interrupt
 from study.backends import Backend, Executor, local_cpus
 from study.core.errors import UserError
+from study.core.names import Tag
 from study.interrupt import StudyInterrupted
 from study.resume import abandoned, interrupted_exit, rerun_command, summarise  # noqa: F401 (re-exported)
 from study.retry import RERUN_FAILED_FLAG, RetryPolicy, policy_for
@@ -254,7 +255,7 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
     for c in study.cells:
         state = names.get(status.get(c.cell_id), "missing")
         if c.cell_id in elsewhere:
-            state += f" (finished in study '{elsewhere[c.cell_id].data.tags.get('study', '?')}': the next run links it)"
+            state += f" (finished in study '{elsewhere[c.cell_id].data.tags.get(Tag.STUDY, '?')}': the next run links it)"
         print(f"  {c.cell_id}  {c.level:{width}}  seed {c.seed:<3} {state}")
     counts = summarise(study, status)
     print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, interrupted {counts[KILLED]}, "
@@ -293,9 +294,9 @@ def provenance_text(tracker: StudyTracker, cell_ids: set[str]) -> str:
             continue
         run = next((r for r in runs if r.info.status == FINISHED), runs[0])
         t = run.data.tags
-        c = short_commit(t.get("mlflow.source.git.commit", ""), t.get("git_dirty", "false"))
+        c = short_commit(t.get(Tag.GIT_COMMIT, ""), t.get(Tag.GIT_DIRTY, "false"))
         commits[c] = commits.get(c, 0) + 1
-        d = (t.get("dataset_digest") or "unknown")[:12]
+        d = (t.get(Tag.DATASET_DIGEST) or "unknown")[:12]
         digests[d] = digests.get(d, 0) + 1
     if not commits:
         return ""

@@ -24,6 +24,7 @@ from typing import Any, Optional, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from study.core import names
+from study.core.names import Tag
 from study.core.canonical import canonical_config
 from study.core.config import (CONFIG_KEYS, EXECUTION_KEYS, MAX_SEED, PATTERN_WORDS, PRESETS, TrainConfig, build_config,
                           did_you_mean, pattern_message, unknown_key)
@@ -32,7 +33,8 @@ from study.core.files import read_yaml
 from study.core.paths import RESULTS_TOP_FILES
 from study.retry import DEFAULT_MAX_FAILURES
 
-from analysis.hypotheses import Design, HypothesisError, HypothesisSpec, MetricName, check_delta, resolve, to_tags
+from analysis.hypotheses import (Design, HypothesisError, HypothesisSpec, MetricName, check_delta, delta_problem, resolve,
+                                 to_tags)
 
 # ---- names that later stages take (checked at load, so a study that loads also runs)
 # A study name is an MLflow experiment name and a path component (runs/<name>, mlartifacts/<name>,
@@ -280,14 +282,14 @@ class Study:
         runs (a level x seed gap is listed only among these, and among the seeds the adaptive loop
         gave the levels it extended), the design and the hypotheses (JSON over ``design.<i>`` and
         ``hypotheses.<i>``: the store is analysed without the file), and the file's description."""
-        tags = {"equivalence_delta": repr(self.spec.equivalence_delta),
-                "seeds": ",".join(map(str, self.planned_seeds)), "description": self.spec.description,
+        tags = {Tag.EQUIVALENCE_DELTA: repr(self.spec.equivalence_delta),
+                Tag.SEEDS: ",".join(map(str, self.planned_seeds)), Tag.DESCRIPTION: self.spec.description,
                 **to_tags("design", self.design.dump()),
                 **to_tags("hypotheses", [h.dump() for h in self.hypotheses])}
         # the levels every seed runs, so that the analysis lists a level no cell of which has started
         levels = json.dumps(list(dict.fromkeys(c.level for c in self.cells)))
         if len(levels) <= MAX_TAG_VALUE:
-            tags["levels"] = levels
+            tags[Tag.LEVELS] = levels
         return tags
 
 
@@ -499,6 +501,8 @@ def _check_hypotheses(spec: StudySpec, cells: list[Cell], src: str) -> None:
     by_level: dict[str, Cell] = {}
     for cell in cells:
         by_level.setdefault(cell.level, cell)
+    if (why := delta_problem(spec.equivalence_delta, spec.metric)) is not None:
+        raise UserError(why, source=src, key="equivalence_delta")
     seen: dict[str, str] = {}
     contrasts: dict[tuple, str] = {}
     for i, h in enumerate(study_hypotheses(spec)):

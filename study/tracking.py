@@ -34,10 +34,11 @@ from pathlib import Path
 
 from study.core.errors import UserError
 from study.core.names import COST_METRICS, FAILED, FINAL_METRICS, FINISHED, KILLED, RUNNING  # noqa: F401 (re-exported)
+from study.core.names import Tag, factor_tag, role_filter
 from study.core.paths import artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
 
 # MLflow's description of an experiment or a run (Markdown on its page in the UI)
-NOTE_TAG = "mlflow.note.content"
+NOTE_TAG = Tag.NOTE
 # a study's experiment opens in the UI's model-training view, not MLflow 3's GenAI view (which it would
 # otherwise infer for a parent run's page): MLflow's experiment kind
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -108,7 +109,7 @@ def client(uri: str | None = None):
 
 
 # ---------------------------------------------------------------- the driver of a run
-DRIVER_TAG = "driver"
+DRIVER_TAG = Tag.DRIVER
 
 
 def _process_start(pid: int) -> str:
@@ -145,7 +146,7 @@ def driver_alive(identity: str | None) -> bool | None:
     return bool(now) and (not start or now == start)
 
 
-FILLED_TAG = "filled"  # set last when a run is created: without it the run is filled in again
+FILLED_TAG = Tag.FILLED  # set last when a run is created: without it the run is filled in again
 
 
 def _orphaned(run) -> bool:
@@ -195,7 +196,7 @@ def study_experiments(uri: str | None = None) -> list[tuple[str, str]]:
     c = client(uri)
     out = []
     for exp in c.search_experiments():
-        if c.search_runs([exp.experiment_id], filter_string="tags.role = 'parent'", max_results=1):
+        if c.search_runs([exp.experiment_id], filter_string=role_filter(Tag.PARENT), max_results=1):
             out.append((exp.name, exp.experiment_id))
     return sorted(out)
 
@@ -256,11 +257,11 @@ class StudyTracker:
         out: dict[str, list] = {}
         token = None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string="tags.role = 'cell'",
+            page = self.client.search_runs([self.experiment_id], filter_string=role_filter(Tag.CELL),
                                            run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
                                            page_token=token)
             for run in page:
-                out.setdefault(run.data.tags.get("cell_id", ""), []).append(run)
+                out.setdefault(run.data.tags.get(Tag.CELL_ID, ""), []).append(run)
             token = page.token
             if not token:
                 return out
@@ -288,7 +289,7 @@ class StudyTracker:
             return None
         from mlflow.entities import ViewType
 
-        runs = self.client.search_runs([self.experiment_id], filter_string="tags.role = 'parent'",
+        runs = self.client.search_runs([self.experiment_id], filter_string=role_filter(Tag.PARENT),
                                        run_view_type=ViewType.ACTIVE_ONLY, max_results=1)
         return runs[0] if runs else None
 
@@ -355,7 +356,7 @@ class StudyTracker:
         run = self.parent_run()
         if run is None:
             run = self.client.create_run(self.experiment_id, run_name=self.study,
-                                         tags={"study": self.study, "role": "parent",
+                                         tags={Tag.STUDY: self.study, Tag.ROLE: Tag.PARENT,
                                                DRIVER_TAG: driver_identity()})
         run_id = run.info.run_id
         self.client.set_tag(run_id, DRIVER_TAG, driver_identity())
@@ -417,15 +418,15 @@ class StudyTracker:
 
     def _cell_tags(self, cell, parent_id: str | None) -> dict[str, str]:
         tags = {
-            "study": self.study, "role": "cell", "cell_id": cell.cell_id,
-            "preset": getattr(cell, "preset", ""), "level": cell.level,
-            "factors": ",".join(cell.levels), "variant": getattr(cell, "variant", ""),
+            Tag.STUDY: self.study, Tag.ROLE: Tag.CELL, Tag.CELL_ID: cell.cell_id,
+            Tag.PRESET: getattr(cell, "preset", ""), Tag.LEVEL: cell.level,
+            Tag.FACTORS: ",".join(cell.levels), Tag.VARIANT: getattr(cell, "variant", ""),
         }
         if trial_function():  # not the trainer (the fake trial of the tests): never mistaken for a trained cell
-            tags["trial"] = trial_function()
+            tags[Tag.TRIAL] = trial_function()
         if parent_id:
-            tags["mlflow.parentRunId"] = parent_id
-        tags.update({f"factor.{f}": lv for f, lv in cell.levels.items()})
+            tags[Tag.PARENT_RUN] = parent_id
+        tags.update({factor_tag(f): lv for f, lv in cell.levels.items()})
         return tags
 
     def _log_params(self, run_id: str, cell) -> None:
@@ -445,7 +446,7 @@ class StudyTracker:
 
         run_id = run.info.run_id
         have_tags = run.data.tags
-        parent_id = parent_id or have_tags.get("mlflow.parentRunId")
+        parent_id = parent_id or have_tags.get(Tag.PARENT_RUN)
         tags = [RunTag(k, v) for k, v in self._cell_tags(cell, parent_id).items() if have_tags.get(k) != v]
         if tags:
             self.client.log_batch(run_id, tags=tags)

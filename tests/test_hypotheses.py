@@ -210,6 +210,15 @@ BAD = [
      "the same contrasts as hypothesis 'h'"),
     (ONE, _one("equivalent: [{sampling: semi-hard}, {sampling: hard}], delta: 2"), "hypotheses[0].delta",
      "accuracies are fractions, so 0.005 is 0.5 points"),
+    # found by a new user (round 4): a delta in points that lies in (0, 1) (0.5 = 50 points of an accuracy),
+    # on the hypothesis or the study's default; the top-level shorthand written as a hypothesis
+    (ONE, _one("equivalent: [{sampling: semi-hard}, {sampling: hard}], delta: 0.5"), "hypotheses[0].delta",
+     "0.5 is 50 points of knn_top1"),
+    (ONE, _one("better: {sampling: semi-hard}, worse: {sampling: hard}, metric: nmi, delta: 0.2"),
+     "hypotheses[0].delta", "for 0.2 points write 0.002"),
+    (ONE, _one("better: {sampling: semi-hard}, worse: {sampling: hard}") + "\nequivalence_delta: 0.5",
+     "equivalence_delta", "0.5 is 50 points of knn_top1"),
+    (ONE, "  - {finding: sampling}", "hypotheses[0]", "finding is a top-level key"),
 ]
 
 
@@ -360,3 +369,30 @@ def test_status_refuses_a_name_the_store_holds_for_other_factors(tmp_path, monke
     path.write_text(_study(ONE, _one("better: {sampling: semi-hard}, worse: {sampling: hard}")))
     assert main(["status", str(path), "--preset", "smoke"]) == 2
     assert "already holds a study 'hyp' varying labels" in capsys.readouterr().err
+
+
+def test_a_lower_is_better_metric_orients_its_contrasts_toward_the_claim():
+    """``neg_false_ratio``: lower is better (study/core/names.py), so "semi-hard beats hard" on it is
+    hard - semi-hard > 0; a trend with better: lower on it flips the slope's sign as well."""
+    from analysis.hypotheses import Design, HypothesisSpec, resolve
+
+    design = Design(("sampling",), {"sampling": {"semi-hard": {"sampling": "semi-hard"},
+                                                 "hard": {"sampling": "hard"}}})
+    spec = HypothesisSpec.model_validate({"name": "fewer-false-negatives", "claim": "c", "metric": "neg_false_ratio",
+                                          "better": {"sampling": "semi-hard"}, "worse": {"sampling": "hard"}})
+    (unit,) = resolve(spec, design, "knn_top1", 0.005).units
+    (part,) = unit.parts
+    assert dict(part.weights) == {"hard": 1.0, "semi-hard": -1.0}
+    assert part.label.startswith("hard - semi-hard")
+    knn = HypothesisSpec.model_validate({"name": "knn", "claim": "c", "better": {"sampling": "semi-hard"},
+                                         "worse": {"sampling": "hard"}})
+    assert dict(resolve(knn, design, "knn_top1", 0.005).units[0].parts[0].weights) == {"semi-hard": 1.0, "hard": -1.0}
+    margins = Design(("boundary",), {"boundary": {"cosine 0": {"margin_type": "cosine", "margin": 0.0},
+                                                  "cosine -0.5": {"margin_type": "cosine", "margin": -0.5}}})
+    trend = {"trend": {"setting": "margin", "better": "lower"}}
+    up = resolve(_h(**trend), margins, "knn_top1", 0.005).units[0].parts[0]
+    down = resolve(_h(metric="neg_false_ratio", **trend), margins, "knn_top1", 0.005).units[0].parts[0]
+    # knn: the slope on -margin, +1 per unit at -0.5 -> 0 is weight (cosine -0.5: +1, cosine 0: -1) / 0.5
+    assert dict(up.weights) == pytest.approx({"cosine -0.5": 2.0, "cosine 0": -2.0})
+    assert dict(down.weights) == pytest.approx({"cosine -0.5": -2.0, "cosine 0": 2.0})
+    assert dict(down.steps[0].weights) == pytest.approx({"cosine -0.5": -1.0, "cosine 0": 1.0})

@@ -46,3 +46,27 @@ print("ok")
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_tag_names_are_read_and_written_through_the_contract():
+    """No module indexes a run's tags with a literal name or writes a role filter by hand: the tag
+    names live in study/core/names.py (``Tag``, ``factor_tag``, ``role_filter``)."""
+    import re
+    from pathlib import Path
+
+    from study.core.paths import REPO_ROOT
+
+    literal = re.compile(r"""tags(\.get\(|\[)\s*f?["'](?!\{)|tags\.role\s*=|["']factor\.\{""")
+    found = []
+    for top in ("study", "analysis", "cluster"):
+        for path in sorted((REPO_ROOT / top).rglob("*.py")):
+            if path == REPO_ROOT / "study" / "core" / "names.py":
+                continue
+            for no, line in enumerate(path.read_text().splitlines(), 1):
+                if literal.search(line):
+                    found.append(f"{path.relative_to(REPO_ROOT)}:{no}: {line.strip()}")
+    assert found == [], "\n".join(found)
+    assert names.role_filter(names.Tag.CELL) == "tags.role = 'cell'"
+    assert names.factor_tag("labels") == "factor.labels"
+    values = [v for k, v in vars(names.Tag).items() if k.isupper() and k not in ("CELL", "PARENT")]
+    assert len(values) == len(set(values))

@@ -74,7 +74,9 @@ def test_smoke_study_through_tune(store):
         assert tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert params["sampling"] == tags["factor.sampling"] == tags["level"]
         assert params["seed"] in ("0", "1") and params["margin"] == "-0.5" and params["epochs"] == "2"
-        for key in ("nmi", "label_change_ratio", "neg_sim_mean", "loss_inter", "loss_intra"):
+        for key in ("nmi", "label_change_ratio", "neg_sim_mean", "loss_inter", "loss_intra",
+                    # the mechanisms, against the true classes (issue 26)
+                    "neg_false_ratio", "neg_class_kl", "pos_precision", "cluster_recall", "queue_false_ratio"):
             assert key in r.data.metrics, key
         assert "linear_top1" in r.data.metrics
         # every metric the trainer produced (its run directory's files) is in the contract, and in MLflow
@@ -97,7 +99,11 @@ def test_smoke_study_through_tune(store):
     table = (out / "e2e" / "summary.csv").read_text()
     assert "semi-hard" in table and "hard" in table
     assert (out / "e2e" / "knn_convergence.png").stat().st_size > 0
-    assert "e2e" in (out / "REPORT.md").read_text()
+    report = (out / "REPORT.md").read_text()
+    assert "e2e" in report
+    # the sampling factor's mechanism: false negatives per strategy, a figure and a table
+    assert (out / "e2e" / "false_negatives.png").stat().st_size > 0
+    assert "](e2e/false_negatives.png)" in report and "| neg_false_ratio (%) |" in report
     # a second run finds everything finished and trains nothing
     again = _study(str(path), "--preset", "smoke", env=env)
     assert again.returncode == 0 and "4 finished, 0 to run" in again.stdout

@@ -18,6 +18,43 @@ ALL, INTER, ONLINE, OFFLINE = "every run", "InterCLR runs", "InterCLR runs with 
     "InterCLR runs with offline labels"
 
 
+class Tag:
+    """The tags of the store's runs. A cell run: STUDY, ROLE (CELL), CELL_ID, PRESET, LEVEL, FACTORS,
+    VARIANT, one :func:`factor_tag` per factor, PARENT_RUN, TRIAL (a fake trial's only), DRIVER, FILLED;
+    a cell linked from another study also REUSED_FROM and REUSED_FROM_STUDY. A parent run: STUDY, ROLE
+    (PARENT), DRIVER, the study's design (study.studyfile: EQUIVALENCE_DELTA, STOPPING, SEEDS, LEVELS,
+    DESCRIPTION, design.* and hypotheses.*) and its verdicts (analysis.publish: VERDICT, verdict.<name>)."""
+    STUDY, ROLE, CELL_ID, PRESET, LEVEL, FACTORS, VARIANT = "study", "role", "cell_id", "preset", "level", \
+        "factors", "variant"
+    TRIAL, ERROR, DRIVER, FILLED = "trial", "error", "driver", "filled"
+    REUSED_FROM, REUSED_FROM_STUDY = "reused_from", "reused_from_study"
+    EQUIVALENCE_DELTA, STOPPING, SEEDS, LEVELS, DESCRIPTION, FINDING = "equivalence_delta", "stopping", \
+        "seeds", "levels", "description", "finding"
+    MAX_SEEDS, BUDGET_HOURS = "max_seeds", "budget_hours"  # --until-decided's limits (STOPPING: "sequential")
+    VERDICT, HYPOTHESIS = "verdict", "hypothesis"
+    GIT_DIRTY, DATASET, DATASET_DIGEST = "git_dirty", "dataset", "dataset_digest"  # study.provenance
+    # MLflow's own
+    PARENT_RUN, NOTE, RUN_NAME, GIT_COMMIT = "mlflow.parentRunId", "mlflow.note.content", "mlflow.runName", \
+        "mlflow.source.git.commit"
+    CELL, PARENT = "cell", "parent"  # the values of ROLE
+
+
+def factor_tag(factor: str) -> str:
+    """The tag holding a cell's level of ``factor``."""
+    return f"factor.{factor}"
+
+
+def verdict_tag(hypothesis: str, stratum: str | None = None, text: bool = False) -> str:
+    """The parent's tag holding a hypothesis's verdict (an analysis.stats.Verdict's value), or its
+    sentence (``text``); ``stratum``: one stratum's verdict of an ``each:`` hypothesis."""
+    return f"{'verdict_text' if text else Tag.VERDICT}.{hypothesis}" + (f"/{stratum}" if stratum else "")
+
+
+def role_filter(role: str) -> str:
+    """MLflow's filter string for the runs of one role (Tag.CELL or Tag.PARENT)."""
+    return f"tags.{Tag.ROLE} = '{role}'"
+
+
 @dataclass(frozen=True)
 class MetricName:
     name: str
@@ -26,6 +63,7 @@ class MetricName:
     meaning: str
     table: bool = False  # a column of the report's summary tables (its last value per cell)
     better: str | None = None  # "higher" or "lower": which level's mean a table marks best; None: none
+    mechanism: bool = False  # measured against the true classes: the report's table of mechanisms
 
 
 def metric_named(name: str) -> MetricName | None:
@@ -63,6 +101,19 @@ EPOCH_METRICS: tuple[MetricName, ...] = (
     MetricName("starved_query_ratio", "fraction", INTER,
                "queries whose pool held fewer negatives of another label than neg_num"),
     MetricName("pos_sim_mean", "cosine", INTER, "cosine of the queries to their inter-image positives, mean"),
+    # the mechanisms, against the true classes (study/train/mechanism.py; none on a dataset without labels)
+    MetricName("neg_false_ratio", "fraction", INTER, "sampled inter-image negatives of the query's true class "
+               "(false negatives), over the epoch's steps", better="lower", mechanism=True),
+    MetricName("neg_class_kl", "nats", INTER, "KL divergence of the sampled inter-image negatives' true classes "
+               "from the class prior of the training set", better="lower", mechanism=True),
+    MetricName("pos_precision", "fraction", INTER, "inter-image positives (same pseudo-label) of the query's true "
+               "class", better="higher", mechanism=True),
+    MetricName("cluster_recall", "fraction", INTER, "an image's true-class images that its cluster holds, mean over "
+               "the images (at the epoch's end)", better="higher", mechanism=True),
+    MetricName("queue_false_ratio", "fraction", ALL, "the queue's (intra-image) negatives of the query's true class: "
+               "MoCo v2's baseline of neg_false_ratio", better="lower", mechanism=True),
+    MetricName("queue_class_kl", "nats", ALL, "KL divergence of the queue's true classes from the class prior",
+               better="lower", mechanism=True),
     MetricName("lr", "1", ALL, "the learning rate at the epoch's end"),
     MetricName("epoch_time", "s", ALL, "wall seconds of the epoch's training steps"),
     MetricName("pairs_per_s", "pairs/s", ALL, "image pairs trained per second"),

@@ -113,10 +113,10 @@ class InterCLR:
         changed, clusters re-seeded); zeros without online labels.
         """
         k_all = self.gather(k)  # (B, d)
-        self.queue.enqueue(k_all)
+        idx_all = self.gather(idx)  # (B,)
+        self.queue.enqueue(k_all, idx_all)
         if self.inter is None:
             return 0.0, 0
-        idx_all = self.gather(idx)  # (B,)
         self.bank.update(idx_all, k_all)
         if self.inter.labels != "online":
             return 0.0, 0

@@ -173,31 +173,45 @@ class KeyQueue:
     ``keys``: (size, dim). ``ptr`` is the next row to overwrite. A batch that
     runs past the end wraps around to row 0 (no need for size % batch == 0,
     unlike the reference). Initialised with random unit vectors, as MoCo does.
-    Saved in checkpoints through ``state_dict``.
+    ``ids``: (size,) the image index of each key (-1: an initial random key),
+    read only by the measurements of study/train/mechanism.py. Saved in
+    checkpoints through ``state_dict``.
     """
 
     def __init__(self, size: int, dim: int, generator: torch.Generator | None = None, device=None):
         self.size = size
         self.keys = F.normalize(torch.randn(size, dim, generator=generator), dim=1).to(device)  # (K, d)
+        self.ids = torch.full((size,), -1, dtype=torch.long, device=device)  # (K,)
         self.ptr = 0
 
     @torch.no_grad()
-    def enqueue(self, keys: Tensor) -> None:
-        """keys: (M, d), normalised. If M > size only the last ``size`` are kept."""
+    def enqueue(self, keys: Tensor, ids: Tensor | None = None) -> None:
+        """keys: (M, d), normalised; ids: (M,) their images (None: -1). If M > size only the last
+        ``size`` are kept."""
         keys = keys.detach()[-self.size:]
+        ids = (torch.full((keys.shape[0],), -1, dtype=torch.long, device=self.ids.device) if ids is None
+               else ids[-self.size:].to(self.ids.device, torch.long))
         m = keys.shape[0]
         end = self.ptr + m
         if end <= self.size:
             self.keys[self.ptr:end] = keys
+            self.ids[self.ptr:end] = ids
         else:
             first = self.size - self.ptr
             self.keys[self.ptr:] = keys[:first]
             self.keys[: m - first] = keys[first:]
+            self.ids[self.ptr:] = ids[:first]
+            self.ids[: m - first] = ids[first:]
         self.ptr = end % self.size
 
     def state_dict(self) -> dict:
-        return {"keys": self.keys.clone(), "ptr": self.ptr}
+        return {"keys": self.keys.clone(), "ptr": self.ptr, "ids": self.ids.clone()}
 
     def load_state_dict(self, sd: dict) -> None:
         self.keys.copy_(sd["keys"])
         self.ptr = int(sd["ptr"])
+        # a checkpoint of before the ids were kept: unknown images (the measurements skip them)
+        if "ids" in sd:
+            self.ids.copy_(sd["ids"])
+        else:
+            self.ids.fill_(-1)

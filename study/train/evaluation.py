@@ -123,6 +123,28 @@ def nmi(labels_a: Tensor | np.ndarray, labels_b: Tensor | np.ndarray) -> float:
     return max(0.0, mutual / ((h_a + h_b) / 2))
 
 
+def cluster_recall(clusters: Tensor | np.ndarray, classes: Tensor | np.ndarray) -> float:
+    """The share of an image's true-class images that its cluster holds, mean over the labelled images.
+
+    With ``n[c, y]`` images of class y in cluster c and ``n[y]`` of class y, image i's recall is
+    ``n[c_i, y_i] / n[y_i]`` (itself included), and the mean is ``sum_{c,y} n[c, y]**2 / n[y] / N``:
+    1 when no class is split across clusters, ``1/k`` for a class split evenly over k clusters. The
+    positive-side mechanism of Sec. 4.1 (how many true positives the pseudo-labels can offer).
+
+    Args:
+        clusters: (N,) cluster ids; classes: (N,) true classes, -1 for an unlabelled image (left out).
+    Returns:
+        A fraction in (0, 1]; NaN when no image is labelled.
+    """
+    c, y = _as_label_pair(clusters, classes)
+    keep = y >= 0
+    if not bool(keep.any()):
+        return math.nan
+    table = _Contingency(c[keep], y[keep])
+    per_cell = table.cell_counts ** 2 / table.col_sums[table.cell_cols]  # (cells,)
+    return float(per_cell.sum() / table.n)
+
+
 def ari(labels_a: Tensor | np.ndarray, labels_b: Tensor | np.ndarray) -> float:
     """Adjusted Rand index (Hubert & Arabie) of two labelings of the same N samples.
 
@@ -496,7 +518,7 @@ class Evaluator:
     def label_metrics(self, labels: Tensor, prev: Tensor | None) -> dict:
         """NMI/ARI of pseudo-labels ``labels`` (N,) against the classes; with ``prev`` (N,), how much they moved."""
         truth = self.source.train_labels
-        out = {"nmi": nmi(labels, truth), "ari": ari(labels, truth),
+        out = {"nmi": nmi(labels, truth), "ari": ari(labels, truth), "cluster_recall": cluster_recall(labels, truth),
                "clusters_nonempty": int((torch.bincount(labels, minlength=self.cfg.num_clusters) > 0).sum())}
         if prev is not None:
             # how much the partition moved, whatever the cluster ids: k-means renumbers its

@@ -45,6 +45,7 @@ from study.method.registry import load
 from study.train import checkpoint as ckpt
 from study.train import distributed as dist
 from study.train.evaluation import Evaluator, FeatureMemo, similarity_stats
+from study.train.mechanism import MechanismCounts, class_histogram, classes_of
 from study.method.registry import METHODS
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
@@ -111,6 +112,7 @@ class EpochAccumulator:
     inter_steps: int = 0
     pairs: int = 0
     neg_sims: list = field(default_factory=list)
+    mechanism: MechanismCounts | None = None  # None: a dataset without labels
     change_ratio: float = 0.0
     reseeded: int = 0
     starved: int = 0
@@ -130,6 +132,8 @@ class EpochAccumulator:
             out["starved_query_ratio"] = self.starved / max(1, self.queries)
         if self.neg_sims:
             out.update(similarity_stats(torch.cat(self.neg_sims), prefix="neg_sim"))
+        if self.mechanism is not None:
+            out.update(self.mechanism.metrics())
         return out
 
 
@@ -229,6 +233,10 @@ class Trainer:
         self.history: list[dict] = []
         self.prev_labels: Tensor | None = None
         self._warned_starved = False
+        # the true classes, for the mechanism metrics only (study/train/mechanism.py): training never reads them
+        truth = self.source.train_labels.long()
+        self.truth = truth.to(self.device) if bool((truth >= 0).any()) else None  # (N,)
+        self.class_prior = class_histogram(truth, self.source.num_classes) if self.truth is not None else None
 
     @property
     def queue(self):
@@ -264,6 +272,8 @@ class Trainer:
                          f"{cfg.margin_type} margin {cfg.margin}, data order {cfg.data_order}")
         else:
             parts.append("inter branch off (MoCo v2)")
+        if self.truth is None:
+            parts.append("no class labels: the mechanism metrics (false negatives, positive precision) are skipped")
         return "; ".join(parts)
 
     # -------------------------------------------------------------- evaluation
@@ -356,6 +366,12 @@ class Trainer:
         idx_dev = idx.to(self.device)
         out = self.method.loss(q, k, idx_dev, inter_on=inter_on, shared=self.gens.inter, own=self.gens.negatives)
         loss, loss_intra, sample = out.loss, out.intra, out.sample
+        if acc.mechanism is not None:  # the negatives this step used: the queue before the enqueue
+            query_cls = classes_of(self.truth, idx_dev)  # (n,)
+            acc.mechanism.add_queue(query_cls, classes_of(self.truth, self.method.queue.ids))
+            if inter_on:
+                acc.mechanism.add_inter(query_cls, classes_of(self.truth, sample.neg_idx),
+                                        classes_of(self.truth, sample.pos_idx))
 
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}")
@@ -403,7 +419,7 @@ class Trainer:
                 and self.epoch % cfg.recluster_every == 0:
             self.recluster()  # offline labels: fixed between re-clusterings
         self.moco.train()
-        acc = EpochAccumulator()
+        acc = EpochAccumulator(mechanism=MechanismCounts(self.class_prior) if self.truth is not None else None)
         batches = epoch_batches(self.num_train, cfg.batch_size, cfg.seed, self.epoch,
                                 replacement=cfg.data_order == "replacement")[: self.steps_per_epoch]
         bar = None
