@@ -66,8 +66,8 @@ class UnitResult:
 
     @property
     def open(self) -> bool:
-        """Still undecided: the adaptive loop adds seeds to its levels."""
-        return self.verdict is Verdict.INCONCLUSIVE
+        """Still undecided, in the primary family: the adaptive loop adds seeds to its levels."""
+        return self.verdict is Verdict.INCONCLUSIVE and self.unit.primary
 
     @property
     def text(self) -> str:
@@ -190,12 +190,15 @@ def evaluate_study(data: StudyData) -> list[HypothesisResult]:
             errors[h.name] = f"the study's levels cannot form it ({err})"
             resolved.append(None)
     units = [u for r in resolved if r is not None for u in r.units]
-    n_parts = sum(len(u.parts) for u in units) or 1
-    cs_alpha = ALPHA / n_parts
+    # each family keeps its own family-wise error rate: its parts divide its alpha (Bonferroni, under
+    # optional stopping) and Holm runs over its units
+    families = {f: [u for u in units if u.family == f] for f in dict.fromkeys(u.family for u in units)}
+    family_alpha = {f: ALPHA / (sum(len(u.parts) for u in us) or 1) for f, us in families.items()}
     order = seed_order(set(data.cells["seed"]) if not data.empty else (), data.planned_seeds)
     metrics = {p.metric for u in units for p in u.parts}
     tables = {m: _table(data.cells, m) for m in metrics} if not data.empty else {}
-    part_results = {id(u): tuple(evaluate_part(p, data.cells, order, p.region(u.delta), u.equivalence, cs_alpha, tables)
+    part_results = {id(u): tuple(evaluate_part(p, data.cells, order, p.region(u.delta), u.equivalence,
+                                               family_alpha[u.family], tables)
                                  for p in u.parts) for u in units} if not data.empty else {}
     unit_results: dict[int, UnitResult] = {}
     if not data.empty:
@@ -205,13 +208,16 @@ def evaluate_study(data: StudyData) -> list[HypothesisResult]:
                 part_results[id(u)] = tuple(replace(r, verdict=_CODE_VERDICT[int(decide.interval_codes(
                     r.cs_low, r.cs_high, part.region(u.delta), u.equivalence))])
                     for part, r in zip(u.parts, part_results[id(u)]))
-                v, at, n = _sequential(u, part_results[id(u)], data.cells, order, cs_alpha, tables)
-                unit_results[id(u)] = UnitResult(u, part_results[id(u)], v, math.nan, at, "sequential", n, cs_alpha)
+                a = family_alpha[u.family]
+                v, at, n = _sequential(u, part_results[id(u)], data.cells, order, a, tables)
+                unit_results[id(u)] = UnitResult(u, part_results[id(u)], v, math.nan, at, "sequential", n, a)
         else:
-            evidence = [unit_evidence([(p.comparison, p.tost_p, p.against_p) for p in part_results[id(u)]],
-                                      u.equivalence) for u in units]
-            for u, ev, (v, adj) in zip(units, evidence, family_verdicts(evidence)):
-                unit_results[id(u)] = UnitResult(u, part_results[id(u)], v, adj, None, "fixed", ev.n, cs_alpha)
+            for f, us in families.items():
+                evidence = [unit_evidence([(p.comparison, p.tost_p, p.against_p) for p in part_results[id(u)]],
+                                          u.equivalence) for u in us]
+                for u, ev, (v, adj) in zip(us, evidence, family_verdicts(evidence)):
+                    unit_results[id(u)] = UnitResult(u, part_results[id(u)], v, adj, None, "fixed", ev.n,
+                                                     family_alpha[f])
     out = []
     for h, r in zip(specs, resolved):
         if r is None or why:

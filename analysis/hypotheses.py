@@ -50,6 +50,7 @@ METRICS = ("knn_top1", "final_knn_top1", "linear_top1", "nmi", "final_nmi", "ari
 MetricName = Literal[METRICS]
 Scalar = Union[bool, int, float, str]
 Selector = dict[str, Scalar]
+PRIMARY = "primary"  # the family of the study's own question (HypothesisSpec.family)
 # a hypothesis name is part of tag keys (verdict.<name>) and of the report's anchors
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 LEVEL_SEPARATOR = " / "  # a cell's level name: its factors' labels joined by this (study.studyfile)
@@ -104,6 +105,10 @@ class HypothesisSpec(BaseModel):
     delta: Optional[float] = None
     within: Optional[Selector] = Field(default=None, min_length=1)
     each: bool = False
+    # the family whose error rate it shares: the study's question (PRIMARY: the adaptive loop adds seeds
+    # until it is decided), or another family of its own error control that never adds seeds, e.g. the
+    # mechanism behind a finding (family: mechanism)
+    family: str = Field(default="primary", pattern=NAME_RE)
 
     @field_validator("better", "worse")
     @classmethod
@@ -309,6 +314,12 @@ class Unit:
     parts: tuple[Part, ...]
     equivalence: bool  # the claim is equality within delta (the equivalent kind)
     delta: float
+    family: str = PRIMARY  # the family of its error control (HypothesisSpec.family)
+
+    @property
+    def primary(self) -> bool:
+        """Of the study's primary family: what the adaptive loop decides."""
+        return self.family == PRIMARY
 
     @property
     def name(self) -> str:
@@ -452,9 +463,6 @@ def resolve(spec: HypothesisSpec, design: Design, default_metric: str, default_d
         if m not in METRICS:
             raise HypothesisError(f"unknown metric '{m}' (allowed: {', '.join(METRICS)})", "metric")
     delta = spec.delta if spec.delta is not None else default_delta
-    for m in metrics:
-        if (why := delta_problem(delta, m)) is not None:
-            raise HypothesisError(why if spec.delta is not None else f"the study's equivalence_delta: {why}", "delta")
     if (spec.within is not None or spec.each) and not design.crossed:
         what = "within" if spec.within is not None else "each"
         raise HypothesisError(f"{what} takes strata of the other crossed factors; this study varies only "
@@ -511,7 +519,7 @@ def resolve(spec: HypothesisSpec, design: Design, default_metric: str, default_d
         for m in metrics:
             parts += _parts(spec, design, m, sides, trend_factor, xs, fixed)
         text = ", ".join(f"{f}={lb}" for f, lb in stratum.items())
-        units.append(Unit(spec.name, text, tuple(parts), spec.kind == "equivalent", delta))
+        units.append(Unit(spec.name, text, tuple(parts), spec.kind == "equivalent", delta, spec.family))
     return Resolved(spec, tuple(units), tuple(sorted(compared)))
 
 

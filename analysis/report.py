@@ -14,6 +14,7 @@ import numpy as np
 
 from .anova import anova, blocks, cell_means, simple_effects
 from .evaluate import HypothesisResult, PartResult, UnitResult, delta_text, describe, evaluate_study, part_scale
+from .hypotheses import PRIMARY
 from .load import StudyData
 from .stats import CONFIDENCE, NOT_RUN
 from .tables import COST_COLUMNS, MECHANISM_METRICS, TABLE_METRICS, duration, metric_label, spec, summary_table, to_markdown
@@ -238,7 +239,9 @@ def _part_lines(p: PartResult, u: UnitResult) -> list[str]:
 
 def hypothesis_lines(h: HypothesisResult) -> list[str]:
     """A hypothesis's part of a study's section: its claim, its verdict, and each unit's numbers."""
-    out = [f"### Hypothesis `{h.spec.name}` ({h.spec.kind})", "", f"Claim: {h.spec.claim}.", "",
+    family = ("" if h.spec.family == PRIMARY else f"; family `{h.spec.family}`: its own 5% family-wise error rate, "
+              "it adds no seeds")
+    out = [f"### Hypothesis `{h.spec.name}` ({h.spec.kind}{family})", "", f"Claim: {h.spec.claim}.", "",
            f"**Verdict: {h.text}.**", ""]
     for u in h.units:
         if len(h.units) > 1:

@@ -251,12 +251,13 @@ def check_study(study: Study, max_seeds: int, flag: bool = True) -> None:
 
 
 def family_parts(study: Study) -> int:
-    """The number of parts in the study's family (every unit's parts): the Bonferroni divisor of the
-    sequential rule (analysis.evaluate)."""
+    """The number of parts in the study's primary family (its units' parts): the Bonferroni divisor of the
+    sequential rule (analysis.evaluate) for the hypotheses the loop decides."""
     from analysis.hypotheses import resolve
 
     return sum(len(u.parts) for h in study.hypotheses
-               for u in resolve(h, study.design, study.spec.metric, study.spec.equivalence_delta).units) or 1
+               for u in resolve(h, study.design, study.spec.metric, study.spec.equivalence_delta).units
+               if u.primary) or 1
 
 
 def all_levels(study: Study) -> list[str] | None:

@@ -511,6 +511,12 @@ def _check_hypotheses(spec: StudySpec, cells: list[Cell], src: str) -> None:
             raise UserError(f"two hypotheses are named '{h.name}' ({seen[h.name]} and {where}): names must differ "
                             "(they name the verdicts)", source=src, key=f"{where}.name")
         seen[h.name] = where
+        for m in h.metrics(spec.metric):
+            if h.delta is not None and (why := delta_problem(h.delta, m)) is not None:
+                raise UserError(why, source=src, key=where if where == "finding" else f"{where}.delta")
+            if h.delta is None and (why := delta_problem(spec.equivalence_delta, m)) is not None:
+                raise UserError(f"{why} (the default of hypothesis {where}, metric {m})", source=src,
+                                key="equivalence_delta")
         try:
             resolved = resolve(h, design, spec.metric, spec.equivalence_delta)
         except HypothesisError as err:

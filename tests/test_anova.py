@@ -143,3 +143,26 @@ def test_a_slope_is_equivalent_only_when_its_change_over_the_range_is_within_del
         part = h.units[0].parts[0]
         assert part.part.span == 10.0 and part.comparison.mean_diff == pytest.approx(0.0001)
         assert h.verdict.value == verdict, (delta, h.text)
+
+
+@pytest.mark.parametrize("stopping", ["fixed", "sequential"])
+def test_a_second_family_leaves_the_primary_verdicts_alone_and_never_adds_seeds(stopping):
+    """A hypothesis of ``family: mechanism`` keeps its own error rate: the primary hypothesis's adjusted p
+    and interval level are those of the study without it, and an undecided mechanism is not open (the
+    adaptive loop adds no seed for it)."""
+    from analysis.evaluate import evaluate_study
+
+    main = {"name": "a", "claim": "a1 beats a0", "better": {"A": "a1"}, "worse": {"A": "a0"}}
+    # B's effect in the metric's units: b1 - b0 = 3 per seed on average, ample at n=3 under the t-test
+    mech = {"name": "m", "claim": "b1 beats b0", "better": {"B": "b1"}, "worse": {"B": "b0"}, "family": "mechanism"}
+    odd = {"name": "n", "claim": "b0 beats b1", "better": {"B": "b0"}, "worse": {"B": "b1"}, "within": {"A": "a0"},
+           "family": "mechanism"}
+    alone = evaluate_study(replace(_data(_cells(), [main]), stopping=stopping))[0].units[0]
+    both = evaluate_study(replace(_data(_cells(), [main, mech, odd]), stopping=stopping))
+    first = both[0].units[0]
+    assert first.verdict is alone.verdict and first.cs_alpha == alone.cs_alpha == pytest.approx(0.05)
+    assert (math.isnan(first.p_adjusted) and math.isnan(alone.p_adjusted)) or first.p_adjusted == alone.p_adjusted
+    assert [u.cs_alpha for h in both[1:] for u in h.units] == pytest.approx([0.025, 0.025])  # the mechanism family's two parts
+    assert all(not u.open for h in both[1:] for u in h.units)
+    undecided = [u for h in both[1:] for u in h.units if u.verdict.value == "inconclusive"]
+    assert undecided, "the test needs an undecided mechanism unit"

@@ -219,11 +219,16 @@ def test_the_parent_carries_the_hypotheses_and_the_analysis_reads_them():
     tags = study.parent_tags()
     assert tags["seeds"] == "0,1,2" and "finding" not in tags
     assert tags["levels"] == '["random", "semi-easy", "semi-hard", "hard"]'  # what the analysis lists as missing
-    assert from_tags(tags, "hypotheses") == [{"name": "semi-hard-negatives", "claim": study.hypotheses[0].claim,
-                                              "better": {"sampling": "semi-hard"}, "worse": {"sampling": "hard"}}]
+    kept = from_tags(tags, "hypotheses")
+    assert kept[0] == {"name": "semi-hard-negatives", "claim": study.hypotheses[0].claim,
+                       "better": {"sampling": "semi-hard"}, "worse": {"sampling": "hard"}}
+    assert kept[1] == {"name": "fewer-false-negatives", "claim": study.hypotheses[1].claim, "family": "mechanism",
+                       "metric": "neg_false_ratio", "better": {"sampling": "semi-hard"}, "worse": {"sampling": "hard"}}
     assert Design.load(from_tags(tags, "design")) == study.design
     assert tags["description"] == study.spec.description
     parent = SimpleNamespace(data=SimpleNamespace(tags=tags), info=SimpleNamespace(run_id="p"))
     plan = _plan(parent, "sampling", empty_study("sampling", True), None)
-    assert [h.name for h in plan["hypotheses"]] == ["semi-hard-negatives"] and plan["planned_seeds"] == (0, 1, 2)
+    assert [h.name for h in plan["hypotheses"]] == ["semi-hard-negatives", "fewer-false-negatives",
+                                                     "less-biased-negatives"] and plan["planned_seeds"] == (0, 1, 2)
+    assert [h.family for h in plan["hypotheses"]] == ["primary", "mechanism", "mechanism"]
     assert plan["design"].levels["sampling"]["semi-hard"] == {"sampling": "semi-hard"}
