@@ -214,6 +214,33 @@ def _labelled(ax):
     return [t for t in ax.get_legend_handles_labels()[1]]
 
 
+def test_the_mechanisms_of_the_labels_study_get_a_figure_and_a_table(data):
+    """Cells that logged positive precision and cluster recall: the labels study draws them against epoch
+    (one line per label mode) and its report section tabulates them per level; a store without them has
+    neither (test_figures_series)."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from analysis.report import mechanism_lines
+
+    lab = data["labels"]
+    assert "positive_quality" not in F.study_figures(lab) and mechanism_lines(lab) == []
+    knn = lab.curves[lab.curves["metric"] == "knn_top1"]
+    extra = pd.concat([knn.assign(metric=m, value=0.5 + 0.1 * (knn["level"] == "online")) for m in
+                       ("pos_precision", "cluster_recall")], ignore_index=True)
+    cells = lab.cells.assign(pos_precision=[0.6 if lv == "online" else 0.5 for lv in lab.cells["level"]],
+                             cluster_recall=0.4)
+    mech = replace(lab, curves=pd.concat([lab.curves, extra], ignore_index=True), cells=cells)
+    fig = F.study_figures(mech)["positive_quality"]
+    assert [a.get_ylabel() for a in fig.axes] == ["positive precision (%)", "cluster recall (%)"]
+    assert [len(_labelled(a)) for a in fig.axes] == [2, 2]
+    lines = "\n".join(mechanism_lines(mech))
+    assert "| pos_precision (%) |" in lines and "| cluster_recall (%) |" in lines
+    assert "**60.00" in lines  # online: the best precision, in bold
+    assert "neg_false_ratio" not in lines.split("\n\n")[-1]  # columns only of what the cells logged
+
+
 def test_figures_series(data):
     s = data["sampling"]
     figs = F.study_figures(s)
