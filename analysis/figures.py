@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from study.core.names import LOWSHOT_SHOTS, lowshot_metric  # noqa: E402
 
 from .atomic import replacing  # noqa: E402
 from .load import StudyData  # noqa: E402
@@ -238,6 +239,32 @@ def negatives_figure(curves: pd.DataFrame, levels: Sequence[str]) -> Figure:
     return fig
 
 
+def lowshot_figure(cells: pd.DataFrame, levels: Sequence[str]) -> Figure:
+    """Low-shot linear top-1 against k, the labelled images per class (log axis), one line per level,
+    band = +-1 std over seeds."""
+    shots = [k for k in LOWSHOT_SHOTS if lowshot_metric(k) in cells.columns and cells[lowshot_metric(k)].notna().any()]
+    fig, (ax,) = _new_figure()
+    pal = colors(levels)
+    with matplotlib.rc_context(STYLE):
+        for level in levels:
+            sel = cells[cells["level"] == level]
+            vals = [sel[lowshot_metric(k)].to_numpy(dtype=float) * 100.0 for k in shots]
+            n = [int(np.isfinite(v).sum()) for v in vals]
+            if not any(n):
+                continue
+            mean = np.array([np.nanmean(v) if c else np.nan for v, c in zip(vals, n)])
+            sd = np.array([np.nanstd(v, ddof=1) if c > 1 else 0.0 for v, c in zip(vals, n)])
+            ax.plot(shots, mean, marker="o", markersize=3, color=pal[level], label=f"{level} (n={max(n)})")
+            ax.fill_between(shots, mean - sd, mean + sd, color=pal[level], alpha=BAND_ALPHA, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(shots, [str(k) for k in shots])
+        ax.set_xlabel("labelled images per class (k)")
+        ax.set_ylabel("low-shot linear top-1 (%)")
+        ax.set_title("low-shot classification (band: ±1 std)")
+        legend_below(fig, [ax])
+    return fig
+
+
 def margin_figure(cells: pd.DataFrame, metric: str = "knn_top1", reference: float = -0.5) -> Figure:
     """Final ``metric`` against the margin, one panel per margin type (cosine, arc):
     mean with its 95% t-interval, and each seed as a dot."""
@@ -306,6 +333,9 @@ def study_figures(data: StudyData) -> dict[str, Figure]:
         figs["label_dynamics"] = label_dynamics_figure(data.curves, data.levels)
     if "sampling" in data.factors:
         figs["negatives_similarity"] = negatives_figure(data.curves, data.levels)
+    if any(lowshot_metric(k) in data.cells.columns and data.cells[lowshot_metric(k)].notna().any()
+           for k in LOWSHOT_SHOTS):
+        figs["lowshot"] = lowshot_figure(data.cells, data.levels)
     for stem, (factor, panels) in MECHANISM_FIGURES.items():
         # a store of before the mechanism metrics has none: no empty figure
         if factor in data.factors and (data.curves["metric"] == panels[0][0]).any():

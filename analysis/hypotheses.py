@@ -41,12 +41,12 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from study.core.names import EPOCH_METRICS, metric_named
+from study.core.names import EPOCH_METRICS, PROTOCOL_METRICS, metric_named
 
 # the metrics a study or a hypothesis can be decided on (cell metrics of analysis.load): the final
 # ones, the convergence area, and every per-epoch metric the store's contract names (its last value)
 METRICS = ("knn_top1", "final_knn_top1", "linear_top1", "nmi", "final_nmi", "ari", "knn_auc") + tuple(
-    m.name for m in EPOCH_METRICS if m.name not in ("knn_top1", "nmi", "ari"))
+    m.name for m in EPOCH_METRICS if m.name not in ("knn_top1", "nmi", "ari")) + PROTOCOL_METRICS
 MetricName = Literal[METRICS]
 Scalar = Union[bool, int, float, str]
 Selector = dict[str, Scalar]
@@ -179,7 +179,7 @@ def check_delta(value: float) -> float:
 # the widest region of equivalence for a metric stored as a fraction: 10 points (a wider one calls almost
 # any two levels equivalent; 0.5 there is most likely "0.5 points" written in points)
 MAX_FRACTION_DELTA = 0.1
-_FRACTION_FINALS = ("final_knn_top1", "linear_top1", "final_nmi", "knn_auc")
+_FRACTION_FINALS = ("final_knn_top1", "linear_top1", "final_nmi", "knn_auc") + PROTOCOL_METRICS
 
 
 def delta_problem(delta: float, metric: str) -> str | None:

@@ -66,6 +66,9 @@ CELL_COLUMNS: dict[str, str] = {
 # every other per-epoch metric of the store's contract (study/core/names.py): its last value per cell
 EPOCH_CELL_METRICS = tuple(m.name for m in names.EPOCH_METRICS if m.name not in CELL_COLUMNS)
 CELL_COLUMNS.update({m: "float" for m in EPOCH_CELL_METRICS})
+# the paper's other protocols and their seconds (final metrics, study/train/protocols.py)
+PROTOCOL_CELL_METRICS = names.PROTOCOL_METRICS + names.PROTOCOL_SECONDS
+CELL_COLUMNS.update({m: "float" for m in PROTOCOL_CELL_METRICS})
 CURVE_COLUMNS: dict[str, str] = {
     "cell_id": "str",
     "run_id": "str",
@@ -78,7 +81,8 @@ CURVE_COLUMNS: dict[str, str] = {
 MISSING_COLUMNS: dict[str, str] = {"cell_id": "str", "level": "str", "seed": "int", "status": "str", "run_id": "str"}
 EXCLUDED_COLUMNS: dict[str, str] = {"cell_id": "str", "level": "str", "seed": "int", "preset": "str",
                                     "run_id": "str", "reason": "str"}
-FINAL_ONLY_METRICS = ("linear_top1", "final_knn_top1", "final_nmi", "cost_wall_s", "cost_cpu_s", "cost_gpu_s")
+FINAL_ONLY_METRICS = ("linear_top1", "final_knn_top1", "final_nmi", "cost_wall_s", "cost_cpu_s", "cost_gpu_s",
+                      *PROTOCOL_CELL_METRICS)
 
 # Natural order of known factor values (anything else sorts after, alphabetically).
 _PARAM_ORDER = {
@@ -260,7 +264,7 @@ def _cell_row(run, study: str) -> dict:
         "reused_from": tags.get(Tag.REUSED_FROM, ""),
         "status": run.info.status,
         "_factors": tuple(factors),
-        **{m: metrics.get(m) for m in EPOCH_CELL_METRICS},
+        **{m: metrics.get(m) for m in EPOCH_CELL_METRICS + PROTOCOL_CELL_METRICS},
     }
     for f in factors:
         row[factor_tag(f)] = tags.get(factor_tag(f), "")

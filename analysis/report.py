@@ -17,13 +17,14 @@ from .evaluate import HypothesisResult, PartResult, UnitResult, delta_text, desc
 from .hypotheses import PRIMARY
 from .load import StudyData
 from .stats import CONFIDENCE, NOT_RUN
-from .tables import COST_COLUMNS, MECHANISM_METRICS, TABLE_METRICS, duration, metric_label, spec, summary_table, to_markdown
+from .tables import COST_COLUMNS, MECHANISM_METRICS, PROTOCOL_METRICS, PROTOCOL_SECONDS, TABLE_METRICS, duration, metric_label, spec, summary_table, to_markdown
 
 CANONICAL = ("labels", "sampling", "boundary", "final")
 FIGURE_TITLES = {
     "knn_convergence": "kNN top-1 against epoch",
     "label_dynamics": "pseudo-label NMI and label change ratio against epoch",
     "negatives_similarity": "similarity of the sampled negatives",
+    "lowshot": "low-shot linear top-1 against the labelled images per class (log axis; band: ±1 std over seeds)",
     "false_negatives": "false negatives among the sampled negatives and their class divergence from the prior, "
                        "against epoch (true classes, never seen by training)",
     "positive_quality": "precision of the inter-image positives and recall of the clusters against epoch "
@@ -317,17 +318,40 @@ def crossed_lines(data: StudyData, results: Sequence[HypothesisResult], figures:
     return out
 
 
+def _logged_table(data: StudyData, metrics, intro: str, always=()) -> list[str]:
+    """A table per level of those of ``metrics`` the study's cells logged (none logged: no table), and
+    ``always`` in front of them."""
+    got = [m for m in metrics if m in data.cells.columns and data.cells[m].notna().any()]
+    if not got:
+        return []
+    cols = [m for m in always if m in data.cells.columns] + got
+    table = summary_table(data.cells, data.levels, cols).drop(columns=list(COST_COLUMNS))
+    return ["", intro, "", to_markdown(table, cols).rstrip("\n")]
+
+
 def mechanism_lines(data: StudyData) -> list[str]:
     """The table of the mechanism metrics per level (last epoch), where the study's cells logged them."""
-    mech = [m for m in MECHANISM_METRICS if m in data.cells.columns and data.cells[m].notna().any()]
-    if not mech:
-        return []
-    table = summary_table(data.cells, data.levels, mech).drop(columns=list(COST_COLUMNS))
-    return ["", "Mechanisms at the last epoch, measured against the true classes (never seen by training): "
-            "false negatives and class divergence (KL, nats) of the sampled negatives (`neg_*`; `queue_*`: the "
-            "intra-image queue's, MoCo v2's baseline), precision of the inter-image positives and recall of the "
-            "clusters. Lower is better for `*_false_ratio` and `*_kl`; best mean in bold.", "",
-            to_markdown(table, mech).rstrip("\n")]
+    return _logged_table(data, MECHANISM_METRICS, (
+        "Mechanisms at the last epoch, measured against the true classes (never seen by training): false negatives "
+        "and class divergence (KL, nats) of the sampled negatives (`neg_*`; `queue_*`: the intra-image queue's, "
+        "MoCo v2's baseline), precision of the inter-image positives and recall of the clusters. Lower is better "
+        "for `*_false_ratio` and `*_kl`; best mean in bold."))
+
+
+def protocol_lines(data: StudyData) -> list[str]:
+    """Every benchmark protocol per level (the paper's Sec. 5 at the study's scale), where the cells ran them."""
+    lines = _logged_table(data, PROTOCOL_METRICS, (
+        "Every protocol (study/train/protocols.py): kNN and linear probe, low-shot linear probes with k labelled "
+        "images per class (mean of a few fixed draws, the same for every cell of a seed), fine-tuning of the "
+        "whole backbone on 1% and 10% of the labels; top-1 in %, best mean in bold."), always=("knn_top1",
+                                                                                            "linear_top1"))
+    secs = [m for m in PROTOCOL_SECONDS if m in data.cells.columns and data.cells[m].notna().any()]
+    if lines and secs:
+        cell = data.cells["seconds"].median() if "seconds" in data.cells.columns else math.nan
+        spent = data.cells[secs].sum(axis=1).median()
+        share = f", {100 * spent / cell:.0f}% of a cell's median {cell:.0f} s" if cell and math.isfinite(cell) else ""
+        lines += ["", f"What the low-shot probes and fine-tunes cost a cell: median {spent:.1f} s{share}."]
+    return lines
 
 
 def figure_title(stem: str) -> str:
@@ -360,6 +384,7 @@ def study_section(data: StudyData, results: Sequence[HypothesisResult], figures:
     out.append("Mean ± std over seeds, 95% t-interval, best mean in bold." + (
         f" Tables: [md]({d}/summary.md) · [tex]({d}/summary.tex) · [csv]({d}/summary.csv)" if tables else ""))
     out += mechanism_lines(data)
+    out += protocol_lines(data)
     if tuple(data.factors) == ("method",):
         out += ["", PAPER_REFERENCE]
     out.append("")

@@ -475,6 +475,12 @@ def metric_unrecorded(metric: str, cfg: TrainConfig) -> str | None:
         return f"method {cfg.method} has no pseudo-labels to score"
     if metric == "linear_top1" and cfg.linear_epochs == 0:
         return "linear_epochs is 0 (no linear probe)"
+    low = {names.lowshot_metric(k): k for k in names.LOWSHOT_SHOTS}
+    if metric in low and low[metric] not in cfg.lowshot_shots:
+        return f"its lowshot_shots {cfg.lowshot_shots} leave out k = {low[metric]}"
+    semi = {names.semisup_metric(f): f for f in names.SEMISUP_FRACTIONS}
+    if metric in semi and semi[metric] not in cfg.semisup_fractions:
+        return f"its semisup_fractions {cfg.semisup_fractions} leave out {semi[metric]:g}"
     named = names.metric_named(metric)  # any other per-epoch metric: the runs the contract says record it
     if named is not None and not names.records(named, cfg.inter_enabled, cfg.labels):
         return f"only {named.runs} record it"

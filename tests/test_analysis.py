@@ -241,6 +241,26 @@ def test_the_mechanisms_of_the_labels_study_get_a_figure_and_a_table(data):
     assert "neg_false_ratio" not in lines.split("\n\n")[-1]  # columns only of what the cells logged
 
 
+def test_the_protocols_get_a_low_shot_curve_and_one_table(data):
+    """Cells with low-shot and fine-tune metrics: the low-shot curve (k on a log axis, a line per level)
+    and one table of every protocol per level, with what they cost."""
+    from dataclasses import replace
+
+    from analysis.report import protocol_lines
+
+    s = data["sampling"]
+    assert "lowshot" not in F.study_figures(s) and protocol_lines(s) == []
+    cells = s.cells.assign(lowshot_k1_top1=0.3, lowshot_k4_top1=0.5, semisup_1pct_top1=0.6, lowshot_seconds=1.0,
+                           semisup_seconds=3.0, seconds=100.0)
+    prot = replace(s, cells=cells)
+    (ax,) = F.study_figures(prot)["lowshot"].axes
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["1", "4"]
+    assert len(_labelled(ax)) == len(s.levels)
+    text = "\n".join(protocol_lines(prot))
+    assert "| low-shot k1 (%) |" in text and "| fine-tune 1% (%) |" in text and "Linear top-1" in text
+    assert "median 4.0 s, 4% of a cell" in text
+
+
 def test_figures_series(data):
     s = data["sampling"]
     figs = F.study_figures(s)

@@ -30,6 +30,9 @@ Which keys are dropped, and why (read off ``study/core/config.py`` and
   - ``neg_search: exact``: ``candidates``;
   - a margin without ``uses_margin`` (``none``): ``margin``.
 - an intra margin without ``uses_margin`` (``none``): ``intra_margin``.
+- no low-shot probe (``lowshot_shots: []``): ``lowshot_shots`` and ``lowshot_draws``; no fine-tune
+  (``semisup_fractions: []``): ``semisup_fractions`` and ``semisup_steps`` (a run without them hashes as
+  before they existed).
 
 Kept although they only matter on some hardware: ``amp`` and
 ``channels_last`` (they change the numbers on a GPU). Kept because they
@@ -73,6 +76,10 @@ def irrelevant_keys(flat: dict[str, Any]) -> set[str]:
         out.add("candidates")
     if margin is not None and not margin.uses_margin:
         out.add("margin")
+    if not flat.get("lowshot_shots"):
+        out |= {"lowshot_shots", "lowshot_draws"}
+    if not flat.get("semisup_fractions"):
+        out |= {"semisup_fractions", "semisup_steps"}
     return out
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from study.core.datasets import DATASETS
 from study.core.errors import UserError
+from study.core.names import LOWSHOT_SHOTS, SEMISUP_FRACTIONS
 from study.method.registry import MARGINS, METHODS, SAMPLERS
 from study.method.sizes import scaled_pool
 
@@ -120,6 +121,13 @@ class TrainConfig(BaseModel):
     # loaded test image). Final metrics always use every loaded test image.
     monitor_test_subset: Optional[int] = Field(default=None, ge=1)
     linear_epochs: int = Field(default=100, ge=0)  # 0: no linear probe
+    # the paper's other protocols (study/train/protocols.py), as final metrics: low-shot probes with k
+    # labelled images per class (each k of study.core.names.LOWSHOT_SHOTS), averaged over lowshot_draws
+    # draws; fine-tuning on fractions of the labels (of SEMISUP_FRACTIONS) for semisup_steps steps
+    lowshot_shots: list[int] = Field(default_factory=list)
+    lowshot_draws: int = Field(default=3, ge=1)
+    semisup_fractions: list[float] = Field(default_factory=list)
+    semisup_steps: int = Field(default=100, ge=1)
 
     # --- runtime
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
@@ -159,6 +167,12 @@ class TrainConfig(BaseModel):
         if self.inter_enabled and self.inter_weight > 0 and self.warmup_epochs >= self.epochs:
             raise ValueError(f"key 'warmup_epochs': {self.warmup_epochs} intra-only epochs of {self.epochs} "
                              f"leave the inter-image branch no epoch to train (allowed: 0..{self.epochs - 1})")
+        if self.lowshot_shots != sorted(set(self.lowshot_shots)) or not set(self.lowshot_shots) <= set(LOWSHOT_SHOTS):
+            raise ValueError(f"key 'lowshot_shots': increasing values of {list(LOWSHOT_SHOTS)} (got {self.lowshot_shots})")
+        if self.semisup_fractions != sorted(set(self.semisup_fractions)) \
+                or not set(self.semisup_fractions) <= set(SEMISUP_FRACTIONS):
+            raise ValueError(f"key 'semisup_fractions': increasing values of {list(SEMISUP_FRACTIONS)} "
+                             f"(got {self.semisup_fractions})")
         if self.batch_size % self.bn_splits:
             raise ValueError(f"key 'bn_splits': must divide batch_size {self.batch_size} (got {self.bn_splits})")
         if self.intra_weight == 0 and (not self.inter_enabled or self.inter_weight == 0):
@@ -259,6 +273,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         neg_search="exact",
         knn_train_subset=10000,
         linear_epochs=30,
+        # the paper's other protocols at this scale (study/train/protocols.py; their cost: make bench)
+        lowshot_shots=[1, 2, 4, 8, 16, 32, 64],
+        semisup_fractions=[0.01, 0.1],
     ),
     # the same data at a larger scale, for one GPU
     "gpu": dict(
@@ -456,6 +473,18 @@ def check_data_invariants(cfg: TrainConfig, num_train: int) -> None:
     """
     if cfg.batch_size > num_train:
         raise ValueError(f"key 'batch_size': {cfg.batch_size} exceeds the {num_train} training images")
+    classes = DATASETS[cfg.dataset].classes if cfg.dataset in DATASETS else None
+    if cfg.lowshot_shots and classes:
+        # the draws come from the kNN's training images; a class holds about its share of them (stratified
+        # subsets) or fewer (a random knn_train_subset): half its share keeps a margin
+        pool = min(cfg.knn_train_subset or num_train, num_train)
+        if max(cfg.lowshot_shots) > pool // classes // 2:
+            raise ValueError(f"key 'lowshot_shots': {max(cfg.lowshot_shots)} labelled images per class, but the "
+                             f"{pool} images they are drawn from (knn_train_subset) hold about {pool // classes} "
+                             f"per class of {classes} (allowed: at most {pool // classes // 2}, half of that)")
+    if cfg.semisup_fractions and classes and round(min(cfg.semisup_fractions) * num_train) < classes:
+        raise ValueError(f"key 'semisup_fractions': {min(cfg.semisup_fractions):g} of {num_train} training images "
+                         f"is fewer than one per class of {classes}")
     if not cfg.inter_enabled:
         return
     if cfg.num_clusters > num_train:

@@ -34,18 +34,19 @@ class Dataset:
     # the digest: "contents" hashes each file's name and bytes; "tree" each path under root and
     # its size (an ImageNet-size folder would cost more to hash than a study's first epoch)
     fingerprint: Literal["contents", "tree"] = "contents"
+    classes: int | None = None  # balanced classes when fixed (the low-shot shots are checked at load)
 
 
 # dataset name -> dataset; the study file's `dataset` names one of these
 DATASETS: dict[str, Dataset] = {
     "fashion_mnist": Dataset(
-        "study.data.formats.fashion_mnist", train_size=60000,
+        "study.data.formats.fashion_mnist", train_size=60000, classes=10,
         hint="leave data_root unset to use the Debian package's files (sudo apt-get install "
              "dataset-fashion-mnist, under /usr/share/datasets/fashion-mnist), or give the folder "
              "holding the four IDX files"),
-    "cifar10": Dataset("study.data.formats.cifar10", train_size=50000,
+    "cifar10": Dataset("study.data.formats.cifar10", train_size=50000, classes=10,
                        hint="give the folder holding cifar-10-batches-py"),
-    "stl10": Dataset("study.data.formats.stl10", train_size=5000, hint="give the folder holding stl10_binary",
+    "stl10": Dataset("study.data.formats.stl10", train_size=5000, classes=10, hint="give the folder holding stl10_binary",
                      unlabeled_split=True),
     "imagefolder": Dataset("study.data.formats.imagefolder", train_size=None,
                            hint="give the folder holding train/ and val/ class folders", streamable=True,

@@ -122,8 +122,29 @@ EPOCH_METRICS: tuple[MetricName, ...] = (
 EPOCH_PREFIXES: tuple[MetricName, ...] = (
     MetricName("neg_sim_", "cosine", INTER, "the sampled inter-image negatives' cosine: mean, std, q05 ... q95"),
 )
+# the paper's other protocols (study/train/protocols.py): low-shot probes with k labelled images per class,
+# fine-tuning on a fraction of the labels; a run computes those its config names (lowshot_shots,
+# semisup_fractions), from these
+LOWSHOT_SHOTS = (1, 2, 4, 8, 16, 32, 64)
+SEMISUP_FRACTIONS = (0.01, 0.1)
+
+
+def lowshot_metric(shots: int) -> str:
+    """The final metric of the low-shot probe with ``shots`` labelled images per class."""
+    return f"lowshot_k{shots}_top1"
+
+
+def semisup_metric(fraction: float) -> str:
+    """The final metric of the fine-tune on ``fraction`` of the labels (0.01 -> semisup_1pct_top1)."""
+    return f"semisup_{round(fraction * 100):d}pct_top1"
+
+
+PROTOCOL_METRICS = tuple(lowshot_metric(k) for k in LOWSHOT_SHOTS) + tuple(semisup_metric(f) for f in SEMISUP_FRACTIONS)
 # final.json key -> the metric's name on the run (logged once, at step = epochs)
-FINAL_METRICS: dict[str, str] = {"linear_top1": "linear_top1", "knn_top1": "final_knn_top1", "nmi": "final_nmi"}
+# what the protocols cost a cell: wall seconds of the low-shot probes and of the fine-tunes
+PROTOCOL_SECONDS = ("lowshot_seconds", "semisup_seconds")
+FINAL_METRICS: dict[str, str] = {"linear_top1": "linear_top1", "knn_top1": "final_knn_top1", "nmi": "final_nmi",
+                                 **{m: m for m in PROTOCOL_METRICS + PROTOCOL_SECONDS}}
 # what the trainer writes that is not a metric of the run, and why
 NOT_LOGGED: dict[str, str] = {
     "epoch": "the step every per-epoch metric is logged at",

@@ -316,6 +316,7 @@ def linear_probe_top1(
     weight_decay: float = 1e-3,
     batch_size: int = 1024,
     generator: torch.Generator | None = None,
+    standardise: bool = True,
 ) -> float:
     """Test top-1 accuracy of a linear softmax classifier on frozen features.
 
@@ -339,6 +340,8 @@ def linear_probe_top1(
         weight_decay: L2 penalty (Adam's coupled form) on weights and bias.
         batch_size: training mini-batch size (also the evaluation chunk).
         generator: CPU generator for the shuffling; None uses the global RNG.
+        standardise: standardise with the training features' mean and std (False: the caller did, e.g.
+            with the statistics of more images than the labelled ones, study/train/protocols.py).
 
     Returns:
         Fraction of test samples predicted correctly, in [0, 1].
@@ -355,10 +358,11 @@ def linear_probe_top1(
 
     device = train_feats.device
     train_x = train_feats.detach().float()  # (N, d)
-    mean = train_x.mean(dim=0)  # (d,)
-    std = train_x.std(dim=0, correction=0).clamp(min=1e-6)  # (d,): constant features stay 0, not NaN
-    train_x = (train_x - mean) / std
-    test_x = (test_feats.detach().float().to(device) - mean) / std  # (M, d)
+    test_x = test_feats.detach().float().to(device)  # (M, d)
+    if standardise:
+        mean = train_x.mean(dim=0)  # (d,)
+        std = train_x.std(dim=0, correction=0).clamp(min=1e-6)  # (d,): constant features stay 0, not NaN
+        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     train_y = train_labels.to(device, torch.long)
     test_y = test_labels.to(device, torch.long)
 

@@ -46,6 +46,7 @@ from study.train import checkpoint as ckpt
 from study.train import distributed as dist
 from study.train.evaluation import Evaluator, FeatureMemo, similarity_stats
 from study.train.mechanism import MechanismCounts, class_histogram, classes_of
+from study.train.protocols import lowshot_top1, semisup_top1
 from study.method.registry import METHODS
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
@@ -509,9 +510,25 @@ class Trainer:
         final["knn_top1"] = self.evaluator.knn(feats)
         if cfg.linear_epochs > 0:
             final["linear_top1"] = self.evaluator.probe(self.moco.encoder_q, feats)
+        final.update(self._protocols(feats))
         final["epochs"] = self.epoch
         final["steps"] = self.step
         return final
+
+    def _protocols(self, feats: tuple[Tensor, Tensor, Tensor, Tensor]) -> dict:
+        """The paper's other protocols the config names (study/train/protocols.py), with their seconds."""
+        cfg, out = self.cfg, {}
+        if cfg.lowshot_shots:
+            start = time.perf_counter()
+            out.update(lowshot_top1(*feats, self.source.num_classes, cfg.lowshot_shots, cfg.lowshot_draws, cfg.seed))
+            out["lowshot_seconds"] = time.perf_counter() - start
+        if cfg.semisup_fractions:
+            start = time.perf_counter()
+            out.update(semisup_top1(self.moco.encoder_q.backbone, self.source, cfg.semisup_fractions,
+                                    num_classes=self.source.num_classes, image_size=self.image_size, seed=cfg.seed,
+                                    steps=cfg.semisup_steps, device=self.device))
+            out["semisup_seconds"] = time.perf_counter() - start
+        return out
 
     def run(self) -> dict:
         """Train (or resume) to the end; return the final metrics."""

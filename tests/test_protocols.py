@@ -1,0 +1,78 @@
+"""The paper's other protocols (study/train/protocols.py): low-shot draws shared by every cell of a
+seed, a shot count a class cannot supply refused at load, a fine-tune that leaves the trained encoder
+as it was, and a run that logs them as final metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from study.core import names
+from study.core.config import build_config
+from study.core.errors import UserError
+from study.core.paths import REPO_ROOT
+from study.train.protocols import finetune_top1, lowshot_top1, semisup_indices, shot_indices
+from study.train.trainer import Trainer
+
+LABELS = torch.tensor([0, 1, 2] * 10 + [-1, -1])  # 3 classes of 10 images, 2 unlabelled
+
+
+def test_the_draws_depend_on_the_seed_alone_and_take_k_of_each_class():
+    a, b = shot_indices(LABELS, 4, seed=3, draw=0), shot_indices(LABELS.clone(), 4, seed=3, draw=0)
+    assert torch.equal(a, b)  # two cells (two levels) of one seed: the same labelled images
+    assert torch.bincount(LABELS[a], minlength=3).tolist() == [4, 4, 4]
+    assert not torch.equal(a, shot_indices(LABELS, 4, seed=3, draw=1))
+    assert not torch.equal(a, shot_indices(LABELS, 4, seed=4, draw=0))
+    with pytest.raises(UserError) as err:
+        shot_indices(LABELS, 11, seed=0, draw=0)
+    assert err.value.key == "lowshot_shots" and "class 0 has 10" in str(err.value)
+    s = semisup_indices(LABELS, 0.1, seed=5)
+    assert torch.equal(s, semisup_indices(LABELS, 0.1, seed=5)) and (LABELS[s] >= 0).all() and s.numel() == 3
+
+
+def test_lowshot_on_separable_features_is_perfect_and_named_by_k():
+    feats = torch.nn.functional.one_hot(LABELS.clamp(min=0), 3).float() * 3 + 0.01 * torch.randn(32, 3)
+    test = torch.nn.functional.one_hot(torch.tensor([0, 1, 2]), 3).float() * 3
+    out = lowshot_top1(feats, LABELS, test, torch.tensor([0, 1, 2]), 3, [1, 4], draws=2, seed=0, epochs=50)
+    assert out == {"lowshot_k1_top1": 1.0, "lowshot_k4_top1": 1.0}
+
+
+def test_the_fine_tune_trains_a_copy():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randint(0, 255, (12, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.arange(12) % 2
+    top1 = finetune_top1(net, images, labels, [(images, labels)], 2, image_size=2, mean=(0.5,), std=(0.25,),
+                         seed=0, device=torch.device("cpu"))
+    assert 0.0 <= top1 <= 1.0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_shot_count_a_class_cannot_supply_is_refused_at_load(tmp_path):
+    with pytest.raises(UserError, match="lowshot_shots"):
+        build_config("smoke", {"lowshot_shots": [64]})  # 1,024 images: about 102 per class, 51 allowed
+    with pytest.raises(UserError, match="increasing values of"):
+        build_config("smoke", {"lowshot_shots": [3]})
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nfixed: {method: interclr}\nfactors:\n  sampling: [semi-hard, hard]\nseeds: [0]\n")
+    res = subprocess.run([sys.executable, "-m", "study", "run", str(study), "--preset", "smoke", "--dry-run",
+                          "--set", "lowshot_shots=[1, 64]"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "MLFLOW_TRACKING_URI":
+                                           f"sqlite:///{tmp_path / 'm.db'}"})
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "lowshot_shots" in res.stderr and "51" in res.stderr
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_a_run_logs_the_protocols_it_names(smoke_data):
+    cfg = build_config("smoke", {"threads": 1, "lowshot_shots": [1, 2], "lowshot_draws": 2,
+                                 "semisup_fractions": [0.1], "semisup_steps": 5})
+    final = Trainer(cfg, None, data=smoke_data, log=lambda s: None).run()
+    want = {"lowshot_k1_top1", "lowshot_k2_top1", "semisup_10pct_top1", "lowshot_seconds", "semisup_seconds"}
+    assert want <= set(final) and all(names.named(k, final=True) for k in final)
+    assert all(0.0 <= final[k] <= 1.0 for k in want if k.endswith("top1"))
+    assert "semisup_1pct_top1" not in final
