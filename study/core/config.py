@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from study.core.datasets import DATASETS
 from study.core.errors import UserError
-from study.core.names import LOWSHOT_SHOTS, SEMISUP_FRACTIONS
+from study.core.names import LOWSHOT_SHOTS, SEMISUP_FRACTIONS, TRANSFER_DATASETS
 from study.method.registry import MARGINS, METHODS, SAMPLERS
 from study.method.sizes import scaled_pool
 
@@ -128,6 +128,10 @@ class TrainConfig(BaseModel):
     lowshot_draws: int = Field(default=3, ge=1)
     semisup_fractions: list[float] = Field(default_factory=list)
     semisup_steps: int = Field(default=100, ge=1)
+    # the transfer protocol: a linear probe (linear_epochs, at least 1) on another dataset's frozen
+    # features, transfer_subset of its training images (a stratified subset; null: all)
+    transfer_dataset: Optional[Literal[TRANSFER_DATASETS]] = None
+    transfer_subset: Optional[int] = Field(default=10000, ge=1)
 
     # --- runtime
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
@@ -173,6 +177,11 @@ class TrainConfig(BaseModel):
                 or not set(self.semisup_fractions) <= set(SEMISUP_FRACTIONS):
             raise ValueError(f"key 'semisup_fractions': increasing values of {list(SEMISUP_FRACTIONS)} "
                              f"(got {self.semisup_fractions})")
+        if self.transfer_dataset is not None and self.linear_epochs == 0:
+            raise ValueError("key 'transfer_dataset': the transfer probe trains for linear_epochs, which is 0")
+        if self.transfer_dataset is not None and self.transfer_dataset == self.dataset:
+            raise ValueError(f"key 'transfer_dataset': {self.transfer_dataset} is the training dataset (its probe is "
+                             "linear_top1); transfer to another one")
         if self.batch_size % self.bn_splits:
             raise ValueError(f"key 'bn_splits': must divide batch_size {self.batch_size} (got {self.bn_splits})")
         if self.intra_weight == 0 and (not self.inter_enabled or self.inter_weight == 0):
@@ -276,6 +285,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the paper's other protocols at this scale (study/train/protocols.py; their cost: make bench)
         lowshot_shots=[1, 2, 4, 8, 16, 32, 64],
         semisup_fractions=[0.01, 0.1],
+        transfer_dataset="mnist",
     ),
     # the same data at a larger scale, for one GPU
     "gpu": dict(

@@ -139,10 +139,17 @@ def semisup_metric(fraction: float) -> str:
     return f"semisup_{round(fraction * 100):d}pct_top1"
 
 
-PROTOCOL_METRICS = tuple(lowshot_metric(k) for k in LOWSHOT_SHOTS) + tuple(semisup_metric(f) for f in SEMISUP_FRACTIONS)
+def transfer_metric(dataset: str) -> str:
+    """The final metric of the linear probe on ``dataset``'s frozen features (the transfer protocol)."""
+    return f"transfer_{dataset}_top1"
+
+
+TRANSFER_DATASETS = ("mnist", "fashion_mnist", "cifar10", "stl10")  # of study.core.datasets.DATASETS
+PROTOCOL_METRICS = (tuple(lowshot_metric(k) for k in LOWSHOT_SHOTS) + tuple(semisup_metric(f) for f in SEMISUP_FRACTIONS)
+                    + tuple(transfer_metric(d) for d in TRANSFER_DATASETS))
 # final.json key -> the metric's name on the run (logged once, at step = epochs)
 # what the protocols cost a cell: wall seconds of the low-shot probes and of the fine-tunes
-PROTOCOL_SECONDS = ("lowshot_seconds", "semisup_seconds")
+PROTOCOL_SECONDS = ("lowshot_seconds", "semisup_seconds", "transfer_seconds")
 FINAL_METRICS: dict[str, str] = {"linear_top1": "linear_top1", "knn_top1": "final_knn_top1", "nmi": "final_nmi",
                                  **{m: m for m in PROTOCOL_METRICS + PROTOCOL_SECONDS}}
 # what the trainer writes that is not a metric of the run, and why

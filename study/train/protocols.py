@@ -11,6 +11,11 @@ and 10 % of the ImageNet labels. Here, on the run's own dataset:
   images are what self-supervision has: only the labels are scarce). The draws come from the kNN's
   training images with a generator seeded by (seed, k, draw): every cell of a seed sees the same
   labelled images (common random numbers), so a paired comparison compares representations only.
+- **transfer** (:func:`transfer_top1`): the linear probe on the frozen backbone features of another
+  dataset (``transfer_dataset``, e.g. MNIST for a Fashion-MNIST run: the paper's transfer protocol at
+  our scale), ``transfer_subset`` of its training images (stratified, seed 0: the same for every cell)
+  and all its test images, each normalised by its own training statistics; a channel count other
+  than the encoder's is matched by averaging the channels or repeating the one.
 - **semi-supervised** (:func:`finetune_top1`): the whole backbone, copied (the trained encoder is never
   touched), fine-tuned with a linear head on a class-stratified ``fraction`` of the training images
   (seeded by the seed: the same images for every cell of a seed), then evaluated on every loaded test
@@ -126,6 +131,36 @@ def finetune_top1(backbone: torch.nn.Module, images: Tensor, labels: Tensor, tes
             correct += int((pred == test_y.to(device)).sum())
             total += int(test_y.numel())
     return correct / max(1, total)
+
+
+def transfer_top1(backbone, cfg, *, in_channels: int, image_size: int, device: torch.device) -> dict[str, float]:
+    """``{transfer_<dataset>_top1: top-1}`` of the linear probe on ``cfg.transfer_dataset``'s frozen
+    ``backbone`` features (module docstring); ``in_channels``: the encoder's input channels."""
+    from study.core.names import transfer_metric
+    from study.data.datasets import load_dataset
+
+    data = load_dataset(cfg.transfer_dataset, train_subset=cfg.transfer_subset, seed=0)
+    was = backbone.training
+    backbone.eval()
+
+    def feats(images: Tensor) -> Tensor:  # (N, D)
+        out = []
+        with torch.no_grad():
+            for chunk in images.split(512):
+                x = eval_preprocess(chunk.to(device), image_size, data.mean, data.std)  # (b, C', S, S)
+                if x.shape[1] != in_channels:
+                    x = x.mean(dim=1, keepdim=True).expand(-1, in_channels, -1, -1)
+                out.append(backbone(x).float())
+        return torch.cat(out)
+
+    try:
+        train_f, test_f = feats(data.train_images), feats(data.test_images)
+    finally:
+        backbone.train(was)
+    g = torch.Generator().manual_seed(mix_seed(cfg.seed, 53))
+    top1 = linear_probe_top1(train_f, data.train_labels.to(device), test_f, data.test_labels.to(device),
+                             data.num_classes, epochs=cfg.linear_epochs, generator=g)
+    return {transfer_metric(cfg.transfer_dataset): top1}
 
 
 def semisup_indices(labels: Tensor, fraction: float, seed: int) -> Tensor:

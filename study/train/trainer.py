@@ -46,7 +46,7 @@ from study.train import checkpoint as ckpt
 from study.train import distributed as dist
 from study.train.evaluation import Evaluator, FeatureMemo, similarity_stats
 from study.train.mechanism import MechanismCounts, class_histogram, classes_of
-from study.train.protocols import lowshot_top1, semisup_top1
+from study.train.protocols import lowshot_top1, semisup_top1, transfer_top1
 from study.method.registry import METHODS
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
@@ -528,6 +528,11 @@ class Trainer:
                                     num_classes=self.source.num_classes, image_size=self.image_size, seed=cfg.seed,
                                     steps=cfg.semisup_steps, device=self.device))
             out["semisup_seconds"] = time.perf_counter() - start
+        if cfg.transfer_dataset is not None:
+            start = time.perf_counter()
+            out.update(transfer_top1(self.moco.encoder_q.backbone, cfg, in_channels=self.source.channels,
+                                     image_size=self.image_size, device=self.device))
+            out["transfer_seconds"] = time.perf_counter() - start
         return out
 
     def run(self) -> dict:
