@@ -33,7 +33,7 @@ from typing import Any, Optional
 import torch
 
 from bench.common import Check, Section, set_threads
-from bench.states import Stepper, build_trainer, synthetic_data
+from bench.states import NO_PROTOCOLS, Stepper, build_trainer, synthetic_data
 from study.data.augment import eval_preprocess
 from study.core.config import build_config
 from study.data.datasets import epoch_batches
@@ -121,7 +121,9 @@ def time_cell(preset: str = "cpu", overrides: Optional[dict] = None, out_dir: st
 
 QUICK_OVERRIDES = {"epochs": 2, "max_steps_per_epoch": 3, "train_subset": 1024, "test_subset": 256,
                    "knn_train_subset": 512, "num_clusters": 16, "min_cluster": 4, "neg_num": 64, "pool": 256,
-                   "candidates": 512, "linear_epochs": 2}
+                   "candidates": 512, "linear_epochs": 2,
+                   # the protocols at a size the tiny data holds (a quick cell still times each)
+                   "lowshot_shots": [1, 2, 4], "semisup_steps": 2, "transfer_subset": 500}
 
 
 def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
@@ -192,7 +194,8 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------------------
 
 _TINY = {"widths": [8, 16, 32], "image_size": 16, "batch_size": 32, "queue_size": 64, "min_cluster": 2,
-         "num_clusters": 8, "neg_num": 16, "pool": 64, "candidates": 128, "knn_k": 10, "knn_train_subset": 200}
+         "num_clusters": 8, "neg_num": 16, "pool": 64, "candidates": 128, "knn_k": 10, "knn_train_subset": 200,
+         **NO_PROTOCOLS}
 
 
 def check_channels_last_equivalent() -> Check:

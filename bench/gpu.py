@@ -37,7 +37,7 @@ import torch
 
 from bench import cell as cell_bench
 from bench.common import Section, interleaved_times, machine_info, markdown_table, median
-from bench.states import Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
+from bench.states import NO_PROTOCOLS, Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
 from study.core.config import PRESETS
 from study.data.datasets import epoch_batches
 
@@ -100,7 +100,7 @@ CELL_EPOCHS, CELL_STEPS = 2, 60
 # the gpu preset's cell at tiny sizes (a CPU in the tests)
 TINY_CELL = {"backbone": "convnet", "widths": [8, 16, 32], "image_size": 16, "train_subset": 512,
              "test_subset": 128, "batch_size": 32, "queue_size": 128, "num_clusters": 8, "min_cluster": 4,
-             "neg_num": 32, "pool": 128, "knn_train_subset": 256, "linear_epochs": 2}
+             "neg_num": 32, "pool": 128, "knn_train_subset": 256, "linear_epochs": 2, **NO_PROTOCOLS}
 
 
 def gpu_cell(device: str, tiny: bool = False) -> dict:

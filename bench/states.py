@@ -114,13 +114,19 @@ def quiet(_msg: str) -> None:
 
 
 def bench_config(preset: str, overrides: dict, num_train: int) -> TrainConfig:
-    """The config a benchmark trainer gets: ``preset`` + ``overrides``, one thread, no progress bar.
+    """The config a benchmark trainer gets: ``preset`` + ``overrides``, one thread, no progress bar, none
+    of the final protocols (a benchmark trainer times steps; ``overrides`` may name them again).
 
     ``train_subset`` is the number of images handed over, so the load-time
     size checks (``check_data_invariants``) see the real bank. Raises
     UserError where the config would reject the settings.
     """
-    return build_config(preset, {"threads": 1, "progress": False, "train_subset": num_train, **overrides})
+    return build_config(preset, {"threads": 1, "progress": False, "train_subset": num_train, **NO_PROTOCOLS,
+                                 **overrides})
+
+
+# the final protocols (study/train/protocols.py) off: a bench of the steps, or data too small for them
+NO_PROTOCOLS = {"lowshot_shots": [], "semisup_fractions": [], "transfer_dataset": None}
 
 
 def build_trainer(preset: str, overrides: dict, data: ImageData) -> Trainer:

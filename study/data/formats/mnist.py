@@ -21,8 +21,8 @@ from pathlib import Path
 
 from study.core.errors import DataError
 from study.core.paths import DATA_DIR
-from study.data.common import ImageData, to_tensor
-from study.data.formats.fashion_mnist import read_idx
+
+# torch is imported by load() only: a study file's load-time check (files) stays without it
 
 MNIST_DIR = DATA_DIR / "mnist"
 MNIST_CLASSES = [str(d) for d in range(10)]
@@ -53,6 +53,9 @@ def _find(directory: Path) -> dict[str, Path] | None:
 
 def load(root: str | None, image_size: int | None = None, unlabeled: bool = False) -> ImageData:
     """Both splits as stored: (N, 1, 28, 28) uint8 images, labels 0-9."""
+    from study.data.common import ImageData, to_tensor
+    from study.data.formats.fashion_mnist import read_idx
+
     where = Path(root).expanduser() if root is not None else MNIST_DIR
     files = _find(where)
     if files is None:
