@@ -14,10 +14,11 @@ import numpy as np
 
 from .anova import anova, blocks, cell_means, simple_effects
 from .evaluate import HypothesisResult, PartResult, UnitResult, delta_text, describe, evaluate_study, part_scale
-from .hypotheses import PRIMARY
+from .hypotheses import PRIMARY, HypothesisError, resolve
 from .load import StudyData
 from .stats import CONFIDENCE, NOT_RUN
-from .tables import COST_COLUMNS, MECHANISM_METRICS, PROTOCOL_METRICS, PROTOCOL_SECONDS, TABLE_METRICS, duration, metric_label, spec, summary_table, to_markdown
+from .tables import (COST_COLUMNS, MECHANISM_METRICS, PROTOCOL_METRICS, PROTOCOL_SECONDS, TABLE_METRICS, difference_row,
+                     duration, metric_label, spec, summary_table, to_markdown)
 
 CANONICAL = ("labels", "sampling", "boundary", "final")
 FIGURE_TITLES = {
@@ -326,7 +327,30 @@ def _logged_table(data: StudyData, metrics, intro: str, always=()) -> list[str]:
         return []
     cols = [m for m in always if m in data.cells.columns] + got
     table = summary_table(data.cells, data.levels, cols).drop(columns=list(COST_COLUMNS))
-    return ["", intro, "", to_markdown(table, cols).rstrip("\n")]
+    pairs = compared_pairs(data)
+    extra = [difference_row(data.cells, b, w, cols) for b, w in pairs]
+    note = (" Last rows: the paired (by seed) differences of the levels the study's primary hypotheses compare, "
+            "with their 95% t-intervals." if pairs else "")
+    return ["", intro + note, "", to_markdown(table, cols, extra=extra).rstrip("\n")]
+
+
+def compared_pairs(data: StudyData) -> list[tuple[str, str]]:
+    """(better, worse) level pairs of the primary hypotheses that compare two levels (one-factor contrasts)."""
+    out: list[tuple[str, str]] = []
+    for h in data.hypotheses:
+        if h.family != PRIMARY or data.design is None:
+            continue
+        try:
+            units = resolve(h, data.design, data.metric, data.equivalence_delta).units
+        except HypothesisError:
+            continue
+        for p in (p for u in units for p in u.parts if p.shape == "difference"):
+            w = dict(p.weights)
+            if sorted(w.values()) == [-1.0, 1.0]:
+                pair = (max(w, key=w.get), min(w, key=w.get))
+                if pair not in out:
+                    out.append(pair)
+    return out
 
 
 def mechanism_lines(data: StudyData) -> list[str]:

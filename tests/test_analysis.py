@@ -259,6 +259,7 @@ def test_the_protocols_get_a_low_shot_curve_and_one_table(data):
     text = "\n".join(protocol_lines(prot))
     assert "| low-shot k1 (%) |" in text and "| fine-tune 1% (%) |" in text and "Linear top-1" in text
     assert "median 4.0 s, 4% of a cell" in text
+    assert "| semi-hard - hard (paired) |" in text  # the sampling study's hypothesis: semi-hard vs hard
 
 
 def test_figures_series(data):
