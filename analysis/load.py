@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.core import names
+from study.core.listing import all_experiments, all_runs
 from study.core.names import FINISHED, Tag, factor_tag, role_filter
 from study.core.paths import default_tracking_uri  # noqa: F401 (re-exported)
 
@@ -177,23 +178,14 @@ def client_for(tracking_uri: str | None = None):
 
 
 def _all_runs(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token,
-            order_by=["attributes.start_time ASC"],
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return all_runs(client, [experiment_id], filter_string, order_by=["attributes.start_time ASC"])
 
 
 def list_studies(tracking_uri: str | None = None, client=None) -> list[str]:
     """Names of the experiments that hold at least one cell or parent run, sorted."""
     client = client or client_for(tracking_uri)
     names = []
-    for exp in client.search_experiments():
+    for exp in all_experiments(client):
         hit = client.search_runs([exp.experiment_id], filter_string=role_filter(Tag.CELL), max_results=1)
         if not hit:
             hit = client.search_runs([exp.experiment_id], filter_string=role_filter(Tag.PARENT), max_results=1)

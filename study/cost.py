@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from study.core.listing import all_experiments, all_runs
 from study.core.names import Tag, role_filter
 from study.tracking import FINISHED, client, store_exists, tracking_uri
 
@@ -20,19 +21,8 @@ from study.tracking import FINISHED, client, store_exists, tracking_uri
 def finished_cells(uri: str, preset: str) -> list:
     """Every FINISHED cell run of ``preset`` in the store (all experiments)."""
     store = client(uri)
-    ids = [e.experiment_id for e in store.search_experiments()]
-    runs = []
-    for i in range(0, len(ids), 100):
-        token = None
-        while True:
-            page = store.search_runs(ids[i:i + 100], filter_string=f"{role_filter(Tag.CELL)} and attributes.status = "
-                                      f"'{FINISHED}' and tags.{Tag.PRESET} = '{preset}'", max_results=1000,
-                                      page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
-    return runs
+    return all_runs(store, [e.experiment_id for e in all_experiments(store)],
+                    f"{role_filter(Tag.CELL)} and attributes.status = '{FINISHED}' and tags.{Tag.PRESET} = '{preset}'")
 
 
 def estimate_lines(study, slots: int, uri: str | None = None) -> list[str]:

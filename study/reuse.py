@@ -29,6 +29,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import tempfile
 from pathlib import Path
 
+from study.core.listing import all_experiments, all_runs
 from study.core.names import Tag, factor_tag, role_filter
 from study.tracking import FINISHED, StudyTracker, trial_function
 
@@ -47,25 +48,16 @@ def finished_elsewhere(tracker: StudyTracker, cell_ids) -> dict[str, object]:
     if not wanted:
         return {}
     trial = trial_function()
-    others = [e.experiment_id for e in tracker.client.search_experiments()
-              if e.experiment_id != tracker.experiment_id]
+    others = [e.experiment_id for e in all_experiments(tracker.client) if e.experiment_id != tracker.experiment_id]
+    runs = all_runs(tracker.client, others, f"{role_filter(Tag.CELL)} and attributes.status = '{FINISHED}'",
+                    run_view_type=ViewType.ACTIVE_ONLY)
     found: dict[str, object] = {}
-    for i in range(0, len(others), 100):  # search_runs takes a bounded list of experiments
-        token = None
-        while True:
-            page = tracker.client.search_runs(
-                others[i:i + 100], filter_string=f"{role_filter(Tag.CELL)} and attributes.status = '{FINISHED}'",
-                run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token,
-                order_by=["attributes.end_time ASC"])
-            for run in page:
-                cid = run.data.tags.get(Tag.CELL_ID, "")
-                # only a cell of the same trial function: a fake trial's made-up metrics never stand
-                # in for a trained cell, nor the reverse
-                if cid in wanted and cid not in found and run.data.tags.get(Tag.TRIAL, "") == trial:
-                    found[cid] = run
-            token = page.token
-            if not token:
-                break
+    for run in sorted(runs, key=lambda r: r.info.end_time or 0):  # the earliest finished, over every page
+        cid = run.data.tags.get(Tag.CELL_ID, "")
+        # only a cell of the same trial function: a fake trial's made-up metrics never stand
+        # in for a trained cell, nor the reverse
+        if cid in wanted and cid not in found and run.data.tags.get(Tag.TRIAL, "") == trial:
+            found[cid] = run
     return found
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from study.core.errors import UserError
 from study.core.names import COST_METRICS, FAILED, FINAL_METRICS, FINISHED, KILLED, RUNNING  # noqa: F401 (re-exported)
+from study.core.listing import all_experiments, all_runs
 from study.core.names import Tag, factor_tag, role_filter
 from study.core.paths import artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
 
@@ -195,7 +196,7 @@ def study_experiments(uri: str | None = None) -> list[tuple[str, str]]:
         return []
     c = client(uri)
     out = []
-    for exp in c.search_experiments():
+    for exp in all_experiments(c):
         if c.search_runs([exp.experiment_id], filter_string=role_filter(Tag.PARENT), max_results=1):
             out.append((exp.name, exp.experiment_id))
     return sorted(out)
@@ -255,16 +256,10 @@ class StudyTracker:
         from mlflow.entities import ViewType
 
         out: dict[str, list] = {}
-        token = None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=role_filter(Tag.CELL),
-                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                           page_token=token)
-            for run in page:
-                out.setdefault(run.data.tags.get(Tag.CELL_ID, ""), []).append(run)
-            token = page.token
-            if not token:
-                return out
+        for run in all_runs(self.client, [self.experiment_id], role_filter(Tag.CELL),
+                            run_view_type=ViewType.ACTIVE_ONLY):
+            out.setdefault(run.data.tags.get(Tag.CELL_ID, ""), []).append(run)
+        return out
 
     def cell_status(self, *, live: bool = False) -> dict[str, str]:
         """cell_id -> FINISHED / RUNNING / FAILED / KILLED (FINISHED wins if several).

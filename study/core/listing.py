@@ -1,0 +1,40 @@
+"""Every page of an MLflow listing (standard library only; the client is MLflow's).
+
+``search_experiments`` and ``search_runs`` return one page (1,000 by default) and a token for the
+next: a store shared by a team holds more than one page of experiments, and a study's experiment can
+hold more than one page of runs, and whatever lies past the first page must not vanish from a
+report, a status or the linking of finished cells (mlflow#3881). Every listing of the toolkit goes
+through these two functions.
+"""
+
+from __future__ import annotations
+
+PAGE = 1000  # rows per request (MLflow's own limit for runs is 50,000, its default 1,000)
+EXPERIMENTS_PER_SEARCH = 100  # experiments one search_runs takes at a time
+
+
+def all_experiments(client, **kwargs) -> list:
+    """Every experiment ``client.search_experiments(**kwargs)`` lists, over all its pages."""
+    out, token = [], None
+    while True:
+        page = client.search_experiments(max_results=PAGE, page_token=token, **kwargs)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def all_runs(client, experiment_ids, filter_string: str = "", **kwargs) -> list:
+    """Every run of ``experiment_ids`` matching ``filter_string``, over all pages and all experiments
+    (searched ``EXPERIMENTS_PER_SEARCH`` at a time; an ``order_by`` holds within each such group)."""
+    ids, out = list(experiment_ids), []
+    for i in range(0, len(ids), EXPERIMENTS_PER_SEARCH):
+        token = None
+        while True:
+            page = client.search_runs(ids[i:i + EXPERIMENTS_PER_SEARCH], filter_string=filter_string,
+                                      max_results=PAGE, page_token=token, **kwargs)
+            out.extend(page)
+            token = page.token
+            if not token:
+                break
+    return out

@@ -1,0 +1,114 @@
+"""Listings page through to the end (study/core/listing.py; mlflow#3881): a study older than 1,000
+newer experiments of a shared store still reaches the report, `status`, the UI links and the linking
+of its finished cells; a study's experiment of more than 1,000 runs is read whole."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_here, store_client, store_env
+from study.core import listing
+from study.core.paths import REPO_ROOT
+from study.studyfile import load_study
+from study.tracking import FINISHED, StudyTracker
+
+STUDY = """
+name: {name}
+fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: 2, recluster_every: 1}}
+factors:
+  sampling: [semi-hard, hard]
+seeds: [0]
+presets:
+  smoke: {{resources: {{cpus: 1}}}}
+"""
+
+
+class _Page(list):
+    def __init__(self, items, token):
+        super().__init__(items)
+        self.token = token
+
+
+class _Client:
+    """search_experiments / search_runs in pages of ``size``, as MLflow answers them."""
+
+    def __init__(self, experiments, runs_per_experiment, size):
+        self.exps, self.per, self.size, self.calls = experiments, runs_per_experiment, size, []
+
+    def _page(self, items, token):
+        start = int(token or 0)
+        end = start + self.size
+        return _Page(items[start:end], str(end) if end < len(items) else None)
+
+    def search_experiments(self, max_results, page_token=None):
+        return self._page(self.exps, page_token)
+
+    def search_runs(self, ids, filter_string, max_results, page_token=None):
+        self.calls.append(len(ids))
+        return self._page([f"{i}/{r}" for i in ids for r in range(self.per)], page_token)
+
+
+def test_every_page_and_every_group_of_experiments():
+    c = _Client([f"e{i}" for i in range(2501)], 3, size=1000)
+    assert len(listing.all_experiments(c)) == 2501
+    runs = listing.all_runs(c, [f"e{i}" for i in range(250)], "")
+    assert len(runs) == 750 and len(set(runs)) == 750
+    assert max(c.calls) == listing.EXPERIMENTS_PER_SEARCH
+
+
+def _finish(study):
+    tracker = StudyTracker(study.name)
+    parent = tracker.parent_run_id({"factors": "sampling", "metric": "knn_top1"})
+    for i, cell in enumerate(study.cells):
+        tracker.open_cell(cell, parent)
+        for epoch, v in enumerate((0.5, 0.6, 0.7)):
+            tracker.log_epoch(cell.cell_id, epoch, {"knn_top1": v + i / 100, "loss": 5.0 - epoch})
+        tracker.log_final(cell.cell_id, {"epochs": 2, "knn_top1": 0.7 + i / 100, "linear_top1": 0.8})
+        tracker.end_cell(cell.cell_id, FINISHED)
+    tracker.finish_parent(parent)
+
+
+@pytest.mark.timeout(900)
+def test_an_old_study_behind_a_thousand_newer_experiments(isolated_store, capsys):
+    tmp = isolated_store
+    (tmp / "old.yaml").write_text(STUDY.format(name="old"))
+    old = load_study(tmp / "old.yaml", "smoke")
+    _finish(old)
+    client = store_client(tmp)
+    for i in range(1001):  # a team's store: 1,001 newer experiments (search_experiments' first page: 1,000)
+        client.create_experiment(f"team-{i:04d}")
+    env = store_env(tmp)
+    # the analysis finds it among the studies, and by name
+    res = subprocess.run([sys.executable, "-m", "analysis", "--out", str(tmp / "results")], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "Study `old`" in (tmp / "results" / "REPORT.md").read_text()
+    res = subprocess.run([sys.executable, "-m", "study", "ui", "--links-only"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "old" in res.stdout, res.stdout + res.stderr
+    # a second study of the same cells: status says the next run links them, and the run does
+    (tmp / "new.yaml").write_text(STUDY.format(name="new"))
+    new = load_study(tmp / "new.yaml", "smoke")
+    from study.runner import study_status
+
+    study_status(str(new.path), preset="smoke")
+    assert capsys.readouterr().out.count("the next run links it") == 2
+    assert run_here(new) == 0
+    exp = client.get_experiment_by_name("new")
+    runs = client.search_runs([exp.experiment_id], "tags.role = 'cell'")
+    assert len(runs) == 2 and all(r.data.tags.get("reused_from") for r in runs)
+
+
+@pytest.mark.timeout(900)
+def test_a_study_of_more_than_a_thousand_runs_is_read_whole(isolated_store):
+    (isolated_store / "big.yaml").write_text(STUDY.format(name="big"))
+    study = load_study(isolated_store / "big.yaml", "smoke")
+    tracker = StudyTracker(study.name)
+    tracker.parent_run_id({"factors": "sampling", "metric": "knn_top1"})
+    client = store_client(isolated_store)
+    for i in range(1001):  # attempts of one cell (a study's experiment past one page of runs)
+        client.create_run(tracker.experiment_id, tags={"role": "cell", "cell_id": study.cells[0].cell_id})
+    assert len(tracker.cell_runs()[study.cells[0].cell_id]) == 1001
