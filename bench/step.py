@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from bench.common import Check, Goal, Section, interleaved_times, median, repeat_times, set_threads
 from bench.states import (
+    NO_PROTOCOLS,
     BankState,
     Stepper,
     build_trainer,
@@ -297,7 +298,7 @@ def preset_as_configured(scale: StepScale, data) -> tuple[list, str]:
     """
     num_train = int(data.train_images.shape[0])
     base = {k: v for k, v in scale.overrides.items() if k != "batch_size"}
-    cfg = build_config(scale.preset, scale.cell_overrides)
+    cfg = build_config(scale.preset, {**NO_PROTOCOLS, **scale.cell_overrides})
     n = min(cfg.train_subset or num_train, num_train)
     idx = stratified_subset(data.train_labels, n, cfg.seed, key="train_subset")
     sub = dataclasses.replace(data, train_images=data.train_images[idx], train_labels=data.train_labels[idx])

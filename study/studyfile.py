@@ -54,6 +54,7 @@ _FACTOR_NAME_RE = re.compile(r"^[\w.\- :]{1,200}$")
 # param values 6,000, tag values 8,000
 MAX_RUN_NAME = 250
 MAX_PARAM_VALUE = 6000
+MLFLOW_DEFAULT_EXPERIMENT = "Default"  # MLflow's experiment 0, created with every store
 MAX_TAG_VALUE = 5000  # well under MLflow's limit on a tag's value
 MAX_LABEL = 100
 # a factor may not be named like what the cell run already records under that name
@@ -158,6 +159,10 @@ class StudySpec(BaseModel):
         if name.lower() in {f.lower() for f in RESULTS_TOP_FILES}:
             raise ValueError(f"'{name}' is taken: the analysis writes results/{name} "
                              f"(taken: {', '.join(RESULTS_TOP_FILES)})")
+        if name == MLFLOW_DEFAULT_EXPERIMENT:
+            raise ValueError(f"'{name}' is MLflow's built-in experiment 0, whose artifacts go to ./mlruns/0 of "
+                             "whatever folder the store was first opened from, not to the toolkit's artifact root: "
+                             "give the study another name")
         return name
 
     @field_validator("presets")

@@ -224,6 +224,27 @@ def trial_function() -> str:
     return os.environ.get(TRIAL_ENV, "").strip()
 
 
+def check_artifact_location(exp, uri: str) -> None:
+    """A study's experiment of a file store keeps its artifacts under the toolkit's artifact root
+    (``STUDY_ARTIFACT_ROOT``): an experiment made another way (by hand, or MLflow's own ``Default``) whose
+    artifacts would land elsewhere is refused before anything is written to it (UserError)."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith(("http://", "https://")):
+        return  # a tracking server keeps artifacts where it is configured to
+    loc = exp.artifact_location or ""
+    parsed = urlparse(loc)
+    if parsed.scheme not in ("", "file"):
+        return  # an object store named on purpose (s3://, gs://, ...)
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else loc).resolve()
+    root = artifact_root()
+    if path != root and root not in path.parents:
+        raise UserError(f"the store's experiment '{exp.name}' keeps its artifacts in {path}, outside the toolkit's "
+                        f"artifact root {root} (STUDY_ARTIFACT_ROOT): it was not made by this toolkit, or under "
+                        "another artifact root; give the study another name, or set STUDY_ARTIFACT_ROOT to the "
+                        "root it was made with", key="name")
+
+
 class StudyTracker:
     """Reads and writes one study's runs in the store."""
 
@@ -241,6 +262,8 @@ class StudyTracker:
                 self.experiment_id = self.client.create_experiment(study_name, artifact_location=location,
                                                                    tags=EXPERIMENT_TAGS)
             else:
+                if exp is not None and create:
+                    check_artifact_location(exp, self.uri)
                 self.experiment_id = exp.experiment_id if exp is not None else None
         self._open: dict[str, CellRun] = {}
         self.study_file: Path | None = None

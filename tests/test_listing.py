@@ -112,3 +112,25 @@ def test_a_study_of_more_than_a_thousand_runs_is_read_whole(isolated_store):
     for i in range(1001):  # attempts of one cell (a study's experiment past one page of runs)
         client.create_run(tracker.experiment_id, tags={"role": "cell", "cell_id": study.cells[0].cell_id})
     assert len(tracker.cell_runs()[study.cells[0].cell_id]) == 1001
+
+
+def test_a_study_whose_experiment_keeps_artifacts_elsewhere_is_refused(isolated_store, capsys):
+    """Files land only where configured (mlflow#5655): the name Default (MLflow's experiment 0, artifacts
+    in ./mlruns/0) is refused at load; an experiment made by hand with its artifacts outside the
+    toolkit's artifact root is refused before any run is written to it."""
+    from study.cli import main
+
+    (isolated_store / "d.yaml").write_text(STUDY.format(name="Default"))
+    assert main(["run", str(isolated_store / "d.yaml"), "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key 'name'" in err and "experiment 0" in err, err
+    assert not (isolated_store / "mlflow.db").exists() and not (REPO_ROOT / "mlruns").exists()
+    client = store_client(isolated_store)
+    client.create_experiment("handmade", artifact_location=(isolated_store / "elsewhere").as_uri())
+    (isolated_store / "h.yaml").write_text(STUDY.format(name="handmade"))
+    assert main(["run", str(isolated_store / "h.yaml"), "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()  # (this process's own client logged MLflow's table creation)
+    assert "Traceback" not in err and [ln for ln in err.splitlines() if ln.startswith("error")] == [
+        err.splitlines()[-1]] and "outside the toolkit's artifact root" in err, err
+    exp = client.get_experiment_by_name("handmade")
+    assert client.search_runs([exp.experiment_id]) == [] and not (isolated_store / "elsewhere").exists()
