@@ -73,7 +73,7 @@ def _main(argv: list[str] | None = None) -> int:
         paths = build_all(args.study, args.tracking_uri, args.out, log_to_store=not args.no_log)
     except (StoreError, ContractError) as exc:
         print(f"analysis: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     out = args.out or default_out_dir()
     print(f"analysis: wrote {len(paths)} files under {out}; report: {Path(out) / 'REPORT.md'}")
     return 0

@@ -102,7 +102,16 @@ FACTOR_PARAMS = {
 
 
 class StoreError(RuntimeError):
-    """The store cannot be read (missing sqlite file, unreachable server)."""
+    """The store cannot be read (missing sqlite file, unreachable server). ``exit_code``: 2 for what the
+    user named wrongly, 1 for the machine or a service (a server down, another service at its address)."""
+
+    exit_code = 2
+
+
+class ServerError(StoreError):
+    """The tracking server does not answer, or something else answers at its address."""
+
+    exit_code = 1
 
 
 class ContractError(ValueError):
@@ -162,6 +171,13 @@ def client_for(tracking_uri: str | None = None):
     db = _sqlite_path(uri)
     if db is not None and (str(db) == ":memory:" or not db.is_file()):
         raise StoreError(f"no MLflow store at {uri} (file {db} does not exist); run a study first")
+    from .uri import ServerProblem, bound_http_retries, check_server
+
+    bound_http_retries()
+    try:
+        check_server(uri)
+    except ServerProblem as err:
+        raise ServerError(str(err)) from None
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     from mlflow import MlflowClient

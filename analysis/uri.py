@@ -102,3 +102,63 @@ def use_sqlite_policy() -> None:
 
         event.listen(Engine, "connect", _on_connect)
         _policy_on = True
+
+
+# ------------------------------------------------------------------ a tracking server
+
+# MLflow's HTTP client retries a request 7 times with backoff (about 250 s in silence when the server is
+# down); the toolkit's commands bound it unless the user set these: about 14 s of retries, 10 s a request
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+PROBE_TIMEOUT_S = 5.0  # one probe request; two tries, 1 s apart: a verdict within 15 s
+SERVER_HINT = "start one with `make mlflow-server` (127.0.0.1:5000) or point MLFLOW_TRACKING_URI at a running one"
+
+
+class ServerProblem(Exception):
+    """The tracking server does not answer (``down``), or something else answers at its address."""
+
+    def __init__(self, message: str, down: bool):
+        super().__init__(message)
+        self.down = down
+
+
+def bound_http_retries() -> None:
+    """Set :data:`HTTP_RETRY_DEFAULTS` where the environment does not set them."""
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def check_server(uri: str) -> None:
+    """For an ``http(s)://`` store: that an MLflow tracking server answers there, within 15 s; else
+    :class:`ServerProblem` naming the address, the cause and what to do. Standard library only."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    last = ""
+    for attempt in range(2):
+        try:
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as resp:
+                body = resp.read(1 << 16)
+            try:
+                json.loads(body or b"{}")
+            except ValueError:
+                raise ServerProblem(f"MLFLOW_TRACKING_URI={uri} is answered by something that is not an MLflow "
+                                    f"tracking server (HTTP {resp.status}, not JSON): another service on that "
+                                    f"port? {SERVER_HINT}", down=False) from None
+            return
+        except urllib.error.HTTPError as err:
+            what = ("it asks for credentials (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), or it is "
+                    "another service on that port" if err.code in (401, 403) else "another service on that port")
+            raise ServerProblem(f"MLFLOW_TRACKING_URI={uri} is answered by something that is not an MLflow tracking "
+                                f"server's API (HTTP {err.code} {err.reason}): {what}; {SERVER_HINT}",
+                                down=False) from None
+        except (urllib.error.URLError, OSError) as err:
+            last = str(getattr(err, "reason", err))
+            if attempt == 0:
+                time.sleep(1.0)
+    raise ServerProblem(f"the MLflow tracking server at {uri} does not answer ({last}); {SERVER_HINT}", down=True)

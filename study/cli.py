@@ -249,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         from study.tracking import store_unreachable
 
-        down = store_unreachable(err)  # a tracking server that went away: one message, not a traceback
+        # a tracking server that went away: one message, not a traceback (and only a run stops a study)
+        args_seen = locals().get("args")
+        running = getattr(args_seen, "command", "") == "run" and not getattr(args_seen, "dry_run", False)
+        down = store_unreachable(err, stopped=running)
         if down is None:
             raise
         print(f"error: {down}", file=sys.stderr)

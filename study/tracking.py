@@ -23,6 +23,7 @@ module knows nothing of Ray.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -102,6 +103,7 @@ def client(uri: str | None = None):
 
     use_sqlite_policy()
     uri = uri or tracking_uri()
+    _check_server_once(uri)
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
         c = MlflowClient(tracking_uri=uri)
@@ -155,12 +157,26 @@ def _orphaned(run) -> bool:
     return run.info.status == RUNNING and driver_alive(run.data.tags.get(DRIVER_TAG)) is False
 
 
-def store_unreachable(err: BaseException, uri: str | None = None) -> "StoreUnreachable | None":
+@functools.lru_cache(maxsize=8)
+def _check_server_once(uri: str) -> None:
+    """A tracking server answers at ``uri`` (checked once per process, within 15 s), with MLflow's HTTP
+    retries bounded (analysis.uri): else one message, exit 1, before anything is written."""
+    from analysis.uri import ServerProblem, bound_http_retries, check_server
+
+    bound_http_retries()
+    try:
+        check_server(uri)
+    except ServerProblem as err:
+        raise StoreUnreachable(str(err)) from None
+
+
+def store_unreachable(err: BaseException, uri: str | None = None, *, stopped: bool = True) -> "StoreUnreachable | None":
     """A :class:`StoreUnreachable` when ``err`` (or an exception it was raised from) says that
     the MLflow tracking server at ``uri`` refused or dropped the connection, else None.
 
-    MLflow's HTTP client retries first (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, default 7, with
-    backoff: minutes), so a server restarted quickly is survived without an error.
+    MLflow's HTTP client retries first (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``: the toolkit bounds it to
+    about 14 s, analysis.uri.HTTP_RETRY_DEFAULTS), so a server restarted quickly is survived without an
+    error. ``stopped``: the command was running a study (else it only read: nothing stopped).
     """
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
@@ -173,6 +189,9 @@ def store_unreachable(err: BaseException, uri: str | None = None) -> "StoreUnrea
         text = str(err)
         if any(m in text for m in marks):
             reason = next(m for m in marks if m in text)
+            if not stopped:
+                return StoreUnreachable(f"the MLflow tracking server at {uri} does not answer ({reason}); nothing "
+                                        "was changed. Start it again (make mlflow-server) and run the same command")
             return StoreUnreachable(f"the MLflow tracking server at {uri} does not answer ({reason}); the study "
                                     "stopped. Start the server again (make mlflow-server) and run the same "
                                     "command: finished cells are kept, the others resume")
