@@ -65,15 +65,15 @@ bench-gpu: setup
 # the paper's four one-factor studies (study-all runs them); grid crosses its three factors, scale the method
 # with the training length
 STUDIES := labels sampling boundary final
-.PHONY: $(addprefix study-,$(STUDIES) grid scale) study-all figures ui slurm-up mlflow-server
+# every study file of experiments/ (yours too) is a target: make study-NAME
+STUDY_FILES := $(basename $(notdir $(wildcard $(ROOT)/experiments/*.yaml)))
+.PHONY: $(addprefix study-,$(STUDY_FILES)) study-all figures ui slurm-up mlflow-server
 
 # run one study (PRESET, CLUSTER), then rebuild its tables and figures from the store;
 # UNTIL_DECIDED=1 adds seeds where a hypothesis is open (MAX_SEEDS, BUDGET_HOURS: its limits).
-# Any study file experiments/NAME.yaml runs as `make study-NAME` (the analysis takes the file's `name:`)
-study-%: setup
-	@cd $(ROOT) && if [ ! -f experiments/$*.yaml ]; then \
-		echo "make: no study file experiments/$*.yaml (there: $(notdir $(basename $(wildcard experiments/*.yaml))))" >&2; \
-		exit 2; fi; status=0; \
+# The analysis takes the file's `name:`.
+$(addprefix study-,$(STUDY_FILES)): study-%: setup
+	@cd $(ROOT) && status=0; \
 	$(PY) -m study run experiments/$*.yaml --preset $(PRESET) --cluster $(CLUSTER) --wait \
 		$(if $(UNTIL_DECIDED),--until-decided $(if $(MAX_SEEDS),--max-seeds $(MAX_SEEDS),) \
 		$(if $(BUDGET_HOURS),--budget-hours $(BUDGET_HOURS),),) || status=$$?; \
@@ -81,6 +81,10 @@ study-%: setup
 		name=$$($(PY) -c 'import sys; from study.core.files import read_yaml; print(read_yaml(sys.argv[1], "study file")["name"])' \
 			experiments/$*.yaml) && $(PY) -m analysis --study "$$name" || status=$$?; fi; \
 	exit $$status
+
+# a study-NAME without its file
+study-%:
+	@echo "make: no study file experiments/$*.yaml (there: $(STUDY_FILES))" >&2; exit 2
 
 study-all: $(addprefix study-,$(STUDIES))
 
