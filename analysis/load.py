@@ -359,6 +359,17 @@ def choose_preset(cells: pd.DataFrame) -> str:
     return str(last["preset"])
 
 
+def command_variant(parent, cells: pd.DataFrame, preset: str) -> str:
+    """The variant of the study's latest command (the parent's ``variant`` tag, written by the runner at
+    each run) when it ran this preset and some finished cell has it, else "". A cell linked from another
+    study keeps its source's end time, so "the latest finished cell" can name an older command's variant."""
+    tags = parent.data.tags if parent is not None else {}
+    variant = tags.get(Tag.VARIANT, "")
+    if not variant or tags.get(Tag.PRESET) != preset or "variant" not in cells.columns:
+        return ""
+    return variant if (cells["variant"] == variant).any() else ""
+
+
 def latest_variant(cells: pd.DataFrame, preset: str) -> str:
     """The ``variant`` tag (the study's settings: fixed, preset, --set) of the latest finished cell
     of ``preset``; "" when the cells carry none (a store from before the tag)."""
@@ -502,7 +513,7 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     finished = dedupe_cells(all_runs)
     if preset is None:  # the preset of the latest finished cell, else of the latest run
         preset = choose_preset(finished if not finished.empty else all_runs)
-    variant = latest_variant(finished, preset)
+    variant = command_variant(parent, finished, preset) or latest_variant(finished, preset)
     cells, excluded = select_cells(finished, preset, variant)
     of_variant = (all_runs["preset"] == preset) & ((all_runs["variant"] == variant) if variant else True)
     missing = find_missing(all_runs[of_variant], cells, set(finished["cell_id"]),

@@ -79,6 +79,9 @@ def verdict_values(results: Sequence[HypothesisResult]) -> tuple[dict[str, float
 def description(data: StudyData, results: Sequence[HypothesisResult]) -> str:
     """The parent run's description: what the study claims and what its cells say (Markdown)."""
     lines = [f"**Study `{data.study}`**" + (f": {data.description}" if data.description else ""), ""]
+    if not data.missing.empty:
+        lines += [f"**Provisional**: written while {len(data.missing)} cells were missing, running or failed; "
+                  "the analysis of the finished study replaces it.", ""]
     if not results:
         lines.append("No hypotheses stated: the report holds its tables and figures.")
     for h in results:
@@ -130,6 +133,8 @@ def publish(client, data: StudyData, results: Sequence[HypothesisResult], files:
             repo.delete_artifacts(ARTIFACT_DIR)
         client.log_artifacts(run_id, str(root), ARTIFACT_DIR)
     metrics, tags = verdict_values(results)
+    tags[Tag.VERDICT_STATE] = "provisional" if not data.missing.empty else "final"
+    tags[Tag.VERDICT_CELLS] = str(len(data.cells))
     note = description(data, results)
     tags[NOTE_TAG] = note if len(note) <= 5000 else note[:4900] + "\n\n(cut here: the whole text is REPORT.md)"
     stale = [k for k in client.get_run(run_id).data.tags

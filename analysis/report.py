@@ -110,7 +110,8 @@ def _missing_text(data: StudyData) -> str:
     for _, m in data.missing.iterrows():
         status = "not in the store" if m["status"] == "NOT IN STORE" else f"{m['status']}, run {m['run_id'][:8]}"
         items.append(f"{m['level']} seed {m['seed']} ({status})")
-    return f"Missing or failed cells ({len(items)}), left out of every number: " + "; ".join(items) + "."
+    return (f"Missing or failed cells ({len(items)}), left out of every number: " + "; ".join(items) + ". **The "
+            "verdicts below are provisional**: they may change once these cells finish.")
 
 
 def _excluded_text(data: StudyData) -> str | None:

@@ -210,6 +210,9 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
     all_done = counts[FINISHED] == len(study.cells)
     cost = tracker.log_study_cost(parent_id, time.time() - start)
     tracker.finish_parent(parent_id, FINISHED if all_done else FAILED)
+    if tracker.mark_verdicts_stale(parent_id, counts[FINISHED]):
+        print(f"[{study.name}] the verdicts on the parent run were made from other cells: marked stale until "
+              f"`python -m analysis --study {study.name}` rebuilds them", flush=True)
     print(f"[{study.name}] finished {counts[FINISHED]}/{len(study.cells)}, failed {counts[FAILED]}, "
           f"missing {counts['missing'] + counts[KILLED]}; {cost_text(cost)}", flush=True)
     base = ui_base(tracker.uri)

@@ -293,6 +293,8 @@ class Study:
         gave the levels it extended), the design and the hypotheses (JSON over ``design.<i>`` and
         ``hypotheses.<i>``: the store is analysed without the file), and the file's description."""
         tags = {Tag.EQUIVALENCE_DELTA: repr(self.spec.equivalence_delta),
+                # the settings of the latest command (its preset and variant): the cells the analysis counts
+                Tag.PRESET: self.preset, Tag.VARIANT: self.cells[0].variant if self.cells else "",
                 Tag.SEEDS: ",".join(map(str, self.planned_seeds)), Tag.DESCRIPTION: self.spec.description,
                 **to_tags("design", self.design.dump()),
                 **to_tags("hypotheses", [h.dump() for h in self.hypotheses])}

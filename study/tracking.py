@@ -421,6 +421,22 @@ class StudyTracker:
             if exp.tags.get(key) != value:
                 self.client.set_experiment_tag(self.experiment_id, key, value)
 
+    def mark_verdicts_stale(self, run_id: str, finished: int) -> bool:
+        """When the parent's published verdicts (analysis.publish) were made from other cells than the
+        ``finished`` ones the study now has, or while cells were missing: tag them ``stale`` and say so at
+        the top of the run's description, so the UI shows no outdated conclusion as current. True if so."""
+        tags = self.client.get_run(run_id).data.tags
+        state = tags.get(Tag.VERDICT_STATE)
+        if state is None or (state == "final" and tags.get(Tag.VERDICT_CELLS) == str(finished)):
+            return False
+        if state != "stale":
+            note = tags.get(NOTE_TAG, "")
+            head = (f"**Stale**: these verdicts were made from {tags.get(Tag.VERDICT_CELLS, '?')} finished cells; "
+                    f"the study now has {finished}. Rebuild them: `python -m analysis --study {self.study}`.\n\n")
+            self.client.set_tag(run_id, NOTE_TAG, (head + note)[:5000])
+            self.client.set_tag(run_id, Tag.VERDICT_STATE, "stale")
+        return True
+
     def finish_parent(self, run_id: str, status: str = FINISHED) -> None:
         self.client.set_terminated(run_id, status=status)
 

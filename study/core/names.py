@@ -32,6 +32,9 @@ class Tag:
         "seeds", "levels", "description", "finding"
     MAX_SEEDS, BUDGET_HOURS = "max_seeds", "budget_hours"  # --until-decided's limits (STOPPING: "sequential")
     VERDICT, HYPOTHESIS = "verdict", "hypothesis"
+    # what the published verdicts were made from: "final" (every cell finished), "provisional" (cells
+    # missing or running), "stale" (the study has finished cells since); and how many finished cells
+    VERDICT_STATE, VERDICT_CELLS = "verdict_state", "verdict_cells"
     GIT_DIRTY, DATASET, DATASET_DIGEST = "git_dirty", "dataset", "dataset_digest"  # study.provenance
     # MLflow's own
     PARENT_RUN, NOTE, RUN_NAME, GIT_COMMIT = "mlflow.parentRunId", "mlflow.note.content", "mlflow.runName", \

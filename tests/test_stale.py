@@ -1,0 +1,96 @@
+"""Nothing derived in the store outlives what it derives from (issue 27, class 4): verdicts published while
+cells are missing are provisional, and the runner marks them stale once the study has other cells; the
+variant the analysis counts is the latest command's, even when its cells were linked from older runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import fake_trial_env, store_client, store_env
+from study.core.paths import REPO_ROOT
+
+STUDY = """
+name: {name}
+fixed: {{method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: 2}}
+factors:
+  sampling: [semi-hard, hard]
+seeds: {seeds}
+hypotheses:
+  - {{name: sh, claim: semi-hard beats hard, better: {{sampling: semi-hard}}, worse: {{sampling: hard}}}}
+presets:
+  smoke: {{resources: {{cpus: 1}}}}
+"""
+
+
+def _cmd(args, env):
+    res = subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def _parent(client, name):
+    exp = client.get_experiment_by_name(name)
+    (run,) = client.search_runs([exp.experiment_id], "tags.role = 'parent'")
+    return run.data.tags
+
+
+def test_a_verdict_made_mid_study_is_provisional_then_stale_then_final(tmp_path):
+    import time
+
+    env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"), epoch_s=1.0)
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY.format(name="s", seeds="[0, 1, 2]"))
+    study = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], cwd=REPO_ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # the analysis runs once some cells have finished and others not
+            if (tmp_path / "mlflow.db").exists():
+                client = client or store_client(tmp_path)
+                exp = client.get_experiment_by_name("s")
+                done = client.search_runs([exp.experiment_id], "tags.role = 'cell' and attributes.status = "
+                                          "'FINISHED'") if exp is not None else []
+                if 1 <= len(done) < 6:
+                    break
+            time.sleep(0.2)
+        _cmd(["analysis", "--study", "s", "--out", str(tmp_path / "r1")], env)
+        out, _ = study.communicate(timeout=600)
+    finally:
+        study.kill()
+    assert study.returncode == 0, out
+    assert "marked stale" in out, out
+    tags = _parent(client, "s")
+    assert tags["verdict_state"] == "stale" and tags["mlflow.note.content"].startswith("**Stale**")
+    assert int(tags["verdict_cells"]) < 6
+    assert "verdicts below are provisional" in (tmp_path / "r1" / "REPORT.md").read_text()
+    assert "**Provisional**" in tags["mlflow.note.content"]  # the provisional note, now under the stale line
+    _cmd(["analysis", "--study", "s", "--out", str(tmp_path / "r2")], env)
+    tags = _parent(client, "s")
+    assert tags["verdict_state"] == "final" and tags["verdict_cells"] == "6"
+    assert "Stale" not in tags["mlflow.note.content"] and "Provisional" not in tags["mlflow.note.content"]
+
+
+def test_the_latest_command_is_the_variant_counted_even_with_linked_cells(tmp_path):
+    env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"))
+    for name in ("src", "dst"):
+        (tmp_path / f"{name}.yaml").write_text(STUDY.format(name=name, seeds="[0]"))
+    _cmd(["study", "run", str(tmp_path / "src.yaml"), "--preset", "smoke"], env)  # the plain cells, first
+    _cmd(["study", "run", str(tmp_path / "dst.yaml"), "--preset", "smoke", "--set", "lr=0.05"], env)
+    out = _cmd(["study", "run", str(tmp_path / "dst.yaml"), "--preset", "smoke"], env)
+    assert "linked 2 cells" in out  # the plain cells, finished before the lr=0.05 ones
+    _cmd(["analysis", "--study", "dst", "--out", str(tmp_path / "r")], env)
+    csv = (tmp_path / "r" / "dst" / "summary.csv").read_text()
+    report = (tmp_path / "r" / "REPORT.md").read_text()
+    client = store_client(tmp_path)
+    exp = client.get_experiment_by_name("dst")
+    runs = client.search_runs([exp.experiment_id], "tags.role = 'cell'")
+    linked = [r.info.run_id[:8] for r in runs if r.data.tags.get("reused_from")]
+    other = [r.info.run_id[:8] for r in runs if not r.data.tags.get("reused_from")]
+    assert len(linked) == 2 and len(other) == 2 and "semi-hard" in csv
+    # the cells counted are the latest command's (linked, plain) ones; the lr=0.05 cells are left out
+    left_out = report.split("Finished cells left out (2): ", 1)[1].split("\n", 1)[0]
+    assert all(f"run {rid}" in left_out for rid in other), left_out
+    assert not any(f"run {rid}" in left_out for rid in linked), left_out
