@@ -31,17 +31,17 @@ def test_a_metric_named_in_the_contract_reaches_the_analysis_and_the_tables():
     code = """
 from study.core import names
 names.EPOCH_METRICS = names.EPOCH_METRICS + (names.MetricName(
-    "grad_norm", "1", names.INTER, "gradient norm", table=True, better="lower"),)
+    "made_up_metric", "1", names.INTER, "a made-up metric", table=True, better="lower"),)
 from analysis import hypotheses, load, tables
 import numpy as np
-assert load.CELL_COLUMNS["grad_norm"] == "float"
-assert "grad_norm" in hypotheses.METRICS
-assert "grad_norm" in tables.TABLE_METRICS and tables.spec("grad_norm").better == "lower"
+assert load.CELL_COLUMNS["made_up_metric"] == "float"
+assert "made_up_metric" in hypotheses.METRICS
+assert "made_up_metric" in tables.TABLE_METRICS and tables.spec("made_up_metric").better == "lower"
 assert list(tables.mark_best(np.array([3.0, 1.0, 2.0]), "lower")) == [False, True, False]
 from study.core.config import build_config
 from study.studyfile import metric_unrecorded
-assert metric_unrecorded("grad_norm", build_config("smoke", {"method": "interclr"})) is None
-assert "InterCLR runs" in metric_unrecorded("grad_norm", build_config("smoke", {"method": "mocov2"}))
+assert metric_unrecorded("made_up_metric", build_config("smoke", {"method": "interclr"})) is None
+assert "InterCLR runs" in metric_unrecorded("made_up_metric", build_config("smoke", {"method": "mocov2"}))
 print("ok")
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

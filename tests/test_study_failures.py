@@ -41,7 +41,7 @@ def test_failures_are_reported_and_rerun(store):
         assert by_level[level].info.status == "FAILED"
         assert "told to fail at epoch 1" in by_level[level].data.tags["error"]  # the trial's own message
     # without --rerun-failed nothing runs; with it only the two failed cells run
-    again = _study(str(path), "--preset", "smoke", env=env)
+    again = _study(str(path), "--preset", "smoke", "--no-rerun-failed", env=env)
     assert "1 finished, 0 to run, 2 failed" in again.stdout
     rerun = _study(str(path), "--preset", "smoke", "--rerun-failed", env=env)
     assert "1 finished, 2 to run" in rerun.stdout
