@@ -58,10 +58,78 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
-def trial_payload(cell: Cell, run_dir: Path, threads: int, gpus: float = 0.0) -> dict:
-    """What a trial needs, as plain data (Ray pickles the trial config)."""
+def trial_payload(cell: Cell, run_dir: Path, threads: int, gpus: float = 0.0, limits: tuple = (None, None)) -> dict:
+    """What a trial needs, as plain data (Ray pickles the trial config). ``limits``: the cell's time
+    limit and the longest silence between two epochs, in seconds (None: none), for :class:`Watchdog`."""
     return {"cell_id": cell.cell_id, "config": cell.config.flat(), "run_dir": str(run_dir.resolve()),
-            "threads": threads, "level": cell.level, "seed": cell.seed, "gpus": float(gpus)}
+            "threads": threads, "level": cell.level, "seed": cell.seed, "gpus": float(gpus),
+            "max_cell_s": limits[0], "max_silence_s": limits[1]}
+
+
+class CellTimeout(Exception):
+    """Raised in a trial's thread by its :class:`Watchdog`."""
+
+
+STOPPED_FILE = "stopped.txt"  # in the run directory: why the watchdog stopped the cell (the FAILED run's error)
+
+
+class Watchdog:
+    """Stops a trial that runs past its time limit or reports no epoch for too long (a hung cell).
+
+    A thread of the trial's process checks every second. Past a limit it writes the reason to the run
+    directory (:data:`STOPPED_FILE`), raises :class:`CellTimeout` in the trial's thread (the trainer is
+    Python: it arrives at the next bytecode), and if the thread is stuck in native code (a deadlock)
+    ends the process after a grace of 30 s (or the silence limit, when shorter): either way the trial errors and the cell is marked FAILED with the
+    reason. Each attempt (a retry resumes from the last checkpoint) has the whole limit again."""
+
+    GRACE_S = 30.0
+
+    def __init__(self, run_dir: Path, max_cell_s: float | None, max_silence_s: float | None):
+        import threading
+
+        self.run_dir, self.limits = run_dir, (max_cell_s, max_silence_s)
+        self.start = self.last = time.monotonic()
+        self.target = threading.get_ident()
+        self.done = threading.Event()
+        self.reason: str | None = None
+        (run_dir / STOPPED_FILE).unlink(missing_ok=True)
+        if max_cell_s or max_silence_s:
+            threading.Thread(target=self._watch, name="cell-watchdog", daemon=True).start()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def stop(self) -> None:
+        self.done.set()
+
+    def _why(self, now: float) -> str | None:
+        total, silence = self.limits
+        if total and now - self.start > total:
+            return f"stopped: past its time limit of {total / 3600:.3g} h (max_cell_hours)"
+        if silence and now - self.last > silence:
+            return (f"stopped: no epoch for {(now - self.last) / 60:.1f} min, past the {silence / 60:.3g} min the "
+                    "study allows (max_epoch_minutes): the cell hung")
+        return None
+
+    def _watch(self) -> None:
+        import ctypes
+
+        while not self.done.wait(1.0):
+            why = self._why(time.monotonic())
+            if why is None:
+                continue
+            self.reason = why
+            write_text_atomic(self.run_dir / STOPPED_FILE, why)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target), ctypes.py_object(CellTimeout))
+            if not self.done.wait(min(self.GRACE_S, self.limits[1] or self.GRACE_S)):
+                os._exit(70)  # stuck in native code: the process goes, the trial errors
+            return
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class CostMeter:
@@ -123,10 +191,12 @@ class TrialReporter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cost = CostMeter(self.run_dir, float(payload.get("gpus", 0.0)), on_gpu)
         self.node = node_name()
+        self.watchdog = Watchdog(self.run_dir, payload.get("max_cell_s"), payload.get("max_silence_s"))
 
     def epoch(self, epoch: int, metrics: dict, _out=None) -> None:
         from ray import tune
 
+        self.watchdog.beat()
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(self.run_dir), "epoch": epoch}))
             self.cost.save()
@@ -145,6 +215,7 @@ class TrialReporter:
     def final(self, metrics: dict) -> None:
         from ray import tune
 
+        self.watchdog.stop()
         tune.report({**_numeric(metrics), **self.cost.save(), "final": 1, "node": self.node})
 
 
@@ -172,6 +243,9 @@ def cell_trial(config: dict) -> None:
 
     try:
         final = Trainer(cfg, reporter.run_dir, callback=reporter.epoch, log=log).run()
+    except CellTimeout:
+        log(reporter.watchdog.reason or "stopped by the watchdog")
+        raise RuntimeError(reporter.watchdog.reason or "stopped by the watchdog") from None
     except Exception:
         log(traceback.format_exc())
         raise
@@ -306,6 +380,9 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
 
 
 def _trial_error(trial) -> str:
+    stopped = Path(trial.config["cell"]["run_dir"]) / STOPPED_FILE
+    if stopped.exists():  # the watchdog's reason (the trial's own error may only say its process died)
+        return stopped.read_text()
     for attr in ("error_msg",):
         msg = getattr(trial, attr, None)
         if msg:
@@ -333,7 +410,8 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, *, run_roo
     done_before = sum(status.get(c.cell_id) == FINISHED for c in study.cells)  # for the progress line
     by_id = {c.cell_id: c for c in cells}
     threads = study.resources.cpus
-    param_space = {"cell": tune.grid_search([trial_payload(c, run_root / c.cell_id, threads, study.resources.gpus)
+    param_space = {"cell": tune.grid_search([trial_payload(c, run_root / c.cell_id, threads, study.resources.gpus,
+                                                           study.time_limits)
                                                for c in cells])}
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}
     trainable = tune.with_resources(load_trial(), resources)

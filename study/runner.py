@@ -259,6 +259,8 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
         state = names.get(status.get(c.cell_id), "missing")
         if c.cell_id in elsewhere:
             state += f" (finished in study '{elsewhere[c.cell_id].data.tags.get(Tag.STUDY, '?')}': the next run links it)"
+        if status.get(c.cell_id) == RUNNING:
+            state += tracker.heartbeat_text(c.cell_id, study.time_limits[1])
         print(f"  {c.cell_id}  {c.level:{width}}  seed {c.seed:<3} {state}")
     counts = summarise(study, status)
     print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, interrupted {counts[KILLED]}, "

@@ -54,6 +54,10 @@ _FACTOR_NAME_RE = re.compile(r"^[\w.\- :]{1,200}$")
 # param values 6,000, tag values 8,000
 MAX_RUN_NAME = 250
 MAX_PARAM_VALUE = 6000
+# per preset: a cell's time limit (hours) and the longest silence between two of its epochs (minutes),
+# generous for each preset's cells (cpu: about 2.5 min a cell, 30 s an epoch); a study file's
+# max_cell_hours / max_epoch_minutes (or its preset's) override them
+TIME_LIMITS = {"smoke": (0.5, 10.0), "cpu": (3.0, 30.0), "gpu": (48.0, 60.0), "imagenet": (500.0, 360.0)}
 MLFLOW_DEFAULT_EXPERIMENT = "Default"  # MLflow's experiment 0, created with every store
 MAX_TAG_VALUE = 5000  # well under MLflow's limit on a tag's value
 MAX_LABEL = 100
@@ -96,6 +100,8 @@ class PresetSpec(BaseModel):
     seeds: Optional[list[int]] = Field(default=None, min_length=1)
     max_failures: Optional[int] = Field(default=None, ge=0)
     max_seeds: Optional[int] = Field(default=None, ge=2)
+    max_cell_hours: Optional[float] = Field(default=None, gt=0)
+    max_epoch_minutes: Optional[float] = Field(default=None, gt=0)
 
     @field_validator("seeds")
     @classmethod
@@ -118,6 +124,10 @@ class StudySpec(BaseModel):
     metric: Metric = "knn_top1"
     presets: dict[str, PresetSpec] = Field(default_factory=dict)
     max_failures: int = Field(default=DEFAULT_MAX_FAILURES, ge=0)  # the retry policy: study/retry.py
+    # a cell's time limit and the longest silence between two of its epochs (a hung cell is stopped and
+    # marked FAILED with the reason: cluster.tune_run.Watchdog); default: the preset's TIME_LIMITS
+    max_cell_hours: Optional[float] = Field(default=None, gt=0)
+    max_epoch_minutes: Optional[float] = Field(default=None, gt=0)
     # --until-decided's limit on seeds per cell when the command gives none (default: analysis.decide.MAX_SEEDS)
     max_seeds: Optional[int] = Field(default=None, ge=2)
     # half-width of the region of practical equivalence of the finding's comparisons, in the
@@ -251,6 +261,8 @@ class Study:
     cells: tuple[Cell, ...]
     resources: Resources
     max_failures: int
+    # seconds: a cell's time limit, the longest silence between two epochs (cluster.tune_run.Watchdog)
+    time_limits: tuple[float, float] = (3 * 3600.0, 30 * 60.0)
 
     @property
     def name(self) -> str:
@@ -666,5 +678,9 @@ def load_study(path: str | Path, preset: str = "cpu", sets: dict[str, Any] | Non
     _check_metric_recorded(spec, cells, src)
     _check_transfer_data(cells, src)
     _check_hypotheses(spec, cells, src)
+    hours, minutes = TIME_LIMITS.get(preset, TIME_LIMITS["cpu"])
+    hours = next(v for v in (pspec.max_cell_hours, spec.max_cell_hours, hours) if v is not None)
+    minutes = next(v for v in (pspec.max_epoch_minutes, spec.max_epoch_minutes, minutes) if v is not None)
     return Study(spec, path, preset, tuple(cells), pspec.resources,
-                 pspec.max_failures if pspec.max_failures is not None else spec.max_failures)
+                 pspec.max_failures if pspec.max_failures is not None else spec.max_failures,
+                 (hours * 3600.0, minutes * 60.0))

@@ -421,6 +421,19 @@ class StudyTracker:
             if exp.tags.get(key) != value:
                 self.client.set_experiment_tag(self.experiment_id, key, value)
 
+    def heartbeat_text(self, cell_id: str, silence_s: float) -> str:
+        """`` (last epoch 3 (2.1 min ago), limit 30 min)`` for a running cell: the age of its last logged
+        epoch (its start, before any), which the watchdog compares with the study's silence limit."""
+        runs = [r for r in self.cell_runs().get(cell_id, []) if r.info.status == RUNNING]
+        if not runs:
+            return ""
+        run = runs[0]
+        history = self.client.get_metric_history(run.info.run_id, "knn_top1")
+        last = max(history, key=lambda m: m.timestamp) if history else None
+        since = (last.timestamp if last is not None else run.info.start_time) / 1000.0
+        what = f"last epoch {last.step}" if last is not None else "no epoch yet"
+        return f" ({what}, {max(0.0, time.time() - since) / 60:.1f} min ago; limit {silence_s / 60:.3g} min)"
+
     def mark_verdicts_stale(self, run_id: str, finished: int) -> bool:
         """When the parent's published verdicts (analysis.publish) were made from other cells than the
         ``finished`` ones the study now has, or while cells were missing: tag them ``stale`` and say so at
