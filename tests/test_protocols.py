@@ -138,3 +138,16 @@ def test_the_transfer_probe_reads_mnist(smoke_data):
     final = Trainer(cfg, None, data=smoke_data, log=lambda s: None).run()
     assert 0.1 < final["transfer_mnist_top1"] <= 1.0 and final["transfer_seconds"] > 0
     assert names.named("transfer_mnist_top1", final=True)
+
+
+def test_the_protocols_leave_the_saved_encoder_as_trained(tmp_path, smoke_data):
+    """The checkpoint in the run directory (what a resumed or linked cell would reload) holds the
+    encoder the protocols evaluated, not a fine-tuned one: the fine-tune works on a copy."""
+    from study.train import checkpoint as ckpt
+
+    cfg = build_config("smoke", {"threads": 1, "semisup_fractions": [0.1], "semisup_steps": 5})
+    trainer = Trainer(cfg, tmp_path / "run", data=smoke_data, log=lambda s: None)
+    trainer.run()
+    saved = ckpt.load_latest(tmp_path / "run", map_location="cpu")["model"]
+    live = trainer.moco.state_dict()
+    assert saved.keys() == live.keys() and all(torch.equal(saved[k].cpu(), live[k].cpu()) for k in saved)
