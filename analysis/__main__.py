@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"analysis: stopped by {signal.Signals(stop.signum).name}; the files it wrote are whole; run it again "
               "to rebuild the rest", file=sys.stderr)
         return 128 + stop.signum
+    except Exception as err:  # a full disk, a read-only folder: one line (the files it wrote are whole)
+        from study.core.errors import infrastructure_error
+
+        infra = infrastructure_error(err)
+        if infra is None:
+            raise
+        print(f"analysis: {infra}", file=sys.stderr)
+        return infra.exit_code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

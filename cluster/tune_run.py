@@ -28,6 +28,7 @@ lazily, so parsing a study file never touches it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -41,7 +42,8 @@ from study.core import names
 from study.core.files import write_atomic
 from study.retry import RetryPolicy
 from study.studyfile import Cell, Study
-from study.tracking import COST_METRICS, FAILED, FINISHED, TRIAL_ENV, StudyTracker, trial_function
+from study.core.errors import infrastructure_text
+from study.tracking import COST_METRICS, FAILED, FINISHED, KILLED, TRIAL_ENV, StudyTracker, trial_function
 
 # set while the job is being stopped from outside (see the module docstring)
 STOPPING = threading.Event()
@@ -119,17 +121,12 @@ class Watchdog:
             if why is None:
                 continue
             self.reason = why
-            write_text_atomic(self.run_dir / STOPPED_FILE, why)
+            write_atomic(self.run_dir / STOPPED_FILE, why)
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target), ctypes.py_object(CellTimeout))
             if not self.done.wait(min(self.GRACE_S, self.limits[1] or self.GRACE_S)):
                 os._exit(70)  # stuck in native code: the process goes, the trial errors
             return
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class CostMeter:
@@ -330,7 +327,10 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
             interrupt.check()
             if stopping():  # killed with the job's Ray: resumed by the next attempt, not failed
                 return
-            tracker.end_cell(trial.config["cell"]["cell_id"], FAILED, error=_trial_error(trial))
+            error = _trial_error(trial)
+            # the machine failed it (a full disk): interrupted, so that the same command resumes it
+            status = KILLED if infrastructure_text(error) else FAILED
+            tracker.end_cell(trial.config["cell"]["cell_id"], status, error=error)
 
     class ProgressCallback(tune.Callback):
         """One line per change: cells done / running / failed / pending, and the best so far."""
@@ -379,6 +379,23 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
     return [MLflowCellCallback(), ProgressCallback()]
 
 
+class OneLineTrialErrors(logging.Filter):
+    """Tune logs a failed trial's whole chained traceback (hundreds of lines when the disk fills up,
+    ray#32481): one line instead, naming the cell and the error's last line. The traceback stays in the
+    cell run's ``error`` tag and its ``train.log``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Trial task failed"):
+            err = record.exc_info[1]
+            last = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                f"a cell failed: {last[:300]} (the traceback: the cell run's error tag and train.log)", None, None, None)
+        return True
+
+
+_ONE_LINE = OneLineTrialErrors()
+
+
 def _trial_error(trial) -> str:
     stopped = Path(trial.config["cell"]["run_dir"]) / STOPPED_FILE
     if stopped.exists():  # the watchdog's reason (the trial's own error may only say its process died)
@@ -416,6 +433,9 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, *, run_roo
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}
     trainable = tune.with_resources(load_trial(), resources)
     callbacks = _tune_callbacks(study, tracker, parent_id, by_id, len(study.cells), done_before)
+    controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+    if _ONE_LINE not in controller_log.filters:
+        controller_log.addFilter(_ONE_LINE)
     exp_path = storage_path / experiment_name
     if restore and tune.Tuner.can_restore(str(exp_path)):
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True,

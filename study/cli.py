@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from study.backends import backend_names, load_backend
-from study.core.errors import UserError
+from study.core.errors import UserError, infrastructure_error
 from study.interrupt import StudyInterrupted
 from study.retry import RERUN_FAILED_FLAG, flag_help, flag_words
 
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         # a tracking server that went away: one message, not a traceback (and only a run stops a study)
         args_seen = locals().get("args")
         running = getattr(args_seen, "command", "") == "run" and not getattr(args_seen, "dry_run", False)
-        down = store_unreachable(err, stopped=running)
+        down = store_unreachable(err, stopped=running) or infrastructure_error(err)
         if down is None:
             raise
         print(f"error: {down}", file=sys.stderr)

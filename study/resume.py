@@ -65,14 +65,20 @@ def rerun_command(study: Study, sets: dict | None = None, *extra: str, tracker: 
 
 
 def abandoned(study: Study, tracker: StudyTracker, todo: list[Cell], err: Exception, sets: dict | None) -> None:
-    """The driver failed: mark what it left RUNNING (best effort: the store may be what failed)."""
+    """The driver failed: mark what it left RUNNING (best effort: the store may be what failed), with the
+    reason when it is the machine's (a full disk: study.core.errors.infrastructure_error)."""
+    from study.core.errors import infrastructure_error
+
+    infra = infrastructure_error(err)
+    why = f"driver error: {infra.message if infra is not None else type(err).__name__}"
     try:
-        tracker.mark_interrupted([c.cell_id for c in todo], tracker.parent_id, f"driver error: {type(err).__name__}")
+        tracker.mark_interrupted([c.cell_id for c in todo], tracker.parent_id, why)
     except Exception:  # the reconcile at the next start marks them instead
         pass
-    print(f"\n[{study.name}] the driver failed ({type(err).__name__}; details below); finished cells are kept. "
-          f"To resume, run the same command again: {rerun_command(study, sets, tracker=tracker)}",
-          file=sys.stderr, flush=True)
+    if infra is None:  # the machine's failures are one line (study.cli); anything else comes with details
+        print(f"\n[{study.name}] the driver failed ({type(err).__name__}; details below); finished cells are kept. "
+              f"To resume, run the same command again: {rerun_command(study, sets, tracker=tracker)}",
+              file=sys.stderr, flush=True)
 
 
 def interrupted_exit(study: Study, tracker: StudyTracker | None, todo: list[Cell], sig: StudyInterrupted,

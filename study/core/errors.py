@@ -40,3 +40,61 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A dataset that is missing or unreadable; the message says how to get it."""
+
+
+class InfrastructureError(UserError):
+    """The machine or a service failed (a full disk, a read-only or forbidden folder, too many open
+    files), not the user's input: one message, exit status 1."""
+
+    exit_code = 1
+
+
+# errno -> what it means for a study, and what to do
+_OS_CAUSES = {
+    28: ("the disk is full", "free space"),  # ENOSPC
+    122: ("the disk quota is exceeded", "free space or raise the quota"),  # EDQUOT
+    30: ("the file system is read-only", "point the toolkit at a writable folder"),  # EROFS
+    13: ("permission denied", "fix the folder's permissions or point the toolkit elsewhere"),  # EACCES
+    1: ("operation not permitted", "fix the folder's permissions or point the toolkit elsewhere"),  # EPERM
+    24: ("too many open files", "raise the limit (ulimit -n)"),  # EMFILE
+}
+# what the store's drivers say instead of an errno (sqlite, PostgreSQL)
+_TEXT_CAUSES = {
+    "database or disk is full": ("the disk holding the MLflow store is full", "free space"),
+    "No space left on device": ("the disk is full", "free space"),
+    "could not extend file": ("the disk holding the database is full", "free space"),
+    "attempt to write a readonly database": ("the MLflow store is read-only", "fix its permissions"),
+    "Disk quota exceeded": ("the disk quota is exceeded", "free space or raise the quota"),
+}
+
+
+def infrastructure_text(text: str) -> str | None:
+    """The cause named by an error's text (a trial's error, as Ray passes it on), or None."""
+    for mark, (cause, _) in _TEXT_CAUSES.items():
+        if mark in text:
+            return cause
+    for number, (cause, _) in _OS_CAUSES.items():
+        if f"[Errno {number}]" in text:
+            return cause
+    return None
+
+
+def infrastructure_error(err: BaseException | None) -> InfrastructureError | None:
+    """An :class:`InfrastructureError` naming the resource, the cause and what to do when ``err`` (or an
+    exception it was raised from) is a failure of the machine: a full disk, a read-only or forbidden
+    folder, too many open files; else None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _OS_CAUSES:
+            cause, todo = _OS_CAUSES[err.errno]
+            where = f" ({err.filename})" if err.filename else ""
+            return InfrastructureError(f"{cause}{where}: {todo}, then run the same command again (finished cells "
+                                       "are kept, the others resume)")
+        text = str(err)
+        for mark, (cause, todo) in _TEXT_CAUSES.items():
+            if mark in text:
+                return InfrastructureError(f"{cause} ({mark}): {todo}, then run the same command again (finished "
+                                           "cells are kept, the others resume)")
+        err = err.__cause__ or err.__context__
+    return None

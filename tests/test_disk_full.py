@@ -1,0 +1,88 @@
+"""A full disk reaches the user as one line (issue 27, class 2; ray#32481): the store and the study's
+folders on a small tmpfs, filled after the first cell: the study exits 1 with one message naming the
+full disk and what to do, no traceback; freed, the same command finishes every cell exactly once."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import fake_trial_env, store_client, store_env
+from study.core.errors import infrastructure_error
+from study.core.paths import REPO_ROOT
+
+STUDY = """
+name: full
+fixed: {method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: 3}
+factors:
+  sampling: [random, semi-easy, semi-hard, hard]
+seeds: [0]
+presets:
+  smoke: {resources: {cpus: 1}, max_failures: 0}
+"""
+
+
+def test_the_machines_failures_are_named():
+    e = infrastructure_error(RuntimeError("x").with_traceback(None))
+    assert e is None
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/run/ckpt.pt")
+    wrapped = RuntimeError("trial failed")
+    wrapped.__cause__ = full
+    msg = str(infrastructure_error(wrapped))
+    assert msg.startswith("the disk is full (/data/run/ckpt.pt): free space") and infrastructure_error(wrapped).exit_code == 1
+    db = sqlite3.OperationalError("database or disk is full")
+    assert "the disk holding the MLflow store is full" in str(infrastructure_error(db))
+    assert "read-only" in str(infrastructure_error(OSError(errno.EROFS, "Read-only file system", "/x")))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+@pytest.mark.timeout(900)
+def test_a_disk_filled_mid_study_is_one_line_and_the_rerun_finishes(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)], check=True)
+    try:
+        env = fake_trial_env(store_env(disk, STUDY_NUM_CPUS="1"), epoch_s=1.0)
+        path = tmp_path / "full.yaml"
+        path.write_text(STUDY)
+        study = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"],
+                                 cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and study.poll() is None:  # fill the disk once a cell has finished
+                runs = list((disk / "runs" / "full").glob("*/final.json")) if (disk / "runs").exists() else []
+                if runs:
+                    break
+                time.sleep(0.2)
+            with open(disk / "filler", "wb") as fh:
+                try:
+                    while True:
+                        fh.write(b"\0" * (1 << 20))
+                        fh.flush()
+                except OSError:
+                    pass
+            out, err = study.communicate(timeout=600)
+        finally:
+            study.kill()
+        assert study.returncode == 1, out + err
+        assert "Traceback" not in err, err[-3000:]
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "full" in errors[0] and "free space" in errors[0], err[-3000:]
+        (disk / "filler").unlink()
+        res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], cwd=REPO_ROOT,
+                             env=fake_trial_env(store_env(disk, STUDY_NUM_CPUS="1"), epoch_s=0.05),
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr
+        client = store_client(disk)
+        runs = client.search_runs([client.get_experiment_by_name("full").experiment_id], "tags.role = 'cell'")
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        assert sorted(r.data.tags["level"] for r in finished) == ["hard", "random", "semi-easy", "semi-hard"]
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
