@@ -153,7 +153,7 @@ def test_load_dataset_subset_and_resize(tmp_path):
         load_dataset("fashion_mnist", root=str(tmp_path / "fm"), train_subset=0)
     assert info.value.key == "train_subset"
     with pytest.raises(UserError) as info:
-        load_dataset("mnist")
+        load_dataset("emnist")
     assert info.value.key == "dataset" and "fashion_mnist" in str(info.value)
 
 

