@@ -16,7 +16,8 @@ import pytest
 HEAVY_FILES = ("test_mlflow_server.py", "test_interrupt_stress.py", "test_mlflow_ui.py", "test_study_e2e.py",
                "test_slurm.py", "test_interrupt_e2e.py", "test_interrupt_sigterm_e2e.py", "test_slurm_nodes.py",
                "test_study_resume.py", "test_study_failures.py", "test_slurm_lost_node.py", "test_adaptive.py",
-               "test_bench.py", "test_analysis.py", "test_interrupt.py")
+               "test_bench.py", "test_analysis.py", "test_interrupt.py", "test_disk_full.py", "test_infra.py",
+               "test_stale.py", "test_listing.py", "test_fonts.py", "test_watchdog.py", "test_protocols.py")
 
 
 def pytest_collection_modifyitems(config, items):
