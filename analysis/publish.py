@@ -102,6 +102,17 @@ def description(data: StudyData, results: Sequence[HypothesisResult]) -> str:
     return "\n".join(lines)
 
 
+def finished_since(client, data: StudyData) -> int:
+    """How many cell runs of the study are FINISHED in the store now that the analysis did not see."""
+    from study.core.listing import all_runs
+    from study.core.names import FINISHED, role_filter
+
+    seen = set(data.cells["run_id"]) | (set(data.excluded["run_id"]) if data.excluded is not None else set())
+    exp = client.get_run(data.parent_run_id).info.experiment_id
+    now = all_runs(client, [exp], f"{role_filter(Tag.CELL)} and attributes.status = '{FINISHED}'")
+    return sum(1 for r in now if r.info.run_id not in seen)
+
+
 def study_report(data: StudyData, results: Sequence[HypothesisResult], figures: Sequence[str]) -> str:
     """The study's part of REPORT.md, standalone (links relative to the artifact folder)."""
     lines = [f"# InterCLR study `{data.study}`", "", VERDICT_RULE, ""] + study_section(data, results, figures)
@@ -136,6 +147,11 @@ def publish(client, data: StudyData, results: Sequence[HypothesisResult], files:
     tags[Tag.VERDICT_STATE] = "provisional" if not data.missing.empty else "final"
     tags[Tag.VERDICT_CELLS] = str(len(data.cells))
     note = description(data, results)
+    later = finished_since(client, data)
+    if later:  # cells finished while this analysis ran (a study that ended before it publishes)
+        tags[Tag.VERDICT_STATE] = "stale"
+        note = (f"**Stale**: {later} cells finished while this analysis ran. Rebuild it: `python -m analysis "
+                f"--study {data.study}`.\n\n" + note)
     tags[NOTE_TAG] = note if len(note) <= 5000 else note[:4900] + "\n\n(cut here: the whole text is REPORT.md)"
     stale = [k for k in client.get_run(run_id).data.tags
              if (k.startswith(_TAG_PREFIXES) or k in _TAGS) and k not in tags]

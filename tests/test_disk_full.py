@@ -21,7 +21,7 @@ STUDY = """
 name: full
 fixed: {method: interclr, labels: online, margin_type: cosine, margin: -0.5, epochs: 3}
 factors:
-  sampling: [random, semi-easy, semi-hard, hard]
+  sampling: [semi-hard, hard, random]
 seeds: [0]
 presets:
   smoke: {resources: {cpus: 1}, max_failures: 0}
@@ -48,7 +48,7 @@ def test_a_disk_filled_mid_study_is_one_line_and_the_rerun_finishes(tmp_path):
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)], check=True)
     try:
-        env = fake_trial_env(store_env(disk, STUDY_NUM_CPUS="1"), epoch_s=1.0)
+        env = fake_trial_env(store_env(disk, STUDY_NUM_CPUS="1"), epoch_s=0.5)
         path = tmp_path / "full.yaml"
         path.write_text(STUDY)
         study = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"],
@@ -82,7 +82,7 @@ def test_a_disk_filled_mid_study_is_one_line_and_the_rerun_finishes(tmp_path):
         client = store_client(disk)
         runs = client.search_runs([client.get_experiment_by_name("full").experiment_id], "tags.role = 'cell'")
         finished = [r for r in runs if r.info.status == "FINISHED"]
-        assert sorted(r.data.tags["level"] for r in finished) == ["hard", "random", "semi-easy", "semi-hard"]
+        assert sorted(r.data.tags["level"] for r in finished) == ["hard", "random", "semi-hard"]
         assert not [r for r in runs if r.info.status == "RUNNING"]
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)

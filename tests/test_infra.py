@@ -89,8 +89,9 @@ def test_a_store_that_is_not_an_mlflow_server_is_one_line(kind, tmp_path):
         listener.listen(16)
         uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
     try:
-        # a hanging server costs each command its whole probe (15 s): two commands show it
-        for cmd in (COMMANDS[:2] if kind == "hangs" else COMMANDS):
+        # every command once over the kinds (a hanging server costs each its whole 15 s probe)
+        for cmd in {"down": COMMANDS, "hangs": COMMANDS[:2], "forbidden": COMMANDS[1:4:2] + COMMANDS[4:],
+                    "html": COMMANDS[:1] + COMMANDS[2:3]}[kind]:
             res = _run(cmd, uri, tmp_path)
             err = res.stderr.strip()
             assert res.returncode == 1, (cmd, res.returncode, err)

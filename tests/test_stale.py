@@ -58,10 +58,12 @@ def test_a_verdict_made_mid_study_is_provisional_then_stale_then_final(tmp_path)
     finally:
         study.kill()
     assert study.returncode == 0, out
-    assert "marked stale" in out, out
     client = store_client(tmp_path)
     tags = _parent(client, "s")
-    assert tags["verdict_state"] == "stale" and tags["mlflow.note.content"].startswith("**Stale**")
+    # stale whichever ended first: the study (its runner marks what the analysis had published) or the
+    # analysis (it saw cells finish after it had read the store)
+    assert tags["verdict_state"] == "stale" and tags["mlflow.note.content"].startswith("**Stale**"), tags
+    assert "marked stale" in out or "while this analysis ran" in tags["mlflow.note.content"], out
     assert int(tags["verdict_cells"]) < 6
     assert "verdicts below are provisional" in (tmp_path / "r1" / "REPORT.md").read_text()
     assert "**Provisional**" in tags["mlflow.note.content"]  # the provisional note, now under the stale line
