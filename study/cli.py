@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
@@ -250,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         from study.tracking import store_unreachable
 
         # a tracking server that went away: one message, not a traceback (and only a run stops a study)
-        args_seen = locals().get("args")
-        running = getattr(args_seen, "command", "") == "run" and not getattr(args_seen, "dry_run", False)
+        running = getattr(args, "command", "") == "run" and not getattr(args, "dry_run", False)
         down = store_unreachable(err, stopped=running) or infrastructure_error(err)
         if down is None:
             raise

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import fake_trial_env, store_env
+from conftest import fake_trial_env, finish_by_hand, store_env
 from study.core.paths import REPO_ROOT
 
 STUDY = """
@@ -28,30 +28,13 @@ def _run(args, env, timeout=600):
                           timeout=timeout)
 
 
-def _finish(study):
-    """The study's cells written as the Tune callback writes them (no Ray: the figures are the point)."""
-    from study.tracking import FINISHED, StudyTracker
-
-    tracker = StudyTracker(study.name)
-    parent = tracker.parent_run_id(study.parent_params(), study.path)
-    for key, value in study.parent_tags().items():
-        tracker.client.set_tag(parent, key, value)
-    for i, cell in enumerate(study.cells):
-        tracker.open_cell(cell, parent)
-        for epoch, v in enumerate((0.5, 0.6, 0.7)):
-            tracker.log_epoch(cell.cell_id, epoch, {"knn_top1": v + i / 100, "loss": 5.0 - epoch})
-        tracker.log_final(cell.cell_id, {"epochs": 2, "knn_top1": 0.7 + i / 100, "linear_top1": 0.8})
-        tracker.end_cell(cell.cell_id, FINISHED)
-    tracker.finish_parent(parent)
-
-
 def test_chinese_labels_are_drawn_and_an_undrawable_one_is_refused(tmp_path, isolated_store):
     from study.studyfile import load_study
 
     env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"))
     path = tmp_path / "zh.yaml"
     path.write_text(STUDY.format(name="zh", a="半难负样本", b="难负样本"))
-    _finish(load_study(path, "smoke"))  # the labels pass load
+    finish_by_hand(load_study(path, "smoke"))  # the labels pass load
     res = _run(["-m", "analysis", "--study", "zh", "--out", str(tmp_path / "results")], env)
     assert res.returncode == 0, res.stderr
     assert "Glyph" not in res.stderr and "missing from font" not in res.stderr, res.stderr

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from conftest import run_here, store_client, store_env
+from conftest import finish_by_hand, run_here, store_client, store_env
 from study.core import listing
 from study.core.paths import REPO_ROOT
 from study.studyfile import load_study
-from study.tracking import FINISHED, StudyTracker
+from study.tracking import StudyTracker
 
 STUDY = """
 name: {name}
@@ -59,24 +59,12 @@ def test_every_page_and_every_group_of_experiments():
     assert max(c.calls) == listing.EXPERIMENTS_PER_SEARCH
 
 
-def _finish(study):
-    tracker = StudyTracker(study.name)
-    parent = tracker.parent_run_id({"factors": "sampling", "metric": "knn_top1"})
-    for i, cell in enumerate(study.cells):
-        tracker.open_cell(cell, parent)
-        for epoch, v in enumerate((0.5, 0.6, 0.7)):
-            tracker.log_epoch(cell.cell_id, epoch, {"knn_top1": v + i / 100, "loss": 5.0 - epoch})
-        tracker.log_final(cell.cell_id, {"epochs": 2, "knn_top1": 0.7 + i / 100, "linear_top1": 0.8})
-        tracker.end_cell(cell.cell_id, FINISHED)
-    tracker.finish_parent(parent)
-
-
 @pytest.mark.timeout(900)
 def test_an_old_study_behind_a_thousand_newer_experiments(isolated_store, capsys):
     tmp = isolated_store
     (tmp / "old.yaml").write_text(STUDY.format(name="old"))
     old = load_study(tmp / "old.yaml", "smoke")
-    _finish(old)
+    finish_by_hand(old)
     client = store_client(tmp)
     for i in range(1001):  # a team's store: 1,001 newer experiments (search_experiments' first page: 1,000)
         client.create_experiment(f"team-{i:04d}")
