@@ -81,8 +81,8 @@ class Watchdog:
     A thread of the trial's process checks every second. Past a limit it writes the reason to the run
     directory (:data:`STOPPED_FILE`), raises :class:`CellTimeout` in the trial's thread (the trainer is
     Python: it arrives at the next bytecode), and if the thread is stuck in native code (a deadlock)
-    ends the process after a grace of 30 s (or the silence limit, when shorter): either way the trial errors and the cell is marked FAILED with the
-    reason. Each attempt (a retry resumes from the last checkpoint) has the whole limit again."""
+    ends the process after a grace of 30 s (or the silence limit, when shorter): either way the trial
+    errors and the cell is marked FAILED with the reason. Each attempt (a retry resumes from the last checkpoint) has the whole limit again."""
 
     GRACE_S = 30.0
 
@@ -436,6 +436,10 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, *, run_roo
     controller_log = logging.getLogger("ray.tune.execution.tune_controller")
     if _ONE_LINE not in controller_log.filters:
         controller_log.addFilter(_ONE_LINE)
+    # Of Tune's default loggers only the JSON one (result.json, which Tune's result grid reads back): the
+    # TensorBoard one imports torch into the driver (~2 CPU-s and ~500 MB a command), and MLflow is the record
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    callbacks.append(tune.logger.JsonLoggerCallback())
     exp_path = storage_path / experiment_name
     if restore and tune.Tuner.can_restore(str(exp_path)):
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True,

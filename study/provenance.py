@@ -102,7 +102,7 @@ def source_name(study_file: Path | str | None) -> str:
 
 def cell_fingerprint(cfg) -> dict:
     """The dataset fingerprint of a cell's resolved config (a ``TrainConfig``)."""
-    from study.data.datasets import dataset_fingerprint
+    from study.data.fingerprint import dataset_fingerprint
 
     return dataset_fingerprint(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.test_subset, cfg.image_size,
                                bool(getattr(cfg, "unlabeled", False)))

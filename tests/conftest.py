@@ -162,13 +162,18 @@ def idle_cores(window: float = 0.5) -> float:
 @pytest.fixture
 def busy_cores():
     """Every core kept busy for the test's length: tests of signals, locks and timeouts must pass on a
-    loaded machine, as a study leaves it. Starts one CPU-bound process (nice 0) per core found idle over
-    half a second: all of them when the test runs alone, none inside a `make test` whose workers keep
-    the cores busy already. Yields the number started."""
+    loaded machine, as a study leaves it. Run alone, starts one CPU-bound process (nice 0) per core found
+    idle over half a second. Inside `make test` (a pytest-xdist worker) the suite's other workers already
+    load the machine, and hogs at nice 0 would take their CPU for minutes: there it starts one hog per
+    core at nice 19, which only fills the moments the suite leaves a core idle. Yields the number started."""
     import subprocess
     import sys
 
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(round(idle_cores()))]
+    in_suite = "PYTEST_XDIST_WORKER" in os.environ
+    count = (os.cpu_count() or 1) if in_suite else round(idle_cores())
+    niceness = "19" if in_suite else "0"
+    hog = [sys.executable, "-c", "import os, sys; os.nice(int(sys.argv[1]))\nwhile True: pass", niceness]
+    procs = [subprocess.Popen(hog) for _ in range(count)]
     try:
         yield len(procs)
     finally:

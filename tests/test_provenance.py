@@ -85,3 +85,33 @@ def test_ui_command_links_and_bad_port(tmp_path, monkeypatch, capsys):
     assert main(["ui", "--port", "70000"]) == 2
     assert "--port: must be a port number 1-65535, got 70000" in capsys.readouterr().err
     assert main(["ui", "--workers", "0"]) == 2
+
+
+def test_the_driver_side_never_imports_torch(tmp_path):
+    """What a study's driver runs (the runner, the Tune glue, the tracker, each cell's data fingerprint for
+    every registered dataset and Tune's callbacks) leaves torch unimported: torch costs each `python -m study`
+    command ~2 CPU-s and ~500 MB. Only the trial processes train."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys
+os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{tmp_path / 'm.db'}"
+import cluster.local, cluster.slurm_submit, cluster.tune_run, study.runner, study.cli
+from study.core import datasets as registry
+from study.core.config import build_config
+from study.data.fingerprint import dataset_fingerprint
+from study.provenance import cell_fingerprint
+cell_fingerprint(build_config("smoke"))
+for name in registry.DATASETS:
+    dataset_fingerprint(name, "{tmp_path}", 32, 32, 16)
+from study.tracking import StudyTracker
+StudyTracker("t")
+from ray.tune.utils.callback import _create_default_callbacks
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+_create_default_callbacks([])
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "tensorboardX"))))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stdout[-2000:]

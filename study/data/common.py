@@ -1,4 +1,8 @@
-"""What every dataset format shares: the in-memory dataset, subsets and seeds, tensor helpers."""
+"""What every dataset format shares: the in-memory dataset, subsets and seeds, tensor helpers.
+
+torch is imported inside the functions that use it, here and in the format modules: the study's driver
+imports the formats to fingerprint a cell's files (study.data.fingerprint) and stays torch-free.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from study.core.errors import DataError, UserError
 from study.core.paths import DATA_DIR
@@ -77,6 +79,7 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int, key: str = "su
     smaller label). Within a class, members are drawn uniformly with a
     generator seeded by ``seed``. Returns (size,) int64.
     """
+    import torch
     n = labels.numel()
     if not 1 <= size <= n:
         raise UserError(f"must lie in [1, {n}] (the split's size), got {size}", key=key)
@@ -111,6 +114,8 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     centre is kept (a no-op for images already ``size x size``). Done in
     chunks so the float copy stays small.
     """
+    import torch
+    import torch.nn.functional as F
     n, c, h, w = images.shape
     if (h, w) == (size, size):
         return images
@@ -130,6 +135,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
     Sums in float64 by chunks, so 60k images cost one pass and little memory.
     """
+    import torch
     c = images.shape[1]
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
@@ -148,6 +154,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """A NumPy array as a tensor that owns writable memory (np.frombuffer arrays are read-only)."""
+    import torch
     return torch.from_numpy(np.ascontiguousarray(array).copy())
 
 

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from study.data.common import ImageData
 from study.core.errors import DataError, UserError
@@ -40,6 +39,7 @@ def scan_image_folder(
     subfolders of split_dir); a subfolder not among them is a DataError.
     Returns (paths, (N,) int64 labels, classes).
     """
+    import torch
     split_dir = Path(split_dir)
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if classes is None:
@@ -90,6 +90,7 @@ def decode_resized(path: Path, size: int) -> np.ndarray:
 
 def _load_folder_split(paths: list[Path], size: int) -> torch.Tensor:
     """Decode a list of images into (N, 3, size, size) uint8, with threads (PIL releases the GIL)."""
+    import torch
     out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
 
     def work(i: int) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from study.data.common import CHUNK, ImageData, find_subdir, present_files, require_subdir, resize_images
 from study.core.errors import DataError
@@ -25,6 +24,7 @@ def _stl_images(path: Path, resize_to: int | None = None) -> torch.Tensor:
     Memory-mapped, so the 2.7 GB unlabelled file is resized without being
     held in memory at 96 px.
     """
+    import torch
     if not path.is_file():
         raise DataError(f"missing STL-10 file {path}; get {STL10_URL} and extract it again")
     size = path.stat().st_size
@@ -41,6 +41,7 @@ def _stl_images(path: Path, resize_to: int | None = None) -> torch.Tensor:
 
 def _stl_labels(path: Path, count: int) -> torch.Tensor:
     """An STL-10 *_y.bin file (labels 1..10) -> (N,) int64 in 0..9."""
+    import torch
     if not path.is_file():
         raise DataError(f"missing STL-10 file {path}; get {STL10_URL} and extract it again")
     labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1
@@ -54,6 +55,7 @@ def _stl_labels(path: Path, count: int) -> torch.Tensor:
 def load(root: str | None, image_size: int | None = None, unlabeled: bool = False) -> ImageData:
     """Both splits as stored, (N, 3, 96, 96) uint8; ``unlabeled`` adds the 100k unlabelled images
     (label -1) to train, resized to ``image_size`` while reading."""
+    import torch
     folder = require_subdir(root, _SUBDIR, _MARKER, "STL-10", "{train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
                             "optionally unlabeled_X.bin, class_names.txt}", STL10_URL)
     train_x = _stl_images(folder / "train_X.bin")
