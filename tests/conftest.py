@@ -91,9 +91,18 @@ def fake_trial_env(env: dict[str, str], **behaviour) -> dict[str, str]:
 
 
 def store_client(tmp_path: Path):
+    """A client of the store in tmp_path, made under the toolkit's store lock: a test that reads the store
+    while a study's driver creates it would otherwise race it to create the tables (sqlite: "duplicate
+    column name")."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from study.tracking import store_lock
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # a new store's tables, made now, under the lock
+    return client
 
 
 # 2 sampling levels x the seeds: the study the end-to-end and SLURM tests run at the smoke preset
