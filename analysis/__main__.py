@@ -62,8 +62,11 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-log", action="store_true",
                    help="do not put the outputs and verdicts on the studies' parent runs in the store")
     args = p.parse_args(argv)
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        p.error(f"--out {args.out}: exists and is not a directory")
+    from study.core.paths import writable_dir_problem
+
+    problem = writable_dir_problem((args.out or default_out_dir()).resolve())
+    if problem:
+        p.error(f"--out {args.out or default_out_dir()}: {problem}")
     try:
         if args.study:
             # an absent study gets its "not run" section (a study not started yet: make study-X after a

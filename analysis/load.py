@@ -168,11 +168,14 @@ def client_for(tracking_uri: str | None = None):
     problem = uri_problem(uri)
     if problem:
         raise StoreError(f"MLFLOW_TRACKING_URI: {problem}")
+    from .uri import ServerProblem, bound_http_retries, check_server, shown_uri, store_problem
+
+    problem = store_problem(uri, write=False)
+    if problem:
+        raise (ServerError if problem[1] == 1 else StoreError)(f"MLFLOW_TRACKING_URI={shown_uri(uri)}: {problem[0]}")
     db = _sqlite_path(uri)
     if db is not None and (str(db) == ":memory:" or not db.is_file()):
         raise StoreError(f"no MLflow store at {uri} (file {db} does not exist); run a study first")
-    from .uri import ServerProblem, bound_http_retries, check_server
-
     bound_http_retries()
     try:
         check_server(uri)

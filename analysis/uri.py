@@ -162,3 +162,81 @@ def check_server(uri: str) -> None:
             if attempt == 0:
                 time.sleep(1.0)
     raise ServerProblem(f"the MLflow tracking server at {uri} does not answer ({last}); {SERVER_HINT}", down=True)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as a message may show it: a password in it (``scheme://user:password@host``) as ``***``."""
+    import re
+
+    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", uri)
+
+
+def store_problem(uri: str, write: bool = True) -> tuple[str, int] | None:
+    """Why the store at ``uri`` cannot be opened, found without MLflow (which would retry for minutes
+    and log hundreds of lines first), or None:
+
+    - sqlite: the file is a directory or not an SQLite database, or a file stands where its folder
+      would be; for a command that writes (``write``), the file or its folder is read-only;
+    - postgresql / mysql: nothing listens at the database's host and port (checked within 5 s).
+    An ``http(s)://`` server is :func:`check_server`'s. Returns (message, exit status), the message to be
+    prefixed with the setting (``MLFLOW_TRACKING_URI=<uri>``): 2 where the URI
+    names something that is not a store (the user's input), 1 where the machine or a service is at fault."""
+    if uri.startswith("sqlite:///"):
+        return _sqlite_problem(uri, write)
+    scheme = uri.split("://", 1)[0].partition("+")[0]
+    if scheme in DEFAULT_DRIVERS:
+        return _database_problem(uri, scheme)
+    return None
+
+
+def _sqlite_problem(uri: str, write: bool) -> tuple[str, int] | None:
+    from pathlib import Path
+
+    rest = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    db = Path(rest)
+    if db.is_dir():
+        return f"{db} is a directory, not an sqlite database file", 2
+    if db.exists():
+        try:
+            with open(db, "rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+        except OSError as err:
+            return f"cannot read {db} ({err.strerror})", 1
+        if head and head != SQLITE_HEADER:
+            return f"{db} is not an SQLite database (another file at that path?)", 2
+        if write and (not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK | os.X_OK)):
+            what = db if not os.access(db, os.W_OK) else db.parent
+            return (f"{what} is read-only (sqlite writes the database and its journal "
+                    "beside it): make it writable, or use a store elsewhere"), 1
+        return None
+    above = next(p for p in db.parents if p.exists())
+    if not above.is_dir() or (write and not os.access(above, os.W_OK | os.X_OK)):
+        why = "not a directory" if not above.is_dir() else "not writable"
+        return f"the store {db} cannot be created: {above} is {why}", 2
+    return None
+
+
+def _database_problem(uri: str, scheme: str) -> tuple[str, int] | None:
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port
+    except ValueError as err:
+        return str(err), 2
+    if not host or host.startswith("/"):
+        return None  # a Unix socket: the driver's to find
+    port = port or {"postgresql": 5432, "mysql": 3306}[scheme]
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return None
+    except OSError as err:
+        cause = err.strerror or type(err).__name__
+        return (f"the {scheme} database server at {host}:{port} does not answer ({cause}): start it (`bash cluster/mlflow_server.sh prepare` starts this machine's PostgreSQL), or point "
+                "MLFLOW_TRACKING_URI at a running one"), 1

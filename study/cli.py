@@ -39,17 +39,15 @@ def _add_train(sub) -> None:
 
 def cmd_train(args) -> int:
     from study.core.config import build_config, check_device, parse_sets
+    from study.core.paths import writable_dir_problem
 
     cfg = build_config(args.preset, parse_sets(args.sets), source="--set")
     if not args.out.strip():
         raise UserError("give a directory for the run (it is created)", source="--out")
     out = Path(args.out).resolve()
-    # the nearest existing folder on the way must be a writable directory: found now, not after the data loads
-    above = next(p for p in (out, *out.parents) if p.exists())
-    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
-        what = "exists and is not a directory" if above == out else f"cannot be created: {above} is " + (
-            "not a directory" if not above.is_dir() else "not writable")
-        raise UserError(what, source=f"--out {args.out}")
+    problem = writable_dir_problem(out)  # found now, not after the data loads
+    if problem:
+        raise UserError(problem, source=f"--out {args.out}")
     import torch
 
     from study.train.trainer import Trainer

@@ -18,14 +18,15 @@ import time
 from study import interrupt
 from study.backends import Backend, Executor, local_cpus
 from study.core.errors import UserError
+from study.core.paths import check_locations
 from study.core.names import Tag
 from study.interrupt import StudyInterrupted
 from study.resume import abandoned, interrupted_exit, rerun_command, summarise  # noqa: F401 (re-exported)
 from study.retry import RERUN_FAILED_FLAG, RetryPolicy, policy_for
 from study.provenance import run_link, short_commit, study_link, ui_base
 from study.studyfile import Cell, Study, load_study
-from study.tracking import (FAILED, FINISHED, KILLED, RUNNING, StudyTracker, check_same_study, store_exists, store_lock,
-                            tracking_uri)
+from study.tracking import (FAILED, FINISHED, KILLED, RUNNING, StudyTracker, check_same_study, check_store, store_exists,
+                            store_lock, tracking_uri)
 
 
 def describe_cells(study: Study) -> str:
@@ -45,8 +46,7 @@ def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | 
               dry_run: bool = False, rerun_failed: bool | None = None, wait: bool = False) -> int:
     """Load the study, check ``backend``'s options, then list (``dry_run``) or run its cells."""
     study = load_study(path, preset, sets)
-    backend.check(study)  # bad options, or what this machine could never run: before anything is written
-    check_same_study(study)
+    check_before_writing(study, backend)
     if dry_run:
         extra = backend.describe(study)  # first: what it refuses (a job SLURM cannot place) ends the plan unprinted
         print(describe_cells(study))
@@ -60,6 +60,17 @@ def run_study(path: str, *, backend: Backend, preset: str = "cpu", sets: dict | 
             print(extra)
         return 0
     return launch(study, backend, sets=sets or {}, retry=policy_for(study, rerun_failed), wait=wait)
+
+
+def check_before_writing(study: Study, backend: Backend) -> None:
+    """What would refuse ``study`` once it runs, as one UserError before anything is written: the
+    backend's options and what it could never run, the folders the run writes to (study.core.paths),
+    and what the store's state refuses (tracking.check_same_study)."""
+    backend.check(study)
+    uri = tracking_uri()
+    check_store(uri)  # the dry run too: a store the run could not make is refused with the plan
+    check_locations(study.name, artifacts=not uri.startswith(("http://", "https://")))
+    check_same_study(study)
 
 
 def launch(study: Study, backend: Backend, *, sets: dict, retry: RetryPolicy, wait: bool = False,
@@ -90,8 +101,7 @@ def run_until_decided(path: str, *, backend: Backend, preset: str, sets: dict | 
 
     check_limits(max_seeds, budget_hours)
     study = load_study(path, preset, sets)
-    backend.check(study)  # a bad study file or option fails here, before anything is written
-    check_same_study(study)
+    check_before_writing(study, backend)
     limits = limits_for(study, max_seeds, budget_hours)
     retry = policy_for(study, rerun_failed)
     executor = backend.executor()  # None: each batch is a job the backend submits

@@ -60,8 +60,14 @@ def tracking_uri() -> str:
 
 def store_exists(uri: str) -> bool:
     """False for an sqlite store whose file does not exist yet (reading it would create it); True
-    for any other store (a server answers for itself)."""
+    for any other store (a server answers for itself). UserError for a path that is no sqlite store (a
+    folder, another kind of file): a command that only reads must not report such a store as empty."""
     if uri.startswith("sqlite:///"):
+        from analysis.uri import store_problem
+
+        problem = store_problem(uri, write=False)
+        if problem:
+            raise UserError(problem[0], source=f"MLFLOW_TRACKING_URI={uri}")
         return Path(uri[len("sqlite:///"):].split("?")[0]).is_file()
     return not uri.startswith("sqlite:")
 
@@ -159,15 +165,26 @@ def _orphaned(run) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _check_server_once(uri: str) -> None:
-    """A tracking server answers at ``uri`` (checked once per process, within 15 s), with MLflow's HTTP
-    retries bounded (analysis.uri): else one message, exit 1, before anything is written."""
-    from analysis.uri import ServerProblem, bound_http_retries, check_server
+    """:func:`check_store`, once per process and URI."""
+    check_store(uri)
+
+
+def check_store(uri: str) -> None:
+    """A tracking server answers at ``uri`` (within 15 s), with MLflow's HTTP retries bounded, and a
+    database store can be opened and written (analysis.uri.store_problem): else one message (exit 1, or 2
+    for a URI naming something that is no store) before anything is written."""
+    from analysis.uri import ServerProblem, bound_http_retries, check_server, shown_uri, store_problem
 
     bound_http_retries()
     try:
         check_server(uri)
     except ServerProblem as err:
         raise StoreUnreachable(str(err)) from None
+    problem = store_problem(uri)  # a database or sqlite file MLflow would retry on for minutes
+    if problem:
+        message, code = problem
+        where = f"MLFLOW_TRACKING_URI={shown_uri(uri)}"
+        raise StoreUnreachable(f"{where}: {message}") if code == 1 else UserError(message, source=where)
 
 
 def store_unreachable(err: BaseException, uri: str | None = None, *, stopped: bool = True) -> "StoreUnreachable | None":

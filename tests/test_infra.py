@@ -108,3 +108,50 @@ def test_a_store_that_is_not_an_mlflow_server_is_one_line(kind, tmp_path):
             server.shutdown()
         if listener is not None:
             listener.close()
+
+
+def _store_cases(tmp_path):
+    """(name, MLflow tracking URI, expected exit status, words of the message): stores MLflow cannot open,
+    which it would retry on for minutes with hundreds of logged lines (issue 27, class 2)."""
+    (tmp_path / "a-folder.db").mkdir()
+    (tmp_path / "notes.db").write_text("not a database\n")
+    return [("sqlite path is a folder", f"sqlite:///{tmp_path / 'a-folder.db'}", 2, "is a directory"),
+            ("sqlite path is another file", f"sqlite:///{tmp_path / 'notes.db'}", 2, "is not an SQLite database"),
+            ("sqlite folder is a file", f"sqlite:///{tmp_path / 'notes.db' / 'm.db'}", 2, "cannot be created"),
+            ("database server not listening", f"postgresql+psycopg2://mlflow:secret@127.0.0.1:{_free_port()}/x", 1,
+             "database server at 127.0.0.1")]
+
+
+def test_a_store_that_cannot_be_opened_is_one_line(tmp_path):
+    """Every command, on each kind of store it cannot open: one line naming the setting and the cause,
+    the password hidden, nothing written, at once."""
+    for name, uri, code, words in _store_cases(tmp_path):
+        for cmd in (COMMANDS[0], COMMANDS[1], COMMANDS[4]) if code == 2 else COMMANDS[:3] + COMMANDS[4:]:
+            res = _run(cmd, uri, tmp_path)
+            err = res.stderr.strip()
+            assert res.returncode == code, (name, cmd, res.returncode, err)
+            assert "Traceback" not in err and len(err.splitlines()) == 1, (name, cmd, err)
+            assert words in err and "MLFLOW_TRACKING_URI" in err and "secret" not in err, (name, cmd, err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder.db", "notes.db"]
+    assert list((tmp_path / "a-folder.db").iterdir()) == []
+
+
+@pytest.mark.parametrize("variable", ["STUDY_RUN_ROOT", "STUDY_RAY_RESULTS", "STUDY_ARTIFACT_ROOT"])
+def test_a_folder_the_run_would_write_to_is_checked_before_anything_is_written(variable, tmp_path, capsys,
+                                                                               monkeypatch):
+    """A run folder that cannot be made (a file in its way): `run` and its dry run say so at once, exit 2,
+    and write nothing (no store, no run, no folder)."""
+    from study.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for key, value in {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                       "STUDY_RUN_ROOT": str(tmp_path / "runs"), "STUDY_RAY_RESULTS": str(tmp_path / "ray"),
+                       "STUDY_ARTIFACT_ROOT": str(tmp_path / "artifacts"), variable: str(blocker / "sub")}.items():
+        monkeypatch.setenv(key, value)
+    for extra in (["--dry-run"], []):
+        assert main(["run", str(REPO_ROOT / "experiments" / "sampling.yaml"), "--preset", "smoke", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"${variable}" in err and "is a file, not a folder" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

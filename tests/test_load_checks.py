@@ -276,10 +276,11 @@ def test_train_and_analysis_refuse_an_out_they_cannot_write_before_any_work(tmp_
 
     afile = tmp_path / "afile"
     afile.write_text("x")
-    for args, words in ((["train", "--preset", "smoke", "--out", str(afile / "sub")], "is not a directory"),
+    for args, words in ((["train", "--preset", "smoke", "--out", str(afile / "sub")], "is a file, not a folder"),
                         (["train", "--preset", "smoke", "--out", ""], "give a directory")):
         assert study_main(args) == 2 and words in capsys.readouterr().err, args
-    with pytest.raises(SystemExit) as err:  # argparse's error: exit 2
-        analysis_main(["--out", str(afile)])
-    assert err.value.code == 2 and "exists and is not a directory" in capsys.readouterr().err
+    for out in (afile, afile / "sub"):
+        with pytest.raises(SystemExit) as err:  # argparse's error: exit 2
+            analysis_main(["--out", str(out)])
+        assert err.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
     assert afile.read_text() == "x"

@@ -41,3 +41,33 @@ def artifact_root() -> Path:
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, else sqlite at the repository root (absolute path)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def writable_dir_problem(path: Path) -> str | None:
+    """Why the toolkit could not write in folder ``path`` (making it first where it does not exist), or
+    None: ``path`` or the nearest folder above it that exists must be a directory this process may write
+    in (a file there, or a read-only folder or file system, would fail at the first write, mid-study)."""
+    path = Path(path)
+    above = next(p for p in (path, *path.parents) if p.exists())
+    if not above.is_dir():
+        return f"{path} is a file, not a folder" if above == path else \
+            f"{path} cannot be made: {above} is a file, not a folder"
+    if not os.access(above, os.W_OK | os.X_OK):
+        return f"{path} is not writable" if above == path else f"{path} cannot be made: {above} is not writable"
+    return None
+
+
+def check_locations(study_name: str, artifacts: bool = True) -> None:
+    """Every folder a study's run writes to (its run directories, Ray Tune's storage and, for a local
+    store, MLflow's artifact root) can be written, checked before anything is: else one UserError naming
+    the setting that chose the folder (exit status 2)."""
+    from study.core.errors import UserError
+
+    places = [(run_root(study_name), "STUDY_RUN_ROOT", runs_base()), (ray_storage(), "STUDY_RAY_RESULTS", None)]
+    if artifacts:
+        places.append((artifact_root(), "STUDY_ARTIFACT_ROOT", None))
+    for path, variable, shown in places:
+        problem = writable_dir_problem(path)
+        if problem:
+            setting = f"${variable}" if os.environ.get(variable) else f"{variable} (unset: the default)"
+            raise UserError(f"{problem}; set {variable} to a writable folder", source=setting)
