@@ -68,7 +68,7 @@ class HypothesisError(ValueError):
 class TrendSpec(BaseModel):
     """``trend:``: the setting whose order the claim follows, and which end is better."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     setting: str = Field(min_length=1)
     better: Optional[Literal["lower", "higher"]] = None
     order: Optional[list[Scalar]] = Field(default=None, min_length=2)
@@ -85,7 +85,7 @@ class TrendSpec(BaseModel):
 class HypothesisSpec(BaseModel):
     """One entry of a study file's ``hypotheses:`` (see the module docstring). Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     name: str = Field(pattern=NAME_RE)
     claim: str = Field(min_length=1, max_length=500)
 

@@ -57,6 +57,10 @@ MAX_PARAM_VALUE = 6000
 # per preset: a cell's time limit (hours) and the longest silence between two of its epochs (minutes),
 # generous for each preset's cells (cpu: about 2.5 min a cell, 30 s an epoch); a study file's
 # max_cell_hours / max_epoch_minutes (or its preset's) override them
+# the ranges a study file may give them: the watchdog looks once a second (so no limit under 3.6 s or 3 s),
+# and a limit past a year or a week is no limit (say so by leaving the key out: the preset's default)
+MAX_CELL_HOURS = (0.001, 8760.0)
+MAX_EPOCH_MINUTES = (0.05, 10080.0)
 TIME_LIMITS = {"smoke": (0.5, 10.0), "cpu": (3.0, 30.0), "gpu": (48.0, 60.0), "imagenet": (500.0, 360.0)}
 MLFLOW_DEFAULT_EXPERIMENT = "Default"  # MLflow's experiment 0, created with every store
 MAX_TAG_VALUE = 5000  # well under MLflow's limit on a tag's value
@@ -70,7 +74,7 @@ Metric = MetricName
 class Level(BaseModel):
     """One level of a factor: a label and the config keys it sets."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     label: str = Field(min_length=1)
     set: dict[str, Any] = Field(min_length=1)
 
@@ -78,7 +82,7 @@ class Level(BaseModel):
 class Resources(BaseModel):
     """What one trial asks of the scheduler."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     cpus: int = Field(default=1, ge=1)
     gpus: float = Field(default=0.0, ge=0.0)
 
@@ -94,14 +98,14 @@ def check_seeds(seeds: list[int]) -> list[int]:
 
 
 class PresetSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     set: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     seeds: Optional[list[int]] = Field(default=None, min_length=1)
     max_failures: Optional[int] = Field(default=None, ge=0)
     max_seeds: Optional[int] = Field(default=None, ge=2)
-    max_cell_hours: Optional[float] = Field(default=None, gt=0)
-    max_epoch_minutes: Optional[float] = Field(default=None, gt=0)
+    max_cell_hours: Optional[float] = Field(default=None, ge=MAX_CELL_HOURS[0], le=MAX_CELL_HOURS[1])
+    max_epoch_minutes: Optional[float] = Field(default=None, ge=MAX_EPOCH_MINUTES[0], le=MAX_EPOCH_MINUTES[1])
 
     @field_validator("seeds")
     @classmethod
@@ -112,7 +116,7 @@ class PresetSpec(BaseModel):
 class StudySpec(BaseModel):
     """The schema of a study file. Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     name: str = Field(min_length=1, pattern=STUDY_NAME_RE)
     description: str = Field(default="", max_length=2000)
     # the paper's finding (labels, sampling, boundary, method): shorthand for its hypotheses (analysis.paper)
@@ -126,13 +130,13 @@ class StudySpec(BaseModel):
     max_failures: int = Field(default=DEFAULT_MAX_FAILURES, ge=0)  # the retry policy: study/retry.py
     # a cell's time limit and the longest silence between two of its epochs (a hung cell is stopped and
     # marked FAILED with the reason: cluster.tune_run.Watchdog); default: the preset's TIME_LIMITS
-    max_cell_hours: Optional[float] = Field(default=None, gt=0)
-    max_epoch_minutes: Optional[float] = Field(default=None, gt=0)
+    max_cell_hours: Optional[float] = Field(default=None, ge=MAX_CELL_HOURS[0], le=MAX_CELL_HOURS[1])
+    max_epoch_minutes: Optional[float] = Field(default=None, ge=MAX_EPOCH_MINUTES[0], le=MAX_EPOCH_MINUTES[1])
     # --until-decided's limit on seeds per cell when the command gives none (default: analysis.decide.MAX_SEEDS)
     max_seeds: Optional[int] = Field(default=None, ge=2)
     # half-width of the region of practical equivalence of the finding's comparisons, in the
     # metric's units (accuracies are fractions: 0.005 = 0.5 points of kNN top-1)
-    equivalence_delta: float = 0.005
+    equivalence_delta: float = Field(default=0.005, gt=0)
 
     @field_validator("factors")
     @classmethod

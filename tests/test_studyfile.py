@@ -106,6 +106,12 @@ BAD = [
      ["'finding'", "did you mean 'sampling'", "allowed: labels, sampling, boundary, method"]),
     ("name: x\nfinding: boundary\nfactors: {sampling: [hard]}\n",
      ["'finding'", "factor 'boundary'", "does not vary", "its factors: sampling"]),
+    # a time limit or a tolerance must be a finite number in its range (YAML's .inf, .nan and 1e308 are numbers)
+    ("name: x\nfactors: {sampling: [hard]}\nmax_cell_hours: .inf\n", ["max_cell_hours", "finite number"]),
+    ("name: x\nfactors: {sampling: [hard]}\nmax_cell_hours: 1.0e+308\n", ["max_cell_hours", "less than or equal"]),
+    ("name: x\nfactors: {sampling: [hard]}\npresets: {cpu: {max_epoch_minutes: 1.0e-9}}\n",
+     ["presets.cpu.max_epoch_minutes", "greater than or equal to 0.05"]),
+    ("name: x\nfactors: {sampling: [hard]}\nequivalence_delta: .nan\n", ["equivalence_delta", "finite number"]),
 ]
 
 
