@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a full disk, a read-only folder: one line (the files it wrote are whole)
         from study.core.errors import infrastructure_error
 
-        infra = infrastructure_error(err)
+        infra = infrastructure_error(err, then="then run it again (the files it wrote are whole)")
         if infra is None:
             raise
         print(f"analysis: {infra}", file=sys.stderr)

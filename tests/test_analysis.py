@@ -391,3 +391,19 @@ def test_a_mistyped_study_is_refused_and_an_absent_one_reported_not_run(uri, tmp
     assert main(["--study", "zzzqqq", "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
     assert "no study 'zzzqqq' in the store (reported as not run" in capsys.readouterr().err
     assert "not run" in (out / "REPORT.md").read_text()
+
+
+@pytest.mark.parametrize("errno, words", [(28, "the disk is full"), (20, "a file stands where a folder should be")])
+def test_a_machine_failure_mid_build_is_one_line_that_says_to_rebuild(uri, tmp_path, monkeypatch, capsys, errno,
+                                                                       words):
+    """A full disk (or a file where a folder should be) while the analysis writes: one line, exit 1, naming
+    the file and saying to run the analysis again, not to resume a study."""
+    import os
+
+    def fails(*_a, **_k):
+        raise OSError(errno, os.strerror(errno), str(tmp_path / "out" / "sampling" / "summary.csv"))
+    monkeypatch.setattr("analysis.pipeline.build_all", fails)
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "summary.csv" in err, err
+    assert "run it again" in err and "cells" not in err, err

@@ -57,7 +57,11 @@ _OS_CAUSES = {
     13: ("permission denied", "fix the folder's permissions or point the toolkit elsewhere"),  # EACCES
     1: ("operation not permitted", "fix the folder's permissions or point the toolkit elsewhere"),  # EPERM
     24: ("too many open files", "raise the limit (ulimit -n)"),  # EMFILE
+    20: ("a file stands where a folder should be", "move it, or point the toolkit at another folder"),  # ENOTDIR
+    21: ("a folder stands where a file should be", "move it, or point the toolkit at another file"),  # EISDIR
 }
+# what the command to run once the cause is mended does: a study's run resumes
+RESUME = "then run the same command again (finished cells are kept, the others resume)"
 # what the store's drivers say instead of an errno (sqlite, PostgreSQL)
 _TEXT_CAUSES = {
     "database or disk is full": ("the disk holding the MLflow store is full", "free space"),
@@ -79,22 +83,21 @@ def infrastructure_text(text: str) -> str | None:
     return None
 
 
-def infrastructure_error(err: BaseException | None) -> InfrastructureError | None:
+def infrastructure_error(err: BaseException | None, then: str = RESUME) -> InfrastructureError | None:
     """An :class:`InfrastructureError` naming the resource, the cause and what to do when ``err`` (or an
     exception it was raised from) is a failure of the machine: a full disk, a read-only or forbidden
-    folder, too many open files; else None."""
+    folder, a file where a folder should be, too many open files; else None. ``then``: what to do once
+    it is mended (default: a study's resume; the analysis says to rebuild)."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in _OS_CAUSES:
             cause, todo = _OS_CAUSES[err.errno]
             where = f" ({err.filename})" if err.filename else ""
-            return InfrastructureError(f"{cause}{where}: {todo}, then run the same command again (finished cells "
-                                       "are kept, the others resume)")
+            return InfrastructureError(f"{cause}{where}: {todo}, {then}")
         text = str(err)
         for mark, (cause, todo) in _TEXT_CAUSES.items():
             if mark in text:
-                return InfrastructureError(f"{cause} ({mark}): {todo}, then run the same command again (finished "
-                                           "cells are kept, the others resume)")
+                return InfrastructureError(f"{cause} ({mark}): {todo}, {then}")
         err = err.__cause__ or err.__context__
     return None
