@@ -303,6 +303,7 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
         def on_trial_start(self, iteration, trials, trial, **info):
             interrupt.check()
             cid = trial.config["cell"]["cell_id"]
+            _ONE_LINE.run_dirs[str(trial)] = Path(trial.config["cell"]["run_dir"])
             tracker.open_cell(cells[cid], parent_id)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -384,10 +385,18 @@ class OneLineTrialErrors(logging.Filter):
     ray#32481): one line instead, naming the cell and the error's last line. The traceback stays in the
     cell run's ``error`` tag and its ``train.log``."""
 
+    def __init__(self):
+        super().__init__()
+        self.run_dirs: dict[str, Path] = {}  # trial name -> its cell's run directory (run_cells fills it)
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and str(record.msg).startswith("Trial task failed"):
             err = record.exc_info[1]
             last = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            run_dir = self.run_dirs.get(str(record.msg).rsplit(" ", 1)[-1])
+            if run_dir is not None and (run_dir / STOPPED_FILE).exists():
+                # the watchdog ended a stuck trial's process: its reason, not Ray's "worker died"
+                last = (run_dir / STOPPED_FILE).read_text().strip()
             record.msg, record.args, record.exc_info, record.exc_text = (
                 f"a cell failed: {last[:300]} (the traceback: the cell run's error tag and train.log)", None, None, None)
         return True
@@ -434,6 +443,7 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, *, run_roo
     trainable = tune.with_resources(load_trial(), resources)
     callbacks = _tune_callbacks(study, tracker, parent_id, by_id, len(study.cells), done_before)
     controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+    _ONE_LINE.run_dirs.clear()
     if _ONE_LINE not in controller_log.filters:
         controller_log.addFilter(_ONE_LINE)
     # Of Tune's default loggers only the JSON one (result.json, which Tune's result grid reads back): the

@@ -63,6 +63,7 @@ def test_a_hung_cell_is_stopped_with_its_reason_and_status_shows_its_age(tmp_pat
     out = log.read_text()
     assert "running (last epoch 0" in status_out and "limit 0.25 min" in status_out, status_out
     assert study.returncode == 1, out  # a failed cell
+    assert "a cell failed: stopped: no epoch for" in out, out[-3000:]  # the reason, not Ray's "worker died"
     runs = _runs(tmp_path, "hang")
     assert runs["semi-hard"].info.status == "FINISHED"
     assert runs["hard"].info.status == "FAILED"
