@@ -6,11 +6,13 @@ mlflow-server`` does, and stops it and drops the database at the end. Needs
 root and Debian's PostgreSQL (``.ci/run`` installs it); skipped with the reason
 otherwise.
 
-- The smoke study, locally and through SLURM: the same store checks as with
-  sqlite (every cell once, FINISHED, each epoch's metrics once), and the cells'
-  artifacts in the server's artifact root.
-- The server killed mid-study: one clear error naming the server, exit 1; the
-  same command after the server is back finishes with nothing duplicated.
+- The smoke study through SLURM: the same store checks as with sqlite (every
+  cell once, FINISHED, each epoch's metrics once), and the cells' artifacts in
+  the server's artifact root.
+- A local study whose server is killed mid-study: one clear error naming the
+  server, exit 1; the same command after the server is back finishes with
+  nothing duplicated, the artifacts in the server's root, and `status` names
+  the server.
 """
 
 from __future__ import annotations
@@ -133,20 +135,6 @@ def _check_artifacts(server, tmp_path, runs):
 
 
 @needs_server
-@pytest.mark.slow
-@pytest.mark.timeout(1200)  # the first test of the module also waits for the server's new schema
-def test_smoke_study_against_the_server(tmp_path, server):
-    path = write_smoke_study(tmp_path, "srv-local", epochs=1, seeds="[0]")
-    res = _study(["run", str(path), "--preset", "smoke"], _env(tmp_path, server))
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "finished 2/2" in res.stdout
-    runs = _check_complete(server.client(), "srv-local", 2, 1)
-    _check_artifacts(server, tmp_path, runs)
-    status = _study(["status", str(path), "--preset", "smoke"], _env(tmp_path, server))
-    assert status.returncode == 0 and "done 2" in status.stdout and server.uri in status.stdout, status.stdout
-
-
-@needs_server
 @needs_slurm
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # a SLURM job (Ray start-up on the node) on top of the study
@@ -163,6 +151,7 @@ def test_smoke_study_against_the_server_through_slurm(tmp_path, server, jobs):
 
 @needs_server
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # may be the module's first test: it also waits for the server's new schema
 def test_server_killed_mid_study_then_resumed(tmp_path, server):
     """The server crashes with one cell finished and another mid-training: the study stops with
     one message naming the server (exit 1, no traceback); once the server is back, the same
@@ -205,3 +194,5 @@ def test_server_killed_mid_study_then_resumed(tmp_path, server):
         if r.data.tags["cell_id"] in finished:
             assert r.info.run_id == finished[r.data.tags["cell_id"]]
     _check_artifacts(server, tmp_path, runs)
+    status = _study(["status", str(path), "--preset", "smoke"], env)
+    assert status.returncode == 0 and "done 2" in status.stdout and server.uri in status.stdout, status.stdout

@@ -386,6 +386,8 @@ def test_a_lost_node_is_named(monkeypatch):
 
 # ---------------------------------------------------------------- the job, without SLURM (slow)
 @pytest.mark.slow
+@pytest.mark.skipif(TWO_NODES, reason="a SLURM of 2 nodes is here: tests/test_slurm_nodes.py runs this two-task "
+                                      "path through SLURM itself (a Ray cluster less for make test)")
 def test_job_code_path_through_submitit_local_executor(store, monkeypatch):
     """The job as SLURM would run it: task 0 starts the Ray head and drives Tune, task 1 joins as a
     second Ray node (two SLURM tasks on one machine), and the cells land in the store."""

@@ -41,6 +41,8 @@ def test_two_node_study_uses_both_nodes(store, jobs):
     log = log_path.read_text()
     assert "Ray head with 2 CPUs" in log
     assert "2 node(s), 4 CPUs" in log, log[-3000:]  # both Ray nodes joined before the study started
+    tokens = list((tmp_path / "slurm_logs").rglob("ray_auth_token"))  # the cluster's token: its owner's only
+    assert tokens and all(oct(t.stat().st_mode & 0o777) == "0o600" for t in tokens), tokens
     runs = _check_complete(_client(tmp_path), "slurm-2n", 4, 1)
     assert {r.data.tags.get("node") for r in runs} == set(NODES[:2]), [r.data.tags for r in runs]
     # the same command again finds every cell finished and submits nothing
