@@ -24,6 +24,9 @@ FONT_FILES = ("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc", "/usr/share/fonts/
 
 # matplotlib logs a "weight normal not found, using 500" line for WenQuanYi Zen Hei (a medium weight only)
 logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+# fontTools, subsetting these fonts into a PDF, warns once per figure that unifont's 'created' timestamp
+# "seems very low" (the font's header, not our input): noise on every analysis
+logging.getLogger("fontTools").setLevel(logging.ERROR)
 
 
 @functools.lru_cache(maxsize=1)
