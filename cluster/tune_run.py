@@ -405,6 +405,27 @@ class OneLineTrialErrors(logging.Filter):
 _ONE_LINE = OneLineTrialErrors()
 
 
+class OneLineSyncErrors(logging.Filter):
+    """Ray's syncer (which copies a trial's files into Tune's storage, ``STUDY_RAY_RESULTS``) logs a
+    whole traceback when a copy fails, a full disk's included: one line instead, naming the cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "Traceback" in text or record.exc_info:
+            from study.core.errors import infrastructure_text
+            from study.core.paths import ray_storage
+
+            last = (text.strip().splitlines() or [""])[-1].strip()
+            cause = infrastructure_text(text)
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                f"Ray Tune could not copy a trial's files into its storage ({ray_storage()}, STUDY_RAY_RESULTS): "
+                f"{cause or last[:300]}", None, None, None)
+        return True
+
+
+_ONE_LINE_SYNC = OneLineSyncErrors()
+
+
 def _trial_error(trial) -> str:
     stopped = Path(trial.config["cell"]["run_dir"]) / STOPPED_FILE
     if stopped.exists():  # the watchdog's reason (the trial's own error may only say its process died)
@@ -446,6 +467,9 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, *, run_roo
     _ONE_LINE.run_dirs.clear()
     if _ONE_LINE not in controller_log.filters:
         controller_log.addFilter(_ONE_LINE)
+    sync_log = logging.getLogger("ray.train._internal.syncer")
+    if _ONE_LINE_SYNC not in sync_log.filters:
+        sync_log.addFilter(_ONE_LINE_SYNC)
     # Of Tune's default loggers only the JSON one (result.json, which Tune's result grid reads back): the
     # TensorBoard one imports torch into the driver (~2 CPU-s and ~500 MB a command), and MLflow is the record
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")

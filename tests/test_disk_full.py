@@ -86,3 +86,29 @@ def test_a_disk_filled_mid_study_is_one_line_and_the_rerun_finishes(tmp_path):
         assert not [r for r in runs if r.info.status == "RUNNING"]
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_rays_syncer_traceback_is_one_line_naming_the_cause():
+    """Ray's syncer logs a whole traceback when it cannot copy a trial's files into Tune's storage (a full
+    disk while the study runs): the driver's filter leaves one line naming the storage and the cause."""
+    import io
+    import logging
+
+    from cluster.tune_run import OneLineSyncErrors
+
+    log = logging.getLogger("test.syncer")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    log.addHandler(handler)
+    log.addFilter(OneLineSyncErrors())
+    try:
+        log.warning("Last sync command failed with the following error:\nTraceback (most recent call last):\n"
+                    "  File \"syncer.py\", line 411, in wait\nOSError: [Errno 28] Error writing bytes to file. "
+                    "Detail: [errno 28] No space left on device\n")
+        log.warning("Last sync still in progress, skipping sync up")  # no traceback: left as it is
+    finally:
+        log.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "Traceback" not in out.getvalue(), lines
+    assert lines[0].startswith("Ray Tune could not copy") and "STUDY_RAY_RESULTS" in lines[0], lines
+    assert lines[0].endswith("the disk is full") and lines[1] == "Last sync still in progress, skipping sync up"
