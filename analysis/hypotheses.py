@@ -41,7 +41,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from study.core.names import EPOCH_METRICS, PROTOCOL_METRICS, metric_named
+from study.core.names import EPOCH_METRICS, FRACTION_FINALS, PROTOCOL_METRICS, metric_named
 
 # the metrics a study or a hypothesis can be decided on (cell metrics of analysis.load): the final
 # ones, the convergence area, and every per-epoch metric the store's contract names (its last value)
@@ -179,7 +179,8 @@ def check_delta(value: float) -> float:
 # the widest region of equivalence for a metric stored as a fraction: 10 points (a wider one calls almost
 # any two levels equivalent; 0.5 there is most likely "0.5 points" written in points)
 MAX_FRACTION_DELTA = 0.1
-_FRACTION_FINALS = ("final_knn_top1", "linear_top1", "final_nmi", "knn_auc") + PROTOCOL_METRICS
+# the store's fractions (study.core.names) and the analysis's own mean of kNN top-1 over epochs
+_FRACTION_FINALS = FRACTION_FINALS + ("knn_auc",)
 
 
 def delta_problem(delta: float, metric: str) -> str | None:

@@ -70,3 +70,14 @@ def test_tag_names_are_read_and_written_through_the_contract():
     assert names.factor_tag("labels") == "factor.labels"
     values = [v for k, v in vars(names.Tag).items() if k.isupper() and k not in ("CELL", "PARENT")]
     assert len(values) == len(set(values))
+
+
+def test_every_final_accuracy_has_its_unit_in_the_contract():
+    """The final metrics stored as fractions are named in one place (names.FRACTION_FINALS): every final
+    accuracy and NMI, no cost in seconds."""
+    from study.core import names
+
+    finals = set(names.FINAL_METRICS.values())
+    fractions = {m for m in finals if m.endswith("_top1") or m.endswith("nmi")}
+    assert fractions == set(names.FRACTION_FINALS)
+    assert not set(names.FRACTION_FINALS) & set(names.PROTOCOL_SECONDS)

@@ -155,6 +155,9 @@ PROTOCOL_METRICS = (tuple(lowshot_metric(k) for k in LOWSHOT_SHOTS) + tuple(semi
 PROTOCOL_SECONDS = ("lowshot_seconds", "semisup_seconds", "transfer_seconds")
 FINAL_METRICS: dict[str, str] = {"linear_top1": "linear_top1", "knn_top1": "final_knn_top1", "nmi": "final_nmi",
                                  **{m: m for m in PROTOCOL_METRICS + PROTOCOL_SECONDS}}
+# the final metrics stored as a fraction in [0, 1] (accuracies, NMI; the report shows them in points): the
+# unit of each final metric, as EPOCH_METRICS' MetricName.unit is of each per-epoch one
+FRACTION_FINALS = ("linear_top1", "final_knn_top1", "final_nmi") + PROTOCOL_METRICS
 # what the trainer writes that is not a metric of the run, and why
 NOT_LOGGED: dict[str, str] = {
     "epoch": "the step every per-epoch metric is logged at",
