@@ -12,7 +12,8 @@ from study.core import names
 from study.core.config import build_config
 from study.method.model import KeyQueue
 from study.train.evaluation import cluster_recall
-from study.train.mechanism import (MechanismCounts, class_histogram, classes_of, kl_from_prior,
+from study.train.mechanism import (MechanismCounts, class_histogram, class_pair_counts, classes_of,
+                                   conditional_kl_from_prior, kl_from_prior,
                                    queue_false_counts, same_class_counts)
 from study.train.trainer import Trainer
 
@@ -63,8 +64,24 @@ def test_positive_precision_and_an_epoch_of_counts():
     p = torch.tensor([2, 3, 3], dtype=torch.float64) / 8  # negatives' classes 1, 2, 1, 1, 0, 0, 2, 2
     q = torch.tensor([2, 2, 1], dtype=torch.float64) / 5
     assert m["neg_class_kl"] == pytest.approx(float((p * (p / q).log()).sum()), abs=1e-12)
+    # given the query's class (query -1 left out): class 0 meets [1, 2], class 1 [1, 1], class 2 [0, 0],
+    # each a third of the 6 pairs: KL([0, .5, .5] || q), KL([0, 1, 0] || q), KL([1, 0, 0] || q)
+    by_hand = (0.5 * math.log(0.5 / 0.4) + 0.5 * math.log(0.5 / 0.2) + math.log(1 / 0.4) + math.log(1 / 0.4)) / 3
+    assert m["neg_class_kl_given_query"] == pytest.approx(by_hand, abs=1e-12)
     assert set(m) <= {x.name for x in names.EPOCH_METRICS}
     assert MechanismCounts(prior=torch.tensor([1, 1])).metrics() == {}
+
+
+def test_pair_counts_and_the_conditional_divergence_by_hand():
+    pairs = class_pair_counts(torch.tensor([0, 1, -1]), torch.tensor([[1, 1, -1], [0, 1, 1], [0, 0, 0]]), 2)
+    assert pairs.tolist() == [[0, 2], [1, 2]]  # query 0: two of class 1 (one unlabelled); query 1: 0, 1, 1
+    prior = torch.tensor([1, 1])
+    # row 0 (2 pairs): KL([0, 1] || [.5, .5]) = ln 2; row 1 (3 pairs): KL([1/3, 2/3] || [.5, .5])
+    row1 = (1 / 3) * math.log((1 / 3) / 0.5) + (2 / 3) * math.log((2 / 3) / 0.5)
+    assert conditional_kl_from_prior(pairs, prior) == pytest.approx(2 / 5 * math.log(2) + 3 / 5 * row1, abs=1e-12)
+    # negatives drawn in proportion to the prior whatever the query: no divergence, pooled or given the query
+    assert conditional_kl_from_prior(torch.tensor([[3, 3], [1, 1]]), prior) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(conditional_kl_from_prior(torch.zeros(2, 2, dtype=torch.long), prior))
 
 
 def test_cluster_recall_by_hand():

@@ -109,6 +109,9 @@ EPOCH_METRICS: tuple[MetricName, ...] = (
                "(false negatives), over the epoch's steps", better="lower", mechanism=True),
     MetricName("neg_class_kl", "nats", INTER, "KL divergence of the sampled inter-image negatives' true classes "
                "from the class prior of the training set", better="lower", mechanism=True),
+    MetricName("neg_class_kl_given_query", "nats", INTER, "KL divergence of the sampled inter-image negatives' true "
+               "classes given the query's true class from the class prior, mean over the query classes (weighted "
+               "by their pairs): a bias by query that the pooled divergence hides", better="lower", mechanism=True),
     MetricName("pos_precision", "fraction", INTER, "inter-image positives (same pseudo-label) of the query's true "
                "class", better="higher", mechanism=True),
     MetricName("cluster_recall", "fraction", INTER, "an image's true-class images that its cluster holds, mean over "

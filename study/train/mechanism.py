@@ -7,7 +7,10 @@ ground-truth classes (``-1``: an unlabelled image, left out of every count):
 
 - *reliable*: the share of the sampled negatives whose true class is the query's (false negatives);
 - *unbiased*: the KL divergence (nats) of the sampled negatives' class distribution from the class
-  prior of the training set; 0 when the negatives are drawn in proportion to the classes;
+  prior of the training set; 0 when the negatives are drawn in proportion to the classes. Pooled over
+  the queries this hides a bias that differs by query (hard negatives of a shirt are T-shirts, of a
+  sneaker sandals): the conditional divergence, of the negatives' classes given the query's class,
+  averaged over the query classes, shows it;
 - *positive quality*: the share of the inter-image positives (same pseudo-label) of the query's true
   class (precision), and the share of the query's true-class images its cluster holds (recall,
   :func:`study.train.evaluation.cluster_recall`).
@@ -70,6 +73,26 @@ def kl_from_prior(counts: Tensor, prior: Tensor) -> float:
     return float((p[held] * (p[held] / q[held]).log()).sum())
 
 
+def class_pair_counts(query_cls: Tensor, other_cls: Tensor, num_classes: int) -> Tensor:
+    """(C, C) int64 counts of the pairs (query i, entry j) of ``query_cls`` (n,) and ``other_cls`` (n, K) where
+    both are labelled, by [query's class, entry's class]."""
+    q = query_cls.reshape(-1, 1).expand(-1, other_cls.reshape(query_cls.numel(), -1).shape[1])  # (n, K)
+    o = other_cls.reshape(q.shape)  # (n, K)
+    both = (q >= 0) & (o >= 0)
+    pair = q[both] * num_classes + o[both]  # (pairs,) flat index into the (C, C) table
+    return torch.bincount(pair, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def conditional_kl_from_prior(pairs: Tensor, prior: Tensor) -> float:
+    """sum_c w_c KL(p(. | c) || q) in nats: ``pairs`` (C, C) counts [query class c, entry class], p(. | c)
+    its row c normalised, w_c the row's share of all pairs, q = prior / sum (C,). NaN without a pair."""
+    total = float(pairs.sum())
+    if total == 0:
+        return math.nan
+    rows = pairs.sum(dim=1)  # (C,)
+    return sum(float(rows[c]) / total * kl_from_prior(pairs[c], prior) for c in range(pairs.shape[0]) if rows[c] > 0)
+
+
 @dataclass
 class MechanismCounts:
     """One epoch's sums of the mechanism counts (this process's queries), turned into metrics at its end.
@@ -81,6 +104,7 @@ class MechanismCounts:
     neg_same: int = 0
     neg_labelled: int = 0
     neg_hist: Tensor | None = None  # (C,)
+    neg_pairs: Tensor | None = None  # (C, C) [query class, negative class]
     pos_same: int = 0
     pos_labelled: int = 0
     queue_same: int = 0
@@ -105,6 +129,7 @@ class MechanismCounts:
         self.neg_same += same
         self.neg_labelled += labelled
         self.neg_hist = self._add_hist(self.neg_hist, class_histogram(neg_cls, self.prior.numel()))
+        self.neg_pairs = self._add_hist(self.neg_pairs, class_pair_counts(query_cls, neg_cls, self.prior.numel()))
         same, labelled = same_class_counts(query_cls, pos_cls)
         self.pos_same += same
         self.pos_labelled += labelled
@@ -118,6 +143,7 @@ class MechanismCounts:
         if self.neg_labelled:
             out["neg_false_ratio"] = self.neg_same / self.neg_labelled
             out["neg_class_kl"] = kl_from_prior(self.neg_hist, self.prior)
+            out["neg_class_kl_given_query"] = conditional_kl_from_prior(self.neg_pairs, self.prior)
         if self.pos_labelled:
             out["pos_precision"] = self.pos_same / self.pos_labelled
         return out
