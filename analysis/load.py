@@ -174,8 +174,9 @@ def client_for(tracking_uri: str | None = None):
     if problem:
         raise (ServerError if problem[1] == 1 else StoreError)(f"MLFLOW_TRACKING_URI={shown_uri(uri)}: {problem[0]}")
     db = _sqlite_path(uri)
-    if db is not None and (str(db) == ":memory:" or not db.is_file()):
-        raise StoreError(f"no MLflow store at {uri} (file {db} does not exist); run a study first")
+    if db is not None and (str(db) == ":memory:" or not db.is_file() or db.stat().st_size == 0):
+        what = "is empty" if db.is_file() else "does not exist"
+        raise StoreError(f"no MLflow store at {uri} (file {db} {what}); run a study first")
     bound_http_retries()
     try:
         check_server(uri)

@@ -192,32 +192,44 @@ def store_problem(uri: str, write: bool = True) -> tuple[str, int] | None:
     return None
 
 
+# file systems of the kernel's own state: no file can be made there
+VIRTUAL_FILE_SYSTEMS = ("proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs")
+
+
 def _sqlite_problem(uri: str, write: bool) -> tuple[str, int] | None:
+    import stat
     from pathlib import Path
 
     rest = uri[len("sqlite:///"):].split("?", 1)[0]
     if not rest or rest == ":memory:":
         return None
     db = Path(rest)
+    # the nearest entry on the way, links not followed: a dangling link is an entry that leads nowhere
+    entry = next(p for p in (db, *db.parents) if os.path.lexists(p))
+    if entry.is_symlink() and not entry.exists():
+        return f"{entry} is a symbolic link to {os.readlink(entry)}, which does not exist", 2
+    if file_system(str(entry)) in VIRTUAL_FILE_SYSTEMS:
+        return f"{db} lies in the kernel's {file_system(str(entry))} file system, where no store can be made", 2
+    if entry != db:
+        if not entry.is_dir() or (write and not os.access(entry, os.W_OK | os.X_OK)):
+            why = "not a directory" if not entry.is_dir() else "not writable"
+            return f"the store {db} cannot be created: {entry} is {why}", 2
+        return None
     if db.is_dir():
         return f"{db} is a directory, not an sqlite database file", 2
-    if db.exists():
-        try:
-            with open(db, "rb") as fh:
-                head = fh.read(len(SQLITE_HEADER))
-        except OSError as err:
-            return f"cannot read {db} ({err.strerror})", 1
-        if head and head != SQLITE_HEADER:
-            return f"{db} is not an SQLite database (another file at that path?)", 2
-        if write and (not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK | os.X_OK)):
-            what = db if not os.access(db, os.W_OK) else db.parent
-            return (f"{what} is read-only (sqlite writes the database and its journal "
-                    "beside it): make it writable, or use a store elsewhere"), 1
-        return None
-    above = next(p for p in db.parents if p.exists())
-    if not above.is_dir() or (write and not os.access(above, os.W_OK | os.X_OK)):
-        why = "not a directory" if not above.is_dir() else "not writable"
-        return f"the store {db} cannot be created: {above} is {why}", 2
+    if not stat.S_ISREG(db.stat().st_mode):
+        return f"{db} is not a regular file (a pipe or a device), not an sqlite database file", 2
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except OSError as err:
+        return f"cannot read {db} ({err.strerror})", 1
+    if head and head != SQLITE_HEADER:
+        return f"{db} is not an SQLite database (another file at that path?)", 2
+    if write and (not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK | os.X_OK)):
+        what = db if not os.access(db, os.W_OK) else db.parent
+        return (f"{what} is read-only (sqlite writes the database and its journal "
+                "beside it): make it writable, or use a store elsewhere"), 1
     return None
 
 

@@ -68,7 +68,8 @@ def store_exists(uri: str) -> bool:
         problem = store_problem(uri, write=False)
         if problem:
             raise UserError(problem[0], source=f"MLFLOW_TRACKING_URI={uri}")
-        return Path(uri[len("sqlite:///"):].split("?")[0]).is_file()
+        db = Path(uri[len("sqlite:///"):].split("?")[0])
+        return db.is_file() and db.stat().st_size > 0  # an empty file is no store yet: reading it would make one
     return not uri.startswith("sqlite:")
 
 

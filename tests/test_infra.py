@@ -113,9 +113,19 @@ def test_a_store_that_is_not_an_mlflow_server_is_one_line(kind, tmp_path):
 def _store_cases(tmp_path):
     """(name, MLflow tracking URI, expected exit status, words of the message): stores MLflow cannot open,
     which it would retry on for minutes with hundreds of logged lines (issue 27, class 2)."""
+    import os
+
     (tmp_path / "a-folder.db").mkdir()
     (tmp_path / "notes.db").write_text("not a database\n")
+    os.mkfifo(tmp_path / "pipe.db")  # a pipe: opening it would block every command for good
+    (tmp_path / "dangling.db").symlink_to(tmp_path / "gone" / "x.db")
+    (tmp_path / "dangling-dir").symlink_to(tmp_path / "gone")
     return [("sqlite path is a folder", f"sqlite:///{tmp_path / 'a-folder.db'}", 2, "is a directory"),
+            ("sqlite path is a pipe", f"sqlite:///{tmp_path / 'pipe.db'}", 2, "not a regular file"),
+            ("sqlite path is a dangling link", f"sqlite:///{tmp_path / 'dangling.db'}", 2, "which does not exist"),
+            ("sqlite folder is a dangling link", f"sqlite:///{tmp_path / 'dangling-dir' / 'm.db'}", 2,
+             "which does not exist"),
+            ("sqlite path in /proc", "sqlite:////proc/x.db", 2, "kernel's proc file system"),
             ("sqlite path is another file", f"sqlite:///{tmp_path / 'notes.db'}", 2, "is not an SQLite database"),
             ("sqlite folder is a file", f"sqlite:///{tmp_path / 'notes.db' / 'm.db'}", 2, "cannot be created"),
             ("database server not listening", f"postgresql+psycopg2://mlflow:secret@127.0.0.1:{_free_port()}/x", 1,
@@ -133,7 +143,8 @@ def test_a_store_that_cannot_be_opened_is_one_line(tmp_path):
             assert "Traceback" not in err and len(err.splitlines()) == 1, (name, cmd, err)
             assert words in err and "MLFLOW_TRACKING_URI" in err and "secret" not in err, (name, cmd, err)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder.db", "notes.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder.db", "dangling-dir", "dangling.db", "notes.db",
+                                                          "pipe.db"]
     assert list((tmp_path / "a-folder.db").iterdir()) == []
 
 
@@ -155,3 +166,16 @@ def test_a_folder_the_run_would_write_to_is_checked_before_anything_is_written(v
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"${variable}" in err and "is a file, not a folder" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_an_empty_file_is_no_store_and_reading_it_writes_nothing(tmp_path):
+    """An empty file where the store should be is no store yet: `status`, the dry run and the analysis say
+    so and leave it empty (reading it through MLflow would make the tables, and a lock beside it)."""
+    store = tmp_path / "empty.db"
+    store.write_bytes(b"")
+    uri = f"sqlite:///{store}"
+    for cmd, code, words in ((COMMANDS[0], 0, "no store at"), (COMMANDS[1], 0, "no cell of this study has run"),
+                             (COMMANDS[4], 2, "is empty")):
+        res = _run(cmd, uri, tmp_path)
+        assert res.returncode == code and words in res.stdout + res.stderr, (cmd, res.returncode, res.stdout, res.stderr)
+    assert store.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
