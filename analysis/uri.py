@@ -208,8 +208,9 @@ def _sqlite_problem(uri: str, write: bool) -> tuple[str, int] | None:
     entry = next(p for p in (db, *db.parents) if os.path.lexists(p))
     if entry.is_symlink() and not entry.exists():
         return f"{entry} is a symbolic link to {os.readlink(entry)}, which does not exist", 2
-    if file_system(str(entry)) in VIRTUAL_FILE_SYSTEMS:
-        return f"{db} lies in the kernel's {file_system(str(entry))} file system, where no store can be made", 2
+    kind = file_system(str(entry))
+    if kind in VIRTUAL_FILE_SYSTEMS:
+        return f"{db} lies in the kernel's {kind} file system, where no store can be made", 2
     if entry != db:
         if not entry.is_dir() or (write and not os.access(entry, os.W_OK | os.X_OK)):
             why = "not a directory" if not entry.is_dir() else "not writable"

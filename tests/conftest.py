@@ -194,16 +194,25 @@ def busy_cores():
 def finish_by_hand(study, knn=(0.5, 0.6, 0.7)) -> None:
     """The study's cells written as the Tune callback writes them (open, epochs, final, end), and its
     parent finished, in this process's store: no Ray, for tests of what reads the store."""
-    from study.tracking import FINISHED, StudyTracker
+    from study.tracking import StudyTracker
 
     tracker = StudyTracker(study.name)
     parent = tracker.parent_run_id(study.parent_params(), study.path)
     for key, value in study.parent_tags().items():
         tracker.client.set_tag(parent, key, value)
+    write_cells_by_hand(tracker, study, parent, knn)
+    tracker.finish_parent(parent)
+
+
+def write_cells_by_hand(tracker, study, parent: str, knn=(0.5, 0.6, 0.7)) -> dict[str, str]:
+    """Each of ``study``'s cells written under ``parent`` as the Tune callback writes it (open, epochs,
+    final, end); cell_id -> its run id."""
+    from study.tracking import FINISHED
+
     for i, cell in enumerate(study.cells):
         tracker.open_cell(cell, parent)
         for epoch, v in enumerate(knn):
             tracker.log_epoch(cell.cell_id, epoch, {"knn_top1": v + i / 100, "loss": 5.0 - epoch})
         tracker.log_final(cell.cell_id, {"epochs": 2, "knn_top1": knn[-1] + i / 100, "linear_top1": 0.8})
         tracker.end_cell(cell.cell_id, FINISHED)
-    tracker.finish_parent(parent)
+    return {c.cell_id: tracker.cell_runs()[c.cell_id][0] for c in study.cells}

@@ -6,7 +6,7 @@ import glob
 
 import pytest
 
-from conftest import run_here, store_client
+from conftest import run_here, store_client, write_cells_by_hand
 from study.core.canonical import EXECUTION_KEYS, INTER_KEYS, canonical_config
 from study.core.config import build_config
 from study.studyfile import cell_hash, load_study
@@ -111,13 +111,7 @@ def _finish_by_hand(study, knn=(0.5, 0.6, 0.7)):
     """Write each cell's run exactly as the Tune callback does (open, epochs, final, end)."""
     tracker = StudyTracker(study.name)
     parent = tracker.parent_run_id({"factors": "sampling", "metric": "knn_top1"})
-    for i, cell in enumerate(study.cells):
-        tracker.open_cell(cell, parent)
-        for epoch, v in enumerate(knn):
-            tracker.log_epoch(cell.cell_id, epoch, {"knn_top1": v + i / 100, "loss": 5.0 - epoch})
-        tracker.log_final(cell.cell_id, {"epochs": 2, "knn_top1": knn[-1] + i / 100, "linear_top1": 0.8})
-        tracker.end_cell(cell.cell_id, FINISHED)
-    return {c.cell_id: tracker.cell_runs()[c.cell_id][0] for c in study.cells}
+    return write_cells_by_hand(tracker, study, parent, knn)
 
 
 def _cells(client, name):
