@@ -176,7 +176,7 @@ def client_for(tracking_uri: str | None = None):
     db = _sqlite_path(uri)
     if db is not None and (str(db) == ":memory:" or not db.is_file() or db.stat().st_size == 0):
         what = "is empty" if db.is_file() else "does not exist"
-        raise StoreError(f"no MLflow store at {uri} (file {db} {what}); run a study first")
+        raise StoreError(f"no MLflow store at {shown_uri(uri)} (file {db} {what}); run a study first")
     bound_http_retries()
     try:
         check_server(uri)
@@ -193,7 +193,7 @@ def client_for(tracking_uri: str | None = None):
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means the store is unreadable
-        raise StoreError(f"cannot read the MLflow store at {uri}: {exc}") from exc
+        raise StoreError(f"cannot read the MLflow store at {shown_uri(uri)}: {shown_uri(str(exc))}") from exc
     return client
 
 

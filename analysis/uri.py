@@ -19,6 +19,7 @@ modes. No transaction is left open by a signal: handlers only record (``study.in
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import threading
@@ -42,11 +43,12 @@ def uri_problem(uri: str) -> str | None:
     if dialect in DEFAULT_DRIVERS:
         module = driver or DEFAULT_DRIVERS[dialect]
         if importlib.util.find_spec(module) is None:
+            other = {"postgresql": "psycopg2", "mysql": "pymysql"}[dialect]
             return (f"{scheme}:// needs the Python module {module}, which is not installed (name an installed "
-                    f"driver, e.g. {dialect}+psycopg2://, or use an MLflow server: http://...)")
+                    f"driver, e.g. {dialect}+{other}://, or use an MLflow server: http://...)")
         return None
     return ("must be sqlite:///<absolute path of a file>, postgresql://..., mysql://... or http(s)://<server> "
-            f"(got {uri!r})")
+            f"(got {shown_uri(uri)!r})")
 
 
 SQLITE_BUSY_TIMEOUT_S = 20  # MLflow's own value for its sessions (mlflow.store.db.utils)
@@ -138,30 +140,64 @@ def check_server(uri: str) -> None:
 
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    request, context = _probe_request(uri)
     last = ""
     for attempt, timeout in enumerate(PROBE_TIMEOUTS_S):
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
                 body = resp.read(1 << 16)
             try:
                 json.loads(body or b"{}")
             except ValueError:
-                raise ServerProblem(f"MLFLOW_TRACKING_URI={uri} is answered by something that is not an MLflow "
+                raise ServerProblem(f"MLFLOW_TRACKING_URI={shown_uri(uri)} is answered by something that is not an MLflow "
                                     f"tracking server (HTTP {resp.status}, not JSON): another service on that "
                                     f"port? {SERVER_HINT}", down=False) from None
             return
         except urllib.error.HTTPError as err:
             what = ("it asks for credentials (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), or it is "
                     "another service on that port" if err.code in (401, 403) else "another service on that port")
-            raise ServerProblem(f"MLFLOW_TRACKING_URI={uri} is answered by something that is not an MLflow tracking "
+            raise ServerProblem(f"MLFLOW_TRACKING_URI={shown_uri(uri)} is answered by something that is not an MLflow tracking "
                                 f"server's API (HTTP {err.code} {err.reason}): {what}; {SERVER_HINT}",
                                 down=False) from None
         except (urllib.error.URLError, OSError) as err:
             last = str(getattr(err, "reason", err))
             if attempt == 0:
                 time.sleep(1.0)
-    raise ServerProblem(f"the MLflow tracking server at {uri} does not answer ({last}); {SERVER_HINT}", down=True)
+    raise ServerProblem(f"the MLflow tracking server at {shown_uri(uri)} does not answer ({last}); {SERVER_HINT}", down=True)
+
+
+def _probe_request(uri: str):
+    """The request :func:`check_server` sends, as MLflow's client would send it: credentials from the URI
+    (``http://user:password@host``, which MLflow's HTTP library turns into basic auth) or from
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``, and its TLS
+    settings (``MLFLOW_TRACKING_INSECURE_TLS``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``). Returns
+    ``(urllib Request, ssl context or None)``."""
+    import base64
+    import ssl
+    import urllib.request
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+                      "max_results=1", ""))
+    user = unquote(parts.username) if parts.username else os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = (unquote(parts.password) if parts.password is not None
+                else os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    headers = {}
+    if user:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]
+    context = None
+    if parts.scheme == "https":
+        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+            context = ssl._create_unverified_context()
+        else:
+            cafile = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or os.environ.get("REQUESTS_CA_BUNDLE")
+            context = ssl.create_default_context(cafile=cafile or None)
+    return urllib.request.Request(url, headers=headers), context
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -180,7 +216,8 @@ def store_problem(uri: str, write: bool = True) -> tuple[str, int] | None:
 
     - sqlite: the file is a directory or not an SQLite database, or a file stands where its folder
       would be; for a command that writes (``write``), the file or its folder is read-only;
-    - postgresql / mysql: nothing listens at the database's host and port (checked within 5 s).
+    - postgresql / mysql: nothing listens at the database's host and port, or what answers there does
+      not speak the database's protocol (checked within 5 s each).
     An ``http(s)://`` server is :func:`check_server`'s. Returns (message, exit status), the message to be
     prefixed with the setting (``MLFLOW_TRACKING_URI=<uri>``): 2 where the URI
     names something that is not a store (the user's input), 1 where the machine or a service is at fault."""
@@ -234,6 +271,7 @@ def _sqlite_problem(uri: str, write: bool) -> tuple[str, int] | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)  # one probe per command: the load checks and the store's opening ask in turn
 def _database_problem(uri: str, scheme: str) -> tuple[str, int] | None:
     import socket
     from urllib.parse import urlsplit
@@ -247,9 +285,56 @@ def _database_problem(uri: str, scheme: str) -> tuple[str, int] | None:
         return None  # a Unix socket: the driver's to find
     port = port or {"postgresql": 5432, "mysql": 3306}[scheme]
     try:
-        with socket.create_connection((host, port), timeout=5):
-            return None
+        conn = socket.create_connection((host, port), timeout=5)
     except OSError as err:
         cause = err.strerror or type(err).__name__
         return (f"the {scheme} database server at {host}:{port} does not answer ({cause}): start it (`bash cluster/mlflow_server.sh prepare` starts this machine's PostgreSQL), or point "
                 "MLFLOW_TRACKING_URI at a running one"), 1
+    try:
+        with conn:
+            if _speaks(conn, scheme):
+                return _login_problem(uri, scheme, f"{host}:{port}")
+            how = "answers, but not"
+    except OSError:  # silent, or the connection dropped: a driver would wait on it for minutes
+        how = "listens, but does not answer"
+    return (f"something at {host}:{port} {how} as a {scheme} database server within 5 s (another service on "
+            "that port?): point MLFLOW_TRACKING_URI at the database's own host and port"), 1
+
+
+def _login_problem(uri: str, scheme: str, where: str) -> tuple[str, int] | None:
+    """Why the database server at ``where`` refuses the URI's login or database (MLflow would retry that
+    for about 100 s, logging each try), found by connecting once through the URI's driver; or None."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    except Exception as err:  # noqa: BLE001 - a URI its driver cannot parse: the message says why
+        return f"{type(err).__name__}: {err}", 2
+    try:
+        with engine.connect():
+            return None
+    except Exception as err:  # noqa: BLE001 - the driver's own error says what the server refused
+        text = str(getattr(err, "orig", None) or err).strip()
+        reason = text.split("FATAL:", 1)[-1].strip().splitlines()[0] if text else type(err).__name__
+        return (f"the {scheme} database server at {where} refuses the connection ({reason}): check the user, "
+                "password and database name in MLFLOW_TRACKING_URI"), 2
+    finally:
+        engine.dispose()
+
+
+# PostgreSQL's SSLRequest (frontend/backend protocol 3.0): length 8, code 1234.5679; a server answers one byte
+_PG_SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+
+
+def _speaks(conn, scheme: str) -> bool:
+    """Whether the peer of ``conn`` speaks the database's protocol, by its first bytes (no login, nothing
+    for the server to log): PostgreSQL answers an SSLRequest with exactly ``S`` or ``N`` (or an error
+    message, ``E``); a MySQL server greets first, a packet of sequence 0 holding its protocol version 10
+    (or an error packet, 0xff). Raises OSError when the peer says nothing within the socket's timeout."""
+    if scheme == "postgresql":
+        conn.sendall(_PG_SSL_REQUEST)
+        head = conn.recv(64)
+        return head in (b"S", b"N") or head[:1] == b"E"
+    head = conn.recv(64)
+    return len(head) >= 5 and head[3] == 0 and head[4] in (10, 0xFF)

@@ -74,7 +74,7 @@ class LocalRay:
     def run(self, study: Study, cells: list[Cell], sink: StudyTracker, retry: RetryPolicy) -> dict[str, str]:
         import ray
 
-        from cluster.tune_run import run_cells
+        from cluster.tune_run import ray_node_env, run_cells
         from study import interrupt
         from study.core.paths import ray_storage, run_root
 
@@ -89,6 +89,7 @@ class LocalRay:
         # starts in this process: it prints a stack, and once it has handled one signal a later Ray of
         # the same process may abort on the next. The stop handlers are the driver's (study.interrupt).
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        ray_node_env()
         if not ray.is_initialized():
             with _no_thread_warning():
                 ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,

@@ -119,6 +119,7 @@ class StudyJob:
         _use_job_token(ctx, create=True)  # before Ray reads its configuration
         import ray
 
+        from cluster.tune_run import ray_node_env
         from study.runner import execute_study
 
         _remove_stale_temp_dirs(ctx.job_id)
@@ -128,6 +129,7 @@ class StudyJob:
         try:
             if ray.is_initialized():
                 ray.shutdown()
+            ray_node_env()
             ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, _temp_dir=temp_dir, _node_name=_slurm_node())
             # ray.init makes SIGTERM exit the driver; on preemption SLURM sends SIGTERM and then
@@ -159,6 +161,8 @@ class StudyJob:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
     def _run_worker(self, ctx: "_JobContext", cpus: int, gpus: int) -> None:
+        from cluster.tune_run import RAY_NODE_ENV
+
         deadline = time.time() + float(os.environ.get("STUDY_RAY_JOIN_TIMEOUT", "300"))
         while not ctx.head_file.exists():
             if ctx.done_file.exists() or time.time() > deadline:
@@ -175,7 +179,7 @@ class StudyJob:
         print(f"[slurm] task {ctx.rank} on {ctx.hostname}: joining Ray at {address} ({cpus} CPUs, {gpus} GPUs)",
               flush=True)
         # the study is over when this node is stopped: nothing to drain (Ray would wait 30 s)
-        env = dict(os.environ, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+        env = {**RAY_NODE_ENV, **os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
         proc = subprocess.Popen(cmd, start_new_session=True, env=env)
         try:
             while proc.poll() is None and not ctx.done_file.exists():

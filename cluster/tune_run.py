@@ -49,6 +49,18 @@ from study.tracking import COST_METRICS, FAILED, FINISHED, KILLED, TRIAL_ENV, St
 STOPPING = threading.Event()
 
 
+# the environment of a Ray node this toolkit starts (set before ray.init / `ray start`, where the user has
+# not): Ray prestarts one idle worker per CPU for the driver's tasks, and a study has none (its trials are
+# actors, each started with its trial): about 1 CPU-s and two processes less per start of Ray
+RAY_NODE_ENV = {"RAY_prestart_worker_first_driver": "0"}
+
+
+def ray_node_env() -> None:
+    """Set :data:`RAY_NODE_ENV` in this process's environment where it is not set."""
+    for key, value in RAY_NODE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def stopping() -> bool:
     """Whether :data:`STOPPING` is set (callbacks call this: Tune pickles them, and a module-level
     function pickles by reference where an Event would not pickle at all)."""

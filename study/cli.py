@@ -207,10 +207,12 @@ def cmd_ui(args) -> int:
         raise UserError(f"must be a port number 1-65535, got {args.port}", source="--port")
     if args.workers < 1:
         raise UserError(f"must be at least 1, got {args.workers}", source="--workers")
+    from analysis.uri import shown_uri
+
     uri = tracking_uri()
     studies = study_experiments(uri)
     if not studies:
-        print(f"no study in the store {uri} yet (run one: make study-sampling)")
+        print(f"no study in the store {shown_uri(uri)} yet (run one: make study-sampling)")
     for name, exp_id in studies:
         print(f"{name:12} {study_link(exp_id, ui_base(uri, args.port))}")
     sys.stdout.flush()

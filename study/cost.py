@@ -27,9 +27,11 @@ def finished_cells(uri: str, preset: str) -> list:
 
 def estimate_lines(study, slots: int, uri: str | None = None) -> list[str]:
     """Lines for ``--dry-run``: cells left to train, seconds per cell, cell-hours and wall time."""
+    from analysis.uri import shown_uri
+
     uri = uri or tracking_uri()
     if not store_exists(uri):
-        return [f"cost: no store at {uri} yet, so no measured seconds per cell at preset {study.preset}"]
+        return [f"cost: no store at {shown_uri(uri)} yet, so no measured seconds per cell at preset {study.preset}"]
     runs = finished_cells(uri, study.preset)
     done_here = {r.data.tags.get(Tag.CELL_ID) for r in runs if r.data.tags.get(Tag.STUDY) == study.name}
     done_anywhere = {r.data.tags.get(Tag.CELL_ID) for r in runs}

@@ -257,6 +257,8 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
         from study.adaptive import with_added_seeds
 
         study = with_added_seeds(study, tracker, sets)
+    from analysis.uri import shown_uri
+
     names = {FINISHED: "done", RUNNING: "running", FAILED: "failed", KILLED: "interrupted"}
     # a missing cell finished in another study is linked, not trained, by the next run (as --dry-run counts)
     from study.reuse import finished_elsewhere
@@ -264,13 +266,14 @@ def study_status(path: str, *, preset: str = "cpu", sets: dict | None = None) ->
     elsewhere = (finished_elsewhere(tracker, [c.cell_id for c in study.cells if c.cell_id not in status])
                  if tracker is not None else {})
     width = max(len(c.level) for c in study.cells)
-    print(f"study '{study.name}', preset {study.preset}, store {uri}")
+    runs = tracker.cell_runs() if RUNNING in status.values() else {}  # one listing for every running cell
+    print(f"study '{study.name}', preset {study.preset}, store {shown_uri(uri)}")
     for c in study.cells:
         state = names.get(status.get(c.cell_id), "missing")
         if c.cell_id in elsewhere:
             state += f" (finished in study '{elsewhere[c.cell_id].data.tags.get(Tag.STUDY, '?')}': the next run links it)"
         if status.get(c.cell_id) == RUNNING:
-            state += tracker.heartbeat_text(c.cell_id, study.time_limits[1])
+            state += tracker.heartbeat_text(c.cell_id, study.time_limits[1], runs)
         print(f"  {c.cell_id}  {c.level:{width}}  seed {c.seed:<3} {state}")
     counts = summarise(study, status)
     print(f"done {counts[FINISHED]}, running {counts[RUNNING]}, interrupted {counts[KILLED]}, "

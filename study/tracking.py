@@ -63,11 +63,11 @@ def store_exists(uri: str) -> bool:
     for any other store (a server answers for itself). UserError for a path that is no sqlite store (a
     folder, another kind of file): a command that only reads must not report such a store as empty."""
     if uri.startswith("sqlite:///"):
-        from analysis.uri import store_problem
+        from analysis.uri import shown_uri, store_problem
 
         problem = store_problem(uri, write=False)
         if problem:
-            raise UserError(problem[0], source=f"MLFLOW_TRACKING_URI={uri}")
+            raise UserError(problem[0], source=f"MLFLOW_TRACKING_URI={shown_uri(uri)}")
         db = Path(uri[len("sqlite:///"):].split("?")[0])
         return db.is_file() and db.stat().st_size > 0  # an empty file is no store yet: reading it would make one
     return not uri.startswith("sqlite:")
@@ -196,6 +196,8 @@ def store_unreachable(err: BaseException, uri: str | None = None, *, stopped: bo
     about 14 s, analysis.uri.HTTP_RETRY_DEFAULTS), so a server restarted quickly is survived without an
     error. ``stopped``: the command was running a study (else it only read: nothing stopped).
     """
+    from analysis.uri import shown_uri
+
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return None
@@ -208,9 +210,9 @@ def store_unreachable(err: BaseException, uri: str | None = None, *, stopped: bo
         if any(m in text for m in marks):
             reason = next(m for m in marks if m in text)
             if not stopped:
-                return StoreUnreachable(f"the MLflow tracking server at {uri} does not answer ({reason}); nothing "
+                return StoreUnreachable(f"the MLflow tracking server at {shown_uri(uri)} does not answer ({reason}); nothing "
                                         "was changed. Start it again (make mlflow-server) and run the same command")
-            return StoreUnreachable(f"the MLflow tracking server at {uri} does not answer ({reason}); the study "
+            return StoreUnreachable(f"the MLflow tracking server at {shown_uri(uri)} does not answer ({reason}); the study "
                                     "stopped. Start the server again (make mlflow-server) and run the same "
                                     "command: finished cells are kept, the others resume")
         err = err.__cause__ or err.__context__
@@ -439,10 +441,12 @@ class StudyTracker:
             if exp.tags.get(key) != value:
                 self.client.set_experiment_tag(self.experiment_id, key, value)
 
-    def heartbeat_text(self, cell_id: str, silence_s: float) -> str:
+    def heartbeat_text(self, cell_id: str, silence_s: float, cell_runs: dict | None = None) -> str:
         """`` (last epoch 3 (2.1 min ago), limit 30 min)`` for a running cell: the age of its last logged
-        epoch (its start, before any), which the watchdog compares with the study's silence limit."""
-        runs = [r for r in self.cell_runs().get(cell_id, []) if r.info.status == RUNNING]
+        epoch (its start, before any), which the watchdog compares with the study's silence limit.
+        ``cell_runs``: :meth:`cell_runs`, when the caller has it (one listing for all the running cells)."""
+        runs = [r for r in (cell_runs if cell_runs is not None else self.cell_runs()).get(cell_id, [])
+                if r.info.status == RUNNING]
         if not runs:
             return ""
         run = runs[0]
@@ -642,6 +646,8 @@ def check_same_study(study) -> None:
     - its name held by a study of other factors: another file that kept the name (a copy being
       edited, say) would mix its cells into that study's tables and verdicts.
     """
+    from analysis.uri import shown_uri
+
     uri = tracking_uri()
     if not store_exists(uri):
         return
@@ -650,7 +656,7 @@ def check_same_study(study) -> None:
     if exp is not None and exp.lifecycle_stage == "deleted":
         raise UserError(f"the store holds study '{study.name}' as a deleted MLflow experiment (id {exp.experiment_id}): "
                         f"restore it (mlflow experiments restore --experiment-id {exp.experiment_id}) or remove it for "
-                        f"good (mlflow gc --backend-store-uri {uri} --experiment-ids {exp.experiment_id})",
+                        f"good (mlflow gc --backend-store-uri {shown_uri(uri)} --experiment-ids {exp.experiment_id})",
                         source=str(study.path), key="name")
     parent = tracker.parent_run()
     if parent is None:

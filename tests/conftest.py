@@ -96,8 +96,10 @@ def store_client(tmp_path: Path):
     column name")."""
     from mlflow.tracking import MlflowClient
 
+    from analysis.uri import use_sqlite_policy
     from study.tracking import store_lock
 
+    use_sqlite_policy()  # the connections the toolkit's own readers open (busy timeout, WAL)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)

@@ -129,7 +129,38 @@ def _store_cases(tmp_path):
             ("sqlite path is another file", f"sqlite:///{tmp_path / 'notes.db'}", 2, "is not an SQLite database"),
             ("sqlite folder is a file", f"sqlite:///{tmp_path / 'notes.db' / 'm.db'}", 2, "cannot be created"),
             ("database server not listening", f"postgresql+psycopg2://mlflow:secret@127.0.0.1:{_free_port()}/x", 1,
-             "database server at 127.0.0.1")]
+             "database server at 127.0.0.1"),
+            ("database URI at another service's port", f"postgresql+psycopg2://mlflow:secret@{_greeter()}/x", 1,
+             "but not as a postgresql database server"),
+            ("MLflow server with credentials in the URI, down", f"http://user:secret@127.0.0.1:{_free_port()}/", 1,
+             "does not answer (")] + ([
+            # CI's PostgreSQL (cluster/mlflow_server.sh prepare): MLflow would retry the refused login for ~100 s
+            ("database login refused", "postgresql+psycopg2://nobody:secret@127.0.0.1:5432/x", 2,
+             "refuses the connection")] if _postgres_here() else [])
+
+
+def _greeter() -> str:
+    """host:port of a service that answers every connection with an HTTP error and hangs up."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def _postgres_here() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def test_a_store_that_cannot_be_opened_is_one_line(tmp_path):
