@@ -26,14 +26,14 @@ data: $(VENV)/.done
 
 setup: $(VENV)/.done data fonts
 
-# the figures' fonts for labels beyond Latin, Greek and Cyrillic (analysis/fonts.py): CJK, then every
+# the figures' fonts for labels beyond Latin, Greek and Cyrillic (analysis/fonts.py): CJK, the scripts that need shaping, then every
 # other character of Unicode's planes 0 and 1; matplotlib's font cache is rebuilt to see them
 fonts:
-	@if ! fc-list 2>/dev/null | grep -q "WenQuanYi Zen Hei" || ! fc-list 2>/dev/null | grep -q "Unifont Upper"; then \
-		echo "installing the figures' fonts (Debian fonts-wqy-zenhei fonts-unifont)"; \
-		if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fonts-wqy-zenhei fonts-unifont \
-			|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fonts-wqy-zenhei fonts-unifont); \
-		else sudo apt-get install -y -q --no-install-recommends fonts-wqy-zenhei fonts-unifont; fi; \
+	@if ! fc-list 2>/dev/null | grep -q "WenQuanYi Zen Hei" || ! fc-list 2>/dev/null | grep -q "Unifont Upper" || ! fc-list 2>/dev/null | grep -q "Noto Sans Devanagari"; then \
+		echo "installing the figures' fonts (Debian fonts-wqy-zenhei fonts-noto-core fonts-unifont)"; \
+		if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fonts-wqy-zenhei fonts-noto-core fonts-unifont \
+			|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fonts-wqy-zenhei fonts-noto-core fonts-unifont); \
+		else sudo apt-get install -y -q --no-install-recommends fonts-wqy-zenhei fonts-noto-core fonts-unifont; fi; \
 		rm -f $${XDG_CACHE_HOME:-$$HOME/.cache}/matplotlib/fontlist-*.json $${MPLCONFIGDIR:-/nonexistent}/fontlist-*.json; \
 	fi
 

@@ -3,11 +3,14 @@
 DejaVu Sans (matplotlib's own) covers Latin, Greek and Cyrillic; a level label in another script
 (半难负样本) would be drawn as empty boxes, with a "Glyph ... missing" warning per character
 (matplotlib#14269). The figures ask for a list of families, and matplotlib takes each glyph from the
-first family that has it: WenQuanYi Zen Hei for Chinese, Japanese and Korean, then Unifont, which
-holds every character of Unicode's Basic Multilingual Plane, and Unifont Upper for the planes above
-(Debian packages fonts-wqy-zenhei and fonts-unifont, installed by ``make setup``). A label holding a
-character none of the installed families has is refused when the study file loads
-(:func:`missing_glyphs`, called by study.studyfile).
+first family that has it: WenQuanYi Zen Hei for Chinese, Japanese and Korean, Noto Sans for the
+scripts that need shaping (Devanagari, Bengali, Tamil, Thai, ...: matplotlib 3.11 shapes them with
+libraqm when the font has the script's tables), then Unifont, which holds every character of Unicode's
+Basic Multilingual Plane, and Unifont Upper for the planes above (Debian packages fonts-wqy-zenhei,
+fonts-noto-core and fonts-unifont, installed by ``make setup``). Arabic and Hebrew are DejaVu Sans's,
+shaped and laid out right to left. A label holding a character none of the installed families has
+(:func:`missing_glyphs`), or a combining mark only Unifont has (:func:`unshaped_marks`: it would be
+drawn beside its letter), is refused when the study file loads (study.studyfile).
 """
 
 from __future__ import annotations
@@ -15,12 +18,19 @@ from __future__ import annotations
 import functools
 import logging
 
-FAMILIES = ["DejaVu Sans", "WenQuanYi Zen Hei", "Unifont", "Unifont Upper"]
-FONT_PACKAGES = "fonts-wqy-zenhei fonts-unifont"  # Debian: what make setup installs
+# scripts whose letters take vowel signs, conjuncts or reordering: matplotlib (3.11, libraqm) shapes
+# them with a font that has the script's OpenType tables (Noto's, Debian fonts-noto-core); Unifont has none
+SHAPED_SCRIPTS = ("Devanagari", "Bengali", "Gurmukhi", "Gujarati", "Oriya", "Tamil", "Telugu", "Kannada",
+                  "Malayalam", "Sinhala", "Thai", "Lao", "Khmer", "Myanmar")
+NOTO_FAMILIES = [f"Noto Sans {script}" for script in SHAPED_SCRIPTS]
+UNSHAPED_FAMILIES = ("Unifont", "Unifont Upper")  # glyphs only: no shaping tables
+FAMILIES = ["DejaVu Sans", "WenQuanYi Zen Hei", *NOTO_FAMILIES, *UNSHAPED_FAMILIES]
+FONT_PACKAGES = "fonts-wqy-zenhei fonts-noto-core fonts-unifont"  # Debian: what make setup installs
 # their files as Debian installs them: registered with matplotlib directly, so that a font cache
 # written before they were installed does not hide them
-FONT_FILES = ("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc", "/usr/share/fonts/opentype/unifont/unifont.otf",
-              "/usr/share/fonts/opentype/unifont/unifont_upper.otf")
+FONT_FILES = ("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+              *(f"/usr/share/fonts/truetype/noto/NotoSans{script}-Regular.ttf" for script in SHAPED_SCRIPTS),
+              "/usr/share/fonts/opentype/unifont/unifont.otf", "/usr/share/fonts/opentype/unifont/unifont_upper.otf")
 
 # matplotlib logs a "weight normal not found, using 500" line for WenQuanYi Zen Hei (a medium weight only)
 logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
@@ -30,19 +40,19 @@ logging.getLogger("fontTools").setLevel(logging.ERROR)
 
 
 @functools.lru_cache(maxsize=1)
-def _charsets() -> tuple[frozenset[int], ...]:
-    """The code points of each installed family of FAMILIES (an absent family: none)."""
+def _charsets() -> dict[str, frozenset[int]]:
+    """The code points of each installed family of FAMILIES, in their order (an absent family: left out)."""
     from matplotlib import font_manager, ft2font
 
     register()
-    out = []
+    out = {}
     for family in FAMILIES:
         try:
             path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
         except ValueError:
             continue
-        out.append(frozenset(ft2font.FT2Font(path).get_charmap()))
-    return tuple(out)
+        out[family] = frozenset(ft2font.FT2Font(path).get_charmap())
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,5 +72,22 @@ def missing_glyphs(text: str) -> str:
     """The characters of ``text`` that no installed family of FAMILIES can draw ("" when it draws whole)."""
     if text.isascii():
         return ""
-    sets = _charsets()
+    sets = _charsets().values()
     return "".join(dict.fromkeys(ch for ch in text if not ch.isspace() and not any(ord(ch) in s for s in sets)))
+
+
+def unshaped_marks(text: str) -> str:
+    """The combining marks of ``text`` (vowel signs, viramas, accents: Unicode categories Mn, Mc, Me) that
+    the figures would take from a font without shaping tables (UNSHAPED_FAMILIES: the first family of
+    FAMILIES that has them), so drawn beside their letter instead of on it; "" when none."""
+    import unicodedata
+
+    if text.isascii():
+        return ""
+    sets = _charsets()
+
+    def font_of(ch: str) -> str | None:
+        return next((family for family, s in sets.items() if ord(ch) in s), None)
+
+    return "".join(dict.fromkeys(ch for ch in text if unicodedata.category(ch) in ("Mn", "Mc", "Me")
+                                 and font_of(ch) in UNSHAPED_FAMILIES))

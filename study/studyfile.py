@@ -199,6 +199,50 @@ def factor_name_problem(name: str) -> str | None:
         return "is not allowed: MLflow reads param keys as file paths (no leading/trailing '.', '..' or spaces)"
     if name in _RESERVED_FACTORS:
         return f"is taken: every cell run records its own '{name}' (set seeds with the top-level 'seeds')"
+    return drawn_text_problem(name)
+
+
+def _named(chars) -> str:
+    """``'\\xa0' (U+00A0 NO-BREAK SPACE), ...``: characters as a message must show them (some do not show)."""
+    import unicodedata
+
+    seen = list(dict.fromkeys(chars))
+    named = [f"{ch!r} (U+{ord(ch):04X} "
+             f"{unicodedata.name(ch, 'a control character' if unicodedata.category(ch) == 'Cc' else 'unnamed')})"
+             for ch in seen[:3]]
+    return ", ".join(named) + (f" and {len(seen) - 3} more" if len(seen) > 3 else "")
+
+
+def drawn_text_problem(text: str) -> str | None:
+    """Why ``text`` (a level label or a factor name: the figures draw both) would not come out as written
+    in a figure, a tag or a table, or None:
+
+    - a character that does not show: a control character, a non-breaking or zero-width space, a
+      direction mark (what Python's ``str.isprintable`` refuses, the ASCII space aside);
+    - decomposed characters (a letter then its combining accent): another label may look the same and
+      differ; the composed form (Unicode NFC) is the one to write;
+    - a character no font of the figures has (:func:`analysis.fonts.missing_glyphs`), or a combining
+      mark only a font without shaping tables has (:func:`analysis.fonts.unshaped_marks`): matplotlib
+      shapes text (libraqm) only with the script's tables in the font.
+    """
+    import unicodedata
+
+    if hidden := [ch for ch in text if not ch.isprintable()]:
+        return (f"holds {_named(hidden)}, a character that does not show or controls the layout (use plain "
+                "spaces and visible characters)")
+    composed = unicodedata.normalize("NFC", text)
+    if composed != text:
+        return (f"is written decomposed (a letter, then its combining accent): write it composed, as "
+                f"{composed!r} (Unicode NFC), or a label that looks the same would be another level")
+    from analysis.fonts import FONT_PACKAGES, missing_glyphs, unshaped_marks
+
+    if missing := missing_glyphs(text):
+        return (f"holds {', '.join(repr(ch) for ch in missing)}, which no font of the figures can draw (installed "
+                f"by make setup: Debian {FONT_PACKAGES}; the figures would show empty boxes)")
+    if marks := unshaped_marks(text):
+        return (f"holds {_named(marks)}, a combining mark that only a font without shaping tables (Unifont) has: "
+                "the figures would draw it beside its letter (the fonts of make setup shape Devanagari, Bengali, "
+                "Tamil, Thai and the other scripts of analysis/fonts.py)")
     return None
 
 
@@ -208,17 +252,12 @@ def label_problem(label: str) -> str | None:
         return "is blank"
     if len(label) > MAX_LABEL:
         return f"is {len(label)} characters long (at most {MAX_LABEL})"
-    if any(not ch.isprintable() for ch in label):
-        return "holds a control character (newline, tab, ...)"
+    if problem := drawn_text_problem(label):
+        return problem
     if "|" in label:
         return "holds '|', which would split the cells of the report's Markdown tables"
     if LEVEL_SEPARATOR in label:
         return f"holds '{LEVEL_SEPARATOR}', which joins the labels of several factors into one level's name"
-    from analysis.fonts import FONT_PACKAGES, missing_glyphs
-
-    if missing := missing_glyphs(label):
-        return (f"holds {', '.join(repr(ch) for ch in missing)}, which no font of the figures can draw (installed "
-                f"by make setup: Debian {FONT_PACKAGES}; the figures would show empty boxes)")
     return None
 
 

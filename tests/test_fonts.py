@@ -33,15 +33,51 @@ def test_chinese_labels_are_drawn_and_an_undrawable_one_is_refused(tmp_path, iso
 
     env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"))
     path = tmp_path / "zh.yaml"
-    path.write_text(STUDY.format(name="zh", a="半难负样本", b="难负样本"))
+    path.write_text(STUDY.format(name="zh", a="半难负样本", b="कठिन नमूने"))  # Chinese; Hindi (vowel signs: shaped)
     finish_by_hand(load_study(path, "smoke"))  # the labels pass load
     res = _run(["-m", "analysis", "--study", "zh", "--out", str(tmp_path / "results")], env)
     assert res.returncode == 0, res.stderr
     assert "Glyph" not in res.stderr and "missing from font" not in res.stderr, res.stderr
     assert (tmp_path / "results" / "zh" / "knn_convergence.png").stat().st_size > 0
     assert "半难负样本" in (tmp_path / "results" / "REPORT.md").read_text()
+    assert "कठिन नमूने" in (tmp_path / "results" / "REPORT.md").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(STUDY.format(name="bad", a="𠀀 negatives", b="hard"))  # CJK extension B: no font has it
     res = _run(["-m", "study", "run", str(bad), "--preset", "smoke", "--dry-run"], env)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "no font of the figures can draw" in res.stderr and "fonts-wqy-zenhei" in res.stderr
+
+
+def test_labels_that_would_not_show_as_written_are_one_clear_error(tmp_path):
+    """A label that would look like another, not show, or be drawn unshaped: refused at load, naming the
+    character (its code point and name: some do not show in a message)."""
+    import pytest
+
+    from study.core.errors import UserError
+    from study.studyfile import load_study
+
+    cases = [("semi\u00a0hard", "U+00A0 NO-BREAK SPACE"), ("semi\u200bhard", "U+200B ZERO WIDTH SPACE"),
+             ("semi-hard\u200f", "U+200F RIGHT-TO-LEFT MARK"),
+             ("e\u0301asy", "write it composed, as 'éasy'"),  # looks like the composed 'éasy'
+             ("\u1700\u1714", "U+1714 TAGALOG SIGN VIRAMA")]  # a virama only Unifont has: drawn unshaped
+    for i, (label, words) in enumerate(cases):
+        path = tmp_path / f"bad{i}.yaml"
+        path.write_text(STUDY.format(name=f"bad{i}", a=label, b="hard"))
+        with pytest.raises(UserError) as err:
+            load_study(path, "smoke")
+        assert words in str(err.value) and "level label" in str(err.value), (label, str(err.value))
+    # drawn as written: composed accents, Arabic and Hebrew (DejaVu Sans, shaped right to left), Devanagari,
+    # Bengali, Tamil and Thai (Noto Sans, shaped)
+    for i, label in enumerate(["éasy", "العربية", "עברית", "हिंदी", "বাংলা", "தமிழ்", "ที่นี่"]):
+        path = tmp_path / f"good{i}.yaml"
+        path.write_text(STUDY.format(name=f"good{i}", a=label, b="hard"))
+        assert load_study(path, "smoke").cells, label
+
+
+def test_the_shaping_scripts_take_a_font_with_shaping_tables():
+    from analysis.fonts import _charsets, unshaped_marks
+
+    sets = _charsets()
+    for ch, family in (("ि", "Noto Sans Devanagari"), ("ী", "Noto Sans Bengali"), ("ั", "Noto Sans Thai")):
+        assert next(f for f, s in sets.items() if ord(ch) in s) == family, ch
+    assert unshaped_marks("हिंदी नमूने") == "" and unshaped_marks("\u1700\u1714") == "\u1714"

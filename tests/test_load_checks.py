@@ -48,7 +48,7 @@ def _study(name="s", factor="sampling", levels="[hard]", extra=""):
     (_study(factor="seed", levels="[{label: x, set: {margin: 0.0}}]"), ["'seed'", "taken"]),
     (_study(factor='"' + "f" * 201 + '"', levels="[{label: x, set: {margin: 0.0}}]"), ["not allowed"]),
     # level labels: shown in run names and tags
-    (_study(factor="boundary", levels='[{label: "a\\nb", set: {margin: 0.0}}]'), ["control character"]),
+    (_study(factor="boundary", levels='[{label: "a\\nb", set: {margin: 0.0}}]'), ["U+000A", "does not show"]),
     (_study(factor="boundary", levels='[{label: "  ", set: {margin: 0.0}}]'), ["blank"]),
     (_study(factor="boundary", levels='[{label: "a / b", set: {margin: 0.0}}]'), ["' / '", "joins"]),
     (_study(factor="boundary", levels='[{label: "a|b", set: {margin: 0.0}}]'), ["'|'", "Markdown"]),
