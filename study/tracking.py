@@ -658,15 +658,40 @@ def check_same_study(study) -> None:
                         f"restore it (mlflow experiments restore --experiment-id {exp.experiment_id}) or remove it for "
                         f"good (mlflow gc --backend-store-uri {shown_uri(uri)} --experiment-ids {exp.experiment_id})",
                         source=str(study.path), key="name")
+    rename = "renamed in the MLflow UI or with the client?"
+    if exp is None:
+        moved = _study_parent_elsewhere(tracker.client, study.name)
+        if moved is not None:
+            raise UserError(f"the store holds study '{study.name}' in experiment {moved.experiment_id}, now named "
+                            f"'{moved.name}' ({rename}): rename it back (mlflow experiments rename --experiment-id "
+                            f"{moved.experiment_id} --new-name '{study.name}') to go on with its runs, or give this "
+                            "study another name", source=str(study.path), key="name")
+        return
     parent = tracker.parent_run()
     if parent is None:
         return
+    held = parent.data.tags.get(Tag.STUDY)
+    if held and held != study.name:
+        raise UserError(f"the store's experiment '{study.name}' (id {exp.experiment_id}) holds the runs of study "
+                        f"'{held}' ({rename}): rename it back (mlflow experiments rename --experiment-id "
+                        f"{exp.experiment_id} --new-name '{held}'), or give this study another name",
+                        source=str(study.path), key="name")
     theirs = parent.data.params.get("factors", "")
     ours = study.parent_params()["factors"]
     if theirs and theirs != ours:
         raise UserError(f"the store already holds a study '{study.name}' varying {theirs.replace(',', ', ')} (from "
                         f"{parent.data.params.get('file', 'another file')}); this file varies {ours.replace(',', ', ')}: "
                         f"give it another name", source=str(study.path), key="name")
+
+
+def _study_parent_elsewhere(client, name: str):
+    """The active experiment whose parent run says it is study ``name`` (its experiment renamed), or None."""
+    from mlflow.entities import ViewType
+
+    ids = [e.experiment_id for e in all_experiments(client)]
+    found = all_runs(client, ids, f"{role_filter(Tag.PARENT)} and tags.{Tag.STUDY} = '{name}'",
+                     run_view_type=ViewType.ACTIVE_ONLY) if ids else []
+    return client.get_experiment(found[0].info.experiment_id) if found else None
 
 
 def summarise(study, status: dict[str, str]) -> dict[str, int]:

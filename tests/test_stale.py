@@ -94,3 +94,37 @@ def test_the_latest_command_is_the_variant_counted_even_with_linked_cells(tmp_pa
     left_out = report.split("Finished cells left out (2): ", 1)[1].split("\n", 1)[0]
     assert all(f"run {rid}" in left_out for rid in other), left_out
     assert not any(f"run {rid}" in left_out for rid in linked), left_out
+
+
+def test_a_study_whose_experiment_was_renamed_says_so(tmp_path, isolated_store):
+    """The store changed by hand between two commands (issue 27, class 4): a study's experiment renamed in
+    the MLflow UI, or another study's renamed to its name, is one error naming both and the way back; not
+    a second copy of the study trained under the old name."""
+    from study.studyfile import load_study
+    from conftest import finish_by_hand
+
+    env = store_env(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(STUDY.format(name=name, seeds="[0]"))
+        finish_by_hand(load_study(tmp_path / f"{name}.yaml", "smoke"))
+    client = store_client(tmp_path)
+    a_id = client.get_experiment_by_name("a").experiment_id
+    client.rename_experiment(a_id, "a-old")
+
+    def refused(name, *words):
+        for cmd in (["study", "run", str(tmp_path / f"{name}.yaml"), "--preset", "smoke", "--dry-run"],
+                    ["study", "status", str(tmp_path / f"{name}.yaml"), "--preset", "smoke"]):
+            res = subprocess.run([sys.executable, "-m", *cmd], cwd=REPO_ROOT, env=env, capture_output=True,
+                                 text=True, timeout=300)
+            err = res.stderr.strip()
+            assert res.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (cmd, err)
+            assert all(w in err for w in words), (cmd, err)
+
+    refused("a", "now named 'a-old'", f"--experiment-id {a_id} --new-name 'a'")
+    client.rename_experiment(client.get_experiment_by_name("b").experiment_id, "a")  # b's runs under a's name
+    refused("a", "holds the runs of study 'b'", "--new-name 'b'")
+    client.rename_experiment(client.get_experiment_by_name("a").experiment_id, "b")
+    client.rename_experiment(a_id, "a")  # both back: the same commands go on with the finished cells
+    out = _cmd(["study", "status", str(tmp_path / "a.yaml"), "--preset", "smoke"], env)
+    assert "done 2" in out, out
+    assert len(client.search_experiments()) == 3  # Default, a, b: no copy of the study was made
