@@ -110,6 +110,27 @@ def test_a_store_that_is_not_an_mlflow_server_is_one_line(kind, tmp_path):
             listener.close()
 
 
+def _run_here(cmd, uri, tmp_path, monkeypatch, capsys):
+    """``cmd`` (a row of COMMANDS) as :func:`_run` runs it, in this process (its ``main``, the same exit
+    status and stderr; no interpreter and MLflow start per command): for the checks made before MLflow opens
+    anything."""
+    import types
+
+    from analysis.__main__ import main as analysis_main
+    from study.cli import main as study_main
+
+    for key, value in dict(MLFLOW_TRACKING_URI=uri, STUDY_RUN_ROOT=str(tmp_path / "runs"),
+                           STUDY_RAY_RESULTS=str(tmp_path / "ray"),
+                           STUDY_ARTIFACT_ROOT=str(tmp_path / "artifacts")).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(REPO_ROOT)
+    capsys.readouterr()
+    main = study_main if cmd[0] == "study" else analysis_main
+    code = main([a.format(tmp=tmp_path) for a in cmd[1:]])
+    out, err = capsys.readouterr()
+    return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
 def _store_cases(tmp_path):
     """(name, MLflow tracking URI, expected exit status, words of the message): stores MLflow cannot open,
     which it would retry on for minutes with hundreds of logged lines (issue 27, class 2)."""
@@ -163,12 +184,13 @@ def _postgres_here() -> bool:
         return False
 
 
-def test_a_store_that_cannot_be_opened_is_one_line(tmp_path):
+def test_a_store_that_cannot_be_opened_is_one_line(tmp_path, monkeypatch, capsys):
     """Every command, on each kind of store it cannot open: one line naming the setting and the cause,
-    the password hidden, nothing written, at once."""
+    the password hidden, nothing written, at once (each command's main in this process; the commands as
+    processes: the tests of a server that is not MLflow's, above)."""
     for name, uri, code, words in _store_cases(tmp_path):
         for cmd in (COMMANDS[0], COMMANDS[1], COMMANDS[4]) if code == 2 else COMMANDS[:3] + COMMANDS[4:]:
-            res = _run(cmd, uri, tmp_path)
+            res = _run_here(cmd, uri, tmp_path, monkeypatch, capsys)
             err = res.stderr.strip()
             assert res.returncode == code, (name, cmd, res.returncode, err)
             assert "Traceback" not in err and len(err.splitlines()) == 1, (name, cmd, err)

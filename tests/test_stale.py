@@ -73,12 +73,18 @@ def test_a_verdict_made_mid_study_is_provisional_then_stale_then_final(tmp_path)
     assert "Stale" not in tags["mlflow.note.content"] and "Provisional" not in tags["mlflow.note.content"]
 
 
-def test_the_latest_command_is_the_variant_counted_even_with_linked_cells(tmp_path):
+def test_the_latest_command_is_the_variant_counted_even_with_linked_cells(tmp_path, isolated_store, monkeypatch):
+    from conftest import finish_by_hand
+    from study.studyfile import load_study
+
     env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"))
+    monkeypatch.setenv("STUDY_TRIAL", env["STUDY_TRIAL"])  # cells by hand are the fake trial's, as the run's
     for name in ("src", "dst"):
         (tmp_path / f"{name}.yaml").write_text(STUDY.format(name=name, seeds="[0]"))
-    _cmd(["study", "run", str(tmp_path / "src.yaml"), "--preset", "smoke"], env)  # the plain cells, first
-    _cmd(["study", "run", str(tmp_path / "dst.yaml"), "--preset", "smoke", "--set", "lr=0.05"], env)
+    # the two studies' earlier cells as the Tune callback writes them (what is under test is what the
+    # runner links and the analysis counts): the plain cells first, then dst's lr=0.05 ones
+    finish_by_hand(load_study(tmp_path / "src.yaml", "smoke"))
+    finish_by_hand(load_study(tmp_path / "dst.yaml", "smoke", {"lr": 0.05}))
     out = _cmd(["study", "run", str(tmp_path / "dst.yaml"), "--preset", "smoke"], env)
     assert "linked 2 cells" in out  # the plain cells, finished before the lr=0.05 ones
     _cmd(["analysis", "--study", "dst", "--out", str(tmp_path / "r")], env)
@@ -96,14 +102,13 @@ def test_the_latest_command_is_the_variant_counted_even_with_linked_cells(tmp_pa
     assert not any(f"run {rid}" in left_out for rid in linked), left_out
 
 
-def test_a_study_whose_experiment_was_renamed_says_so(tmp_path, isolated_store):
+def test_a_study_whose_experiment_was_renamed_says_so(tmp_path, isolated_store, capsys):
     """The store changed by hand between two commands (issue 27, class 4): a study's experiment renamed in
     the MLflow UI, or another study's renamed to its name, is one error naming both and the way back; not
     a second copy of the study trained under the old name."""
     from study.studyfile import load_study
     from conftest import finish_by_hand
 
-    env = store_env(tmp_path)
     for name in ("a", "b"):
         (tmp_path / f"{name}.yaml").write_text(STUDY.format(name=name, seeds="[0]"))
         finish_by_hand(load_study(tmp_path / f"{name}.yaml", "smoke"))
@@ -111,13 +116,15 @@ def test_a_study_whose_experiment_was_renamed_says_so(tmp_path, isolated_store):
     a_id = client.get_experiment_by_name("a").experiment_id
     client.rename_experiment(a_id, "a-old")
 
-    def refused(name, *words):
-        for cmd in (["study", "run", str(tmp_path / f"{name}.yaml"), "--preset", "smoke", "--dry-run"],
-                    ["study", "status", str(tmp_path / f"{name}.yaml"), "--preset", "smoke"]):
-            res = subprocess.run([sys.executable, "-m", *cmd], cwd=REPO_ROOT, env=env, capture_output=True,
-                                 text=True, timeout=300)
-            err = res.stderr.strip()
-            assert res.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (cmd, err)
+    from study.cli import main
+
+    def refused(name, *words):  # the commands' main in this process: what they print and return
+        for cmd in (["run", str(tmp_path / f"{name}.yaml"), "--preset", "smoke", "--dry-run"],
+                    ["status", str(tmp_path / f"{name}.yaml"), "--preset", "smoke"]):
+            capsys.readouterr()
+            code = main(cmd)
+            err = capsys.readouterr().err.strip()
+            assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (cmd, err)
             assert all(w in err for w in words), (cmd, err)
 
     refused("a", "now named 'a-old'", f"--experiment-id {a_id} --new-name 'a'")
@@ -125,6 +132,8 @@ def test_a_study_whose_experiment_was_renamed_says_so(tmp_path, isolated_store):
     refused("a", "holds the runs of study 'b'", "--new-name 'b'")
     client.rename_experiment(client.get_experiment_by_name("a").experiment_id, "b")
     client.rename_experiment(a_id, "a")  # both back: the same commands go on with the finished cells
-    out = _cmd(["study", "status", str(tmp_path / "a.yaml"), "--preset", "smoke"], env)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "a.yaml"), "--preset", "smoke"]) == 0
+    out = capsys.readouterr().out
     assert "done 2" in out, out
     assert len(client.search_experiments()) == 3  # Default, a, b: no copy of the study was made
