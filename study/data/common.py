@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from study.core.errors import DataError, UserError
 from study.core.paths import DATA_DIR
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 # Images per chunk when resizing or computing statistics (bounds the float copies).
 CHUNK = 4096

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from study.data.common import ImageData
 from study.core.errors import DataError, UserError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 # Above this an ImageFolder split is not loaded into memory (use FolderTwoViewDataset).

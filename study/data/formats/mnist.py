@@ -18,9 +18,13 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from study.core.errors import DataError
 from study.core.paths import DATA_DIR
+
+if TYPE_CHECKING:  # annotations only: the formats import it where they build one
+    from study.data.common import ImageData
 
 # torch is imported by load() only: a study file's load-time check (files) stays without it
 

@@ -4,11 +4,15 @@ unlabeled_X.bin only with ``unlabeled=True``), root defaults to ``<repo>/data``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from study.data.common import CHUNK, ImageData, find_subdir, present_files, require_subdir, resize_images
 from study.core.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 STL10_URL = "https://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 _SUBDIR, _MARKER = "stl10_binary", "train_X.bin"
