@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 
-# The test files that take minutes, heaviest first (`make test` prints the slowest tests): they start
+# The test files that take minutes, heaviest first (their summed test times in one `make test`): they start
 # first, each on its own pytest-xdist worker, and the quick files fill the gaps behind them. Without
 # this, xdist orders files by their number of tests and the slowest (one or two tests each) start
 # last, on workers that have already queued a second heavy file.
-HEAVY_FILES = ("test_mlflow_server.py", "test_interrupt_stress.py", "test_mlflow_ui.py", "test_study_e2e.py",
-               "test_slurm.py", "test_interrupt_e2e.py", "test_interrupt_sigterm_e2e.py", "test_slurm_nodes.py",
-               "test_study_resume.py", "test_study_failures.py", "test_slurm_lost_node.py", "test_adaptive.py",
-               "test_bench.py", "test_analysis.py", "test_interrupt.py", "test_disk_full.py", "test_infra.py",
-               "test_stale.py", "test_listing.py", "test_fonts.py", "test_watchdog.py", "test_protocols.py")
+HEAVY_FILES = ("test_mlflow_server.py", "test_study_e2e.py", "test_mlflow_ui.py", "test_slurm.py", "test_adaptive.py",
+               "test_study_failures.py", "test_bench.py", "test_slurm_nodes.py", "test_slurm_lost_node.py",
+               "test_interrupt_stress.py", "test_interrupt_sigterm_e2e.py", "test_analysis.py", "test_watchdog.py",
+               "test_disk_full.py", "test_stale.py", "test_interrupt.py", "test_interrupt_e2e.py", "test_infra.py",
+               "test_study_resume.py", "test_hypotheses.py", "test_listing.py", "test_fonts.py", "test_protocols.py")
 
 
 def pytest_collection_modifyitems(config, items):
