@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     # imported here, after the stop handlers are in place (pandas and matplotlib take a second)
-    from .load import ContractError, StoreError, default_tracking_uri, list_studies
+    from study.core.listing import experiment_holding_study
+
+    from .load import ContractError, StoreError, client_for, default_tracking_uri, list_studies
     from .pipeline import build_all, default_out_dir
 
     p = argparse.ArgumentParser(
@@ -74,6 +76,13 @@ def _main(argv: list[str] | None = None) -> int:
             known = list_studies(args.tracking_uri)
             for name in args.study:
                 if name not in known:
+                    moved = experiment_holding_study(client_for(args.tracking_uri), name)
+                    if moved is not None:
+                        print(f"analysis: --study {name}: the store holds it in experiment {moved.experiment_id}, "
+                              f"now named '{moved.name}' (renamed in the MLflow UI or with the client?): rename it "
+                              f"back (mlflow experiments rename --experiment-id {moved.experiment_id} --new-name "
+                              f"'{name}'), or name it --study '{moved.name}'", file=sys.stderr)
+                        return 2
                     close = difflib.get_close_matches(name, known, n=1)
                     if close:
                         print(f"analysis: --study {name}: no study of that name in the store; did you mean "

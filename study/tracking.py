@@ -35,7 +35,7 @@ from pathlib import Path
 
 from study.core.errors import UserError
 from study.core.names import COST_METRICS, FAILED, FINAL_METRICS, FINISHED, KILLED, RUNNING  # noqa: F401 (re-exported)
-from study.core.listing import all_experiments, all_runs
+from study.core.listing import all_experiments, all_runs, experiment_holding_study
 from study.core.names import Tag, factor_tag, role_filter
 from study.core.paths import artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
 
@@ -660,7 +660,7 @@ def check_same_study(study) -> None:
                         source=str(study.path), key="name")
     rename = "renamed in the MLflow UI or with the client?"
     if exp is None:
-        moved = _study_parent_elsewhere(tracker.client, study.name)
+        moved = experiment_holding_study(tracker.client, study.name)
         if moved is not None:
             raise UserError(f"the store holds study '{study.name}' in experiment {moved.experiment_id}, now named "
                             f"'{moved.name}' ({rename}): rename it back (mlflow experiments rename --experiment-id "
@@ -682,16 +682,6 @@ def check_same_study(study) -> None:
         raise UserError(f"the store already holds a study '{study.name}' varying {theirs.replace(',', ', ')} (from "
                         f"{parent.data.params.get('file', 'another file')}); this file varies {ours.replace(',', ', ')}: "
                         f"give it another name", source=str(study.path), key="name")
-
-
-def _study_parent_elsewhere(client, name: str):
-    """The active experiment whose parent run says it is study ``name`` (its experiment renamed), or None."""
-    from mlflow.entities import ViewType
-
-    ids = [e.experiment_id for e in all_experiments(client)]
-    found = all_runs(client, ids, f"{role_filter(Tag.PARENT)} and tags.{Tag.STUDY} = '{name}'",
-                     run_view_type=ViewType.ACTIVE_ONLY) if ids else []
-    return client.get_experiment(found[0].info.experiment_id) if found else None
 
 
 def summarise(study, status: dict[str, str]) -> dict[str, int]:

@@ -128,6 +128,12 @@ def test_a_study_whose_experiment_was_renamed_says_so(tmp_path, isolated_store, 
             assert all(w in err for w in words), (cmd, err)
 
     refused("a", "now named 'a-old'", f"--experiment-id {a_id} --new-name 'a'")
+    from analysis.__main__ import main as analysis_main
+
+    assert analysis_main(["--study", "a", "--out", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "now named 'a-old'" in err and "--study 'a-old'" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "results").exists()
     client.rename_experiment(client.get_experiment_by_name("b").experiment_id, "a")  # b's runs under a's name
     refused("a", "holds the runs of study 'b'", "--new-name 'b'")
     client.rename_experiment(client.get_experiment_by_name("a").experiment_id, "b")

@@ -38,3 +38,16 @@ def all_runs(client, experiment_ids, filter_string: str = "", **kwargs) -> list:
             if not token:
                 break
     return out
+
+
+def experiment_holding_study(client, name: str):
+    """The active experiment whose parent run is study ``name`` (tag ``study``) though named otherwise (its
+    experiment renamed in the MLflow UI or with the client), or None."""
+    from mlflow.entities import ViewType
+
+    from study.core.names import Tag, role_filter
+
+    ids = [e.experiment_id for e in all_experiments(client) if e.name != name]
+    found = all_runs(client, ids, f"{role_filter(Tag.PARENT)} and tags.{Tag.STUDY} = '{name}'",
+                     run_view_type=ViewType.ACTIVE_ONLY) if ids else []
+    return client.get_experiment(found[0].info.experiment_id) if found else None
