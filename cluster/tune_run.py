@@ -42,7 +42,7 @@ from study.core import names
 from study.core.files import write_atomic
 from study.retry import RetryPolicy
 from study.studyfile import Cell, Study
-from study.core.errors import infrastructure_text
+from study.core.errors import infrastructure_from_text, infrastructure_text
 from study.tracking import COST_METRICS, FAILED, FINISHED, KILLED, TRIAL_ENV, StudyTracker, trial_function
 
 # set while the job is being stopped from outside (see the module docstring)
@@ -296,7 +296,9 @@ def _numeric(metrics: dict) -> dict:
 
 
 def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: dict[str, Cell],
-                    total: int, done_before: int):
+                    total: int, done_before: int, machine_failures: list[str]):
+    """The callbacks of one Tune run: the store's writer and the progress line. ``machine_failures``
+    collects the errors of the cells the machine failed (a full disk, a read-only run folder)."""
     from ray import tune
 
     metric = study.spec.metric
@@ -344,6 +346,8 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
             # the machine failed it (a full disk): interrupted, so that the same command resumes it
             status = KILLED if infrastructure_text(error) else FAILED
             tracker.end_cell(trial.config["cell"]["cell_id"], status, error=error)
+            if status == KILLED:
+                machine_failures.append(error)
 
     class ProgressCallback(tune.Callback):
         """One line per change: cells done / running / failed / pending, and the best so far."""
@@ -400,6 +404,7 @@ class OneLineTrialErrors(logging.Filter):
     def __init__(self):
         super().__init__()
         self.run_dirs: dict[str, Path] = {}  # trial name -> its cell's run directory (run_cells fills it)
+        self.causes: set[str] = set()  # the machine's failures said so far (run_cells empties it)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and str(record.msg).startswith("Trial task failed"):
@@ -409,12 +414,25 @@ class OneLineTrialErrors(logging.Filter):
             if run_dir is not None and (run_dir / STOPPED_FILE).exists():
                 # the watchdog ended a stuck trial's process: its reason, not Ray's "worker died"
                 last = (run_dir / STOPPED_FILE).read_text().strip()
+            cause = infrastructure_text(last)
+            if cause is not None:  # every cell and retry meets the same full disk: said once
+                if cause in self.causes:
+                    return False
+                self.causes.add(cause)
             record.msg, record.args, record.exc_info, record.exc_text = (
                 f"a cell failed: {last[:300]} (the traceback: the cell run's error tag and train.log)", None, None, None)
         return True
 
 
 _ONE_LINE = OneLineTrialErrors()
+
+
+class _HideNotComplete(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Trials did not complete")
+
+
+_NOT_COMPLETE = _HideNotComplete()
 
 
 class OneLineSyncErrors(logging.Filter):
@@ -474,11 +492,19 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, *, run_roo
                                                for c in cells])}
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}
     trainable = tune.with_resources(load_trial(), resources)
-    callbacks = _tune_callbacks(study, tracker, parent_id, by_id, len(study.cells), done_before)
+    machine_failures: list[str] = []
+    callbacks = _tune_callbacks(study, tracker, parent_id, by_id, len(study.cells), done_before, machine_failures)
     controller_log = logging.getLogger("ray.tune.execution.tune_controller")
     _ONE_LINE.run_dirs.clear()
+    _ONE_LINE.causes.clear()
+    # Tune's own console output (its configuration box, and a block per failed trial and per retry,
+    # whatever the verbosity) gives way to the progress line and the one-line errors above
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if _ONE_LINE not in controller_log.filters:
         controller_log.addFilter(_ONE_LINE)
+    tune_log = logging.getLogger("ray.tune.tune")  # "Trials did not complete: [...]": the summary says which
+    if _NOT_COMPLETE not in tune_log.filters:
+        tune_log.addFilter(_NOT_COMPLETE)
     sync_log = logging.getLogger("ray.train._internal.syncer")
     if _ONE_LINE_SYNC not in sync_log.filters:
         sync_log.addFilter(_ONE_LINE_SYNC)
@@ -514,6 +540,9 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, *, run_roo
         # resumes a study by running the same command again (the runner says so)
         cause = err.__cause__ or err
         raise RuntimeError(f"Ray Tune failed: {type(cause).__name__}: {cause}") from cause
+    if machine_failures:
+        # the machine, not a cell, stopped these cells (marked KILLED): one message for the study
+        raise infrastructure_from_text(machine_failures[0])
     out = {}
     for result in grid:
         cid = result.config["cell"]["cell_id"] if result.config else None

@@ -17,7 +17,7 @@ import time
 
 from study import interrupt
 from study.backends import Backend, Executor, local_cpus
-from study.core.errors import UserError
+from study.core.errors import InfrastructureError, UserError
 from study.core.paths import check_locations
 from study.core.names import Tag
 from study.interrupt import StudyInterrupted
@@ -206,6 +206,10 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
         try:
             executor.run(study, todo, tracker, retry)
             ended = True
+        except InfrastructureError:
+            # the machine stopped the cells (marked KILLED, resumable): the study is interrupted, not failed
+            tracker.finish_parent(parent_id, KILLED)
+            raise
         finally:
             if not (keep and ended):  # a batch keeps Ray for the next one, unless it ended early
                 executor.close()

@@ -88,6 +88,57 @@ def test_a_disk_filled_mid_study_is_one_line_and_the_rerun_finishes(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root (CI runs as root)")
+@pytest.mark.timeout(900)
+def test_a_run_folder_made_read_only_mid_study_is_one_line_and_the_rerun_finishes(tmp_path):
+    """The cells' run folder turned read-only after the first cell (a remount, an expired mount): the
+    cells it fails are KILLED (resumable) and so is the parent, one line says so once (not once per cell
+    and retry), exit 1; writable again, the same command finishes every cell exactly once."""
+    from study.core.errors import infrastructure_from_text
+
+    assert "read-only (/x/m.tmp)" in str(infrastructure_from_text("OSError: [Errno 30] Read-only file system: "
+                                                                    "'/x/m.tmp'"))
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="1"), epoch_s=0.3)
+    path = tmp_path / "ro.yaml"
+    path.write_text(STUDY.replace("name: full", "name: ro"))
+    study = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"],
+                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mounted = False
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and study.poll() is None and not list(runs_dir.glob("ro/*/final.json")):
+            time.sleep(0.2)
+        subprocess.run(["mount", "--bind", str(runs_dir), str(runs_dir)], check=True)
+        mounted = True
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(runs_dir)], check=True)
+        out, err = study.communicate(timeout=600)
+    finally:
+        study.kill()
+        if mounted:
+            subprocess.run(["umount", "-l", str(runs_dir)], check=False)
+    text = out + err
+    assert study.returncode == 1, text
+    assert "Traceback" not in text and "Trials did not complete" not in text and "errored after" not in text, text
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "read-only" in errors[0] and str(runs_dir) in errors[0], text
+    assert text.count("a cell failed") <= 1, text
+    client = store_client(tmp_path)
+    exp = client.get_experiment_by_name("ro").experiment_id
+    (parent,) = client.search_runs([exp], "tags.role = 'parent'")
+    cells = client.search_runs([exp], "tags.role = 'cell'")
+    assert parent.info.status == "KILLED", parent.info.status
+    assert sorted(r.info.status for r in cells) == ["FINISHED", "KILLED", "KILLED"], [r.info.status for r in cells]
+    res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], cwd=REPO_ROOT,
+                         env=fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="1"), epoch_s=0.05),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cells = client.search_runs([exp], "tags.role = 'cell'")
+    assert sorted(r.data.tags["level"] for r in cells) == ["hard", "random", "semi-hard"]
+    assert all(r.info.status == "FINISHED" for r in cells)
+
+
 def test_rays_syncer_traceback_is_one_line_naming_the_cause():
     """Ray's syncer logs a whole traceback when it cannot copy a trial's files into Tune's storage (a full
     disk while the study runs): the driver's filter leaves one line naming the storage and the cause."""

@@ -83,6 +83,21 @@ def infrastructure_text(text: str) -> str | None:
     return None
 
 
+def infrastructure_from_text(text: str, then: str = RESUME) -> InfrastructureError | None:
+    """:func:`infrastructure_error` for an error known only by its text (a trial's, as Ray passes it on):
+    the cause, the file the text names (``[Errno 30] Read-only file system: '/path'``) and what to do."""
+    import re
+
+    for mark, (cause, todo) in _TEXT_CAUSES.items():
+        if mark in text:
+            return InfrastructureError(f"{cause} ({mark}): {todo}, {then}")
+    for number, (cause, todo) in _OS_CAUSES.items():
+        hit = re.search(rf"\[Errno {number}\][^\n']*?(?:: '([^'\n]+)')?(?:\n|$)", text)
+        if hit:
+            return InfrastructureError(f"{cause}{f' ({hit.group(1)})' if hit.group(1) else ''}: {todo}, {then}")
+    return None
+
+
 def infrastructure_error(err: BaseException | None, then: str = RESUME) -> InfrastructureError | None:
     """An :class:`InfrastructureError` naming the resource, the cause and what to do when ``err`` (or an
     exception it was raised from) is a failure of the machine: a full disk, a read-only or forbidden
