@@ -200,7 +200,6 @@ def _probe_request(uri: str):
     return urllib.request.Request(url, headers=headers), context
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def shown_uri(uri: str) -> str:
@@ -257,18 +256,38 @@ def _sqlite_problem(uri: str, write: bool) -> tuple[str, int] | None:
         return f"{db} is a directory, not an sqlite database file", 2
     if not stat.S_ISREG(db.stat().st_mode):
         return f"{db} is not a regular file (a pipe or a device), not an sqlite database file", 2
-    try:
-        with open(db, "rb") as fh:
-            head = fh.read(len(SQLITE_HEADER))
-    except OSError as err:
-        return f"cannot read {db} ({err.strerror})", 1
-    if head and head != SQLITE_HEADER:
+    if db.stat().st_size and not _opens_as_sqlite(db):
         return f"{db} is not an SQLite database (another file at that path?)", 2
     if write and (not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK | os.X_OK)):
         what = db if not os.access(db, os.W_OK) else db.parent
         return (f"{what} is read-only (sqlite writes the database and its journal "
                 "beside it): make it writable, or use a store elsewhere"), 1
     return None
+
+
+def _opens_as_sqlite(db) -> bool:
+    """Whether sqlite reads ``db`` as a database, asked through sqlite itself (a read-only connection).
+
+    Never with a file descriptor of our own: closing any descriptor of the database file drops every
+    POSIX lock this process holds on it, those of its open sqlite connections included; another
+    process's connection then believes itself the last one, checkpoints and deletes the write-ahead
+    log under them, and the database is corrupt ("file is not a database"; sqlite.org/howtocorrupt.html,
+    2.2). sqlite's own connections share their locks within the process, so this probe is safe."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+    except sqlite3.Error:
+        return True  # cannot open it read-only here (permissions): MLflow's own opening says why
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+        return True
+    except sqlite3.DatabaseError as err:
+        text = str(err)
+        return not ("not a database" in text or "encrypted" in text)
+    finally:
+        conn.close()
 
 
 @functools.lru_cache(maxsize=8)  # one probe per command: the load checks and the store's opening ask in turn

@@ -232,3 +232,36 @@ def test_an_empty_file_is_no_store_and_reading_it_writes_nothing(tmp_path):
         res = _run(cmd, uri, tmp_path)
         assert res.returncode == code and words in res.stdout + res.stderr, (cmd, res.returncode, res.stdout, res.stderr)
     assert store.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_the_store_check_keeps_this_processs_sqlite_locks(tmp_path):
+    """The sqlite store check reads the file through sqlite, never with a descriptor of its own: closing one
+    would drop every POSIX lock of this process's open connections on the file, and another process would
+    then checkpoint and delete the write-ahead log under them (a corrupt store: "file is not a database",
+    seen in a study whose analysis ran mid-study). Here: a connection holds the store; after the check,
+    another process still cannot take the store for itself (switch its journal mode)."""
+    import sqlite3
+
+    from analysis.uri import store_problem
+
+    db = tmp_path / "mlflow.db"
+    held = sqlite3.connect(db)
+    held.execute("PRAGMA journal_mode=WAL")
+    held.execute("CREATE TABLE t (x)")
+    held.commit()
+    held.execute("SELECT * FROM t").fetchall()
+
+    def other_process_takes_it() -> str:
+        code = ("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=0.2)\ntry:\n"
+                "    print(c.execute('PRAGMA journal_mode=DELETE').fetchone()[0])\n"
+                "except sqlite3.OperationalError as e:\n    print(e)")
+        return subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+
+    assert other_process_takes_it() == "database is locked"
+    for write in (False, True):
+        assert store_problem(f"sqlite:///{db}", write=write) is None
+    assert other_process_takes_it() == "database is locked"  # this process's locks are still there
+    (tmp_path / "notes.db").write_text("not a database\n")
+    assert "is not an SQLite database" in store_problem(f"sqlite:///{tmp_path / 'notes.db'}")[0]
+    held.close()
