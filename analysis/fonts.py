@@ -76,10 +76,19 @@ def missing_glyphs(text: str) -> str:
     return "".join(dict.fromkeys(ch for ch in text if not ch.isspace() and not any(ord(ch) in s for s in sets)))
 
 
+# letters that join or stack with their neighbours (Mongolian, Tibetan, Phags-pa): like right-to-left
+# letters (Syriac, N'Ko, Thaana, ...), only a font with the script's tables draws them as written
+_JOINING_BLOCKS = ((0x1800, 0x18AF), (0x0F00, 0x0FFF), (0xA840, 0xA87F))
+# emoji drawn as one picture only by an emoji font's ligatures: flags (regional indicator pairs), skin tones
+_EMOJI_PARTS = ((0x1F1E6, 0x1F1FF), (0x1F3FB, 0x1F3FF))
+
+
 def unshaped_marks(text: str) -> str:
-    """The combining marks of ``text`` (vowel signs, viramas, accents: Unicode categories Mn, Mc, Me) that
-    the figures would take from a font without shaping tables (UNSHAPED_FAMILIES: the first family of
-    FAMILIES that has them), so drawn beside their letter instead of on it; "" when none."""
+    """The characters of ``text`` the figures would not draw as written: combining marks (vowel signs,
+    viramas, accents: Unicode categories Mn, Mc, Me) and joining or right-to-left letters that only a font
+    without shaping tables has (UNSHAPED_FAMILIES: the first family of FAMILIES that has them), drawn
+    beside or apart from their neighbours; and the parts of emoji sequences (flags, skin tones), drawn as
+    separate boxes. "" when none."""
     import unicodedata
 
     if text.isascii():
@@ -89,5 +98,14 @@ def unshaped_marks(text: str) -> str:
     def font_of(ch: str) -> str | None:
         return next((family for family, s in sets.items() if ord(ch) in s), None)
 
-    return "".join(dict.fromkeys(ch for ch in text if unicodedata.category(ch) in ("Mn", "Mc", "Me")
-                                 and font_of(ch) in UNSHAPED_FAMILIES))
+    def inside(ch: str, blocks) -> bool:
+        return any(lo <= ord(ch) <= hi for lo, hi in blocks)
+
+    def unshaped(ch: str) -> bool:
+        if inside(ch, _EMOJI_PARTS):
+            return True
+        needs = (unicodedata.category(ch) in ("Mn", "Mc", "Me") or unicodedata.bidirectional(ch) in ("R", "AL")
+                 or inside(ch, _JOINING_BLOCKS))
+        return needs and font_of(ch) in UNSHAPED_FAMILIES
+
+    return "".join(dict.fromkeys(ch for ch in text if unshaped(ch)))

@@ -497,6 +497,11 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     parents = _all_runs(client, exp.experiment_id, role_filter(Tag.PARENT))
     runs = _all_runs(client, exp.experiment_id, role_filter(Tag.CELL))
     parent = parents[-1] if parents else None
+    held = parent.data.tags.get(Tag.STUDY) if parent is not None else None
+    if held and held != study:  # the experiments renamed by hand: this name now holds another study's runs
+        raise StoreError(f"the store's experiment '{study}' (id {exp.experiment_id}) holds the runs of study "
+                         f"'{held}' (renamed in the MLflow UI or with the client?): rename it back (mlflow "
+                         f"experiments rename --experiment-id {exp.experiment_id} --new-name '{held}')")
     factors: tuple[str, ...] = ()
     metric = DEFAULT_METRIC
     decide: dict = {}

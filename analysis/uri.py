@@ -36,6 +36,16 @@ def uri_problem(uri: str) -> str | None:
     and unknown schemes are refused; a database scheme needs its driver's module installed
     (``postgresql+psycopg2://`` names one; plain ``postgresql://`` means psycopg).
     """
+    if uri.startswith("sqlite:///"):
+        path, _, query = uri[len("sqlite:///"):].partition("?")
+        if query:
+            # MLflow hands the path alone to sqlite: mode=ro, cache=... would be dropped without a word
+            return (f"an sqlite URI takes no options (got ?{query}: MLflow would ignore them, and write a store "
+                    "declared read-only): remove them")
+        if path != ":memory:" and not path.startswith("/"):
+            return (f"an sqlite URI needs an absolute path: sqlite:////<absolute path> (four slashes; got "
+                    f"{shown_uri(uri)!r}, which would name another store in each folder a command runs from)")
+        return None
     if uri.startswith(PLAIN):
         return None
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
@@ -44,8 +54,12 @@ def uri_problem(uri: str) -> str | None:
         module = driver or DEFAULT_DRIVERS[dialect]
         if importlib.util.find_spec(module) is None:
             other = {"postgresql": "psycopg2", "mysql": "pymysql"}[dialect]
-            return (f"{scheme}:// needs the Python module {module}, which is not installed (name an installed "
-                    f"driver, e.g. {dialect}+{other}://, or use an MLflow server: http://...)")
+            if other != module and importlib.util.find_spec(other) is not None:
+                instead = f"name an installed driver: {dialect}+{other}://"
+            else:
+                instead = f"install one (pip install {other}, then {dialect}+{other}://)"
+            return (f"{scheme}:// needs the Python module {module}, which is not installed ({instead}, or use an "
+                    "MLflow server: http://...)")
         return None
     return ("must be sqlite:///<absolute path of a file>, postgresql://..., mysql://... or http(s)://<server> "
             f"(got {shown_uri(uri)!r})")
@@ -163,6 +177,9 @@ def check_server(uri: str) -> None:
             last = str(getattr(err, "reason", err))
             if attempt == 0:
                 time.sleep(1.0)
+    if "WRONG_VERSION_NUMBER" in last or "wrong version number" in last:  # plain HTTP where TLS was asked for
+        raise ServerProblem(f"MLFLOW_TRACKING_URI={shown_uri(uri)}: something answers there without TLS ({last}): "
+                            "use http:// for a server that does not speak https", down=False)
     raise ServerProblem(f"the MLflow tracking server at {shown_uri(uri)} does not answer ({last}); {SERVER_HINT}", down=True)
 
 

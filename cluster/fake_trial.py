@@ -67,7 +67,7 @@ def fake_trial(config: dict) -> None:
     history = history[:start]
     attempts_path = run_dir / "fake_attempts"
     attempt = int(attempts_path.read_text()) + 1 if attempts_path.exists() else 1
-    attempts_path.write_text(str(attempt))
+    write_atomic(attempts_path, str(attempt))  # whole or absent, a full disk included (a rerun reads it)
     at = int(opts.get("fail_epoch", 1))
     for epoch in range(start, epochs + 1):
         if epoch == at and name in opts.get("hang", ()):

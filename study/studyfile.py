@@ -227,22 +227,24 @@ def drawn_text_problem(text: str) -> str | None:
     """
     import unicodedata
 
-    if hidden := [ch for ch in text if not ch.isprintable()]:
+    if hidden := [ch for ch in text if not ch.isprintable()
+                  or unicodedata.name(ch, "").startswith("VARIATION SELECTOR")]:
         return (f"holds {_named(hidden)}, a character that does not show or controls the layout (use plain "
                 "spaces and visible characters)")
     composed = unicodedata.normalize("NFC", text)
     if composed != text:
-        return (f"is written decomposed (a letter, then its combining accent): write it composed, as "
-                f"{composed!r} (Unicode NFC), or a label that looks the same would be another level")
+        return (f"is not in Unicode's composed form (NFC; e.g. a letter, then its combining accent): write it as "
+                f"{composed!r}, or a label that looks the same would be another level")
     from analysis.fonts import FONT_PACKAGES, missing_glyphs, unshaped_marks
 
     if missing := missing_glyphs(text):
         return (f"holds {', '.join(repr(ch) for ch in missing)}, which no font of the figures can draw (installed "
                 f"by make setup: Debian {FONT_PACKAGES}; the figures would show empty boxes)")
     if marks := unshaped_marks(text):
-        return (f"holds {_named(marks)}, a combining mark that only a font without shaping tables (Unifont) has: "
-                "the figures would draw it beside its letter (the fonts of make setup shape Devanagari, Bengali, "
-                "Tamil, Thai and the other scripts of analysis/fonts.py)")
+        return (f"holds {_named(marks)}, which the figures would not draw as written (a mark or joining letter "
+                "only Unifont has, a font without shaping tables, or a part of an emoji sequence: drawn apart from "
+                "its neighbours; the fonts of make setup shape Devanagari, Bengali, Tamil, Thai, Arabic, Hebrew and "
+                "the other scripts of analysis/fonts.py)")
     return None
 
 

@@ -58,8 +58,13 @@ def test_labels_that_would_not_show_as_written_are_one_clear_error(tmp_path):
 
     cases = [("semi\u00a0hard", "U+00A0 NO-BREAK SPACE"), ("semi\u200bhard", "U+200B ZERO WIDTH SPACE"),
              ("semi-hard\u200f", "U+200F RIGHT-TO-LEFT MARK"),
-             ("e\u0301asy", "write it composed, as 'éasy'"),  # looks like the composed 'éasy'
-             ("\u1700\u1714", "U+1714 TAGALOG SIGN VIRAMA")]  # a virama only Unifont has: drawn unshaped
+             ("e\u0301asy", "write it as 'éasy'"),  # looks like the composed 'éasy'
+             ("\u2126", "write it as 'Ω'"),  # OHM SIGN: NFC makes it the Greek letter
+             ("A\ufe0f", "U+FE0F VARIATION SELECTOR-16"),  # invisible: 'A' and 'A\ufe0f' look the same
+             ("\u1700\u1714", "U+1714 TAGALOG SIGN VIRAMA"),  # a virama only Unifont has: drawn unshaped
+             ("\u182e\u1823\u1829", "U+182E MONGOLIAN LETTER MA"),  # joining letters only Unifont has
+             ("\u0712\u0710", "U+0712 SYRIAC LETTER BETH"),  # right to left, only Unifont: unjoined
+             ("\U0001f1eb\U0001f1f7", "REGIONAL INDICATOR SYMBOL LETTER F")]  # a flag: two boxed letters
     for i, (label, words) in enumerate(cases):
         path = tmp_path / f"bad{i}.yaml"
         path.write_text(STUDY.format(name=f"bad{i}", a=label, b="hard"))

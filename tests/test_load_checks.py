@@ -252,6 +252,9 @@ def test_train_refuses_a_device_it_does_not_have_and_an_unknown_preset(tmp_path,
 @pytest.mark.parametrize("uri, words", [
     ("/tmp/a/plain/path", ["must be sqlite:///"]), ("file:///tmp/x", ["must be sqlite:///", "file:///tmp/x"]),
     ("bogus://x", ["must be sqlite:///"]), ("postgresql+nodriver://u@h/db", ["needs the Python module nodriver"]),
+    # a relative path names another store in each folder; options MLflow would drop (a read-only store written)
+    ("sqlite:///relative/m.db", ["needs an absolute path", "four slashes"]),
+    ("sqlite:////tmp/m.db?mode=ro", ["takes no options", "?mode=ro"]),
 ])
 def test_a_store_uri_the_toolkit_cannot_use_is_one_error(tmp_path, monkeypatch, capsys, uri, words):
     """MLFLOW_TRACKING_URI is checked before MLflow would fail on it with a traceback (run, status, analysis;

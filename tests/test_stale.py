@@ -136,6 +136,9 @@ def test_a_study_whose_experiment_was_renamed_says_so(tmp_path, isolated_store, 
     assert not (tmp_path / "results").exists()
     client.rename_experiment(client.get_experiment_by_name("b").experiment_id, "a")  # b's runs under a's name
     refused("a", "holds the runs of study 'b'", "--new-name 'b'")
+    assert analysis_main(["--study", "a", "--out", str(tmp_path / "results")]) == 2  # not b's runs as a's
+    err = capsys.readouterr().err.strip()
+    assert "holds the runs of study 'b'" in err and len(err.splitlines()) == 1, err
     client.rename_experiment(client.get_experiment_by_name("a").experiment_id, "b")
     client.rename_experiment(a_id, "a")  # both back: the same commands go on with the finished cells
     capsys.readouterr()
