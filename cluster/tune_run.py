@@ -42,7 +42,7 @@ from study.core import names
 from study.core.files import write_atomic
 from study.retry import RetryPolicy
 from study.studyfile import Cell, Study
-from study.core.errors import infrastructure_from_text, infrastructure_text
+from study.core.errors import InfrastructureError, infrastructure_from_text, infrastructure_text
 from study.tracking import COST_METRICS, FAILED, FINISHED, KILLED, TRIAL_ENV, StudyTracker, trial_function
 
 # set while the job is being stopped from outside (see the module docstring)
@@ -542,7 +542,7 @@ def run_cells(study: Study, cells: list[Cell], tracker: StudyTracker, *, run_roo
         raise RuntimeError(f"Ray Tune failed: {type(cause).__name__}: {cause}") from cause
     if machine_failures:
         # the machine, not a cell, stopped these cells (marked KILLED): one message for the study
-        raise infrastructure_from_text(machine_failures[0])
+        raise infrastructure_from_text(machine_failures[0]) or InfrastructureError(machine_failures[0][-300:])
     out = {}
     for result in grid:
         cid = result.config["cell"]["cell_id"] if result.config else None

@@ -39,6 +39,14 @@ def test_the_machines_failures_are_named():
     db = sqlite3.OperationalError("database or disk is full")
     assert "the disk holding the MLflow store is full" in str(infrastructure_error(db))
     assert "read-only" in str(infrastructure_error(OSError(errno.EROFS, "Read-only file system", "/x")))
+    from study.core.errors import infrastructure_from_text
+
+    # a trial's error text: the first file its line names (a rename names two), or none
+    assert str(infrastructure_from_text("OSError: [Errno 30] Read-only file system: '/a' -> '/b'")).startswith(
+        "the file system is read-only (/a): ")
+    assert str(infrastructure_from_text("PermissionError: [Errno 13] Permission denied")).startswith(
+        "permission denied: fix")
+    assert infrastructure_from_text("ValueError: invalid literal for int()") is None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")

@@ -92,9 +92,10 @@ def infrastructure_from_text(text: str, then: str = RESUME) -> InfrastructureErr
         if mark in text:
             return InfrastructureError(f"{cause} ({mark}): {todo}, {then}")
     for number, (cause, todo) in _OS_CAUSES.items():
-        hit = re.search(rf"\[Errno {number}\][^\n']*?(?:: '([^'\n]+)')?(?:\n|$)", text)
+        hit = re.search(rf"\[Errno {number}\][^\n]*", text)
         if hit:
-            return InfrastructureError(f"{cause}{f' ({hit.group(1)})' if hit.group(1) else ''}: {todo}, {then}")
+            path = re.search(r"'([^'\n]+)'", hit.group(0))  # the first file the line names, if any
+            return InfrastructureError(f"{cause}{f' ({path.group(1)})' if path else ''}: {todo}, {then}")
     return None
 
 
