@@ -39,7 +39,9 @@ def _parent(client, name):
 def test_a_verdict_made_mid_study_is_provisional_then_stale_then_final(tmp_path):
     import time
 
-    env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="2"), epoch_s=1.0)
+    # one slot, 4 s a cell: after the first cell, 20 s of cells are left for the analysis to start in,
+    # on a loaded machine too (mostly sleep: little CPU)
+    env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="1"), epoch_s=2.0)
     path = tmp_path / "s.yaml"
     path.write_text(STUDY.format(name="s", seeds="[0, 1, 2]"))
     study = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], cwd=REPO_ROOT,
