@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     # imported here, after the stop handlers are in place (pandas and matplotlib take a second)
-    from study.core.listing import experiment_holding_study
+    from study.core.listing import experiment_holding_study, moved_study_text
 
     from .load import ContractError, StoreError, client_for, default_tracking_uri, list_studies
     from .pipeline import build_all, default_out_dir
+    from .uri import shown_uri
 
     p = argparse.ArgumentParser(
         prog="python -m analysis",
@@ -59,7 +60,7 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", action="extend", nargs="+", default=None, metavar="NAME",
                    help="studies (experiments) to rebuild (--study a b, or --study a --study b); default: every study in the store "
                         "(REPORT.md also lists the paper's four studies, as not run when absent)")
-    p.add_argument("--tracking-uri", default=None, help=f"MLflow store (default: {default_tracking_uri()})")
+    p.add_argument("--tracking-uri", default=None, help=f"MLflow store (default: {shown_uri(default_tracking_uri())})")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default: {default_out_dir()})")
     p.add_argument("--no-log", action="store_true",
                    help="do not put the outputs and verdicts on the studies' parent runs in the store")
@@ -78,10 +79,8 @@ def _main(argv: list[str] | None = None) -> int:
                 if name not in known:
                     moved = experiment_holding_study(client_for(args.tracking_uri), name)
                     if moved is not None:
-                        print(f"analysis: --study {name}: the store holds it in experiment {moved.experiment_id}, "
-                              f"now named '{moved.name}' (renamed in the MLflow UI or with the client?): rename it "
-                              f"back (mlflow experiments rename --experiment-id {moved.experiment_id} --new-name "
-                              f"'{name}'), or name it --study '{moved.name}'", file=sys.stderr)
+                        print(f"analysis: --study {name}: {moved_study_text(name, moved)}, or name it "
+                              f"--study '{moved.name}'", file=sys.stderr)
                         return 2
                     close = difflib.get_close_matches(name, known, n=1)
                     if close:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.core import names
-from study.core.listing import all_experiments, all_runs
+from study.core.listing import all_experiments, all_runs, foreign_study_text
 from study.core.names import FINISHED, Tag, factor_tag, role_filter
 from study.core.paths import default_tracking_uri  # noqa: F401 (re-exported)
 
@@ -499,9 +499,7 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     parent = parents[-1] if parents else None
     held = parent.data.tags.get(Tag.STUDY) if parent is not None else None
     if held and held != study:  # the experiments renamed by hand: this name now holds another study's runs
-        raise StoreError(f"the store's experiment '{study}' (id {exp.experiment_id}) holds the runs of study "
-                         f"'{held}' (renamed in the MLflow UI or with the client?): rename it back (mlflow "
-                         f"experiments rename --experiment-id {exp.experiment_id} --new-name '{held}')")
+        raise StoreError(foreign_study_text(exp, held))
     factors: tuple[str, ...] = ()
     metric = DEFAULT_METRIC
     decide: dict = {}

@@ -46,10 +46,14 @@ def uri_problem(uri: str) -> str | None:
             return (f"an sqlite URI needs an absolute path: sqlite:////<absolute path> (four slashes; got "
                     f"{shown_uri(uri)!r}, which would name another store in each folder a command runs from)")
         return None
-    if uri.startswith(PLAIN):
-        return None
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     dialect, _, driver = scheme.partition("+")
+    if scheme in ("http", "https") or dialect in DEFAULT_DRIVERS:
+        problem = _address_problem(uri, dialect)
+        if problem:
+            return problem
+    if uri.startswith(PLAIN):
+        return None
     if dialect in DEFAULT_DRIVERS:
         module = driver or DEFAULT_DRIVERS[dialect]
         if importlib.util.find_spec(module) is None:
@@ -63,6 +67,32 @@ def uri_problem(uri: str) -> str | None:
         return None
     return ("must be sqlite:///<absolute path of a file>, postgresql://..., mysql://... or http(s)://<server> "
             f"(got {shown_uri(uri)!r})")
+
+
+def _address_problem(uri: str, dialect: str) -> str | None:
+    """Why the host and port of a server's or database's URI cannot be read (what the client would fail on
+    with a traceback, or read as another address), or None. A character of the user or password that
+    URIs reserve (``/ ? # @ : [ ]``) must be percent-encoded (``%2F``, ``%40``, ...)."""
+    from urllib.parse import urlsplit
+
+    shown = shown_uri(uri)
+    encode = ("; a reserved character (/ ? # @ : [ ]) in the user or password must be percent-encoded "
+              "(%2F %3F %23 %40 %3A %5B %5D)") if "@" in uri else ""
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port
+    except ValueError as err:
+        return f"cannot read the address in {shown!r} ({err}){encode}"
+    if parts.netloc.count("@") > 1:
+        return f"cannot read the address in {shown!r} (more than one '@'){encode}"
+    if dialect in ("http", "https"):
+        if not host:
+            return f"names no host: {dialect}://<host>[:<port>][/<path>] (got {shown!r})"
+        if port == 0:
+            return f"port 0 is no server's port (got {shown!r})"
+    elif port == 0 or (not host and parts.netloc.rpartition("@")[2]):
+        return f"cannot read the address in {shown!r}{encode}"
+    return None
 
 
 SQLITE_BUSY_TIMEOUT_S = 20  # MLflow's own value for its sessions (mlflow.store.db.utils)
@@ -220,10 +250,26 @@ def _probe_request(uri: str):
 
 
 def shown_uri(uri: str) -> str:
-    """``uri`` as a message may show it: a password in it (``scheme://user:password@host``) as ``***``."""
-    import re
+    """``uri`` as a message may show it: a password in it (``scheme://user:password@host``) as ``***``.
 
-    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", uri)
+    A password holding a reserved character that is not percent-encoded (``/ # ? @``) breaks the
+    address's parsing: then everything up to the URI's last ``@`` is hidden (more than the password
+    where a path holds an ``@``, never less)."""
+    import re
+    from urllib.parse import urlsplit
+
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)", uri, flags=re.DOTALL)
+    if not m:
+        return uri
+    try:
+        urlsplit(uri).port
+    except ValueError:
+        return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/:@?#]*):.*@", r"\1:***@", uri, flags=re.DOTALL)
+    scheme, netloc, rest = m.groups()
+    user, at, host = netloc.rpartition("@")
+    if not at or ":" not in user:
+        return uri
+    return f"{scheme}{user.split(':', 1)[0]}:***@{host}{rest}"
 
 
 def store_problem(uri: str, write: bool = True) -> tuple[str, int] | None:
@@ -231,7 +277,8 @@ def store_problem(uri: str, write: bool = True) -> tuple[str, int] | None:
     and log hundreds of lines first), or None:
 
     - sqlite: the file is a directory or not an SQLite database, or a file stands where its folder
-      would be; for a command that writes (``write``), the file or its folder is read-only;
+      would be; the file or its folder is read-only (for a store not made yet: only for a command that
+      writes, ``write``);
     - postgresql / mysql: nothing listens at the database's host and port, or what answers there does
       not speak the database's protocol (checked within 5 s each).
     An ``http(s)://`` server is :func:`check_server`'s. Returns (message, exit status), the message to be
@@ -275,10 +322,14 @@ def _sqlite_problem(uri: str, write: bool) -> tuple[str, int] | None:
         return f"{db} is not a regular file (a pipe or a device), not an sqlite database file", 2
     if db.stat().st_size and not _opens_as_sqlite(db):
         return f"{db} is not an SQLite database (another file at that path?)", 2
-    if write and (not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK | os.X_OK)):
+    # an existing store, even for a command that only reads: MLflow's engine writes when it opens the
+    # file (its schema check, the journal mode), and sqlite keeps its journal beside it; read-only, MLflow
+    # retries for minutes before it fails
+    if not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK | os.X_OK):
         what = db if not os.access(db, os.W_OK) else db.parent
-        return (f"{what} is read-only (sqlite writes the database and its journal "
-                "beside it): make it writable, or use a store elsewhere"), 1
+        return (f"{what} is read-only (MLflow writes an sqlite store when it opens it, even to read, and sqlite "
+                "its journal beside it): make it writable, or copy the store to a writable folder and point "
+                "MLFLOW_TRACKING_URI at the copy"), 1
     return None
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 
 from study.core.errors import UserError
 from study.core.names import COST_METRICS, FAILED, FINAL_METRICS, FINISHED, KILLED, RUNNING  # noqa: F401 (re-exported)
-from study.core.listing import all_experiments, all_runs, experiment_holding_study
+from study.core.listing import (all_experiments, all_runs, experiment_holding_study, foreign_study_text,
+                                moved_study_text)
 from study.core.names import Tag, factor_tag, role_filter
 from study.core.paths import artifact_root, default_tracking_uri  # noqa: F401 (re-exported)
 
@@ -63,11 +64,9 @@ def store_exists(uri: str) -> bool:
     for any other store (a server answers for itself). UserError for a path that is no sqlite store (a
     folder, another kind of file): a command that only reads must not report such a store as empty."""
     if uri.startswith("sqlite:///"):
-        from analysis.uri import shown_uri, store_problem
+        from analysis.uri import store_problem
 
-        problem = store_problem(uri, write=False)
-        if problem:
-            raise UserError(problem[0], source=f"MLFLOW_TRACKING_URI={shown_uri(uri)}")
+        _raise_store_problem(uri, store_problem(uri, write=False))
         db = Path(uri[len("sqlite:///"):].split("?")[0])
         return db.is_file() and db.stat().st_size > 0  # an empty file is no store yet: reading it would make one
     return not uri.startswith("sqlite:")
@@ -174,15 +173,22 @@ def check_store(uri: str) -> None:
     """A tracking server answers at ``uri`` (within 15 s), with MLflow's HTTP retries bounded, and a
     database store can be opened and written (analysis.uri.store_problem): else one message (exit 1, or 2
     for a URI naming something that is no store) before anything is written."""
-    from analysis.uri import ServerProblem, bound_http_retries, check_server, shown_uri, store_problem
+    from analysis.uri import ServerProblem, bound_http_retries, check_server, store_problem
 
     bound_http_retries()
     try:
         check_server(uri)
     except ServerProblem as err:
         raise StoreUnreachable(str(err)) from None
-    problem = store_problem(uri)  # a database or sqlite file MLflow would retry on for minutes
+    _raise_store_problem(uri, store_problem(uri))  # a database or sqlite file MLflow would retry on for minutes
+
+
+def _raise_store_problem(uri: str, problem: "tuple[str, int] | None") -> None:
+    """The error of :func:`analysis.uri.store_problem`'s answer: exit status 1 for the machine's or a
+    service's fault (StoreUnreachable), 2 for the user's input (UserError)."""
     if problem:
+        from analysis.uri import shown_uri
+
         message, code = problem
         where = f"MLFLOW_TRACKING_URI={shown_uri(uri)}"
         raise StoreUnreachable(f"{where}: {message}") if code == 1 else UserError(message, source=where)
@@ -658,23 +664,18 @@ def check_same_study(study) -> None:
                         f"restore it (mlflow experiments restore --experiment-id {exp.experiment_id}) or remove it for "
                         f"good (mlflow gc --backend-store-uri {shown_uri(uri)} --experiment-ids {exp.experiment_id})",
                         source=str(study.path), key="name")
-    rename = "renamed in the MLflow UI or with the client?"
     if exp is None:
         moved = experiment_holding_study(tracker.client, study.name)
         if moved is not None:
-            raise UserError(f"the store holds study '{study.name}' in experiment {moved.experiment_id}, now named "
-                            f"'{moved.name}' ({rename}): rename it back (mlflow experiments rename --experiment-id "
-                            f"{moved.experiment_id} --new-name '{study.name}') to go on with its runs, or give this "
-                            "study another name", source=str(study.path), key="name")
+            raise UserError(f"{moved_study_text(study.name, moved)}, or give this study another name",
+                            source=str(study.path), key="name")
         return
     parent = tracker.parent_run()
     if parent is None:
         return
     held = parent.data.tags.get(Tag.STUDY)
     if held and held != study.name:
-        raise UserError(f"the store's experiment '{study.name}' (id {exp.experiment_id}) holds the runs of study "
-                        f"'{held}' ({rename}): rename it back (mlflow experiments rename --experiment-id "
-                        f"{exp.experiment_id} --new-name '{held}'), or give this study another name",
+        raise UserError(f"{foreign_study_text(exp, held)}, or give this study another name",
                         source=str(study.path), key="name")
     theirs = parent.data.params.get("factors", "")
     ours = study.parent_params()["factors"]

@@ -154,7 +154,15 @@ def _store_cases(tmp_path):
             ("database URI at another service's port", f"postgresql+psycopg2://mlflow:secret@{_greeter()}/x", 1,
              "but not as a postgresql database server"),
             ("MLflow server with credentials in the URI, down", f"http://user:secret@127.0.0.1:{_free_port()}/", 1,
-             "does not answer (")] + ([
+             "does not answer ("),
+            # addresses the client cannot read: a traceback from its parser before, the password shown
+            ("server password with a '/'", "http://user:sec/ret@127.0.0.1:5000/", 2, "must be percent-encoded"),
+            ("database password with a '#'", "postgresql+psycopg2://mlflow:se#cret@127.0.0.1/x", 2,
+             "must be percent-encoded"),
+            ("password with an '@'", "http://user:se@cret@127.0.0.1:5000/", 2, "more than one '@'"),
+            ("port not a number", "http://127.0.0.1:50o0/", 2, "cannot read the address"),
+            ("unclosed IPv6 bracket", "http://[::1", 2, "Invalid IPv6 URL"),
+            ("server URI without a host", "https:///mlflow", 2, "names no host")] + ([
             # CI's PostgreSQL (cluster/mlflow_server.sh prepare): MLflow would retry the refused login for ~100 s
             ("database login refused", "postgresql+psycopg2://nobody:secret@127.0.0.1:5432/x", 2,
              "refuses the connection")] if _postgres_here() else [])
@@ -184,6 +192,23 @@ def _postgres_here() -> bool:
         return False
 
 
+@pytest.mark.parametrize("uri, shown", [
+    ("http://user:secret@host:5000/", "http://user:***@host:5000/"),
+    ("postgresql+psycopg2://mlflow:secret@127.0.0.1:5432/x", "postgresql+psycopg2://mlflow:***@127.0.0.1:5432/x"),
+    ("http://user:sec/ret@host/", "http://user:***@host/"),  # the parser reads "sec" as the port
+    ("http://user:se#cr?et@host/", "http://user:***@host/"),
+    ("http://user:se@cret@host/", "http://user:***@host/"),
+    ("mysql+pymysql://u:secret@[::1]:3306/db", "mysql+pymysql://u:***@[::1]:3306/db"),
+    ("http://user@host/", "http://user@host/"),  # no password
+    ("http://host:5000/a@b", "http://host:5000/a@b"),  # an '@' in the path, no user
+    ("sqlite:////tmp/a@b:c/x.db", "sqlite:////tmp/a@b:c/x.db"),
+])
+def test_a_uri_is_shown_without_its_password(uri, shown):
+    from analysis.uri import shown_uri
+
+    assert shown_uri(uri) == shown
+
+
 def test_a_store_that_cannot_be_opened_is_one_line(tmp_path, monkeypatch, capsys):
     """Every command, on each kind of store it cannot open: one line naming the setting and the cause,
     the password hidden, nothing written, at once (each command's main in this process; the commands as
@@ -194,7 +219,8 @@ def test_a_store_that_cannot_be_opened_is_one_line(tmp_path, monkeypatch, capsys
             err = res.stderr.strip()
             assert res.returncode == code, (name, cmd, res.returncode, err)
             assert "Traceback" not in err and len(err.splitlines()) == 1, (name, cmd, err)
-            assert words in err and "MLFLOW_TRACKING_URI" in err and "secret" not in err, (name, cmd, err)
+            assert words in err and "MLFLOW_TRACKING_URI" in err, (name, cmd, err)
+            assert "secret" not in err and "cret" not in err and "sec/" not in err, (name, cmd, err)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder.db", "dangling-dir", "dangling.db", "notes.db",
                                                           "pipe.db"]
@@ -265,3 +291,49 @@ def test_the_store_check_keeps_this_processs_sqlite_locks(tmp_path):
     (tmp_path / "notes.db").write_text("not a database\n")
     assert "is not an SQLite database" in store_problem(f"sqlite:///{tmp_path / 'notes.db'}")[0]
     held.close()
+
+
+def test_a_read_only_store_is_one_line_for_every_command(tmp_path, monkeypatch, capsys):
+    """An existing sqlite store on a read-only mount (or without write permission): MLflow writes it when
+    it opens it, even to read, and retried for ~105 s before a traceback; now every command, those that
+    only read included, says so in one line at once, exit 1, and writes nothing."""
+    import os
+    import subprocess
+
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    db = sqlite3_store(src / "m.db")
+    mounted = os.geteuid() == 0
+    if mounted:  # root passes every permission check: a read-only bind mount of the folder
+        subprocess.run(["mount", "--bind", str(src), str(ro)], check=True)
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
+    else:
+        ro.rmdir()
+        src.rename(ro)
+        (ro / db.name).chmod(0o444)
+        ro.chmod(0o555)
+    try:
+        before = (ro / "m.db").read_bytes()
+        for cmd in COMMANDS[:2] + COMMANDS[3:]:
+            res = _run_here(cmd, f"sqlite:///{ro / 'm.db'}", tmp_path, monkeypatch, capsys)
+            err = res.stderr.strip()
+            assert res.returncode == 1, (cmd, res.returncode, err)
+            assert "Traceback" not in err and len(err.splitlines()) == 1, (cmd, err)
+            assert "is read-only" in err and "MLFLOW_TRACKING_URI" in err, (cmd, err)
+        assert (ro / "m.db").read_bytes() == before and sorted(p.name for p in ro.iterdir()) == ["m.db"]
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(ro)], check=False)
+        else:
+            ro.chmod(0o755)
+
+
+def sqlite3_store(path):
+    """A small sqlite database at ``path`` (the checks run before MLflow reads its tables)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE experiments (experiment_id INTEGER)")
+    return path

@@ -51,3 +51,23 @@ def experiment_holding_study(client, name: str):
     found = all_runs(client, ids, f"{role_filter(Tag.PARENT)} and tags.{Tag.STUDY} = '{name}'",
                      run_view_type=ViewType.ACTIVE_ONLY) if ids else []
     return client.get_experiment(found[0].info.experiment_id) if found else None
+
+
+_RENAMED = "renamed in the MLflow UI or with the client?"
+
+
+def _rename_command(experiment_id: str, name: str) -> str:
+    return f"mlflow experiments rename --experiment-id {experiment_id} --new-name '{name}'"
+
+
+def moved_study_text(name: str, moved) -> str:
+    """Why study ``name`` is not under its own name: ``moved`` (from :func:`experiment_holding_study`) holds
+    it; the command that renames it back."""
+    return (f"the store holds study '{name}' in experiment {moved.experiment_id}, now named '{moved.name}' "
+            f"({_RENAMED}): rename it back ({_rename_command(moved.experiment_id, name)}) to go on with its runs")
+
+
+def foreign_study_text(experiment, held: str) -> str:
+    """Why ``experiment`` cannot serve the study of its name: its parent run is study ``held``'s."""
+    return (f"the store's experiment '{experiment.name}' (id {experiment.experiment_id}) holds the runs of study "
+            f"'{held}' ({_RENAMED}): rename it back ({_rename_command(experiment.experiment_id, held)})")
