@@ -155,6 +155,12 @@ class StudySpec(BaseModel):
             dup = sorted({lb for lb in labels if labels.count(lb) > 1})
             if dup:
                 raise ValueError(f"factor '{name}' has duplicate levels: {', '.join(dup)}")
+            if pair := look_alike(labels):
+                raise ValueError(f"factor '{name}': levels {pair[0]!r} and {pair[1]!r} look alike (equal in Unicode's "
+                                 "compatibility form, NFKC): the figures and tables would not tell them apart")
+        if pair := look_alike(factors):
+            raise ValueError(f"factors {pair[0]!r} and {pair[1]!r} look alike (equal in Unicode's compatibility form, "
+                             "NFKC): the figures and tables would not tell them apart")
         return factors
 
     @field_validator("seeds")
@@ -213,6 +219,33 @@ def _named(chars) -> str:
     return ", ".join(named) + (f" and {len(seen) - 3} more" if len(seen) > 3 else "")
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 15; fonts draw nothing for
+# them) that Python's str.isprintable lets through, and characters whose glyph is blank
+_BLANK_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2800, 0x2800),
+                 (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+                 (0xE0000, 0xE0FFF))
+
+
+def _blank(ch: str) -> bool:
+    """Whether ``ch`` shows nothing though Python calls it printable (a filler, a grapheme joiner, a
+    variation selector, the blank Braille pattern)."""
+    return any(lo <= ord(ch) <= hi for lo, hi in _BLANK_RANGES)
+
+
+def look_alike(texts) -> tuple[str, str] | None:
+    """The first two different ``texts`` equal under Unicode's compatibility form (NFKC: a full-width
+    'ｈａｒｄ' and 'hard', a ligature and its letters), which a figure or a table shows alike, or None."""
+    import unicodedata
+
+    seen: dict[str, str] = {}
+    for t in texts:
+        key = unicodedata.normalize("NFKC", t)
+        if key in seen and seen[key] != t:
+            return seen[key], t
+        seen.setdefault(key, t)
+    return None
+
+
 def drawn_text_problem(text: str) -> str | None:
     """Why ``text`` (a level label or a factor name: the figures draw both) would not come out as written
     in a figure, a tag or a table, or None:
@@ -227,10 +260,12 @@ def drawn_text_problem(text: str) -> str | None:
     """
     import unicodedata
 
-    if hidden := [ch for ch in text if not ch.isprintable()
-                  or unicodedata.name(ch, "").startswith("VARIATION SELECTOR")]:
+    if hidden := [ch for ch in text if not ch.isprintable() or _blank(ch)]:
         return (f"holds {_named(hidden)}, a character that does not show or controls the layout (use plain "
                 "spaces and visible characters)")
+    if text != text.strip(" ") or "  " in text:
+        return ("has a space at its start or end, or two in a row: it would look like the label without them "
+                "and be another level (write single spaces between words)")
     composed = unicodedata.normalize("NFC", text)
     if composed != text:
         return (f"is not in Unicode's composed form (NFC; e.g. a letter, then its combining accent): write it as "

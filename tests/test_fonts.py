@@ -64,13 +64,22 @@ def test_labels_that_would_not_show_as_written_are_one_clear_error(tmp_path):
              ("\u1700\u1714", "U+1714 TAGALOG SIGN VIRAMA"),  # a virama only Unifont has: drawn unshaped
              ("\u182e\u1823\u1829", "U+182E MONGOLIAN LETTER MA"),  # joining letters only Unifont has
              ("\u0712\u0710", "U+0712 SYRIAC LETTER BETH"),  # right to left, only Unifont: unjoined
-             ("\U0001f1eb\U0001f1f7", "REGIONAL INDICATOR SYMBOL LETTER F")]  # a flag: two boxed letters
+             ("\U0001f1eb\U0001f1f7", "REGIONAL INDICATOR SYMBOL LETTER F"),  # a flag: two boxed letters
+             # printable for Python, blank in every font: a label that looks like its neighbour
+             ("semi\u3164hard", "U+3164 HANGUL FILLER"), ("semi\uffa0hard", "U+FFA0 HALFWIDTH HANGUL FILLER"),
+             ("semi\u034fhard", "U+034F COMBINING GRAPHEME JOINER"), ("semi\u2800hard", "U+2800 BRAILLE PATTERN BLANK"),
+             (" semi-hard", "a space at its start or end"), ("semi-hard ", "a space at its start or end"),
+             ("semi  hard", "two in a row"),
+             ("ｈａｒｄ", "look alike"), ("ﬁne", None)]  # full-width 'hard' beside 'hard'; a ligature beside 'fine'
     for i, (label, words) in enumerate(cases):
         path = tmp_path / f"bad{i}.yaml"
-        path.write_text(STUDY.format(name=f"bad{i}", a=label, b="hard"))
+        other = "fine" if words is None else "hard"
+        words = words or "look alike"
+        path.write_text(STUDY.format(name=f"bad{i}", a=label, b=other))
         with pytest.raises(UserError) as err:
             load_study(path, "smoke")
-        assert words in str(err.value) and "level label" in str(err.value), (label, str(err.value))
+        assert words in str(err.value) and ("level label" in str(err.value) or "levels" in str(err.value)), (
+            label, str(err.value))
     # drawn as written: composed accents, Arabic and Hebrew (DejaVu Sans, shaped right to left), Devanagari,
     # Bengali, Tamil and Thai (Noto Sans, shaped)
     for i, label in enumerate(["éasy", "العربية", "עברית", "हिंदी", "বাংলা", "தமிழ்", "ที่นี่"]):
@@ -86,3 +95,17 @@ def test_the_shaping_scripts_take_a_font_with_shaping_tables():
     for ch, family in (("ि", "Noto Sans Devanagari"), ("ী", "Noto Sans Bengali"), ("ั", "Noto Sans Thai")):
         assert next(f for f, s in sets.items() if ord(ch) in s) == family, ch
     assert unshaped_marks("हिंदी नमूने") == "" and unshaped_marks("\u1700\u1714") == "\u1714"
+
+
+def test_factor_names_that_look_alike_are_refused(tmp_path):
+    import pytest
+
+    from study.core.errors import UserError
+    from study.studyfile import load_study
+
+    path = tmp_path / "twins.yaml"
+    path.write_text("name: twins\nfixed: {method: interclr, epochs: 2}\nfactors:\n  margin: [-0.5, 0.0]\n"
+                    "  ｍargin: [0.1, 0.2]\nseeds: [0]\n")
+    with pytest.raises(UserError) as err:
+        load_study(path, "smoke")
+    assert "look alike" in str(err.value) and "'margin'" in str(err.value), str(err.value)
