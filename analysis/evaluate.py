@@ -3,9 +3,10 @@
 :func:`evaluate_study` resolves the study's hypotheses (:mod:`analysis.hypotheses`) on its design,
 computes each part's per-seed contrast values from the finished cells, and decides the study's
 family of units by the rule of :mod:`analysis.stats` (Holm across the family at fixed seeds) or,
-for a study run with ``--until-decided``, by the running intersection of anytime-valid confidence
-sequences (:mod:`analysis.decide`) at ``0.05 / (parts in the family)`` each, keeping the first
-decision of each unit. Pure: a StudyData in, results out.
+for a study run with ``--until-decided``, by the running intersection of the repeated confidence
+intervals of its group-sequential design (:mod:`analysis.decide`: looks at the file's seeds, then
+2 more per look, up to the planned ``max_seeds``) at ``0.05 / (parts in the family)`` each, keeping
+the first decision of each unit. Pure: a StudyData in, results out.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class PartResult:
     mde: float  # minimum detectable effect at n (80% power, observed sd)
     seeds_for_delta: int | None  # seeds a t-test needs to detect delta (80% power)
     improvement: decide.Improvement  # P(d > 0) over seeds, bootstrap interval
-    cs_low: float  # running intersection of the anytime-valid interval, at the family's level
+    cs_low: float  # running intersection of the sequential interval (the study's design), at the family's level
     cs_high: float
     verdict: Verdict  # the part's own verdict at 0.05, before the family's adjustment
     cell_seconds: float  # wall seconds of the cells it compares at those seeds
@@ -62,7 +63,7 @@ class UnitResult:
     decided_at: int | None  # sequential rule: the seeds at which the verdict was reached
     rule: str  # "fixed" or "sequential"
     n: int  # seeds every part has
-    cs_alpha: float  # the level of each part's anytime-valid interval (0.05 / parts in the family)
+    cs_alpha: float  # the level of each part's sequential interval (0.05 / parts in the family)
 
     @property
     def open(self) -> bool:
@@ -143,14 +144,19 @@ def _cost(cells: pd.DataFrame, levels: Sequence[str], seeds: Sequence[int]) -> t
 
 
 def evaluate_part(part: Part, cells: pd.DataFrame, order: Sequence[int], delta: float, equivalence: bool,
-                  cs_alpha: float, tables: dict | None = None) -> PartResult:
+                  cs_alpha: float, tables: dict | None = None, design: decide.GroupSequential | None = None
+                  ) -> PartResult:
+    """One part at the study's seeds. Its sequential interval: ``design``'s repeated confidence intervals
+    (a study run with ``--until-decided``), else the anytime-valid confidence sequence (for the record:
+    a study at fixed seeds is decided by its t-tests)."""
     table = (tables or {}).get(part.metric) or _table(cells, part.metric)
     seeds, d = contrast_values(part, table, order)
     c = contrast_compare(d)
     tost = decide.tost_pvalue(d, np.zeros_like(d), delta) if d.size else math.nan
-    low, high = decide.running_intervals(d, cs_alpha) if d.size else (np.array([-math.inf]), np.array([math.inf]))
+    low, high = (decide.running_intervals(d, cs_alpha, design=design) if d.size
+                 else (np.array([-math.inf]), np.array([math.inf])))
     seconds, reused = _cost(cells, part.levels, seeds)
-    steps = tuple(evaluate_part(s, cells, order, delta, False, cs_alpha, tables) for s in part.steps)
+    steps = tuple(evaluate_part(s, cells, order, delta, False, cs_alpha, tables, design) for s in part.steps)
     return PartResult(
         part, tuple(seeds), c, tost, against_equivalence_p(c, delta),
         decide.minimum_detectable_effect(c.std_diff, c.n), decide.seeds_needed(delta, c.std_diff),
@@ -159,7 +165,7 @@ def evaluate_part(part: Part, cells: pd.DataFrame, order: Sequence[int], delta: 
 
 
 def _sequential(unit: Unit, parts: Sequence[PartResult], cells: pd.DataFrame, order: Sequence[int], cs_alpha: float,
-                tables: dict) -> tuple[Verdict, int | None, int]:
+                tables: dict, design: decide.GroupSequential) -> tuple[Verdict, int | None, int]:
     """The unit's verdict under the sequential rule: its parts' running intervals over the seeds every
     part has, in order; the first prefix at which the conjunction is decided fixes it."""
     common = [s for s in order if all(s in p.seeds for p in parts)]
@@ -168,11 +174,18 @@ def _sequential(unit: Unit, parts: Sequence[PartResult], cells: pd.DataFrame, or
     codes = []
     for p in unit.parts:
         _, d = contrast_values(p, tables.get(p.metric) or _table(cells, p.metric), common)
-        low, high = decide.running_intervals(d, cs_alpha)
+        low, high = decide.running_intervals(d, cs_alpha, design=design)
         codes.append(decide.interval_codes(low, high, p.region(unit.delta), unit.equivalence))
     code, at = decide.first_decision(decide.conjunction_codes(codes)[None, :])
     verdict = _CODE_VERDICT[int(code[0])]
     return verdict, (int(at[0]) if verdict.decided else None), len(common)
+
+
+def sequential_design(data: StudyData) -> decide.GroupSequential:
+    """The group-sequential design of a study run with ``--until-decided``: its first look at the study
+    file's seeds, then ``decide.BATCH`` seeds per look, up to the ``max_seeds`` it was planned with."""
+    return decide.GroupSequential.planned(len(data.planned_seeds) or decide.FIRST_LOOK,
+                                          data.max_seeds or decide.MAX_SEEDS)
 
 
 def evaluate_study(data: StudyData) -> list[HypothesisResult]:
@@ -197,8 +210,9 @@ def evaluate_study(data: StudyData) -> list[HypothesisResult]:
     order = seed_order(set(data.cells["seed"]) if not data.empty else (), data.planned_seeds)
     metrics = {p.metric for u in units for p in u.parts}
     tables = {m: _table(data.cells, m) for m in metrics} if not data.empty else {}
+    design = sequential_design(data) if data.stopping == "sequential" else None
     part_results = {id(u): tuple(evaluate_part(p, data.cells, order, p.region(u.delta), u.equivalence,
-                                               family_alpha[u.family], tables)
+                                               family_alpha[u.family], tables, design)
                                  for p in u.parts) for u in units} if not data.empty else {}
     unit_results: dict[int, UnitResult] = {}
     if not data.empty:
@@ -209,7 +223,7 @@ def evaluate_study(data: StudyData) -> list[HypothesisResult]:
                     r.cs_low, r.cs_high, part.region(u.delta), u.equivalence))])
                     for part, r in zip(u.parts, part_results[id(u)]))
                 a = family_alpha[u.family]
-                v, at, n = _sequential(u, part_results[id(u)], data.cells, order, a, tables)
+                v, at, n = _sequential(u, part_results[id(u)], data.cells, order, a, tables, design)
                 unit_results[id(u)] = UnitResult(u, part_results[id(u)], v, math.nan, at, "sequential", n, a)
         else:
             for f, us in families.items():
@@ -270,7 +284,8 @@ def describe(p: PartResult, unit: UnitResult | None = None) -> str:
 
 
 def decision_details(p: PartResult, unit: UnitResult | None = None) -> list[str]:
-    """The numbers behind a verdict beyond the interval: the anytime-valid interval, the equivalence test,
+    """The numbers behind a verdict beyond the interval: the sequential interval (group-sequential where it
+    decides, else anytime-valid), the equivalence test,
     the MDE and seeds needed, and P(d > 0) with its bootstrap interval."""
     c = p.comparison
     scale, unit_s = part_scale(p)
@@ -280,7 +295,8 @@ def decision_details(p: PartResult, unit: UnitResult | None = None) -> list[str]
     cs = (f"[{_amount(p.cs_low, scale, '', True)}, {_amount(p.cs_high, scale, '', True)}]"
           if math.isfinite(p.cs_low) or math.isfinite(p.cs_high) else "(-inf, +inf) (too few seeds to bound it)")
     decides = unit is not None and unit.rule == "sequential"
-    out.append(f"anytime-valid {level:.1%} interval {cs}" + (" (decides)" if decides else ""))
+    kind = "group-sequential" if decides else "anytime-valid"
+    out.append(f"{kind} {level:.1%} interval {cs}" + (" (decides)" if decides else ""))
     per = f" {p.part.per}" if p.part.per else ""
     if math.isfinite(p.tost_p) and math.isfinite(delta):
         out.append(f"TOST p={p.tost_p:.3g} for ±{_amount(delta, scale, unit_s)}{per}")

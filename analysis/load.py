@@ -140,6 +140,7 @@ class StudyData:
     hypotheses: tuple = ()  # the study's hypotheses (analysis.hypotheses.HypothesisSpec), in file order
     design: "Design | None" = None  # the study's grid (analysis.hypotheses.Design)
     planned_seeds: tuple[int, ...] = ()  # the seeds every level runs (the order the loop adds seeds from)
+    max_seeds: int | None = None  # --until-decided's plan: at most this many seeds per level (parent tag)
     description: str = ""  # the study file's description
 
     @property
@@ -625,6 +626,12 @@ def _decision_settings(parent, study: str) -> dict:
         out["stopping"] = tags[Tag.STOPPING]
     if tags.get(Tag.FINDING):
         out["finding"] = tags[Tag.FINDING]
+    if tags.get(Tag.MAX_SEEDS):
+        limit = _num(tags[Tag.MAX_SEEDS], "int", parent.info.run_id, "max_seeds")
+        if limit is None or limit < 2:
+            raise ContractError(f"study {study!r}: parent tag max_seeds must be an integer >= 2, got "
+                                f"{tags[Tag.MAX_SEEDS]!r}")
+        out["max_seeds"] = limit
     return out
 
 

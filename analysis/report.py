@@ -52,10 +52,12 @@ VERDICT_RULE = (
     "detectable effect at n and the seeds a t-test needs to detect δ (80% power, statsmodels `TTestPower`). "
     "P(d > 0) is the share of seeds on which the claim's side wins (ties count 1/2), with a seeded percentile "
     "bootstrap interval (scipy), as Bouthillier et al. (MLSys 2021) recommend. A study run with "
-    "`--until-decided` is decided instead by anytime-valid confidence sequences (Lai's t-mixture, "
-    "`analysis/decide.py`), each at level 0.05 / (parts in the study), so that the study's family-wise error "
-    "stays at 0.05 however often it is looked at: the interval shown is their running intersection over the "
-    "seeds, which never widens, and a unit's first decision is kept. Cost: cell-hours are the summed wall time "
+    "`--until-decided` is decided instead by a group-sequential design planned over its looks (the file's "
+    "seeds, then 2 more per look, up to its max_seeds; Hwang-Shih-DeCani alpha spending, critical values of the "
+    "paired t-statistic, `analysis/decide.py`): repeated confidence intervals, each at level 0.05 / (parts in "
+    "the study), so that the study's family-wise error stays at 0.05 over all its looks: the interval shown is "
+    "their running intersection over the looks, which never widens, and a unit's first decision is kept. A "
+    "study at fixed seeds shows the anytime-valid confidence sequence (Lai's t-mixture) for the record. Cost: cell-hours are the summed wall time "
     "of the compared cells (a cell linked from another study counts its source's time, and is marked); wall "
     "time is the time during which at least one cell of the study ran."
 ).format(c=CONFIDENCE)
@@ -125,7 +127,7 @@ def _excluded_text(data: StudyData) -> str | None:
 def _cells_text(data: StudyData) -> str:
     seeds = sorted(set(data.cells["seed"]))
     secs = data.cells["seconds"].fillna(0.0).sum() if "seconds" in data.cells.columns else math.nan
-    rule = ("seeds added until decided (anytime-valid confidence sequence)" if data.stopping == "sequential"
+    rule = ("seeds added until decided (group-sequential design)" if data.stopping == "sequential"
             else "fixed seeds (t-interval)")
     return (f"Cells: {len(data.cells)} finished, {len(data.levels)} levels, seeds {', '.join(map(str, seeds))}; "
             f"preset {data.preset or 'unknown'}; primary metric {metric_label(data.metric)}; "
@@ -183,7 +185,7 @@ def _pval(p: float) -> str:
 
 # the verdict table's columns and their Markdown alignment; verdict_rows writes one cell per column
 VERDICT_COLUMNS = (("Hypothesis", "---"), ("Study", "---"), ("Verdict", "---"), ("Part", "---"), ("Metric", "---"),
-                   ("estimate", "---:"), ("95% CI", "---"), ("anytime-valid CI", "---"), ("p", "---:"),
+                   ("estimate", "---:"), ("95% CI", "---"), ("sequential CI", "---"), ("p", "---:"),
                    ("Holm p (deciding test)", "---:"), ("n", "---:"), ("P(d > 0)", "---"), ("Part's verdict", "---"),
                    ("cell-h", "---:"), ("wall", "---:"))
 

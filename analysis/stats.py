@@ -32,8 +32,9 @@ difference of slopes). With a study run at its fixed seeds:
 
 With one unit of one part this is the paired rule of a t-interval: *holds* if
 the 95% t-interval of mean d lies above 0, *contradicted* below 0. A study run
-with ``--until-decided`` is decided instead by anytime-valid confidence
-sequences (analysis.decide), each at level ``0.05 / (parts in the family)``.
+with ``--until-decided`` is decided instead by the repeated confidence
+intervals of a group-sequential design (analysis.decide), each at level
+``0.05 / (parts in the family)``.
 An interval that touches 0 exactly is inconclusive. When every value of ``d``
 is identical the interval has zero width; it then decides by the sign alone.
 """

@@ -1,8 +1,9 @@
 """``python -m bench [--quick] [--only a,b] [--skip a,b] [--out PATH]``: run the benchmarks.
 
 Prints each benchmark's table as it finishes and writes a markdown report
-(default ``bench/RESULTS.md`` for a full run; a ``--quick`` run writes one
-only when ``--out`` is given, so it never overwrites the full results).
+(default ``bench/RESULTS.md`` for a full run; a ``--quick`` run, or one of
+some benchmarks (``--only``, ``--skip``), writes one only when ``--out`` is
+given, so it never overwrites the full results).
 Exit status 1 when a correctness check fails (goals not met do not fail the
 run: they are findings).
 """
@@ -22,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bench import cell, gpu, kmeans_bench, maintenance, peer, pipeline, scheduler, step
+from bench import cell, gpu, kmeans_bench, maintenance, peer, pipeline, scheduler, sequential, step
 from bench.common import Section, machine_info, markdown_table
 from study.core.paths import REPO_ROOT
 
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Callable[..., Section]] = {
     "gpu": gpu.run,
     "cell": cell.run,
     "peer": peer.run,
+    "sequential": sequential.run,
 }
 DEFAULT_OUT = REPO_ROOT / "bench" / "RESULTS.md"
 
@@ -102,12 +104,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: every benchmark in seconds")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--skip", help="comma-separated benchmarks to leave out")
-    parser.add_argument("--out", help="markdown report path (default: bench/RESULTS.md for a full run)")
+    parser.add_argument("--out", help="markdown report path (default: bench/RESULTS.md for a full run, none otherwise)")
     args = parser.parse_args(argv)
     only, skip = _names(args.only), _names(args.skip)
     load_before = os.getloadavg()
     sections, total = run_all(args.quick, only, skip)
-    out = args.out or (None if args.quick else str(DEFAULT_OUT))
+    # only a full run replaces bench/RESULTS.md: a part of one (--only, --skip) would drop the other sections
+    out = args.out or (None if args.quick or only or skip else str(DEFAULT_OUT))
     if out:
         Path(out).write_text(report(sections, total, args.quick, load_before, os.getloadavg()))
         print(f"[bench] wrote {out} ({total:.0f} s)")

@@ -4,11 +4,14 @@ The loop:
 
 1. run the study's own cells (its seeds), as ``run`` does;
 2. read the study back from the store and decide its hypotheses
-   (:mod:`analysis.evaluate`) with the sequential rule: anytime-valid
-   confidence sequences (:mod:`analysis.decide`), each at level
-   ``0.05 / (parts in the study)``, so that the study's family-wise error rate
-   stays at 5% however often it is looked at; each interval is the running
-   intersection over the seeds, and a unit's first decision is kept;
+   (:mod:`analysis.evaluate`) with the sequential rule: a group-sequential
+   design (:mod:`analysis.decide`) planned over the looks at the file's
+   seeds, then ``batch`` more per look, up to ``max_seeds``, its repeated
+   confidence intervals each at level ``0.05 / (parts in the study)``, so
+   that the study's family-wise error rate stays at 5% over all its looks;
+   each interval is the running intersection over the looks, and a unit's
+   first decision is kept. The plan is the first run's: a later run goes on
+   with its ``max_seeds`` (another one chosen is refused, :func:`keep_plan`);
 3. for each unit still open, give the levels it compares the next ``batch``
    seeds (the file's seeds, then max + 1, max + 2, ...), up to ``max_seeds``
    seeds; in a crossed study every cell of the grid gets them (its blocks stay
@@ -21,10 +24,11 @@ The loop reads the verdicts' type (:class:`analysis.stats.Verdict`), never their
 Every step derives from the store: the next seeds are a function of the seeds already
 FINISHED there, and the runner skips FINISHED cells, so a kill at any moment followed by
 the same command resumes the loop without running any seed twice. The parent run is tagged
-``stopping=sequential`` so that the report decides this study with the sequences too.
+``stopping=sequential`` and ``max_seeds`` so that the report decides this study with the same design.
 
 Batch size and first look (``analysis.decide.FIRST_LOOK``/``BATCH``): the file's seeds (3),
-then 2 seeds per look (tests/test_decide.py simulates the error rates and seeds to a decision).
+then 2 seeds per look (tests/test_decide.py simulates the error rates; bench/RESULTS.md section 9 the
+seeds to a decision of each rule).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Limits:
     budget_hours: float | None
     batch: int
     flag: bool = True  # max_seeds came from --max-seeds (else the study file's, or the default)
+    chosen: bool = True  # max_seeds came from --max-seeds or the study file (not the toolkit's default)
 
 
 def seed_sequence(base: Sequence[int], length: int) -> list[int]:
@@ -89,8 +94,9 @@ def plan_next(units, base: Sequence[int], limits: Limits, all_levels: Sequence[s
     return plan
 
 
-def evaluate(study: Study, tracker: StudyTracker, sets: dict | None = None):
+def evaluate(study: Study, tracker: StudyTracker, sets: dict | None = None, max_seeds: int | None = None):
     """The study's hypotheses from the store, decided by the sequential rule: (units, hypothesis results, data).
+    ``max_seeds``: the design's planned maximum (default: the parent's tag, else the toolkit's).
 
     Only the cells of this config count (the study file with these ``--set``, at the file's seeds
     and the ones the loop added): a store holding the same study run with ``--set lr=0.1`` would
@@ -103,13 +109,14 @@ def evaluate(study: Study, tracker: StudyTracker, sets: dict | None = None):
     ours = {c.cell_id for c in with_added_seeds(study, tracker, sets).cells}
     cells = data.cells[data.cells["cell_id"].isin(ours)].reset_index(drop=True)
     data = replace(data, cells=cells, stopping="sequential", hypotheses=tuple(study.hypotheses),
-                   design=study.design, planned_seeds=tuple(study.planned_seeds))
+                   design=study.design, planned_seeds=tuple(study.planned_seeds),
+                   max_seeds=max_seeds or data.max_seeds)
     results = evaluate_study(data)
     return [u for h in results for u in h.units], results
 
 
 def unit_lines(units, todo: dict[str, list[int]] | None = None, done: dict | None = None) -> list[str]:
-    """One line per unit and part: its estimate, anytime-valid interval, state, and what is still to run."""
+    """One line per unit and part: its estimate, group-sequential interval, state, and what is still to run."""
     from analysis.evaluate import delta_text
     from analysis.tables import spec
 
@@ -121,7 +128,7 @@ def unit_lines(units, todo: dict[str, list[int]] | None = None, done: dict | Non
                   else "(-inf, +inf)")
             mean = p.comparison.mean_diff * s if p.comparison.n else math.nan
             head = f"  {u.unit.name}: " if j == 0 else "    "
-            line = (f"{head}{p.label} ({p.metric}): mean {mean:+.2f}, anytime-valid {1 - u.cs_alpha:.1%} interval "
+            line = (f"{head}{p.label} ({p.metric}): mean {mean:+.2f}, group-sequential {1 - u.cs_alpha:.1%} interval "
                     f"{iv} at n={p.comparison.n}" + (f", region {delta_text(u.unit.delta, p.metric)}: {u.text}"
                                                       if j == len(u.parts) - 1 else ""))
             if todo is not None and u.open and j == len(u.parts) - 1:
@@ -162,6 +169,7 @@ def until_decided(path: str, *, preset: str, sets: dict | None, limits: Limits, 
     check_study(study, limits.max_seeds, flag=limits.flag)
     base = list(dict.fromkeys(c.seed for c in study.cells))
     tracker = StudyTracker(study.name, tracking_uri)
+    limits = keep_plan(study, tracker, limits)
     try:
         parent = tracker.parent_id = tracker.parent_run_id(study.parent_params(), study.path)
         limit_tags = {Tag.STOPPING: "sequential", Tag.MAX_SEEDS: str(limits.max_seeds),
@@ -187,7 +195,7 @@ def _loop(study: Study, tracker: StudyTracker, path: str, *, preset: str, sets: 
         if batch.cells:
             rc = run_batch(batch)
         interrupt.check()
-        results, _ = evaluate(study, tracker, sets)
+        results, _ = evaluate(study, tracker, sets, limits.max_seeds)
         interrupt.check()
         if not results:
             print(f"[{study.name}] no hypothesis to decide in this study", flush=True)
@@ -231,8 +239,9 @@ def _loop(study: Study, tracker: StudyTracker, path: str, *, preset: str, sets: 
 
 def check_study(study: Study, max_seeds: int, flag: bool = True) -> None:
     """What ``--until-decided`` needs of a study, as one UserError (a dry run checks it too): a
-    hypothesis to decide, and room for more seeds than the study file's and than the first seeds at which
-    an interval can decide. ``flag``: the limit came from ``--max-seeds`` (else from the file's ``max_seeds``)."""
+    hypothesis to decide, and room for at least the study file's seeds (the group-sequential design can
+    decide from its first look of 2 seeds or more on). ``flag``: the limit came from ``--max-seeds`` (else
+    from the file's ``max_seeds``)."""
     where = {"source": "--max-seeds"} if flag else {"source": str(study.path), "key": "max_seeds"}
     if not study.hypotheses:
         raise UserError(f"study '{study.name}' states no hypothesis (hypotheses: in its file, or the finding: "
@@ -240,24 +249,6 @@ def check_study(study: Study, max_seeds: int, flag: bool = True) -> None:
     base = study.planned_seeds
     if max_seeds < len(base):
         raise UserError(f"must be at least the study's {len(base)} seeds (got {max_seeds})", **where)
-    from analysis import decide
-
-    parts = family_parts(study)
-    least = decide.first_finite_n(decide.ALPHA / parts)
-    if max_seeds < least:
-        raise UserError(f"must be at least {least} (got {max_seeds}): with the study's {parts} hypothesis part(s), each "
-                        f"anytime-valid interval (at level 0.05/{parts}) is the whole line below {least} seeds, so no "
-                        "seed added before could decide anything", **where)
-
-
-def family_parts(study: Study) -> int:
-    """The number of parts in the study's primary family (its units' parts): the Bonferroni divisor of the
-    sequential rule (analysis.evaluate) for the hypotheses the loop decides."""
-    from analysis.hypotheses import resolve
-
-    return sum(len(u.parts) for h in study.hypotheses
-               for u in resolve(h, study.design, study.spec.metric, study.spec.equivalence_delta).units
-               if u.primary) or 1
 
 
 def all_levels(study: Study) -> list[str] | None:
@@ -270,7 +261,27 @@ def limits_for(study: Study, max_seeds: int | None, budget_hours: float | None) 
     from analysis import decide
 
     return Limits(max_seeds=max_seeds or study.max_seeds or decide.MAX_SEEDS, budget_hours=budget_hours,
-                  batch=decide.BATCH, flag=max_seeds is not None or study.max_seeds is None)
+                  batch=decide.BATCH, flag=max_seeds is not None or study.max_seeds is None,
+                  chosen=max_seeds is not None or study.max_seeds is not None)
+
+
+def keep_plan(study: Study, tracker: StudyTracker, limits: Limits) -> Limits:
+    """The limits of a study whose ``--until-decided`` has begun: its group-sequential design was planned
+    with the ``max_seeds`` of its first run (parent tag), and spends its error over those looks; a
+    limit not chosen now goes on with the plan's, and another chosen limit is one UserError (the
+    boundaries of the looks already taken would change, and with them the decisions)."""
+    parent = tracker.parent_run()
+    tags = parent.data.tags if parent is not None else {}
+    planned = tags.get(Tag.MAX_SEEDS, "") if tags.get(Tag.STOPPING) == "sequential" else ""
+    if not planned.isdigit() or int(planned) == limits.max_seeds:
+        return limits
+    if not limits.chosen:
+        return replace(limits, max_seeds=int(planned))
+    where = {"source": "--max-seeds"} if limits.flag else {"source": str(study.path), "key": "max_seeds"}
+    raise UserError(f"study '{study.name}' was planned with at most {planned} seeds per level when its "
+                    f"--until-decided began (its group-sequential design spends the error over those looks; "
+                    f"{limits.max_seeds} now would change the boundaries of the looks already taken): go on with "
+                    f"--max-seeds {planned}, or give the study another name to plan it anew", **where)
 
 
 def check_limits(max_seeds: int | None, budget_hours: float | None) -> None:
@@ -296,7 +307,7 @@ def with_added_seeds(study: Study, tracker: StudyTracker, sets: dict | None = No
 
 def status_lines(study: Study, tracker: StudyTracker, sets: dict | None = None,
                  max_seeds: int | None = None) -> list[str]:
-    """For ``status``: each hypothesis unit's anytime-valid interval and the cells ``--until-decided`` would
+    """For ``status``: each hypothesis unit's group-sequential interval and the cells ``--until-decided`` would
     run next; nothing when the study has no finished cells or no hypothesis."""
     from analysis.load import ContractError, StoreError
 
@@ -309,10 +320,15 @@ def status_lines(study: Study, tracker: StudyTracker, sets: dict | None = None,
     if not results:
         return []
     base = study.planned_seeds
-    plan = plan_next(results, base, limits_for(study, max_seeds, None), all_levels(study))
+    limits = limits_for(study, max_seeds, None)
+    try:
+        limits = keep_plan(study, tracker, limits)
+    except UserError:
+        pass  # a run with that limit would be refused; status shows what the plan asks
+    plan = plan_next(results, base, limits, all_levels(study))
     longest = max([len(s) for s in plan.values()] + [len(base)])
     full = load_study(study.path, study.preset, sets, seeds=seed_sequence(base, longest))
     cells = [c for c in full.cells if c.seed in plan.get(c.level, ())]
     done = _finished_seeds(full, tracker.cell_status(), cells)
-    return (["hypotheses (anytime-valid intervals, in points; what --until-decided runs next):"]
+    return (["hypotheses (group-sequential intervals, in points; what --until-decided runs next):"]
             + unit_lines(results, plan, done))

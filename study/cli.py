@@ -73,7 +73,7 @@ def _add_run(sub) -> None:
     a = p.add_argument_group("adaptive seeds")
     a.add_argument("--until-decided", action="store_true",
                    help="after the study's seeds, add seeds in batches to the levels of the hypotheses that are "
-                        "still open, until decided (anytime-valid rule) or a limit")
+                        "still open, until decided (group-sequential rule) or a limit")
     a.add_argument("--max-seeds", type=int, default=None, metavar="N",
                    help="with --until-decided: at most N seeds per cell (default: the study file's max_seeds, else 20)")
     a.add_argument("--budget-hours", type=float, default=None, metavar="H",
@@ -162,12 +162,16 @@ def _run_command(args) -> int:
                             max_seeds=args.max_seeds, budget_hours=args.budget_hours)
 
     if args.until_decided:  # a dry run: what the loop would refuse, refused now
-        from study.adaptive import check_study, limits_for
+        from study.adaptive import check_study, keep_plan, limits_for
         from study.studyfile import load_study
 
         study = load_study(args.study_file, args.preset, parse_sets(args.sets, source="--set"))
         limits = limits_for(study, args.max_seeds, None)
         check_study(study, limits.max_seeds, flag=limits.flag)
+        from study.tracking import StudyTracker, store_exists, tracking_uri
+
+        if store_exists(tracking_uri()):  # a plan begun with another limit: refused as the run would refuse it
+            keep_plan(study, StudyTracker(study.name, create=False), limits)
     return run_study(args.study_file, backend=backend, preset=args.preset,
                      sets=parse_sets(args.sets, source="--set"), dry_run=args.dry_run,
                      rerun_failed=args.rerun_failed, wait=args.wait)

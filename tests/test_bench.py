@@ -39,7 +39,8 @@ def test_quick_run_writes_every_section(tmp_path):
     for title in ("## Machine", "1. Step time", "2. Online label maintenance", "3. Offline k-means",
                   "4. Data pipeline", "6. GPU step", "ratio exact", "ratio cand.", "torch.profiler",
                   "Correctness checks:", "7. One `cpu` cell end to end", "start-up: bank init",
-                  "8. Our MoCo v2 step against lightly", "lightly 1.6.0 loop", "model-only"):
+                  "8. Our MoCo v2 step against lightly", "lightly 1.6.0 loop", "model-only",
+                  "9. Seeds to a decision", "group-sequential, pocock"):
         assert title in text, title
     assert "FAIL" not in text
     if not torch.cuda.is_available():

@@ -269,20 +269,21 @@ def test_trend_order_takes_a_level_label_or_its_setting_value():
         assert _weights(r) == {"MoCo v2": -1.0, "InterCLR": 1.0}, order
 
 
-def test_max_seeds_below_the_first_decidable_n_is_refused_naming_its_source(tmp_path, monkeypatch, capsys):
+def test_max_seeds_below_the_studys_seeds_is_refused_naming_its_source(tmp_path, monkeypatch, capsys):
+    """The group-sequential design decides from its first look (the file's seeds) on: any limit of at
+    least the file's seeds is a design; fewer is one error naming the flag or the file's key."""
     from study.cli import main
 
     for k, v in store_env(tmp_path).items():
         monkeypatch.setenv(k, v)
     path = tmp_path / "hyp.yaml"
     text = _study(TWO, _one("better: {sampling: semi-hard}, worse: {sampling: hard}, each: true"))
-    path.write_text(text.replace("seeds: [0, 1]", "seeds: [0, 1]\nmax_seeds: 3"))
-    # 2 units (each stratum): at 0.05 / 2 an interval is finite from 5 seeds
-    assert main(["run", str(path), "--preset", "smoke", "--until-decided", "--dry-run"]) == 2
-    assert f"{path}: key 'max_seeds': must be at least 5 (got 3)" in capsys.readouterr().err
-    assert main(["run", str(path), "--preset", "smoke", "--until-decided", "--dry-run", "--max-seeds", "4"]) == 2
-    assert "--max-seeds: must be at least 5 (got 4)" in capsys.readouterr().err
-    assert main(["run", str(path), "--preset", "smoke", "--until-decided", "--dry-run", "--max-seeds", "5"]) == 0
+    path.write_text(text.replace("seeds: [0, 1]", "seeds: [0, 1, 2]\nmax_seeds: 2"))
+    assert main(["run", str(path), "--preset", "cpu", "--until-decided", "--dry-run"]) == 2
+    assert f"{path}: key 'max_seeds': must be at least the study's 3 seeds (got 2)" in capsys.readouterr().err
+    assert main(["run", str(path), "--preset", "cpu", "--until-decided", "--dry-run", "--max-seeds", "2"]) == 2
+    assert "--max-seeds: must be at least the study's 3 seeds (got 2)" in capsys.readouterr().err
+    assert main(["run", str(path), "--preset", "cpu", "--until-decided", "--dry-run", "--max-seeds", "3"]) == 0
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -323,7 +324,8 @@ def _fixture_store(tmp_path_factory, with_tags: bool):
 def test_the_shipped_studies_keep_the_verdicts_and_numbers_of_the_hard_coded_findings(tmp_path_factory, with_tags):
     """tests/fixtures/findings_53ae981.json: what analysis/findings.py (main at 53ae981) gave on this store,
     for each comparison of the four findings, at fixed seeds and under the sequential rule."""
-    from analysis.evaluate import evaluate_study
+    from analysis import decide
+    from analysis.evaluate import _table, contrast_values, evaluate_study
     from analysis.load import client_for, load_study as load_data
 
     expected = json.loads((FIXTURES / "findings_53ae981.json").read_text())
@@ -341,13 +343,25 @@ def test_the_shipped_studies_keep_the_verdicts_and_numbers_of_the_hard_coded_fin
         parts = [p for u in paper.units for p in u.parts]
         assert len(parts) == len(rows), key
         for p, r in zip(parts, rows):
-            assert paper.text == r["finding_verdict"], (key, paper.text, r["finding_verdict"])
+            if rule == "sequential" and paper.verdict.decided:  # decided at the design's first look now
+                fixed = expected[f"fixed/{study}"][0]["finding_verdict"]
+                assert paper.text == fixed and r["finding_verdict"].startswith("inconclusive"), (key, paper.text)
+            else:
+                assert paper.text == r["finding_verdict"], (key, paper.text, r["finding_verdict"])
             assert p.metric == r["metric"] and list(p.seeds) == r["seeds"]
             c = p.comparison
             got = {"mean_diff": c.mean_diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value,
                    "n": c.n, "tost_p": p.tost_p, "mde": p.mde, "p_improvement": p.improvement.p,
                    "pi_low": p.improvement.ci_low, "pi_high": p.improvement.ci_high, "cs_low": p.cs_low,
                    "cs_high": p.cs_high, "cell_seconds": p.cell_seconds}
+            if rule == "sequential":
+                # the rule changed since (issue 28): the confidence sequence the fixture holds (the whole line
+                # at these 3 seeds) gave way to a group-sequential design, whose first look bounds the mean
+                design = decide.GroupSequential.planned(3, decide.MAX_SEEDS)
+                _, values = contrast_values(p.part, _table(load_data(study, client=client).cells, p.metric),
+                                            list(p.seeds))
+                low, high = decide.running_intervals(values, paper.units[0].cs_alpha, design=design)
+                assert (got.pop("cs_low"), got.pop("cs_high")) == (low[-1], high[-1]) and low[-1] < high[-1]
             for name, value in got.items():
                 assert same(r[name], value), (key, p.label, name, r[name], value)
             assert p.seeds_for_delta == r["seeds_for_delta"]
