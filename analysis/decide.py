@@ -1,4 +1,4 @@
-"""What a comparison of two levels can still tell: equivalence, power, P(A > B), and an anytime-valid interval.
+"""What a comparison of two levels can still tell: equivalence, power, P(A > B), and sequential intervals.
 
 Pure functions of the paired differences ``d_i = a_i - b_i`` (one per seed,
 in the metric's own units: fractions for accuracies). Textbook parts come
@@ -21,10 +21,13 @@ maintained library fits: ``confseq`` was last released in 2023 and needs a C++
 build, ``expectation`` needs Python >= 3.12, ``savvi`` is a one-author package
 that pulls in cvxpy, and ``avinf``, the authors' implementation of Lindon et
 al. below on statsmodels, has one release, 1.0.0, which needs Python >= 3.12;
-this toolkit runs on 3.11). A study's hypotheses of every kind are decided by it:
-each is a contrast with one value per seed (analysis.hypotheses), so the
-intercept-only case of Lindon et al.'s anytime-valid linear model is all they
-need; the crossed study's ANOVA F-tests (analysis.anova) are reported at fixed
+this toolkit runs on 3.11). The adaptive loop decides with the group-sequential
+design further down (:class:`GroupSequential`: fewer seeds at the same error);
+the sequence is the interval a study at fixed seeds shows for the record, and
+the rule the design was chosen against (bench/sequential.py). Every hypothesis
+is a contrast with one value per seed (analysis.hypotheses), so the
+intercept-only case of Lindon et al.'s anytime-valid linear model is all it
+needs; the crossed study's ANOVA F-tests (analysis.anova) are reported at fixed
 seeds only, not used to stop: the t-mixture confidence sequence for the mean of
 Gaussian observations with unknown variance. Source: T. L. Lai (1976), "On
 confidence sequences", Ann. Statist. 4(2), 265-280, the invariant mixture
