@@ -64,6 +64,7 @@ class UnitResult:
     rule: str  # "fixed" or "sequential"
     n: int  # seeds every part has
     cs_alpha: float  # the level of each part's sequential interval (0.05 / parts in the family)
+    cost_s: float = math.nan  # cell-seconds of its levels' cells at the seeds that decided it (all, when open)
 
     @property
     def open(self) -> bool:
@@ -181,6 +182,13 @@ def _sequential(unit: Unit, parts: Sequence[PartResult], cells: pd.DataFrame, or
     return verdict, (int(at[0]) if verdict.decided else None), len(common)
 
 
+def _unit_cost(unit: Unit, parts: Sequence[PartResult], cells: pd.DataFrame, order: Sequence[int],
+               at: int | None) -> float:
+    """Cell-seconds of the unit's levels at the first ``at`` seeds every part has (all of them when None)."""
+    common = [s for s in order if all(s in p.seeds for p in parts)]
+    return _cost(cells, unit.levels, common[:at] if at else common)[0]
+
+
 def sequential_design(data: StudyData) -> decide.GroupSequential:
     """The group-sequential design of a study run with ``--until-decided``: its first look at the study
     file's seeds, then ``decide.BATCH`` seeds per look, up to the ``max_seeds`` it was planned with."""
@@ -224,14 +232,16 @@ def evaluate_study(data: StudyData) -> list[HypothesisResult]:
                     for part, r in zip(u.parts, part_results[id(u)]))
                 a = family_alpha[u.family]
                 v, at, n = _sequential(u, part_results[id(u)], data.cells, order, a, tables, design)
-                unit_results[id(u)] = UnitResult(u, part_results[id(u)], v, math.nan, at, "sequential", n, a)
+                unit_results[id(u)] = UnitResult(u, part_results[id(u)], v, math.nan, at, "sequential", n, a,
+                                                 _unit_cost(u, part_results[id(u)], data.cells, order, at))
         else:
             for f, us in families.items():
                 evidence = [unit_evidence([(p.comparison, p.tost_p, p.against_p) for p in part_results[id(u)]],
                                           u.equivalence) for u in us]
                 for u, ev, (v, adj) in zip(us, evidence, family_verdicts(evidence)):
                     unit_results[id(u)] = UnitResult(u, part_results[id(u)], v, adj, None, "fixed", ev.n,
-                                                     family_alpha[f])
+                                                     family_alpha[f], _unit_cost(u, part_results[id(u)], data.cells,
+                                                                                 order, None))
     out = []
     for h, r in zip(specs, resolved):
         if r is None or why:

@@ -92,9 +92,10 @@ def description(data: StudyData, results: Sequence[HypothesisResult]) -> str:
                 scale = spec(p.metric).scale
                 if c.n == 0:
                     continue
+                kind = "group-sequential" if u.rule == "sequential" else "anytime-valid"
                 lines.append(f"  - {(u.unit.stratum + ': ') if u.unit.stratum else ''}{p.label} on "
                              f"{metric_label(p.metric)}: {_num(c.mean_diff, scale)} "
-                             f"(95% CI {_interval(c.ci_low, c.ci_high, scale)}, {'group-sequential' if u.rule == 'sequential' else 'anytime-valid'} "
+                             f"(95% CI {_interval(c.ci_low, c.ci_high, scale)}, {kind} "
                              f"{_interval(p.cs_low, p.cs_high, scale)}, n={c.n}; region "
                              f"{delta_text(u.unit.delta, p.metric)})")
     lines += ["", f"{len(data.cells)} finished cells at preset {data.preset or 'unknown'}; full report: the "

@@ -226,6 +226,31 @@ def verdict_rows(results: Sequence[HypothesisResult], walls: dict[str, float] | 
     return rows
 
 
+def cost_to_decide_lines(studies: Sequence[str], results: dict[str, list[HypothesisResult]]) -> list[str]:
+    """The compute each decision took: per primary unit (the studies' own questions; a mechanism family
+    adds no seeds), its verdict, the seeds that decided it, the cell-hours of its levels' cells at those
+    seeds; then cell-hours per decided comparison over the report. Empty when nothing was decided."""
+    rows, spent, decided = [], 0.0, 0
+    for study in studies:
+        for h in results.get(study, []):
+            for u in h.units:
+                if not u.unit.primary or not u.n:
+                    continue
+                seeds = u.decided_at if u.decided_at else u.n
+                cost = u.cost_s if math.isfinite(u.cost_s) else 0.0
+                if u.verdict.decided:
+                    spent, decided = spent + cost, decided + 1
+                rows.append(f"| {_unit_head(h, u)} | {study} | {u.text} | {seeds} | {_hours(cost)} |")
+    if not decided:
+        return []
+    return ["## Cost to decide", "",
+            "Cell-hours of the compared levels' cells at the seeds that decided each comparison (all its seeds "
+            "while open; a rule at fixed seeds decides at its seeds).", "",
+            "| Hypothesis | Study | Verdict | seeds per level | cell-h |", "|---|---|---|---:|---:|", *rows, "",
+            f"**{_hours(spent)} cell-hours for {decided} decided comparison{'s' if decided != 1 else ''}: "
+            f"{_hours(spent / decided)} cell-hours per decided comparison.**", ""]
+
+
 def _part_lines(p: PartResult, u: UnitResult) -> list[str]:
     cost = f"; cost {_hours(p.cell_seconds)} cell-h" + (f", {p.reused} cells linked from other studies"
                                                          if p.reused else "")
@@ -445,6 +470,7 @@ def render_report(studies: Sequence[StudyData], figures: dict[str, Sequence[str]
     lines += rows or ["| - | - | no study run | " + " | ".join("0" if c == "n" else "-" for c, _ in VERDICT_COLUMNS[3:])
                       + " |"]
     lines.append("")
+    lines += cost_to_decide_lines([s.study for s in studies], results)
     if ablation_md:
         lines += ["## Ablation across the three factors", "", ablation_md.rstrip("\n"), "",
                   "Tables: [md](ablation.md) · [tex](ablation.tex) · [csv](ablation.csv)", ""]

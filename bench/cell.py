@@ -133,6 +133,8 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
     with tempfile.TemporaryDirectory(prefix="bench-cell-") as tmp:
         res = time_cell("cpu", overrides, out_dir=Path(tmp) / "run")
     _fill(sec, res, "cpu", quick)
+    if shared is not None and not quick:
+        shared["cell_s"] = res["total_wall"]  # the cost model of the sequential rules (bench/sequential.py)
     if not quick:  # the tests run them on their own (tests/test_speed.py)
         sec.checks += [check_channels_last_equivalent(), check_eval_batch_invariance(), check_feature_memo()]
     sec.seconds = time.perf_counter() - start

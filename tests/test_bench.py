@@ -184,3 +184,16 @@ def test_full_scale_step_settings_are_ones_the_config_accepts():
         except UserError:
             accepted = False
         assert accepted == (c in step.sweep_sizes(probe, first, num_train)), c
+
+
+def test_the_sequential_rules_and_the_cost_to_decide(tmp_path):
+    """Section 9 at quick sizes: the chosen rule keeps its error, needs fewer seeds than the rule before, and
+    the cost figure of the paper's four comparisons is drawn."""
+    from bench import sequential
+
+    sec = sequential.run(quick=True, shared={"figure_dir": str(tmp_path)})
+    assert all(c.passed for c in sec.checks), [c.line() for c in sec.checks]
+    assert all(g.met for g in sec.goals), [g.line() for g in sec.goals]
+    cost = sec.data["cost"]
+    assert [r["study"] for r in next(iter(cost.values()))] == ["labels", "sampling", "boundary", "final"]
+    assert (tmp_path / "cost_to_decide.png").stat().st_size > 10_000

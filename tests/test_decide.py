@@ -297,6 +297,29 @@ def test_a_part_carries_every_number():
     (seq,) = evaluate_study(_data(cells, equivalence_delta=0.005, stopping="sequential"))
     # the design's first look (3 seeds): an interval that straddles 0 and the region's edge
     assert seq.text == "inconclusive at n=3 seeds" and seq.units[0].parts[0].cs_low < 0 < seq.units[0].parts[0].cs_high
+    # the cost of each decision: 3 x (60 + 120) s = 0.15 cell-hours, decided (fixed rule) at its 3 seeds
+    from analysis.report import cost_to_decide_lines
+
+    assert u.cost_s == 540.0 and seq.units[0].cost_s == 540.0
+    lines = cost_to_decide_lines(["sampling"], {"sampling": [h]})
+    assert "| `sh` | sampling | equivalent within ±0.50 pts | 3 | 0.15 |" in lines
+    assert lines[-2] == "**0.15 cell-hours for 1 decided comparison: 0.15 cell-hours per decided comparison.**"
+    assert cost_to_decide_lines(["sampling"], {"sampling": [seq]}) == []  # nothing decided: no section
+
+
+def test_a_sequential_decision_costs_the_seeds_that_decided_it():
+    """Decided at the design's first look (3 seeds) of 5: the cost counts those 3 seeds' cells only."""
+    from analysis.evaluate import evaluate_study
+
+    rows = []
+    for seed in range(5):
+        rows += [{"level": "semi-hard", "sampling": "semi-hard", "seed": seed, "knn_top1": 0.75 + 0.0001 * seed,
+                  "seconds": 100.0, "reused_from": ""},
+                 {"level": "hard", "sampling": "hard", "seed": seed, "knn_top1": 0.70, "seconds": 100.0,
+                  "reused_from": ""}]
+    (h,) = evaluate_study(_data(_cells(rows), stopping="sequential", max_seeds=5, planned_seeds=(0, 1, 2)))
+    (u,) = h.units
+    assert h.verdict is stats.HOLDS and u.decided_at == 3 and u.n == 5 and u.cost_s == 600.0
 
 
 def test_report_shows_the_new_numbers():
