@@ -138,6 +138,17 @@ def _gpu_count() -> int:
         return 0
 
 
+def refuse_slurm_options(options: dict, backend: str) -> None:
+    """UserError naming the first SLURM option of the command line given to ``--cluster backend`` (a
+    backend without SLURM would ignore it)."""
+    flags = ((["--slurm-config"] if options.get("config_file") else [])
+             + ["--" + key.replace("_", "-") for key in options.get("overrides") or {}]
+             + (["--slurm-opt"] if options.get("extra") else []))
+    if flags:
+        raise UserError(f"is a SLURM option: it needs --cluster slurm (this run is --cluster {backend})",
+                        source=flags[0])
+
+
 class LocalBackend:
     """``--cluster local``: the driver runs in this process, its executor is :class:`LocalRay`."""
 
@@ -149,12 +160,7 @@ class LocalBackend:
     def check(self, study: Study) -> None:
         from cluster.tune_run import load_trial
 
-        flags = ((["--slurm-config"] if self.options.get("config_file") else [])
-                 + ["--" + key.replace("_", "-") for key in self.options.get("overrides") or {}]
-                 + (["--slurm-opt"] if self.options.get("extra") else []))
-        if flags:  # SLURM options would be ignored here
-            raise UserError(f"is a SLURM option: it needs --cluster slurm (this run is --cluster {self.name})",
-                            source=flags[0])
+        refuse_slurm_options(self.options, self.name)
         self.executor().check(study)  # what would wait or fail forever on the executor's resources
         load_trial()  # a $STUDY_TRIAL that names nothing: an error now, not in every trial
 

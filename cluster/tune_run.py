@@ -185,11 +185,16 @@ class CostMeter:
         return out
 
 
+# Where a trial's reports go when no Ray Tune session runs it: a function of one record (dict), set in
+# the trial's process by an executor without Ray (cluster/serial.py); None: ``ray.tune.report``
+REPORT_SINK = None
+
+
 class TrialReporter:
     """What every trial function reports through: one per trial attempt.
 
     ``epoch(e, metrics)`` sends an epoch's metrics to Tune with a pointer checkpoint (run
-    directory, epoch) and saves the cost so far; ``final(metrics)`` sends the end result with
+    directory, epoch), or to :data:`REPORT_SINK` where one is set, and saves the cost so far; ``final(metrics)`` sends the end result with
     the cell's cost. ``replay()`` sends again every epoch the run directory's ``metrics.jsonl``
     holds: an epoch whose report was lost when an earlier attempt was killed still reaches the
     MLflow callback, which skips the steps it already stored.
@@ -203,14 +208,17 @@ class TrialReporter:
         self.watchdog = Watchdog(self.run_dir, payload.get("max_cell_s"), payload.get("max_silence_s"))
 
     def epoch(self, epoch: int, metrics: dict, _out=None) -> None:
+        self.watchdog.beat()
+        self.cost.save()
+        record = {**_numeric(metrics), "epoch": epoch, "final": 0, "node": self.node}
+        if REPORT_SINK is not None:  # an executor without Ray (cluster/serial.py): the run directory resumes
+            REPORT_SINK(record)
+            return
         from ray import tune
 
-        self.watchdog.beat()
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(self.run_dir), "epoch": epoch}))
-            self.cost.save()
-            tune.report({**_numeric(metrics), "epoch": epoch, "final": 0, "node": self.node},
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(record, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def replay(self) -> int:
         """Report the epochs of ``metrics.jsonl`` again; how many there were."""
@@ -222,10 +230,14 @@ class TrialReporter:
         return len(lines)
 
     def final(self, metrics: dict) -> None:
+        self.watchdog.stop()
+        record = {**_numeric(metrics), **self.cost.save(), "final": 1, "node": self.node}
+        if REPORT_SINK is not None:
+            REPORT_SINK(record)
+            return
         from ray import tune
 
-        self.watchdog.stop()
-        tune.report({**_numeric(metrics), **self.cost.save(), "final": 1, "node": self.node})
+        tune.report(record)
 
 
 METRICS_FILE = "metrics.jsonl"  # the trainer's per-epoch history (study.train.trainer), one JSON per line
@@ -295,6 +307,34 @@ def _numeric(metrics: dict) -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
 
 
+def write_result(tracker: StudyTracker, cell_id: str, result: dict, run_id: str, nodes: dict[str, str]) -> None:
+    """One report of a trial (:class:`TrialReporter`) into the store: the node it runs on (a tag, when it
+    changes: ``nodes`` holds cell_id -> the node tag written), an epoch's metrics, or the final metrics
+    and the cell's cost. ``run_id``: the cell's run (:meth:`StudyTracker.open_cell`)."""
+    node = result.get("node")
+    if isinstance(node, str) and nodes.get(cell_id) != node:
+        tracker.client.set_tag(run_id, "node", node)
+        nodes[cell_id] = node
+    if result.get("final"):
+        tracker.log_final(cell_id, result)
+        tracker.log_cost(cell_id, {k: result[k] for k in COST_METRICS if k in result})
+    elif "epoch" in result:
+        tracker.log_epoch(cell_id, int(result["epoch"]), names.epoch_metrics(result))
+
+
+def failure_status(error: str) -> str:
+    """How a failed cell is marked: KILLED where the machine failed it (a full disk, a read-only folder:
+    the same command resumes it), else FAILED."""
+    return KILLED if infrastructure_text(error) else FAILED
+
+
+def stopped_reason(run_dir: Path) -> str | None:
+    """The watchdog's reason for stopping the cell of ``run_dir`` (the trial's own error may only say
+    that its process died), or None."""
+    stopped = Path(run_dir) / STOPPED_FILE
+    return stopped.read_text() if stopped.exists() else None
+
+
 def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: dict[str, Cell],
                     total: int, done_before: int, machine_failures: list[str]):
     """The callbacks of one Tune run: the store's writer and the progress line. ``machine_failures``
@@ -324,15 +364,7 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
             interrupt.check()
             cid = trial.config["cell"]["cell_id"]
             run = tracker.open_cell(cells[cid], parent_id)
-            node = result.get("node")
-            if isinstance(node, str) and self.nodes.get(cid) != node:
-                tracker.client.set_tag(run.run_id, "node", node)
-                self.nodes[cid] = node
-            if result.get("final"):
-                tracker.log_final(cid, result)
-                tracker.log_cost(cid, {k: result[k] for k in COST_METRICS if k in result})
-            elif "epoch" in result:
-                tracker.log_epoch(cid, int(result["epoch"]), names.epoch_metrics(result))
+            write_result(tracker, cid, result, run.run_id, self.nodes)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             interrupt.check()
@@ -343,8 +375,7 @@ def _tune_callbacks(study: Study, tracker: StudyTracker, parent_id: str, cells: 
             if stopping():  # killed with the job's Ray: resumed by the next attempt, not failed
                 return
             error = _trial_error(trial)
-            # the machine failed it (a full disk): interrupted, so that the same command resumes it
-            status = KILLED if infrastructure_text(error) else FAILED
+            status = failure_status(error)
             tracker.end_cell(trial.config["cell"]["cell_id"], status, error=error)
             if status == KILLED:
                 machine_failures.append(error)
@@ -457,9 +488,9 @@ _ONE_LINE_SYNC = OneLineSyncErrors()
 
 
 def _trial_error(trial) -> str:
-    stopped = Path(trial.config["cell"]["run_dir"]) / STOPPED_FILE
-    if stopped.exists():  # the watchdog's reason (the trial's own error may only say its process died)
-        return stopped.read_text()
+    stopped = stopped_reason(trial.config["cell"]["run_dir"])
+    if stopped:
+        return stopped
     for attr in ("error_msg",):
         msg = getattr(trial, attr, None)
         if msg:

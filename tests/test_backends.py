@@ -160,3 +160,48 @@ def test_slurm_flags_with_the_local_backend_are_one_error(tmp_path):
         assert res.returncode == 2 and word in res.stderr and "--cluster slurm" in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_serial_backend_runs_a_study_without_ray(tmp_path, monkeypatch, capsys):
+    """``--cluster serial`` (cluster/serial.py): every cell in a child process, one at a time, no Ray in the
+    driver; its epochs reach the store once each, a failing trial is retried from its run directory and
+    then FAILED with its error, and --rerun-failed finishes the study with every cell run exactly once."""
+    import sys
+
+    from conftest import fake_trial_env, store_env
+    from study.cli import main
+
+    env = fake_trial_env(store_env(tmp_path), epoch_s=0.01, fail=["semi-hard/1"], fail_once=["hard/1"])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    path = write_smoke_study(tmp_path, "ser", epochs=3)
+    args = ["run", str(path), "--preset", "smoke", "--cluster", "serial"]
+    monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` in the driver fails
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "serial: one cell at a time, no Ray" in out and "finished 3/4, failed 1" in out, out
+    client = store_client(tmp_path)
+    exp = client.get_experiment_by_name("ser").experiment_id
+    runs = client.search_runs([exp], "tags.role = 'cell'")
+    by_level = {(r.data.tags["level"], r.data.params["seed"]): r for r in runs}
+    assert len(runs) == 4 and by_level[("semi-hard", "1")].info.status == "FAILED"
+    assert "told to fail at epoch 1" in by_level[("semi-hard", "1")].data.tags["error"]
+    for key in (("semi-hard", "0"), ("hard", "0"), ("hard", "1")):  # hard/1 failed once, then resumed
+        r = by_level[key]
+        assert r.info.status == "FINISHED" and "knn_top1" in r.data.metrics
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "loss")] == [1, 2, 3]
+    monkeypatch.setenv("STUDY_FAKE_TRIAL", "{}")  # the cause mended
+    assert main(args + ["--rerun-failed"]) == 0
+    runs = client.search_runs([exp], "tags.role = 'cell'")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert main(args) == 0 and "4 finished, 0 to run" in capsys.readouterr().out
+    # inline (a debugger's mode): the trials in this very process, the same store writes
+    monkeypatch.setenv("STUDY_SERIAL_INLINE", "1")
+    path = write_smoke_study(tmp_path, "inline", epochs=2)
+    assert main(["run", str(path), "--preset", "smoke", "--cluster", "serial"]) == 0
+    exp = client.get_experiment_by_name("inline").experiment_id
+    runs = client.search_runs([exp], "tags.role = 'cell'")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" and "knn_top1" in r.data.metrics for r in runs)
+    from cluster import tune_run
+
+    assert tune_run.REPORT_SINK is None  # the reports go back to Tune in this process

@@ -1,4 +1,5 @@
-"""MLflow as the study's window, on one smoke study (Ray, the fake trial's cells, the store):
+"""MLflow as the study's window, on one smoke study (the serial backend: what is under test is the store,
+not Ray; the fake trial's cells):
 
 - provenance (commit, dirty flag, source, package versions, the dataset as an
   input with its digest) and cost metrics on every cell; the study's cost and
@@ -44,8 +45,8 @@ def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ui_store")
     env = fake_trial_env(store_env(tmp, STUDY_NUM_CPUS="2"), epoch_s=0.05)
     path = write_smoke_study(tmp, NAME, epochs=1, seeds="[0]")
-    res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], env=env,
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke",
+                          "--cluster", "serial"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     out = tmp / "results"
     for _ in range(2):

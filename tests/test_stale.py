@@ -44,8 +44,10 @@ def test_a_verdict_made_mid_study_is_provisional_then_stale_then_final(tmp_path)
     env = fake_trial_env(store_env(tmp_path, STUDY_NUM_CPUS="1"), epoch_s=2.0)
     path = tmp_path / "s.yaml"
     path.write_text(STUDY.format(name="s", seeds="[0, 1, 2]"))
-    study = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke"], cwd=REPO_ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the serial backend: what is under test is the runner's and the analysis's, not Ray's
+    study = subprocess.Popen([sys.executable, "-m", "study", "run", str(path), "--preset", "smoke",
+                              "--cluster", "serial"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:  # the analysis runs once some cells have finished and others not
@@ -87,7 +89,7 @@ def test_the_latest_command_is_the_variant_counted_even_with_linked_cells(tmp_pa
     # runner links and the analysis counts): the plain cells first, then dst's lr=0.05 ones
     finish_by_hand(load_study(tmp_path / "src.yaml", "smoke"))
     finish_by_hand(load_study(tmp_path / "dst.yaml", "smoke", {"lr": 0.05}))
-    out = _cmd(["study", "run", str(tmp_path / "dst.yaml"), "--preset", "smoke"], env)
+    out = _cmd(["study", "run", str(tmp_path / "dst.yaml"), "--preset", "smoke", "--cluster", "serial"], env)
     assert "linked 2 cells" in out  # the plain cells, finished before the lr=0.05 ones
     _cmd(["analysis", "--study", "dst", "--out", str(tmp_path / "r")], env)
     csv = (tmp_path / "r" / "dst" / "summary.csv").read_text()
