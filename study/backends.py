@@ -6,7 +6,7 @@ policy, it runs them to their end and says how each ended. Everything else of a 
 cells, summarising, the resume command) is the runner's (:mod:`study.runner`), for every backend.
 
 A **backend** is what ``--cluster`` names. Most give the runner an executor for a driver in this
-process (``local``: Ray on this machine). A backend whose driver must run elsewhere (``slurm``: inside
+process (``local``: Ray on this machine; ``serial``: one cell at a time, no Ray). A backend whose driver must run elsewhere (``slurm``: inside
 the job's allocation) gives none and *submits* the driver instead: the job then calls the runner
 (:func:`study.runner.execute_study`) with its own executor. Backends register as entry points of the
 group :data:`GROUP` in ``pyproject.toml`` (one line each): adding one is a module plus that line.
@@ -44,7 +44,8 @@ class Executor(Protocol):
 
         ``sink``: the study's tracker (study/tracking.py), its parent run open (``sink.parent_id``).
         The executor is the store's only writer while it runs, and writes each cell, in the driver's
-        process, as the cell goes (the Ray executors do it in cluster/tune_run.py's callback):
+        process, as the cell goes (the Ray executors do it in cluster/tune_run.py's callback, the serial
+        one in its loop, both through ``cluster.tune_run.write_result``):
 
         - ``sink.open_cell(cell, sink.parent_id)`` when the cell starts (idempotent: a resumed cell
           gets its run back);
@@ -55,7 +56,9 @@ class Executor(Protocol):
           ``sink.end_cell(cell_id, FINISHED)``, or ``sink.end_cell(cell_id, FAILED, error=text)``
           once ``retry.max_failures`` retries (each from the cell's last checkpoint) are spent.
 
-        The trial itself is the trial function (``cluster.tune_run.cell_trial``, or ``$STUDY_TRIAL``).
+        The trial itself is the trial function (``cluster.tune_run.cell_trial``, or ``$STUDY_TRIAL``); it
+        reports through ``cluster.tune_run.TrialReporter``: to Ray Tune, or to ``REPORT_SINK`` where an
+        executor without Ray sets one in the trial's process (cluster/serial.py).
         Called in the driver thread (:func:`study.interrupt.drive`): it sets no signal handler, calls
         :func:`study.interrupt.check` before each write, and stops at the first one that raises."""
 

@@ -218,3 +218,29 @@ def write_cells_by_hand(tracker, study, parent: str, knn=(0.5, 0.6, 0.7)) -> dic
         tracker.log_final(cell.cell_id, {"epochs": 2, "knn_top1": knn[-1] + i / 100, "linear_top1": 0.8})
         tracker.end_cell(cell.cell_id, FINISHED)
     return {c.cell_id: tracker.cell_runs()[c.cell_id][0] for c in study.cells}
+
+
+def clone_rows(db: Path, table: str, key: str, template, count: int, new_key, **changes) -> list:
+    """``count`` copies of row ``template`` (its ``key`` value) of ``table`` in the sqlite store ``db``, in one
+    transaction: the i-th gets key ``new_key(i)`` and ``changes[column](i)`` for the columns named; returns the
+    new keys. The other columns are the template's, whatever MLflow's schema holds (its client makes ~20 such
+    rows a second; the tests of reading past a page need a thousand, and test the reading)."""
+    import sqlite3
+
+    con = sqlite3.connect(db, timeout=60)
+    try:
+        with con:
+            cols = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+            row = dict(zip(cols, con.execute(f"SELECT * FROM {table} WHERE {key} = ?", (template,)).fetchone()))
+            keys = [new_key(i) for i in range(count)]
+            rows = [tuple({**row, key: k, **{c: f(i) for c, f in changes.items()}}[c] for c in cols)
+                    for i, k in enumerate(keys)]
+            con.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
+            if table == "runs":  # a run's tags go with it
+                tag_cols = [r[1] for r in con.execute("PRAGMA table_info(tags)")]
+                tags = [dict(zip(tag_cols, t)) for t in con.execute("SELECT * FROM tags WHERE run_uuid = ?", (template,))]
+                con.executemany(f"INSERT INTO tags ({', '.join(tag_cols)}) VALUES ({', '.join('?' * len(tag_cols))})",
+                                [tuple({**t, "run_uuid": k}[c] for c in tag_cols) for k in keys for t in tags])
+        return keys
+    finally:
+        con.close()

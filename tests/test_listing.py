@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 
 import pytest
 
-from conftest import finish_by_hand, run_here, store_client, store_env
+from conftest import clone_rows, finish_by_hand, run_here, store_client, store_env
 from study.core import listing
 from study.core.paths import REPO_ROOT
 from study.studyfile import load_study
@@ -66,8 +67,11 @@ def test_an_old_study_behind_a_thousand_newer_experiments(isolated_store, capsys
     old = load_study(tmp / "old.yaml", "smoke")
     finish_by_hand(old)
     client = store_client(tmp)
-    for i in range(1001):  # a team's store: 1,001 newer experiments (search_experiments' first page: 1,000)
-        client.create_experiment(f"team-{i:04d}")
+    # a team's store: 1,001 newer experiments (search_experiments' first page: 1,000), the first made by MLflow
+    first = int(client.create_experiment("team-0000"))
+    clone_rows(tmp / "mlflow.db", "experiments", "experiment_id", first, 1000, lambda i: first + 1 + i,
+               name=lambda i: f"team-{i + 1:04d}", artifact_location=lambda i: (tmp / "artifacts" / f"t{i}").as_uri())
+    assert len(client.search_experiments(max_results=50_000)) >= 1002
     env = store_env(tmp)
     # the analysis finds it among the studies, and by name
     res = subprocess.run([sys.executable, "-m", "analysis", "--out", str(tmp / "results")], cwd=REPO_ROOT, env=env,
@@ -97,8 +101,11 @@ def test_a_study_of_more_than_a_thousand_runs_is_read_whole(isolated_store):
     tracker = StudyTracker(study.name)
     tracker.parent_run_id({"factors": "sampling", "metric": "knn_top1"})
     client = store_client(isolated_store)
-    for i in range(1001):  # attempts of one cell (a study's experiment past one page of runs)
-        client.create_run(tracker.experiment_id, tags={"role": "cell", "cell_id": study.cells[0].cell_id})
+    # attempts of one cell (a study's experiment past one page of runs), the first made by MLflow
+    first = client.create_run(tracker.experiment_id, tags={"role": "cell", "cell_id": study.cells[0].cell_id})
+    clone_rows(isolated_store / "mlflow.db", "runs", "run_uuid", first.info.run_id, 1000, lambda i: uuid.uuid4().hex,
+               name=lambda i: f"attempt-{i}")
+    assert len(client.search_runs([tracker.experiment_id], max_results=50_000)) == 1002  # with the parent
     assert len(tracker.cell_runs()[study.cells[0].cell_id]) == 1001
 
 
