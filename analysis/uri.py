@@ -82,7 +82,10 @@ def _address_problem(uri: str, dialect: str) -> str | None:
         parts = urlsplit(uri)
         host, port = parts.hostname, parts.port
     except ValueError as err:
-        return f"cannot read the address in {shown!r} ({err}){encode}"
+        # the parser's words quote what it read as the port: with a user in the URI, that may be the
+        # password (or its start, up to the reserved character), so they are not shown then
+        why = "" if "@" in uri else f" ({err})"
+        return f"cannot read the address in {shown!r}{why}{encode}"
     if parts.netloc.count("@") > 1:
         return f"cannot read the address in {shown!r} (more than one '@'){encode}"
     if dialect in ("http", "https"):
@@ -312,9 +315,11 @@ def _sqlite_problem(uri: str, write: bool) -> tuple[str, int] | None:
     if kind in VIRTUAL_FILE_SYSTEMS:
         return f"{db} lies in the kernel's {kind} file system, where no store can be made", 2
     if entry != db:
-        if not entry.is_dir() or (write and not os.access(entry, os.W_OK | os.X_OK)):
-            why = "not a directory" if not entry.is_dir() else "not writable"
-            return f"the store {db} cannot be created: {entry} is {why}", 2
+        if not entry.is_dir():  # a file where a folder must be: the URI's fault
+            return f"the store {db} cannot be created: {entry} is not a directory", 2
+        if write and not os.access(entry, os.W_OK | os.X_OK):  # a read-only or forbidden folder: the machine's
+            return (f"the store {db} cannot be created: {entry} is not writable (read-only or forbidden): make "
+                    "it writable, or use a store elsewhere"), 1
         return None
     if db.is_dir():
         return f"{db} is a directory, not an sqlite database file", 2

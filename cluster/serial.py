@@ -2,7 +2,8 @@
 
 ``--cluster serial`` runs a study where Ray is not wanted: a machine where it does not start, a
 debugger on the trial (set ``STUDY_SERIAL_INLINE=1`` to run each trial in the driver's own process,
-where ``breakpoint()`` works), or a study of a few cells on a laptop. Everything else is the
+where ``breakpoint()`` works: reports are written as they come, a stop signal takes effect at the
+next one, and no time limit applies), or a study of a few cells on a laptop. Everything else is the
 runner's, as for every backend: the store, resume, linked cells, the summary. A cell's trial is the
 same function Tune runs (:func:`cluster.tune_run.load_trial`: the trainer, or ``$STUDY_TRIAL``), in
 a fresh process (``multiprocessing`` spawn) whose reports (:class:`cluster.tune_run.TrialReporter`)
@@ -43,24 +44,6 @@ def _child(spec: str | None, payload: dict, reports) -> None:
         raise SystemExit(1) from None
     finally:
         tune_run.REPORT_SINK = before  # the driver's own process (inline): as it was
-
-
-class _Inline:
-    """The child's protocol in the driver's own process (``STUDY_SERIAL_INLINE=1``: a debugger)."""
-
-    def __init__(self, spec: str | None, payload: dict):
-        self.reports: queue.Queue = queue.Queue()
-        try:
-            _child(spec, payload, self.reports)
-        except SystemExit:
-            pass
-        self.exitcode = 0
-
-    def is_alive(self) -> bool:
-        return False
-
-    def terminate(self) -> None:
-        pass
 
 
 class SerialExecutor:
@@ -120,13 +103,11 @@ class SerialExecutor:
 
         interrupt.check()  # a Ctrl-C reaches the child too: its error then is the signal's, not the cell's
         if os.environ.get("STUDY_SERIAL_INLINE") == "1":
-            proc = _Inline(spec, payload)
-            reports = proc.reports
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            reports = ctx.Queue()
-            proc = ctx.Process(target=_child, args=(spec, payload, reports), name=f"cell-{cell.cell_id}")
-            proc.start()
+            return self._inline(cell, payload, spec, sink, run_id, nodes)
+        ctx = multiprocessing.get_context("spawn")
+        reports = ctx.Queue()
+        proc = ctx.Process(target=_child, args=(spec, payload, reports), name=f"cell-{cell.cell_id}")
+        proc.start()
         try:
             while True:
                 try:
@@ -146,8 +127,31 @@ class SerialExecutor:
                 proc.join(10)
                 if proc.is_alive():
                     proc.kill()
-            if isinstance(proc, multiprocessing.process.BaseProcess):
-                proc.join(10)
+            proc.join(10)
+
+    @staticmethod
+    def _inline(cell: Cell, payload: dict, spec: str | None, sink: StudyTracker, run_id: str,
+                nodes: dict[str, str]) -> str:
+        """The trial in this process and thread (a debugger's mode): each report written as it comes, a
+        stop signal taking effect at the next one, and no watchdog (its last resort ends the process,
+        which here is the command, and a debugger's pause is no hung cell)."""
+        from cluster import tune_run
+        from study import interrupt
+
+        def report(record: dict) -> None:
+            interrupt.check()
+            tune_run.write_result(sink, cell.cell_id, record, run_id, nodes)
+
+        before, tune_run.REPORT_SINK = tune_run.REPORT_SINK, report
+        try:
+            tune_run.load_trial(spec)({"cell": dict(payload, max_cell_s=None, max_silence_s=None)})
+            return ""
+        except interrupt.StudyInterrupted:
+            raise
+        except Exception:  # the trial's error is the cell's
+            return traceback.format_exc()[-4000:]
+        finally:
+            tune_run.REPORT_SINK = before
 
     def close(self) -> None:
         pass

@@ -78,7 +78,7 @@ class StopSignals:
         name = signal.Signals(signum).name
         if self.received is None:
             self.received = signum
-            _say(f"\n{name}: stopping at the next safe point (marking the unfinished runs, shutting Ray down); "
+            _say(f"\n{name}: stopping at the next safe point (marking the unfinished runs, stopping the cells); "
                  f"{name} again stops at once")
             return
         stop_now(EXIT_CODES.get(self.received, 128 + self.received),

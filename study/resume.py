@@ -38,11 +38,13 @@ def adaptive_flags(tracker: StudyTracker | None) -> list[str]:
 # the command line's backend words (``--cluster slurm --nodes 2 ...``; none for the default local
 # backend), set once by the CLI (study/cli.py): the command to resume runs on the same backend
 LAUNCH_FLAGS: list[str] = []
+_REMEMBERED: list[bool] = []  # [True] once this process's command line said its backend words
 
 
 def remember_launch(flags: list[str]) -> None:
     """Record the backend words of this command for :func:`rerun_command` (the CLI calls it once)."""
     LAUNCH_FLAGS[:] = list(flags)
+    _REMEMBERED[:] = [True]
 
 
 def rerun_command(study: Study, sets: dict | None = None, *extra: str, tracker: StudyTracker | None = None) -> str:
@@ -61,7 +63,26 @@ def rerun_command(study: Study, sets: dict | None = None, *extra: str, tracker: 
         if isinstance(value, str) and parse_value(value, "") != value:  # "2024", "true": quoted, to stay strings
             text = json.dumps(value)
         words += ["--set", shlex.quote(f"{key}={text}")]
-    return " ".join(words + [shlex.quote(w) for w in LAUNCH_FLAGS] + adaptive_flags(tracker) + list(extra))
+    launch = LAUNCH_FLAGS if _REMEMBERED else stored_launch(tracker)
+    return " ".join(words + [shlex.quote(w) for w in launch]
+                    + adaptive_flags(tracker) + list(extra))
+
+
+def launch_tags() -> dict[str, str]:
+    """The parent's tag of the backend words this command ran the study with ("" for the default
+    backend); none where no command line said them (the SLURM job's driver: the submitting command's
+    tag stays)."""
+    return {Tag.LAUNCH: shlex.join(LAUNCH_FLAGS)} if _REMEMBERED else {}
+
+
+def stored_launch(tracker: StudyTracker | None) -> list[str]:
+    """The backend words of the last command that ran ``tracker``'s study (its parent's tag), for a
+    command that has none of its own (``status``); [] when unknown."""
+    try:
+        parent = tracker.parent_run() if tracker is not None else None
+    except Exception:  # the store may be what failed: the plain command is still right for the cells
+        return []
+    return shlex.split(parent.data.tags.get(Tag.LAUNCH, "")) if parent is not None else []
 
 
 def abandoned(study: Study, tracker: StudyTracker, todo: list[Cell], err: Exception, sets: dict | None) -> None:

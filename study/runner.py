@@ -144,7 +144,8 @@ def execute_study(study: Study, *, executor: Executor, retry: RetryPolicy, sets:
     """
     tracker_box: list[StudyTracker] = []
     try:
-        return _claim_and_execute(study, executor=executor, retry=retry, keep=keep, tracker_box=tracker_box)
+        return _claim_and_execute(study, executor=executor, retry=retry, keep=keep, tracker_box=tracker_box,
+                                  sets=sets)
     except BaseException as err:
         # after a signal, whatever ended the run (StudyInterrupted at a safe point, or a trial's
         # Ray call failing as Ctrl-C reached it too) is the interruption
@@ -158,7 +159,7 @@ def execute_study(study: Study, *, executor: Executor, retry: RetryPolicy, sets:
 
 
 def _claim_and_execute(study: Study, *, executor: Executor, retry: RetryPolicy, keep: bool,
-                       tracker_box: list) -> int:
+                       tracker_box: list, sets: dict | None) -> int:
     tracker = StudyTracker(study.name)
     tracker_box.append(tracker)
     interrupt.check()  # (not before: the way out marks the parent an adaptive loop may have opened)
@@ -176,7 +177,9 @@ def _claim_and_execute(study: Study, *, executor: Executor, retry: RetryPolicy, 
         tracker.parent_id = tracker.parent_run_id(study.parent_params(), study.path)
     interrupt.check()
     have = tracker.client.get_run(tracker.parent_id).data.tags
-    for key, value in study.parent_tags().items():
+    from study.resume import launch_tags
+
+    for key, value in {**study.parent_tags(), **launch_tags()}.items():
         if have.get(key) != value:
             tracker.client.set_tag(tracker.parent_id, key, value)
     tracker.describe_experiment(study.spec.description)
@@ -190,11 +193,11 @@ def _claim_and_execute(study: Study, *, executor: Executor, retry: RetryPolicy, 
               "not trained again", flush=True)
     interrupt.check()
     todo, done = retry.cells_to_run(study.cells, tracker.cell_status())
-    return _execute(study, tracker, todo, done, executor=executor, retry=retry, keep=keep)
+    return _execute(study, tracker, todo, done, executor=executor, retry=retry, keep=keep, sets=sets)
 
 
 def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *, executor: Executor,
-             retry: RetryPolicy, keep: bool) -> int:
+             retry: RetryPolicy, keep: bool, sets: dict | None) -> int:
     parent_id = tracker.parent_id
     skipped_failed = len(study.cells) - len(todo) - done
     print(f"[{study.name}] {len(study.cells)} cells: {done} finished, {len(todo)} to run"
@@ -224,7 +227,11 @@ def _execute(study: Study, tracker: StudyTracker, todo: list[Cell], done: int, *
     all_done = counts[FINISHED] == len(study.cells)
     cost = tracker.log_study_cost(parent_id, time.time() - start)
     tracker.finish_parent(parent_id, FINISHED if all_done else FAILED)
-    if tracker.mark_verdicts_stale(parent_id, counts[FINISHED]):
+    from study.adaptive import with_added_seeds
+
+    # the verdicts count every finished cell of this config, those at seeds the adaptive loop added too
+    held = with_added_seeds(study, tracker, sets)
+    if tracker.mark_verdicts_stale(parent_id, sum(final.get(c.cell_id) == FINISHED for c in held.cells)):
         print(f"[{study.name}] the verdicts on the parent run were made from other cells: marked stale until "
               f"`python -m analysis --study {study.name}` rebuilds them", flush=True)
     print(f"[{study.name}] finished {counts[FINISHED]}/{len(study.cells)}, failed {counts[FAILED]}, "

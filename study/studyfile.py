@@ -156,11 +156,12 @@ class StudySpec(BaseModel):
             if dup:
                 raise ValueError(f"factor '{name}' has duplicate levels: {', '.join(dup)}")
             if pair := look_alike(labels):
-                raise ValueError(f"factor '{name}': levels {pair[0]!r} and {pair[1]!r} look alike (equal in Unicode's "
-                                 "compatibility form, NFKC): the figures and tables would not tell them apart")
+                raise ValueError(f"factor '{name}': levels {pair[0]!r} and {pair[1]!r} look alike (the same up to "
+                                 "case, dashes and Unicode's compatibility forms, NFKC): the figures and tables would "
+                                 "not tell them apart")
         if pair := look_alike(factors):
-            raise ValueError(f"factors {pair[0]!r} and {pair[1]!r} look alike (equal in Unicode's compatibility form, "
-                             "NFKC): the figures and tables would not tell them apart")
+            raise ValueError(f"factors {pair[0]!r} and {pair[1]!r} look alike (the same up to case, dashes and "
+                             "Unicode's compatibility forms, NFKC): the figures and tables would not tell them apart")
         return factors
 
     @field_validator("seeds")
@@ -232,14 +233,22 @@ def _blank(ch: str) -> bool:
     return any(lo <= ord(ch) <= hi for lo, hi in _BLANK_RANGES)
 
 
+# dashes and minus signs a figure draws like the ASCII hyphen-minus
+_DASHES = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"})
+# scripts whose letters look like Latin ones (a label mixing them passes for another: 'соs' and 'cos')
+_LOOKALIKE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
+
+
 def look_alike(texts) -> tuple[str, str] | None:
-    """The first two different ``texts`` equal under Unicode's compatibility form (NFKC: a full-width
-    'ｈａｒｄ' and 'hard', a ligature and its letters), which a figure or a table shows alike, or None."""
+    """The first two different ``texts`` that a figure or a table shows alike, or None: equal under
+    Unicode's compatibility form (NFKC: a full-width 'ｈａｒｄ' and 'hard', a ligature and its letters),
+    up to dashes ('semi‐hard' with U+2010 and 'semi-hard', '−0.5' with U+2212) and up to case (a
+    case-insensitive store, as MySQL's usual collation, would take them for one)."""
     import unicodedata
 
     seen: dict[str, str] = {}
     for t in texts:
-        key = unicodedata.normalize("NFKC", t)
+        key = unicodedata.normalize("NFKC", t).translate(_DASHES).casefold()
         if key in seen and seen[key] != t:
             return seen[key], t
         seen.setdefault(key, t)
@@ -263,6 +272,10 @@ def drawn_text_problem(text: str) -> str | None:
     if hidden := [ch for ch in text if not ch.isprintable() or _blank(ch)]:
         return (f"holds {_named(hidden)}, a character that does not show or controls the layout (use plain "
                 "spaces and visible characters)")
+    scripts = {unicodedata.name(ch, "").split(" ")[0] for ch in text if ch.isalpha()}
+    if len(mixed := sorted(scripts & set(_LOOKALIKE_SCRIPTS))) > 1:
+        return (f"mixes {' and '.join(m.title() for m in mixed)} letters, which look alike (e.g. Cyrillic 'с' and "
+                "Latin 'c'): it would pass for another label; write it in one script")
     if text != text.strip(" ") or "  " in text:
         return ("has a space at its start or end, or two in a row: it would look like the label without them "
                 "and be another level (write single spaces between words)")

@@ -186,6 +186,13 @@ def test_the_serial_backend_runs_a_study_without_ray(tmp_path, monkeypatch, caps
     by_level = {(r.data.tags["level"], r.data.params["seed"]): r for r in runs}
     assert len(runs) == 4 and by_level[("semi-hard", "1")].info.status == "FAILED"
     assert "told to fail at epoch 1" in by_level[("semi-hard", "1")].data.tags["error"]
+    # status, a command without backend words, tells the serial run's own way to rerun (the parent's tag)
+    from study import resume
+
+    monkeypatch.setattr(resume, "_REMEMBERED", [])
+    monkeypatch.setattr(resume, "LAUNCH_FLAGS", [])
+    assert main(["status", str(path), "--preset", "smoke"]) == 0
+    assert "--preset smoke --cluster serial --rerun-failed" in capsys.readouterr().out
     for key in (("semi-hard", "0"), ("hard", "0"), ("hard", "1")):  # hard/1 failed once, then resumed
         r = by_level[key]
         assert r.info.status == "FINISHED" and "knn_top1" in r.data.metrics

@@ -70,10 +70,13 @@ def test_labels_that_would_not_show_as_written_are_one_clear_error(tmp_path):
              ("semi\u034fhard", "U+034F COMBINING GRAPHEME JOINER"), ("semi\u2800hard", "U+2800 BRAILLE PATTERN BLANK"),
              (" semi-hard", "a space at its start or end"), ("semi-hard ", "a space at its start or end"),
              ("semi  hard", "two in a row"),
-             ("ｈａｒｄ", "look alike"), ("ﬁne", None)]  # full-width 'hard' beside 'hard'; a ligature beside 'fine'
-    for i, (label, words) in enumerate(cases):
+             ("ｈａｒｄ", "look alike"), ("ﬁne", None),  # full-width 'hard' beside 'hard'; a ligature beside 'fine'
+             ("Hard", "look alike"), ("semi‐hard", "look alike", "semi-hard"),  # case; U+2010 HYPHEN
+             ("cos −0.5", "look alike", "cos -0.5"),  # U+2212 MINUS SIGN
+             ("соs", "mixes Cyrillic and Latin")]  # Cyrillic 'с', 'о' and a Latin 's'
+    for i, (label, words, *given) in enumerate(cases):
         path = tmp_path / f"bad{i}.yaml"
-        other = "fine" if words is None else "hard"
+        other = given[0] if given else "fine" if words is None else "hard"
         words = words or "look alike"
         path.write_text(STUDY.format(name=f"bad{i}", a=label, b=other))
         with pytest.raises(UserError) as err:

@@ -150,3 +150,30 @@ def test_a_study_whose_experiment_was_renamed_says_so(tmp_path, isolated_store, 
     out = capsys.readouterr().out
     assert "done 2" in out, out
     assert len(client.search_experiments()) == 3  # Default, a, b: no copy of the study was made
+
+
+def test_a_decided_adaptive_study_run_again_keeps_its_final_verdicts(tmp_path, monkeypatch, capsys):
+    """The verdicts count the cells at the seeds --until-decided added: running the finished study again
+    (plain, or the loop again) changes no cell, so the published verdicts stay final (they were marked
+    stale: the run compared the file's seeds' cells with the analysis's)."""
+    from analysis.__main__ import main as analysis_main
+    from study.cli import main
+
+    # decided at the 7th seed (the fake metric is a fixed function of level and seed)
+    env = fake_trial_env(store_env(tmp_path), epoch_s=0.01, means={"semi-hard": 0.72, "hard": 0.70}, noise=0.01)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "ad.yaml"
+    path.write_text(STUDY.format(name="ad", seeds="[0, 1, 2]"))
+    run = ["run", str(path), "--preset", "smoke", "--cluster", "serial"]
+    assert main(run + ["--until-decided", "--max-seeds", "7"]) == 0
+    assert analysis_main(["--study", "ad", "--out", str(tmp_path / "r")]) == 0
+    client = store_client(tmp_path)
+    cells = _parent(client, "ad")["verdict_cells"]
+    assert _parent(client, "ad")["verdict_state"] == "final" and int(cells) > 6  # seeds beyond the file's 3
+    capsys.readouterr()
+    for again in (run, run + ["--until-decided"]):
+        assert main(again) == 0
+        out = capsys.readouterr().out
+        assert "marked stale" not in out, out
+        assert _parent(client, "ad")["verdict_state"] == "final"

@@ -31,6 +31,7 @@ class Tag:
     EQUIVALENCE_DELTA, STOPPING, SEEDS, LEVELS, DESCRIPTION, FINDING = "equivalence_delta", "stopping", \
         "seeds", "levels", "description", "finding"
     MAX_SEEDS, BUDGET_HOURS = "max_seeds", "budget_hours"  # --until-decided's limits (STOPPING: "sequential")
+    LAUNCH = "launch"  # the backend words of the last command that ran the study (--cluster serial, ...)
     VERDICT, HYPOTHESIS = "verdict", "hypothesis"
     # what the published verdicts were made from: "final" (every cell finished), "provisional" (cells
     # missing or running), "stale" (the study has finished cells since); and how many finished cells
