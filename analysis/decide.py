@@ -133,8 +133,16 @@ def seeds_needed(delta: float, sd: float, alpha: float = ALPHA, power: float = P
         return None
     if sd == 0:
         return 2
-    n = _ttest_power().solve_power(effect_size=delta / sd, nobs=None, alpha=alpha, power=power,
-                                   alternative="two-sided")
+    import warnings
+
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    if _ttest_power().power(effect_size=delta / sd, nobs=2, alpha=alpha, alternative="two-sided") >= power:
+        return 2  # the solver finds no root below: 2 seeds already detect it
+    with warnings.catch_warnings():  # no root otherwise: nan, said as "undefined"
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        n = _ttest_power().solve_power(effect_size=delta / sd, nobs=None, alpha=alpha, power=power,
+                                       alternative="two-sided")
     n = float(np.asarray(n).reshape(-1)[0])
     return max(2, math.ceil(n - 1e-9)) if math.isfinite(n) else None
 
