@@ -47,7 +47,12 @@ def _child(spec: str | None, payload: dict, reports) -> None:
 
 
 class SerialExecutor:
-    """Runs cells one at a time, each trial in a child process; writes the store from this process."""
+    """Runs cells one at a time, each trial in a child process; writes the store from this process.
+
+    A backend built on it may subclass it: :meth:`run_cell` runs one cell to its end (wrap it to do
+    something around each cell); ``name`` is what the start line calls it."""
+
+    name = "serial"
 
     def check(self, study: Study) -> None:
         check_local(study)
@@ -60,16 +65,18 @@ class SerialExecutor:
         from study.core.paths import run_root
         from study.tracking import TRIAL_ENV
 
-        print(f"[{study.name}] serial: one cell at a time, no Ray, {len(cells)} to run", flush=True)
+        print(f"[{study.name}] {self.name}: one cell at a time, no Ray, {len(cells)} to run", flush=True)
         spec = os.environ.get(TRIAL_ENV) or None
         out: dict[str, str] = {}
         for cell in cells:
             payload = trial_payload(cell, run_root(study.name) / cell.cell_id, study.resources.cpus,
                                     study.resources.gpus, study.time_limits)
-            out[cell.cell_id] = self._cell(cell, payload, spec, sink, retry)
+            out[cell.cell_id] = self.run_cell(cell, payload, spec, sink, retry)
         return out
 
-    def _cell(self, cell: Cell, payload: dict, spec: str | None, sink: StudyTracker, retry: RetryPolicy) -> str:
+    def run_cell(self, cell: Cell, payload: dict, spec: str | None, sink: StudyTracker, retry: RetryPolicy) -> str:
+        """One cell to its end, retried as ``retry`` says: FINISHED or FAILED (``payload``: the trial's,
+        cluster.tune_run.trial_payload; ``spec``: ``$STUDY_TRIAL`` or None)."""
         from cluster.tune_run import failure_status, stopped_reason
         from study import interrupt
 
@@ -180,5 +187,5 @@ class SerialBackend:
         return SerialExecutor()
 
     def submit(self, *args, **kwargs) -> int:  # an executor here: the runner never submits
-        raise NotImplementedError("--cluster serial runs its driver in this process")
+        raise NotImplementedError(f"--cluster {self.name} runs its driver in this process")
 
