@@ -186,6 +186,3 @@ class SerialBackend:
     def executor(self) -> SerialExecutor:
         return SerialExecutor()
 
-    def submit(self, *args, **kwargs) -> int:  # an executor here: the runner never submits
-        raise NotImplementedError(f"--cluster {self.name} runs its driver in this process")
-
