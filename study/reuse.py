@@ -36,7 +36,7 @@ from study.tracking import FINISHED, StudyTracker, trial_function
 # tags that describe the cell's place in its own study: set for the link, never copied
 _OWN_TAGS = (Tag.STUDY, Tag.ROLE, Tag.CELL_ID, Tag.PRESET, Tag.LEVEL, Tag.FACTORS, Tag.ERROR, Tag.REUSED_FROM,
              Tag.REUSED_FROM_STUDY, Tag.PARENT_RUN, Tag.RUN_NAME,
-             Tag.FILLED, Tag.DRIVER, "interrupted")  # the link's own state (study.tracking), not the source's
+             Tag.FILLED, Tag.DRIVER, Tag.INTERRUPTED)  # the link's own state (study.tracking), not the source's
 _METRICS_PER_BATCH = 1000  # MLflow's cap on metrics in one log_batch
 
 

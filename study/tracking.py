@@ -376,7 +376,7 @@ class StudyTracker:
         parent = self.parent_run()
         for run in runs + ([parent] if parent is not None else []):
             if run.info.status == RUNNING and _orphaned(run):
-                self.client.set_tag(run.info.run_id, "interrupted", "driver gone")
+                self.client.set_tag(run.info.run_id, Tag.INTERRUPTED, "driver gone")
                 self.client.set_terminated(run.info.run_id, status=KILLED)
                 n += 1
         return n
@@ -403,12 +403,12 @@ class StudyTracker:
             for run in runs:
                 # only the runs this driver opened (another driver's are its own business)
                 if cid in wanted and run.info.status == RUNNING and run.data.tags.get(DRIVER_TAG) == me:
-                    self.client.set_tag(run.info.run_id, "interrupted", why)
+                    self.client.set_tag(run.info.run_id, Tag.INTERRUPTED, why)
                     self.client.set_terminated(run.info.run_id, status=KILLED)
                     n += 1
         self._open.clear()
         if parent_id is not None and self.client.get_run(parent_id).data.tags.get(DRIVER_TAG) == me:
-            self.client.set_tag(parent_id, "interrupted", why)
+            self.client.set_tag(parent_id, Tag.INTERRUPTED, why)
             self.client.set_terminated(parent_id, status=KILLED)
         return n
 
@@ -498,6 +498,8 @@ class StudyTracker:
                 self._fill_cell(run, cell, parent_id)
             if run.info.status != RUNNING and run.info.status != FINISHED:
                 self.client.update_run(run_id, status=RUNNING)
+            if Tag.INTERRUPTED in run.data.tags:  # it runs again: the earlier stop is no longer its state
+                self.client.delete_tag(run_id, Tag.INTERRUPTED)
             cr = CellRun(run_id, RUNNING, steps, final)
         else:
             tags = dict(self._cell_tags(cell, parent_id), **{DRIVER_TAG: driver_identity()})

@@ -27,6 +27,7 @@ class Tag:
     STUDY, ROLE, CELL_ID, PRESET, LEVEL, FACTORS, VARIANT = "study", "role", "cell_id", "preset", "level", \
         "factors", "variant"
     TRIAL, ERROR, DRIVER, FILLED = "trial", "error", "driver", "filled"
+    INTERRUPTED = "interrupted"  # why a run was stopped (the signal, "driver gone"); gone once it runs again
     REUSED_FROM, REUSED_FROM_STUDY = "reused_from", "reused_from_study"
     EQUIVALENCE_DELTA, STOPPING, SEEDS, LEVELS, DESCRIPTION, FINDING = "equivalence_delta", "stopping", \
         "seeds", "levels", "description", "finding"
