@@ -496,7 +496,10 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     if exp is None:
         return empty_study(study, found=False)
     parents = _all_runs(client, exp.experiment_id, role_filter(Tag.PARENT))
-    runs = _all_runs(client, exp.experiment_id, role_filter(Tag.CELL))
+    # a cell run its driver is still creating (tags first, its params and the `filled` tag last) is not
+    # there yet: read mid-study, it would lack its seed; a finished one without them is the contract's breach
+    runs = [r for r in _all_runs(client, exp.experiment_id, role_filter(Tag.CELL))
+            if not (r.info.status == "RUNNING" and r.data.tags.get(Tag.FILLED) != "1")]
     parent = parents[-1] if parents else None
     held = parent.data.tags.get(Tag.STUDY) if parent is not None else None
     if held and held != study:  # the experiments renamed by hand: this name now holds another study's runs

@@ -177,3 +177,24 @@ def test_a_decided_adaptive_study_run_again_keeps_its_final_verdicts(tmp_path, m
         out = capsys.readouterr().out
         assert "marked stale" not in out, out
         assert _parent(client, "ad")["verdict_state"] == "final"
+
+
+def test_a_cell_run_being_created_is_not_read_mid_write(tmp_path):
+    """The analysis reads the store while a driver creates a cell's run (its tags first, its params and the
+    `filled` tag last): that run is not there yet, where it was a contract error ('has no param seed'); a
+    finished run without its params still is one."""
+    import pytest
+
+    from analysis.load import ContractError, client_for, load_study
+
+    client = store_client(tmp_path)
+    exp = client.create_experiment("mid")
+    parent = client.create_run(exp, tags={"study": "mid", "role": "parent"})
+    client.log_param(parent.info.run_id, "factors", "sampling")
+    half = client.create_run(exp, tags={"study": "mid", "role": "cell", "cell_id": "c1", "level": "hard",
+                                        "mlflow.parentRunId": parent.info.run_id})  # RUNNING, no params yet
+    data = load_study("mid", client=client_for(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert data.cells.empty
+    client.set_terminated(half.info.run_id, "FINISHED")
+    with pytest.raises(ContractError, match="has no param"):
+        load_study("mid", client=client)
