@@ -27,7 +27,7 @@ import pandas as pd
 
 from study.core import names
 from study.core.listing import all_experiments, all_runs, foreign_study_text
-from study.core.names import FINISHED, Tag, factor_tag, role_filter
+from study.core.names import FINISHED, RUNNING, Tag, factor_tag, role_filter
 from study.core.paths import default_tracking_uri  # noqa: F401 (re-exported)
 
 from .hypotheses import Design, HypothesisSpec, from_tags
@@ -499,7 +499,7 @@ def load_study(study: str, tracking_uri: str | None = None, client=None, preset:
     # a cell run its driver is still creating (tags first, its params and the `filled` tag last) is not
     # there yet: read mid-study, it would lack its seed; a finished one without them is the contract's breach
     runs = [r for r in _all_runs(client, exp.experiment_id, role_filter(Tag.CELL))
-            if not (r.info.status == "RUNNING" and r.data.tags.get(Tag.FILLED) != "1")]
+            if not (r.info.status == RUNNING and r.data.tags.get(Tag.FILLED) != "1")]
     parent = parents[-1] if parents else None
     held = parent.data.tags.get(Tag.STUDY) if parent is not None else None
     if held and held != study:  # the experiments renamed by hand: this name now holds another study's runs
