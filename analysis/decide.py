@@ -433,11 +433,6 @@ class GroupSequential:
                 out[k - 1] = c
         return out
 
-    def text(self) -> str:
-        shown = (", ".join(map(str, self.looks)) if len(self.looks) <= 4 else
-                 f"{self.looks[0]}, {self.looks[1]}, ..., {self.looks[-1]}")
-        return f"group-sequential, {self.spending} spending, looks at {shown} seeds"
-
 
 def looks_schedule(first: int = FIRST_LOOK, batch: int = BATCH, max_seeds: int = MAX_SEEDS) -> list[int]:
     """Seeds per level at each look: ``first``, ``first + batch``, ... and ``max_seeds`` last."""
