@@ -149,6 +149,10 @@ def refuse_slurm_options(options: dict, backend: str) -> None:
                         source=flags[0])
 
 
+# the backends this module defines, for --cluster (study/backends.py reads this literal without importing)
+BACKENDS = {"local": "LocalBackend"}
+
+
 class LocalBackend:
     """``--cluster local``: the driver runs in this process, its executor is :class:`LocalRay`."""
 

@@ -164,6 +164,10 @@ class SerialExecutor:
         pass
 
 
+# the backends this module defines, for --cluster (study/backends.py reads this literal without importing)
+BACKENDS = {"serial": "SerialBackend"}
+
+
 class SerialBackend:
     """``--cluster serial``: the driver runs in this process, its executor is :class:`SerialExecutor`."""
 

@@ -16,6 +16,10 @@ from study.retry import RetryPolicy
 from study.studyfile import Cell, Study
 
 
+# the backends this module defines, for --cluster (study/backends.py reads this literal without importing)
+BACKENDS = {"slurm": "SlurmBackend"}
+
+
 class SlurmBackend:
     """One submitit job runs the study's driver: Ray over the job's nodes, and the runner with
     :class:`cluster.slurm_job.JobRay` as its executor (see :mod:`cluster.slurm_job`)."""

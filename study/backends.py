@@ -8,18 +8,28 @@ cells, summarising, the resume command) is the runner's (:mod:`study.runner`), f
 A **backend** is what ``--cluster`` names. Most give the runner an executor for a driver in this
 process (``local``: Ray on this machine; ``serial``: one cell at a time, no Ray). A backend whose driver must run elsewhere (``slurm``: inside
 the job's allocation) gives none and *submits* the driver instead: the job then calls the runner
-(:func:`study.runner.execute_study`) with its own executor. Backends register as entry points of the
-group :data:`GROUP` in ``pyproject.toml`` (one line each): adding one is a module plus that line.
-Nothing under ``study/`` imports a backend's module.
+(:func:`study.runner.execute_study`) with its own executor.
+
+Where backends are found: a module of the ``cluster`` package declares the ones it defines in a
+top-level literal ``BACKENDS = {"name": "Factory"}`` (``Factory(options)`` builds the backend), read
+from the module's source without importing it; adding one is that module alone. A package outside
+this repository registers its backends as entry points of the group :data:`GROUP` instead. A name
+declared twice is refused. Nothing under ``study/`` imports a backend's module until ``--cluster``
+picks it.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
 import os
+from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Optional, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from study.core.errors import UserError
+from study.core.paths import REPO_ROOT
 
 if TYPE_CHECKING:
     from study.retry import RetryPolicy
@@ -27,6 +37,9 @@ if TYPE_CHECKING:
     from study.tracking import StudyTracker
 
 GROUP = "interclr_study.cluster"
+# the package whose modules declare backends in a top-level ``BACKENDS = {name: factory}`` literal
+BACKEND_PACKAGE = "cluster"
+DECLARATION = "BACKENDS"
 
 
 class Executor(Protocol):
@@ -93,16 +106,56 @@ def local_cpus() -> int:
     return int(os.environ.get("STUDY_NUM_CPUS") or os.cpu_count() or 1)
 
 
+def _declared(path: Path) -> dict[str, str]:
+    """``name -> factory`` from the module at ``path``'s top-level ``BACKENDS = {...}`` literal ({} without
+    one); UserError where the declaration is not a literal dict of strings."""
+    text = path.read_text(encoding="utf-8")
+    if f"{DECLARATION} =" not in text:  # most modules: no parse
+        return {}
+    for node in ast.parse(text, filename=str(path)).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == DECLARATION
+                                                for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                value = None
+            if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in value.items())):
+                raise UserError(f"{path}: {DECLARATION} must be a literal dict of backend name -> factory name "
+                                '(e.g. {"serial": "SerialBackend"})', source="--cluster")
+            return value
+    return {}
+
+
+@lru_cache(maxsize=None)
+def _registry() -> dict[str, Callable[[], Callable[[dict], Backend]]]:
+    """Backend name -> a loader of its factory: the ``cluster`` modules' declarations, then the entry
+    points of :data:`GROUP`; UserError for a name declared twice."""
+    found: dict[str, tuple[str, Callable]] = {}
+
+    def add(name: str, target: str, loader: Callable) -> None:
+        if name in found and found[name][0] != target:  # the same target twice (an old install's entry point) is one
+            raise UserError(f"backend '{name}' is declared twice: {found[name][0]} and {target}", source="--cluster")
+        found.setdefault(name, (target, loader))
+
+    for path in sorted((REPO_ROOT / BACKEND_PACKAGE).glob("*.py")):
+        module = f"{BACKEND_PACKAGE}.{path.stem}"
+        for name, factory in _declared(path).items():
+            add(name, f"{module}:{factory}",
+                lambda module=module, factory=factory: getattr(importlib.import_module(module), factory))
+    for ep in entry_points(group=GROUP):
+        add(ep.name, ep.value, ep.load)
+    return {name: loader for name, (_, loader) in found.items()}
+
+
 def backend_names() -> tuple[str, ...]:
-    """The registered backends' names, sorted."""
-    return tuple(sorted(ep.name for ep in entry_points(group=GROUP)))
+    """The backends' names, sorted."""
+    return tuple(sorted(_registry()))
 
 
 def load_backend(name: str, options: Optional[dict] = None) -> Backend:
-    """The backend registered as ``name``, built with ``options``; UserError naming --cluster otherwise."""
-    found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
-    if not found:
-        names = backend_names()
-        hint = "" if names else " (none registered: run `make setup` to install the package's entry points)"
-        raise UserError(f"unknown cluster '{name}' (allowed: {', '.join(names)}){hint}", source="--cluster")
-    return found[0].load()(options or {})
+    """The backend ``name``, built with ``options``; UserError naming --cluster otherwise."""
+    registry = _registry()
+    if name not in registry:
+        raise UserError(f"unknown cluster '{name}' (allowed: {', '.join(sorted(registry))})", source="--cluster")
+    return registry[name]()(options or {})

@@ -13,11 +13,12 @@ import pytest
 # first, each on its own pytest-xdist worker, and the quick files fill the gaps behind them. Without
 # this, xdist orders files by their number of tests and the slowest (one or two tests each) start
 # last, on workers that have already queued a second heavy file.
-HEAVY_FILES = ("test_mlflow_server.py", "test_study_e2e.py", "test_mlflow_ui.py", "test_slurm.py", "test_adaptive.py",
-               "test_study_failures.py", "test_bench.py", "test_slurm_nodes.py", "test_slurm_lost_node.py",
-               "test_interrupt_stress.py", "test_interrupt_sigterm_e2e.py", "test_analysis.py", "test_watchdog.py",
-               "test_disk_full.py", "test_stale.py", "test_interrupt.py", "test_interrupt_e2e.py", "test_infra.py",
-               "test_study_resume.py", "test_hypotheses.py", "test_listing.py", "test_fonts.py", "test_protocols.py")
+HEAVY_FILES = ("test_mlflow_server.py", "test_study_e2e.py", "test_disk_full.py", "test_slurm.py", "test_watchdog.py",
+               "test_mlflow_ui.py", "test_adaptive.py", "test_interrupt_stress.py", "test_bench.py",
+               "test_slurm_lost_node.py", "test_slurm_nodes.py", "test_interrupt_sigterm_e2e.py", "test_stale.py",
+               "test_study_failures.py", "test_infra.py", "test_analysis.py", "test_listing.py", "test_interrupt.py",
+               "test_study_resume.py", "test_interrupt_e2e.py", "test_hypotheses.py", "test_distributed.py",
+               "test_cli_train.py", "test_fidelity.py", "test_backends.py", "test_fonts.py", "test_protocols.py")
 
 
 def pytest_collection_modifyitems(config, items):

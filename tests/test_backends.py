@@ -61,7 +61,7 @@ class FakeBackend:
 
 
 def test_registry_names_the_backends_and_builds_them():
-    assert {"local", "slurm"} <= set(backend_names())  # a new backend adds its name (pyproject.toml)
+    assert {"local", "serial", "slurm"} <= set(backend_names())  # declared in their modules (BACKENDS = {...})
     options = {"config_file": None, "overrides": {"nodes": "2"}, "extra": {}}
     for name in backend_names():
         backend = load_backend(name, options)
@@ -69,6 +69,64 @@ def test_registry_names_the_backends_and_builds_them():
     with pytest.raises(UserError) as err:
         load_backend("moon")
     assert "--cluster" in str(err.value) and ", ".join(backend_names()) in str(err.value)
+
+
+@pytest.fixture
+def backend_package(tmp_path, monkeypatch):
+    """A package of backend modules of its own (``pkg_<test>``), scanned in place of cluster/; returns
+    a writer of its modules."""
+    import sys
+
+    import study.backends as backends
+
+    name = f"pkg_{tmp_path.name}"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(backends, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(backends, "BACKEND_PACKAGE", name)
+    backends._registry.cache_clear()
+    yield lambda module, text: (tmp_path / name / f"{module}.py").write_text(text)
+    backends._registry.cache_clear()
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[mod]
+
+
+MOON = """
+from cluster.serial import SerialBackend
+
+BACKENDS = {"moon": "MoonBackend"}
+
+
+class MoonBackend(SerialBackend):
+    name = "moon"
+"""
+
+
+def test_a_backend_is_one_module_that_declares_it(backend_package):
+    """Adding a backend is its module alone: the registry reads the module's BACKENDS literal without
+    importing it (a module that is not picked is never imported), and --cluster builds it."""
+    import sys
+
+    backend_package("moon", MOON)
+    backend_package("helpers", "raise RuntimeError('not a backend: never imported')\n")
+    assert backend_names() == ("moon",)
+    assert not [m for m in sys.modules if m.endswith(".moon")]  # listed, not imported
+    backend = load_backend("moon", {"x": 1})
+    assert backend.name == "moon" and backend.options == {"x": 1} and backend.executor() is not None
+
+
+@pytest.mark.parametrize("text, words", [
+    ("BACKENDS = {'local': 'Other'}\n", "backend 'local' is declared twice"),
+    ("BACKENDS = {'moon': Moon}\n", "must be a literal dict of backend name -> factory name"),
+    ("BACKENDS = ['moon']\n", "must be a literal dict"),
+])
+def test_a_bad_declaration_is_one_user_error(backend_package, text, words):
+    backend_package("a", "BACKENDS = {'local': 'LocalBackend'}\n")
+    backend_package("b", text)
+    with pytest.raises(UserError) as err:
+        backend_names()
+    assert words in str(err.value) and err.value.exit_code == 2, str(err.value)
 
 
 def test_runner_uses_the_backend_it_is_handed(tmp_path, monkeypatch, capsys):
