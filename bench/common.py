@@ -100,24 +100,37 @@ def time_call(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                      rewarm: tuple[str, ...] = (), per_round: Optional[dict[str, int]] = None
+                      ) -> dict[str, list[float]]:
     """Time several callables in alternating order, to cancel slow drift.
 
     Round ``r`` runs the callables in their given order when ``r`` is even and
     reversed when odd, so each one is as often first as last. ``warmup``
     untimed rounds come first.
 
+    ``rewarm``: names whose timed calls, when another callable ran just before,
+    follow one untimed call of their own: a small step timed right after a large
+    one (a 1.28M bank streamed through the caches) pays for what the large one
+    evicted, and the baseline would then depend on its neighbour. ``per_round``:
+    name -> timed calls per round (default 1), so that a cheap baseline beside a
+    slow step has enough samples in the few rounds the slow one affords.
+
     Returns:
-        name -> list of ``repeats`` wall times (seconds).
+        name -> list of wall times (seconds): ``repeats * per_round[name]`` each.
     """
     names = list(fns)
+    per_round = per_round or {}
     for _ in range(warmup):
         for name in names:
             fns[name]()
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
-            out[name].append(time_call(fns[name]))
+            if name in rewarm:
+                fns[name]()
+            for _ in range(per_round.get(name, 1)):
+                out[name].append(time_call(fns[name]))
     return out
 
 

@@ -52,6 +52,7 @@ from study.train.mechanism import MechanismCounts, classes_of
 
 GOAL_RATIO_60K = 1.10
 MECHANISM_COST_GOAL = 0.02  # issue 26: the mechanism metrics under 2 % of a step
+BASELINE_SPREAD_GOAL = 0.10  # issue 25: one run's MoCo v2 baseline within 10 % across the rows (max / min - 1)
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,11 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
                         inter = build_trainer(scale.preset, {**scale.overrides, **_inter_overrides(
                             spec, num_train, strategy, labels, search)}, data)
                         inject_state(inter, state, pool=spec.pool)
+                        # the baseline re-warmed after each InterCLR step, and as many MoCo v2 samples
+                        # in a slow row as in a fast one: it must not depend on the row's neighbour
                         times = interleaved_times({"moco": moco_step, "inter": Stepper(inter, batches)},
-                                                  repeats=repeats, warmup=warmup)
+                                                  repeats=repeats, warmup=warmup, rewarm=("moco",),
+                                                  per_round={"moco": max(1, spec.repeats // repeats)})
                         moco_all += times["moco"]
                         m, i = median(times["moco"]), median(times["inter"])
                         results[key] = {"moco": m, "inter": i, "ratio": i / m, "repeats": repeats,
@@ -255,6 +259,13 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
         if first.goal is not None:
             sec.notes.append(f"bank {first.name}, semi-hard online, candidates search: the ratio is <= {first.goal} "
                              + (f"with C <= {max(fits):,} in this sweep." if fits else "with none of the C tried."))
+    # every MoCo v2 baseline of the batch-256 rows (each row's own, interleaved with its InterCLR step)
+    baselines = [r["moco"] for r in results.values() if not r.get("same_as_exact")] \
+        + [row[2] / 1e3 for row in sec.data.get("sweep", [])]
+    spread = max(baselines) / min(baselines) - 1
+    sec.goals.append(Goal("MoCo v2 baseline across the step rows of this run (max / min - 1)", spread,
+                          BASELINE_SPREAD_GOAL, note=f"{min(baselines) * 1e3:.1f} to {max(baselines) * 1e3:.1f} ms "
+                                                     f"over {len(baselines)} rows"))
     if first.size is None:
         st = states_cache[first.name]
         steps = num_train // cfg.batch_size
@@ -309,7 +320,7 @@ def preset_as_configured(scale: StepScale, data) -> tuple[list, str]:
     inter.init_inter_state()
     batches = epoch_batches(n, cfg.batch_size, cfg.seed, 0)[: scale.batches]
     spec = scale.banks[0]
-    times = interleaved_times({"moco": Stepper(moco, batches), "inter": Stepper(inter, batches)},
+    times = interleaved_times({"moco": Stepper(moco, batches), "inter": Stepper(inter, batches)}, rewarm=("moco",),
                               repeats=spec.repeats, warmup=scale.warmup)
     m, i = median(times["moco"]), median(times["inter"])
     w = mechanism_seconds(inter, batches[0])
@@ -358,7 +369,7 @@ def sweep_candidates(scale: StepScale, data, state: BankState, spec: BankSpec, m
             spec, num_train, "semi-hard", "online", "candidates"), "candidates": c}, data)
         inject_state(t, state, pool=spec.pool)
         times = interleaved_times({"moco": moco_step, "inter": Stepper(t, batches)}, repeats=spec.repeats,
-                                  warmup=scale.warmup)
+                                  warmup=scale.warmup, rewarm=("moco",))
         m, i = median(times["moco"]), median(times["inter"])
         rows.append([c, scaled_pool(spec.pool, c, state.size), m * 1e3, i * 1e3, i / m])
         del t

@@ -12,7 +12,8 @@ again up to ``retry.max_failures`` times from its run directory's last checkpoin
 resumes from it by itself), then the cell is FAILED with the trial's error (or KILLED, where the
 machine failed it). A stop signal ends the running child and leaves its cell to the runner (KILLED).
 
-Also the model of a backend in one module: this file and its line in ``pyproject.toml``.
+Also the model of a backend in one module: this file alone (its ``BACKENDS`` line declares it to
+``--cluster``; study/backends.py).
 """
 
 from __future__ import annotations

@@ -67,14 +67,14 @@ def test_registry_names_the_backends_and_builds_them():
         backend = load_backend(name, options)
         assert backend.name == name and backend.options == options
     with pytest.raises(UserError) as err:
-        load_backend("moon")
+        load_backend("no-such-backend")
     assert "--cluster" in str(err.value) and ", ".join(backend_names()) in str(err.value)
 
 
 @pytest.fixture
 def backend_package(tmp_path, monkeypatch):
     """A package of backend modules of its own (``pkg_<test>``), scanned in place of cluster/; returns
-    a writer of its modules."""
+    a writer of its modules (``write(module, text)`` -> the package's name)."""
     import sys
 
     import study.backends as backends
@@ -86,20 +86,21 @@ def backend_package(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(backends, "BACKEND_PACKAGE", name)
     backends._registry.cache_clear()
-    yield lambda module, text: (tmp_path / name / f"{module}.py").write_text(text)
+    yield lambda module, text: ((tmp_path / name / f"{module}.py").write_text(text), name)[1]
     backends._registry.cache_clear()
     for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
         del sys.modules[mod]
 
 
-MOON = """
+# a name no module of cluster/ may take (a user's new backend could be "moon")
+PROBE = """
 from cluster.serial import SerialBackend
 
-BACKENDS = {"moon": "MoonBackend"}
+BACKENDS = {"probe-backend": "ProbeBackend"}
 
 
-class MoonBackend(SerialBackend):
-    name = "moon"
+class ProbeBackend(SerialBackend):
+    name = "probe-backend"
 """
 
 
@@ -108,18 +109,19 @@ def test_a_backend_is_one_module_that_declares_it(backend_package):
     importing it (a module that is not picked is never imported), and --cluster builds it."""
     import sys
 
-    backend_package("moon", MOON)
+    package = backend_package("probe", PROBE)
     backend_package("helpers", "raise RuntimeError('not a backend: never imported')\n")
-    assert backend_names() == ("moon",)
-    assert not [m for m in sys.modules if m.endswith(".moon")]  # listed, not imported
-    backend = load_backend("moon", {"x": 1})
-    assert backend.name == "moon" and backend.options == {"x": 1} and backend.executor() is not None
+    assert backend_names() == ("probe-backend",)
+    assert f"{package}.probe" not in sys.modules  # listed, not imported
+    backend = load_backend("probe-backend", {"x": 1})
+    assert backend.name == "probe-backend" and backend.options == {"x": 1} and backend.executor() is not None
+    assert f"{package}.probe" in sys.modules and f"{package}.helpers" not in sys.modules
 
 
 @pytest.mark.parametrize("text, words", [
     ("BACKENDS = {'local': 'Other'}\n", "backend 'local' is declared twice"),
-    ("BACKENDS = {'moon': Moon}\n", "must be a literal dict of backend name -> factory name"),
-    ("BACKENDS = ['moon']\n", "must be a literal dict"),
+    ("BACKENDS = {'probe': Probe}\n", "must be a literal dict of backend name -> factory name"),
+    ("BACKENDS = ['probe']\n", "must be a literal dict"),
 ])
 def test_a_bad_declaration_is_one_user_error(backend_package, text, words):
     backend_package("a", "BACKENDS = {'local': 'LocalBackend'}\n")

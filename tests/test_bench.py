@@ -140,6 +140,25 @@ def test_interleaved_times_alternates_order():
     assert calls == ["a", "b", "a", "b", "b", "a"]
 
 
+def test_a_rewarmed_baseline_runs_untimed_after_its_neighbour_and_gets_its_samples():
+    """``rewarm``: one untimed call before the timed ones whenever the other callable ran just before;
+    ``per_round``: that many timed samples per round (a cheap baseline beside a slow step)."""
+    calls, timed = [], []
+    import bench.common as common
+
+    real = common.time_call
+    common.time_call = lambda fn: (timed.append(len(calls)), fn(), 0.0)[2]
+    try:
+        out = interleaved_times({"base": lambda: calls.append("base"), "big": lambda: calls.append("big")},
+                                repeats=2, warmup=0, rewarm=("base",), per_round={"base": 3})
+    finally:
+        common.time_call = real
+    # round 0: base (rewarm + 3 timed), big; round 1: big, base (rewarm + 3 timed)
+    assert calls == ["base"] * 4 + ["big", "big"] + ["base"] * 4
+    assert len(out["base"]) == 6 and len(out["big"]) == 2
+    assert timed == [1, 2, 3, 4, 5, 7, 8, 9]  # the untimed rewarm calls are calls 0 and 6
+
+
 def test_goal_direction():
     assert Goal("x", 1.05, 1.10).met is True
     assert Goal("x", 1.2, 1.10).met is False
