@@ -53,6 +53,9 @@ from study.train.mechanism import MechanismCounts, classes_of
 GOAL_RATIO_60K = 1.10
 MECHANISM_COST_GOAL = 0.02  # issue 26: the mechanism metrics under 2 % of a step
 BASELINE_SPREAD_GOAL = 0.10  # issue 25: one run's MoCo v2 baseline within 10 % across the rows (max / min - 1)
+# MoCo v2 samples per row at least (its median is each row's baseline): a row of few rounds (a slow InterCLR
+# step) times the baseline several times per round; 3 samples let one noisy step move a row's median ~10 %
+BASELINE_SAMPLES = 9
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
                         # in a slow row as in a fast one: it must not depend on the row's neighbour
                         times = interleaved_times({"moco": moco_step, "inter": Stepper(inter, batches)},
                                                   repeats=repeats, warmup=warmup, rewarm=("moco",),
-                                                  per_round={"moco": max(1, spec.repeats // repeats)})
+                                                  per_round={"moco": -(-BASELINE_SAMPLES // repeats)})
                         moco_all += times["moco"]
                         m, i = median(times["moco"]), median(times["inter"])
                         results[key] = {"moco": m, "inter": i, "ratio": i / m, "repeats": repeats,
