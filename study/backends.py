@@ -112,7 +112,12 @@ def _declared(path: Path) -> dict[str, str]:
     text = path.read_text(encoding="utf-8")
     if f"{DECLARATION} =" not in text:  # most modules: no parse
         return {}
-    for node in ast.parse(text, filename=str(path)).body:
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as err:
+        raise UserError(f"{path}:{err.lineno}: {err.msg} (a module of the backends; fix it or move it out of "
+                        f"{BACKEND_PACKAGE}/)", source="--cluster") from None
+    for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == DECLARATION
                                                 for t in node.targets):
             try:
@@ -125,6 +130,15 @@ def _declared(path: Path) -> dict[str, str]:
                                 '(e.g. {"serial": "SerialBackend"})', source="--cluster")
             return value
     return {}
+
+
+def _factory(module: str, name: str) -> Callable[[dict], Backend]:
+    """``module``'s attribute ``name`` (a declared factory); UserError where the module lacks it."""
+    found = getattr(importlib.import_module(module), name, None)
+    if not callable(found):
+        raise UserError(f"{module} declares a backend built by {name!r} in {DECLARATION}, but has no such class or "
+                        "function", source="--cluster")
+    return found
 
 
 @lru_cache(maxsize=None)
@@ -141,8 +155,7 @@ def _registry() -> dict[str, Callable[[], Callable[[dict], Backend]]]:
     for path in sorted((REPO_ROOT / BACKEND_PACKAGE).glob("*.py")):
         module = f"{BACKEND_PACKAGE}.{path.stem}"
         for name, factory in _declared(path).items():
-            add(name, f"{module}:{factory}",
-                lambda module=module, factory=factory: getattr(importlib.import_module(module), factory))
+            add(name, f"{module}:{factory}", lambda module=module, factory=factory: _factory(module, factory))
     for ep in entry_points(group=GROUP):
         add(ep.name, ep.value, ep.load)
     return {name: loader for name, (_, loader) in found.items()}

@@ -239,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     args = None
     try:
+        parser = build_parser()  # lists the backends: a bad declaration in cluster/ is a UserError
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except UserError as err:

@@ -131,6 +131,24 @@ def test_a_bad_declaration_is_one_user_error(backend_package, text, words):
     assert words in str(err.value) and err.value.exit_code == 2, str(err.value)
 
 
+def test_a_declared_factory_the_module_lacks_is_one_user_error(backend_package, capsys):
+    """A name the module does not define: one line naming the module and the name, at --cluster time; a
+    module that does not parse: one line naming its file and line, for every command (the CLI lists them)."""
+    from study.cli import main
+
+    backend_package("probe", "BACKENDS = {'probe-backend': 'Missing'}\n")
+    with pytest.raises(UserError) as err:
+        load_backend("probe-backend")
+    assert "declares a backend built by 'Missing'" in str(err.value), str(err.value)
+    backend_package("broken", "BACKENDS = {'x': 'X'\n")
+    import study.backends
+
+    study.backends._registry.cache_clear()  # the registry is read once per process
+    assert main(["status", "experiments/sampling.yaml"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "broken.py:1" in lines[0] and "Traceback" not in lines[0], lines
+
+
 def test_runner_uses_the_backend_it_is_handed(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     path = write_smoke_study(tmp_path, "seam")
