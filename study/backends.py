@@ -110,7 +110,7 @@ def _declared(path: Path) -> dict[str, str]:
     """``name -> factory`` from the module at ``path``'s top-level ``BACKENDS = {...}`` literal ({} without
     one); UserError where the declaration is not a literal dict of strings."""
     text = path.read_text(encoding="utf-8")
-    if f"{DECLARATION} =" not in text:  # most modules: no parse
+    if DECLARATION not in text:  # most modules: no parse
         return {}
     try:
         tree = ast.parse(text, filename=str(path))
@@ -118,8 +118,9 @@ def _declared(path: Path) -> dict[str, str]:
         raise UserError(f"{path}:{err.lineno}: {err.msg} (a module of the backends; fix it or move it out of "
                         f"{BACKEND_PACKAGE}/)", source="--cluster") from None
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == DECLARATION
-                                                for t in node.targets):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, ast.AnnAssign) and node.value is not None else []  # `BACKENDS: dict = {...}` too
+        if any(isinstance(t, ast.Name) and t.id == DECLARATION for t in targets):
             try:
                 value = ast.literal_eval(node.value)
             except ValueError:

@@ -109,7 +109,7 @@ def test_a_backend_is_one_module_that_declares_it(backend_package):
     importing it (a module that is not picked is never imported), and --cluster builds it."""
     import sys
 
-    package = backend_package("probe", PROBE)
+    package = backend_package("probe", PROBE.replace("BACKENDS = ", "BACKENDS: dict[str, str] = "))  # annotated too
     backend_package("helpers", "raise RuntimeError('not a backend: never imported')\n")
     assert backend_names() == ("probe-backend",)
     assert f"{package}.probe" not in sys.modules  # listed, not imported
