@@ -11,7 +11,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 import torch
 
@@ -131,6 +131,35 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: i
                 fns[name]()
             for _ in range(per_round.get(name, 1)):
                 out[name].append(time_call(fns[name]))
+    return out
+
+
+def visit_times(rows: dict[Hashable, Callable[[], tuple[dict[str, Callable[[], Any]], dict]]], passes: int = 2
+                ) -> dict[Hashable, dict[str, list[float]]]:
+    """Time every row in ``passes`` visits, the rows' order reversed on every other pass.
+
+    A row is a factory called at each visit: it builds what the row times (fresh trainers, so
+    no row's state is held while another row runs) and returns ``(fns, kwargs)`` for
+    :func:`interleaved_times`; the samples of a row's visits are pooled. Why: the machine's speed
+    drifts over a run (measured here: the median of 9 consecutive MoCo v2 steps moves by 15 %
+    within two quiet minutes), so a row timed in one stretch gets that stretch's speed; with an even
+    number of visits in mirrored order every row's samples sit around the run's middle on average
+    (a linear drift cancels), and a burst of a few seconds reaches only one visit of a row. Ratios stay contemporaneous: within a visit
+    the callables alternate as in :func:`interleaved_times`.
+
+    Returns:
+        row -> name -> wall times (seconds), the visits' samples in order.
+    """
+    if passes < 1:
+        raise ValueError(f"passes must be at least 1, got {passes}")
+    out: dict[Hashable, dict[str, list[float]]] = {key: {} for key in rows}
+    keys = list(rows)
+    for p in range(passes):
+        for key in (keys if p % 2 == 0 else keys[::-1]):
+            fns, kwargs = rows[key]()
+            for name, times in interleaved_times(fns, **kwargs).items():
+                out[key].setdefault(name, []).extend(times)
+            del fns  # the row's trainers go before the next row's are built
     return out
 
 

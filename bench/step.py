@@ -4,7 +4,12 @@ For each bank size, sampling strategy, label mode and search mode, one
 InterCLR trainer and the MoCo v2 trainer (same preset, backbone, batch,
 seed, one thread) take turns on the same fixed batches (the order alternates
 every round, to cancel drift); the ratio is median(InterCLR step) /
-median(MoCo v2 step). The every-``centroid_every`` label maintenance is kept
+median(MoCo v2 step). Each row is timed in several visits (``VISITS``),
+every other pass over the rows in reverse order (:func:`bench.common.visit_times`),
+so that every row's baseline is taken around the run's middle on average and
+over several stretches of it: the machine's speed drifts and bursts over
+minutes, and a row timed in one stretch would carry that stretch's speed into
+the comparison across rows. The every-``centroid_every`` label maintenance is kept
 out of the timed steps and amortised by the label benchmark
 (:mod:`bench.maintenance`), which adds it to the ratio in its own table.
 
@@ -24,6 +29,7 @@ correctness checks (:func:`check_search_modes`, :func:`check_negative_gradients`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -31,7 +37,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from bench.common import Check, Goal, Section, interleaved_times, median, repeat_times, set_threads
+from bench.common import Check, Goal, Section, interleaved_times, median, repeat_times, set_threads, visit_times
 from bench.states import (
     NO_PROTOCOLS,
     BankState,
@@ -54,8 +60,11 @@ GOAL_RATIO_60K = 1.10
 MECHANISM_COST_GOAL = 0.02  # issue 26: the mechanism metrics under 2 % of a step
 BASELINE_SPREAD_GOAL = 0.10  # issue 25: one run's MoCo v2 baseline within 10 % across the rows (max / min - 1)
 # MoCo v2 samples per row at least (its median is each row's baseline): a row of few rounds (a slow InterCLR
-# step) times the baseline several times per round; 3 samples let one noisy step move a row's median ~10 %
-BASELINE_SAMPLES = 9
+# step) times the baseline several times per round. One step's time here spreads ~20 % (5th to 95th
+# percentile, a quiet run): a median of 9 moves ~2.5 % (sd), so 32 rows of 9 spread ~10 % by chance alone
+BASELINE_SAMPLES = 18
+# visits per step row (bench.common.visit_times), every other one in the reversed order of the rows
+VISITS = 4
 
 
 @dataclass(frozen=True)
@@ -175,53 +184,61 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
         cfg = moco.cfg
         batches = epoch_batches(num_train, cfg.batch_size, cfg.seed, 0)[: scale.batches]
         moco_step = Stepper(moco, batches)
-        rows, moco_all = [], []
-        results: dict[tuple, dict] = {}
+        states = {spec.name: _state_for(spec, scale, data, states_cache) for spec in scale.banks}
+        first = scale.banks[0]
+        visits = {}
         for spec in scale.banks:
-            state = _state_for(spec, scale, data, states_cache)
             for strategy in STRATEGIES:
                 for labels in LABEL_MODES:
                     for search in SEARCHES:
-                        key = (spec.name, strategy, labels, search)
                         if strategy == "hard" and search == "candidates":
-                            results[key] = dict(results[(spec.name, strategy, labels, "exact")], same_as_exact=True)
-                            continue
-                        slow = search == "exact" and strategy != "random"
-                        repeats = spec.slow_repeats if slow else spec.repeats
-                        warmup = spec.slow_warmup if slow and spec.slow_warmup is not None else scale.warmup
-                        inter = build_trainer(scale.preset, {**scale.overrides, **_inter_overrides(
-                            spec, num_train, strategy, labels, search)}, data)
-                        inject_state(inter, state, pool=spec.pool)
-                        # the baseline re-warmed after each InterCLR step, and as many MoCo v2 samples
-                        # in a slow row as in a fast one: it must not depend on the row's neighbour
-                        times = interleaved_times({"moco": moco_step, "inter": Stepper(inter, batches)},
-                                                  repeats=repeats, warmup=warmup, rewarm=("moco",),
-                                                  per_round={"moco": -(-BASELINE_SAMPLES // repeats)})
-                        moco_all += times["moco"]
-                        m, i = median(times["moco"]), median(times["inter"])
-                        results[key] = {"moco": m, "inter": i, "ratio": i / m, "repeats": repeats,
-                                        "warmup": warmup}
-                        del inter
+                            continue  # hard is a global top-k: its candidates row is its exact row
+                        visits[(spec.name, strategy, labels, search)] = functools.partial(
+                            _visit, scale, data, states[spec.name], spec, strategy, labels, search, moco_step,
+                            batches)
+        sweep_cs = sweep_sizes(scale, first, states[first.name].size) if scale.sweep else []
+        for c in sweep_cs:
+            visits[("sweep", c)] = functools.partial(_visit, scale, data, states[first.name], first, "semi-hard",
+                                                     "online", "candidates", moco_step, batches, candidates=c)
+        timed = visit_times(visits, passes=VISITS)
+        moco_all = [t for times in timed.values() for t in times["moco"]]
+        measured = {key: {"moco": median(times["moco"]), "inter": median(times["inter"]),
+                          "ratio": median(times["inter"]) / median(times["moco"]), "repeats": len(times["inter"]),
+                          "moco_samples": len(times["moco"])} for key, times in timed.items()}
+        results = {key: r for key, r in measured.items() if key[0] != "sweep"}
+        for spec in scale.banks:
+            for labels in LABEL_MODES:
+                results[(spec.name, "hard", labels, "candidates")] = dict(
+                    results[(spec.name, "hard", labels, "exact")], same_as_exact=True)
+        rows = []
+        for spec in scale.banks:
             for strategy in STRATEGIES:
                 for labels in LABEL_MODES:
                     r_ex = results[(spec.name, strategy, labels, "exact")]
                     r_ca = results[(spec.name, strategy, labels, "candidates")]
+                    same = r_ca.get("same_as_exact")
                     rows.append([spec.name, strategy, labels, r_ex["moco"] * 1e3, r_ex["inter"] * 1e3,
-                                 r_ex["ratio"], r_ca["inter"] * 1e3,
-                                 "= exact" if r_ca.get("same_as_exact") else r_ca["ratio"]])
+                                 r_ex["ratio"], "= exact" if same else r_ca["moco"] * 1e3, r_ca["inter"] * 1e3,
+                                 "= exact" if same else r_ca["ratio"]])
+        sweep = [[c, scaled_pool(first.pool, c, states[first.name].size), measured[("sweep", c)]["moco"] * 1e3,
+                  measured[("sweep", c)]["inter"] * 1e3, measured[("sweep", c)]["ratio"]] for c in sweep_cs]
     sec.table(
         f"Data: {data_desc}; preset `{scale.preset}` ({cfg.backbone} {cfg.widths} at "
         f"{cfg.image_size or data.image_size} px, batch {cfg.batch_size}, queue {cfg.queue_size}); one thread; "
-        f"median of the interleaved repeats (warm-up {scale.warmup}); times in ms per step.",
-        ["bank", "sampling", "labels", "MoCo v2 ms", "InterCLR exact ms", "ratio exact",
-         "InterCLR cand. ms", "ratio cand."], rows)
+        f"median of the interleaved repeats (warm-up {scale.warmup} per visit; each row timed in {VISITS} visits, "
+        "the rows' order reversed on every other visit); each row's own MoCo v2 baseline, timed between its InterCLR "
+        "steps; times in ms per step.",
+        ["bank", "sampling", "labels", "MoCo v2 ms (exact row)", "InterCLR exact ms", "ratio exact",
+         "MoCo v2 ms (cand. row)", "InterCLR cand. ms", "ratio cand."], rows)
     spec_rows = []
     for spec in scale.banks:
         st = states_cache[spec.name]
         slow_warmup = spec.slow_warmup if spec.slow_warmup is not None else scale.warmup
         spec_rows.append([spec.name, st.size, st.k, spec.neg_num, spec.pool, spec.candidates,
-                          scaled_pool(spec.pool, spec.candidates, st.size), f"{spec.repeats} (warm-up {scale.warmup})",
-                          f"{spec.slow_repeats} (warm-up {slow_warmup})", st.source])
+                          scaled_pool(spec.pool, spec.candidates, st.size),
+                          f"{_per_visit(spec.repeats)} x {VISITS} visits (warm-up {scale.warmup} each)",
+                          f"{_per_visit(spec.slow_repeats)} x {VISITS} visits (warm-up {slow_warmup} each)",
+                          st.source])
     sec.table("Settings per bank (pool = 10 % of the bank, the paper's 128,000 / 1.28M).",
               ["bank", "rows", "k", "neg_num", "pool (exact)", "candidates C", "pool in C", "repeats",
                "repeats (exact ranking: semi-easy, semi-hard, hard)", "state"], spec_rows)
@@ -242,7 +259,6 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
         best = min((results[(spec.name, "semi-hard", "online", s)]["ratio"], s) for s in SEARCHES)
         sec.notes.append(f"bank {spec.name}: the paper's recipe (semi-hard, online) costs {best[0]:.3f}x MoCo v2 "
                          f"with {best[1]} search.")
-    first = scale.banks[0]
     with set_threads(1):
         row, desc = preset_as_configured(scale, data)
     sec.table(f"The `{scale.preset}` preset as its cells run it ({desc}), semi-hard online: the step a "
@@ -252,9 +268,7 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
     sec.data["preset_as_configured"] = row
     sec.goals.append(Goal(f"mechanism metrics' cost over an InterCLR step (`{scale.preset}` preset)", row[5],
                           MECHANISM_COST_GOAL))
-    if scale.sweep:
-        with set_threads(1):
-            sweep = sweep_candidates(scale, data, states_cache[first.name], first, moco_step, batches)
+    if sweep:
         sec.table(f"Candidates sweep, bank {first.name}, semi-hard online (pool = 10 % of C): InterCLR / MoCo v2.",
                   ["candidates C", "pool in C", "MoCo v2 ms", "InterCLR ms", "ratio"], sweep)
         sec.data["sweep"] = sweep
@@ -362,21 +376,29 @@ def sweep_sizes(scale: StepScale, spec: BankSpec, bank_size: int) -> list[int]:
     return [c for c in scale.sweep if c < bank_size and scaled_pool(spec.pool, c, bank_size) >= spec.neg_num]
 
 
-def sweep_candidates(scale: StepScale, data, state: BankState, spec: BankSpec, moco_step: Stepper,
-                     batches) -> list[list]:
-    """Semi-hard online in candidates mode at each C of ``scale.sweep``: [C, pool in C, MoCo ms, InterCLR ms, ratio]."""
+def _per_visit(repeats: int) -> int:
+    """Rounds per visit of a row whose repeats are ``repeats`` in all (at least 1)."""
+    return max(1, -(-repeats // VISITS))
+
+
+def _visit(scale: StepScale, data, state: BankState, spec: BankSpec, strategy: str, labels: str, search: str,
+           moco_step: Stepper, batches, candidates: Optional[int] = None) -> tuple[dict, dict]:
+    """One visit of a step row (:func:`bench.common.visit_times`): a fresh InterCLR trainer with ``state``
+    swapped in, and how to time it against the MoCo v2 baseline. ``candidates``: C of the sweep rows."""
     num_train = int(data.train_images.shape[0])
-    rows = []
-    for c in sweep_sizes(scale, spec, state.size):
-        t = build_trainer(scale.preset, {**scale.overrides, **_inter_overrides(
-            spec, num_train, "semi-hard", "online", "candidates"), "candidates": c}, data)
-        inject_state(t, state, pool=spec.pool)
-        times = interleaved_times({"moco": moco_step, "inter": Stepper(t, batches)}, repeats=spec.repeats,
-                                  warmup=scale.warmup, rewarm=("moco",))
-        m, i = median(times["moco"]), median(times["inter"])
-        rows.append([c, scaled_pool(spec.pool, c, state.size), m * 1e3, i * 1e3, i / m])
-        del t
-    return rows
+    overrides = _inter_overrides(spec, num_train, strategy, labels, search)
+    if candidates is not None:
+        overrides["candidates"] = candidates
+    inter = build_trainer(scale.preset, {**scale.overrides, **overrides}, data)
+    inject_state(inter, state, pool=spec.pool)
+    slow = search == "exact" and strategy != "random"
+    repeats = _per_visit(spec.slow_repeats if slow else spec.repeats)
+    warmup = spec.slow_warmup if slow and spec.slow_warmup is not None else scale.warmup
+    # the baseline re-warmed after each InterCLR step, and as many MoCo v2 samples in a slow row as in a
+    # fast one: it must not depend on the row's neighbour
+    return ({"moco": moco_step, "inter": Stepper(inter, batches)},
+            {"repeats": repeats, "warmup": warmup, "rewarm": ("moco",),
+             "per_round": {"moco": -(-BASELINE_SAMPLES // (VISITS * repeats))}})
 
 
 # ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 
 from bench import gpu, kmeans_bench, maintenance, pipeline, scheduler, step
 from bench.__main__ import main
-from bench.common import Goal, interleaved_times
+from bench.common import Goal, interleaved_times, visit_times
 from bench.states import Stepper, build_trainer, inject_state, synthetic_data, synthetic_state
 from study.data.datasets import epoch_batches
 
@@ -157,6 +157,26 @@ def test_a_rewarmed_baseline_runs_untimed_after_its_neighbour_and_gets_its_sampl
     assert calls == ["base"] * 4 + ["big", "big"] + ["base"] * 4
     assert len(out["base"]) == 6 and len(out["big"]) == 2
     assert timed == [1, 2, 3, 4, 5, 7, 8, 9]  # the untimed rewarm calls are calls 0 and 6
+
+
+def test_visit_times_mirrors_the_rows_order_and_pools_each_rows_samples():
+    """Two visits: the rows in order, then reversed; each visit builds its row afresh; a row's samples pool."""
+    built, calls = [], []
+
+    def row(name):
+        def factory():
+            built.append(name)
+            return ({"base": lambda: calls.append(name + ".base"), "step": lambda: calls.append(name + ".step")},
+                    {"repeats": 1, "warmup": 0})
+        return factory
+
+    out = visit_times({"r1": row("r1"), "r2": row("r2"), "r3": row("r3")}, passes=2)
+    assert built == ["r1", "r2", "r3", "r3", "r2", "r1"]
+    assert calls[:2] == ["r1.base", "r1.step"] and calls[-2:] == ["r1.base", "r1.step"]
+    assert {key: {name: len(t) for name, t in times.items()} for key, times in out.items()} == {
+        key: {"base": 2, "step": 2} for key in ("r1", "r2", "r3")}
+    with pytest.raises(ValueError, match="passes"):
+        visit_times({"r1": row("r1")}, passes=0)
 
 
 def test_goal_direction():
