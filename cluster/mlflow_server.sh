@@ -71,26 +71,27 @@ start_postgres() {
     die "PostgreSQL does not answer; see /var/log/postgresql/"
 }
 
-prepare_db() {  # prints the database URI
-    start_postgres
-    mkdir -p "$STATE" && chmod 700 "$STATE"
-    if [ ! -s "$STATE/db_password" ]; then
-        (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$STATE/db_password")
-    fi
-    local pw
-    pw=$(cat "$STATE/db_password")
-    if [ -z "$(psql_q "SELECT 1 FROM pg_roles WHERE rolname = '$DB_USER'")" ]; then
-        log "creating database user $DB_USER"
-        psql_q "CREATE ROLE $DB_USER LOGIN PASSWORD '$pw'" >/dev/null
-    else
-        psql_q "ALTER ROLE $DB_USER PASSWORD '$pw'" >/dev/null
-    fi
-    if [ -z "$(psql_q "SELECT 1 FROM pg_database WHERE datname = '$DB'")" ]; then
-        log "creating database $DB"
-        psql_q "CREATE DATABASE $DB OWNER $DB_USER" >/dev/null
-    fi
-    local pg_port
-    pg_port=$(pg_lsclusters -h | head -n1 | awk '{print $3}')
+prepare_db() {  # prints the database URI on stdout, and nothing else: the caller captures it as the URI
+    local pw pg_port
+    {   # what the PostgreSQL tools print (pg_ctlcluster: "Removed stale pid file.") goes to stderr
+        start_postgres
+        mkdir -p "$STATE" && chmod 700 "$STATE"
+        if [ ! -s "$STATE/db_password" ]; then
+            (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$STATE/db_password")
+        fi
+        pw=$(cat "$STATE/db_password")
+        if [ -z "$(psql_q "SELECT 1 FROM pg_roles WHERE rolname = '$DB_USER'")" ]; then
+            log "creating database user $DB_USER"
+            psql_q "CREATE ROLE $DB_USER LOGIN PASSWORD '$pw'"
+        else
+            psql_q "ALTER ROLE $DB_USER PASSWORD '$pw'"
+        fi
+        if [ -z "$(psql_q "SELECT 1 FROM pg_database WHERE datname = '$DB'")" ]; then
+            log "creating database $DB"
+            psql_q "CREATE DATABASE $DB OWNER $DB_USER"
+        fi
+        pg_port=$(pg_lsclusters -h | head -n1 | awk '{print $3}')
+    } >&2
     # +psycopg2: SQLAlchemy 2.1 would otherwise ask for psycopg 3
     echo "postgresql+psycopg2://$DB_USER:$pw@127.0.0.1:$pg_port/$DB"
 }
@@ -106,6 +107,9 @@ case "${1:-serve}" in
 esac
 
 URI=${MLFLOW_DB_URI:-$(prepare_db)}
+# one line of scheme://...: anything else would make `mlflow server` take it for a folder (a file store)
+[[ "$URI" =~ ^[a-z][a-z0-9+]*://[^[:space:]]+$ ]] \
+    || die "the database URI is not one line of postgresql+psycopg2://user:pw@host:port/db (MLFLOW_DB_URI, or what prepare printed): '$(printf %s "$URI" | sed -E 's#(://[^:/@]*:)[^@]*@#\1...@#' | tr '\n' '|')'"
 [ -x "$MLFLOW" ] || die "no mlflow at $MLFLOW: run 'make setup' first"
 mkdir -p "$ARTIFACTS"
 log "MLflow server on http://$HOST:$PORT: store ${URI%%:*}://...@${URI#*@}, artifacts $ARTIFACTS"
