@@ -142,21 +142,26 @@ def visit_times(rows: dict[Hashable, Callable[[], tuple[dict[str, Callable[[], A
     no row's state is held while another row runs) and returns ``(fns, kwargs)`` for
     :func:`interleaved_times`; the samples of a row's visits are pooled. Why: the machine's speed
     drifts over a run (measured here: the median of 9 consecutive MoCo v2 steps moves by 15 %
-    within two quiet minutes), so a row timed in one stretch gets that stretch's speed; with an even
-    number of visits in mirrored order every row's samples sit around the run's middle on average
-    (a linear drift cancels), and a burst of a few seconds reaches only one visit of a row. Ratios stay contemporaneous: within a visit
-    the callables alternate as in :func:`interleaved_times`.
+    within two quiet minutes), so a row timed in one stretch gets that stretch's speed. With an
+    even number of passes in mirrored order every row's samples sit around the run's middle on
+    average (a linear drift cancels; an odd number leaves the first rows early), and a burst of a
+    few seconds reaches one visit of a row, two for the row at a turn of the passes (visited last
+    in one pass and first in the next). Ratios stay contemporaneous: within a visit the callables
+    alternate as in :func:`interleaved_times`, and the order of ``fns`` is reversed on every other
+    pass, so that in a visit of one round neither callable always runs second.
 
     Returns:
         row -> name -> wall times (seconds), the visits' samples in order.
     """
-    if passes < 1:
-        raise ValueError(f"passes must be at least 1, got {passes}")
+    if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
+        raise ValueError(f"passes must be an integer of at least 1, got {passes!r}")
     out: dict[Hashable, dict[str, list[float]]] = {key: {} for key in rows}
     keys = list(rows)
     for p in range(passes):
         for key in (keys if p % 2 == 0 else keys[::-1]):
             fns, kwargs = rows[key]()
+            if p % 2:
+                fns = dict(reversed(list(fns.items())))
             for name, times in interleaved_times(fns, **kwargs).items():
                 out[key].setdefault(name, []).extend(times)
             del fns  # the row's trainers go before the next row's are built

@@ -23,6 +23,8 @@
 # Subcommands: `prepare` does 1-2 only and prints the database URI;
 #              `drop-db NAME` drops a database (the tests' own ones).
 set -euo pipefail
+# a failing command inside $(...) (prepare_db, captured as the URI) stops the script too
+shopt -s inherit_errexit
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE=${MLFLOW_SERVER_STATE:-$ROOT/.mlflow_server}
@@ -35,6 +37,18 @@ WORKERS=${MLFLOW_WORKERS:-2}
 MLFLOW=${MLFLOW_BIN:-$ROOT/.venv/bin/mlflow}
 log() { echo "[mlflow_server] $*" >&2; }
 die() { echo "[mlflow_server] $*" >&2; exit 1; }
+
+shown_uri() {  # $1 on one line without its login and query (either may hold the password)
+    local u=${1//[$'\r\n']/|} rest auth path query=""
+    if [[ "$u" != *://* ]]; then printf '%s' "$u"; return; fi
+    rest=${u#*://}
+    if [[ "$rest" == *\?* ]]; then query="?..."; rest=${rest%%\?*}; fi
+    auth=${rest%%/*}
+    path=${rest#"$auth"}
+    # the login ends at the LAST @ before the path (a raw @ in a password)
+    [[ "$auth" == *@* ]] && auth="...@${auth##*@}"
+    printf '%s://%s%s%s' "${u%%://*}" "$auth" "$path" "$query"
+}
 
 name_ok() { [[ "$1" =~ ^[a-z_][a-z0-9_]*$ ]]; }
 name_ok "$DB" || die "MLFLOW_DB: expected lower-case letters, digits and _, got '$DB'"
@@ -107,12 +121,13 @@ case "${1:-serve}" in
 esac
 
 URI=${MLFLOW_DB_URI:-$(prepare_db)}
-# one line of scheme://...: anything else would make `mlflow server` take it for a folder (a file store)
-[[ "$URI" =~ ^[a-z][a-z0-9+]*://[^[:space:]]+$ ]] \
-    || die "the database URI is not one line of postgresql+psycopg2://user:pw@host:port/db (MLFLOW_DB_URI, or what prepare printed): '$(printf %s "$URI" | sed -E 's#(://[^:/@]*:)[^@]*@#\1...@#' | tr '\n' '|')'"
+# one line naming a database (SQLAlchemy's dialects): anything else `mlflow server` would take for
+# a folder or a file:// URI, a file store, which it refuses or serves without the database's guarantees
+[[ "$URI" =~ ^(postgresql|mysql|mssql|sqlite)(\+[a-z0-9]+)?://[^[:space:]]+$ ]] \
+    || die "the database URI is not one line of postgresql+psycopg2://user:pw@host:port/db (or mysql, mssql, sqlite; MLFLOW_DB_URI, or what prepare printed): '$(shown_uri "$URI")'"
 [ -x "$MLFLOW" ] || die "no mlflow at $MLFLOW: run 'make setup' first"
 mkdir -p "$ARTIFACTS"
-log "MLflow server on http://$HOST:$PORT: store ${URI%%:*}://...@${URI#*@}, artifacts $ARTIFACTS"
+log "MLflow server on http://$HOST:$PORT: store $(shown_uri "$URI"), artifacts $ARTIFACTS"
 # exec: stopping this script's process stops the server
 exec "$MLFLOW" server --backend-store-uri "$URI" --artifacts-destination "$ARTIFACTS" \
     --host "$HOST" --port "$PORT" --workers "$WORKERS"

@@ -45,6 +45,11 @@ def test_quick_run_writes_every_section(tmp_path):
     assert "FAIL" not in text
     if not torch.cuda.is_available():
         assert "not run: no GPU" in text
+    # the sweep's C of the bank's own candidates rows (128) is that row, not a second timing of it
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    cand_row = next(r for r in cells if r[:3] == ["512", "semi-hard", "online"])
+    sweep_row = next(r for r in cells if len(r) == 5 and r[0] == "128")
+    assert sweep_row[2:5] == cand_row[6:9], (sweep_row, cand_row)
 
 
 def test_scheduler_quick_through_ray_tune():
@@ -172,11 +177,13 @@ def test_visit_times_mirrors_the_rows_order_and_pools_each_rows_samples():
 
     out = visit_times({"r1": row("r1"), "r2": row("r2"), "r3": row("r3")}, passes=2)
     assert built == ["r1", "r2", "r3", "r3", "r2", "r1"]
-    assert calls[:2] == ["r1.base", "r1.step"] and calls[-2:] == ["r1.base", "r1.step"]
+    # a visit of one round: the first pass times base then step, the second step then base
+    assert calls[:2] == ["r1.base", "r1.step"] and calls[-2:] == ["r1.step", "r1.base"]
     assert {key: {name: len(t) for name, t in times.items()} for key, times in out.items()} == {
         key: {"base": 2, "step": 2} for key in ("r1", "r2", "r3")}
-    with pytest.raises(ValueError, match="passes"):
-        visit_times({"r1": row("r1")}, passes=0)
+    for bad in (0, -1, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="passes"):
+            visit_times({"r1": row("r1")}, passes=bad)
 
 
 def test_goal_direction():

@@ -35,10 +35,10 @@ STUBS = {
 }
 
 
-def _stubbed(tmp_path: Path) -> dict:
+def _stubbed(tmp_path: Path, **overrides: str) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, body in STUBS.items():
+    for name, body in {**STUBS, **overrides}.items():
         path = bin_dir / name
         path.write_text("#!/usr/bin/env bash\n" + body + "\n")
         path.chmod(0o755)
@@ -71,10 +71,40 @@ def test_serve_hands_the_server_the_database_uri_and_nothing_else(tmp_path):
 
 def test_a_database_uri_that_is_not_one_line_is_refused_before_the_server_starts(tmp_path):
     env = _stubbed(tmp_path)
-    for bad in ("Removed stale pid file.\npostgresql+psycopg2://u:secret@h:5432/db", "/var/lib/mlruns"):
+    for bad in ("Removed stale pid file.\npostgresql+psycopg2://u:secret@h:5432/db", "/var/lib/mlruns",
+                "file:///var/lib/mlruns", "postgresql://u:se@cret@h:5432/db ", "postgresql://u:secret@h/db\r",
+                "http://h:5432/db?user=u&password=secret"):
         res = subprocess.run(["bash", str(SCRIPT)], env=dict(env, MLFLOW_DB_URI=bad), capture_output=True,
                              text=True, timeout=60)
         assert res.returncode == 1, res.stderr
         assert "the database URI is not one line of postgresql+psycopg2://" in res.stderr, res.stderr
-        assert "secret" not in res.stderr  # the password is not echoed
+        assert "secret" not in res.stderr and "cret" not in res.stderr, res.stderr  # no part of a password
+        assert len(res.stderr.splitlines()) == 1, res.stderr  # one line, whatever the URI held (\n, \r)
         assert not (Path(env["STUB_STATE"]) / "mlflow-args").exists()  # the server never started
+
+
+def test_a_database_uri_is_logged_without_its_password(tmp_path):
+    env = _stubbed(tmp_path)
+    for uri, shown in [("postgresql+psycopg2://u:se@cret@h:5432/db", "store postgresql+psycopg2://...@h:5432/db,"),
+                       ("postgresql://h:5432/db?user=u&password=secret", "store postgresql://h:5432/db?...,"),
+                       ("sqlite:////tmp/mlflow.db", "store sqlite:////tmp/mlflow.db,")]:
+        res = subprocess.run(["bash", str(SCRIPT)], env=dict(env, MLFLOW_DB_URI=uri), capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0 and shown in res.stderr, res.stderr
+        assert "cret" not in res.stderr, res.stderr
+        args = (Path(env["STUB_STATE"]) / "mlflow-args").read_text().splitlines()
+        assert args[args.index("--backend-store-uri") + 1] == uri  # the server gets the URI itself
+
+
+def test_a_failing_postgresql_step_stops_serve_before_the_server_starts(tmp_path):
+    """prepare_db runs inside $(...): without inherit_errexit a failed CREATE DATABASE went on to start
+    the server on a database that does not exist."""
+    failing = STUBS["psql"].replace('CREATE\\ DATABASE*) echo "CREATE DATABASE"',
+                                    'CREATE\\ DATABASE*) echo "ERROR: permission denied" >&2; exit 3')
+    assert failing != STUBS["psql"]
+    env = _stubbed(tmp_path, psql=failing)
+    for argv in (["bash", str(SCRIPT)], ["bash", str(SCRIPT), "prepare"]):
+        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 3, (argv, res.returncode, res.stderr)
+        assert "permission denied" in res.stderr
+        assert not (Path(env["STUB_STATE"]) / "mlflow-args").exists()
