@@ -17,7 +17,8 @@
 #   MLFLOW_HOST       address to bind (default 127.0.0.1: this machine only)
 #   MLFLOW_PORT       port (default 5000)
 #   MLFLOW_DB         database name (default mlflow); MLFLOW_DB_USER (default mlflow)
-#   MLFLOW_DB_URI     an existing database (postgresql+psycopg2://user:pw@host:port/db): skips 1-2
+#   MLFLOW_DB_URI     an existing database (postgresql+psycopg2://user:pw@host:port/db; mysql, mssql and
+#                     sqlite URIs too): skips 1-2
 #   MLFLOW_ARTIFACTS  artifact root, an absolute path (default <repo>/mlflow-artifacts)
 #   MLFLOW_WORKERS    server worker processes (default 2)
 # Subcommands: `prepare` does 1-2 only and prints the database URI;
