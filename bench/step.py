@@ -234,7 +234,7 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
         f"Data: {data_desc}; preset `{scale.preset}` ({cfg.backbone} {cfg.widths} at "
         f"{cfg.image_size or data.image_size} px, batch {cfg.batch_size}, queue {cfg.queue_size}); one thread; "
         f"median of the interleaved repeats (warm-up per visit as in the settings below; each row timed in {VISITS} visits, "
-        "the rows' order reversed on every other visit); each row's own MoCo v2 baseline, timed between its InterCLR "
+        "every other pass over the rows in reverse order); each row's own MoCo v2 baseline, timed between its InterCLR "
         "steps; times in ms per step.",
         ["bank", "sampling", "labels", "MoCo v2 ms (exact row)", "InterCLR exact ms", "ratio exact",
          "MoCo v2 ms (cand. row)", "InterCLR cand. ms", "ratio cand."], rows)
