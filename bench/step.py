@@ -210,9 +210,11 @@ def run(quick: bool = False, shared: Optional[dict] = None) -> Section:
                                                      "online", "candidates", moco_step, batches, candidates=c)
         timed = visit_times(visits, passes=VISITS)
         moco_all = [t for times in timed.values() for t in times["moco"]]
-        measured = {key: {"moco": median(times["moco"]), "inter": median(times["inter"]),
-                          "ratio": median(times["inter"]) / median(times["moco"]), "repeats": len(times["inter"]),
-                          "moco_samples": len(times["moco"])} for key, times in timed.items()}
+        measured = {}
+        for key, times in timed.items():
+            m, i = median(times["moco"]), median(times["inter"])
+            measured[key] = {"moco": m, "inter": i, "ratio": i / m, "repeats": len(times["inter"]),
+                             "moco_samples": len(times["moco"])}
         results = {key: r for key, r in measured.items() if key[0] != "sweep"}
         for spec in scale.banks:
             for labels in LABEL_MODES:

@@ -40,15 +40,14 @@ log() { echo "[mlflow_server] $*" >&2; }
 die() { echo "[mlflow_server] $*" >&2; exit 1; }
 
 shown_uri() {  # $1 on one line without its login and query (either may hold the password)
-    local u=${1//[$'\r\n']/|} rest auth path query=""
-    if [[ "$u" != *://* ]]; then printf '%s' "$u"; return; fi
-    rest=${u#*://}
-    if [[ "$rest" == *\?* ]]; then query="?..."; rest=${rest%%\?*}; fi
-    auth=${rest%%/*}
-    path=${rest#"$auth"}
-    # the login ends at the LAST @ before the path (a raw @ in a password)
-    [[ "$auth" == *@* ]] && auth="...@${auth##*@}"
-    printf '%s://%s%s%s' "${u%%://*}" "$auth" "$path" "$query"
+    local u=${1//[$'\r\n']/|} head
+    [[ "$u" == *\?* ]] && u="${u%%\?*}?..."
+    # the login ends at the LAST @ (a raw @ in a password), scheme or not ("postgresql:/u:pw@h/db" too)
+    if [[ "$u" == *@* ]]; then
+        head=${u%@*}
+        [[ "$head" == *://* ]] && u="${head%%://*}://...@${u##*@}" || u="...@${u##*@}"
+    fi
+    printf '%s' "$u"
 }
 
 name_ok() { [[ "$1" =~ ^[a-z_][a-z0-9_]*$ ]]; }

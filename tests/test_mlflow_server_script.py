@@ -73,7 +73,7 @@ def test_a_database_uri_that_is_not_one_line_is_refused_before_the_server_starts
     env = _stubbed(tmp_path)
     for bad in ("Removed stale pid file.\npostgresql+psycopg2://u:secret@h:5432/db", "/var/lib/mlruns",
                 "file:///var/lib/mlruns", "postgresql://u:se@cret@h:5432/db ", "postgresql://u:secret@h/db\r",
-                "http://h:5432/db?user=u&password=secret"):
+                "http://h:5432/db?user=u&password=secret", "postgresql:/u:secret@h/db", "u:secret@h:5432/db"):
         res = subprocess.run(["bash", str(SCRIPT)], env=dict(env, MLFLOW_DB_URI=bad), capture_output=True,
                              text=True, timeout=60)
         assert res.returncode == 1, res.stderr
